@@ -1,0 +1,346 @@
+//! Every validation error has a test that triggers it alone, checks the
+//! message names the field and what is valid, and that the location points
+//! at the right line.
+
+use super::*;
+
+/// A minimal valid configuration; tests append to it.
+const BASE: &str = r#"
+[[segment]]
+name = "mgmt"
+interface = "mgmt0"
+cidr = "10.10.0.0/24"
+gateway = "10.10.0.1"
+reserved = "10.10.0.2"
+zone = "mgmt.deevnet.net"
+
+[[segment]]
+name = "dvnt"
+interface = "dvnt0"
+cidr = "10.20.0.0/24"
+gateway = "10.20.0.1"
+reserved = "10.20.0.2"
+zone = "dvnt.deevnet.net"
+
+[[zone]]
+name = "mgmt.deevnet.net"
+role = "management"
+[[zone.host]]
+name = "provisioner-01"
+addresses = ["10.10.0.10"]
+[[zone.service]]
+name = "artifacts"
+target = "provisioner-01"
+
+[[zone]]
+name = "dvnt.deevnet.net"
+role = "site"
+[[zone.service]]
+name = "artifacts"
+target = "artifacts.mgmt.deevnet.net."
+"#;
+
+fn problems(extra: &str) -> Vec<LocatedProblem> {
+    let text = format!("{BASE}{extra}");
+    match Config::parse_str(&text, "test.toml") {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn with_replaced(from: &str, to: &str) -> Vec<LocatedProblem> {
+    let text = BASE.replacen(from, to, 1);
+    assert_ne!(text, BASE, "replacement {from:?} did not apply");
+    match Config::parse_str(&text, "test.toml") {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+/// Exactly one problem, at `path`, whose message contains every needle.
+fn assert_one(ps: &[LocatedProblem], path: &str, needles: &[&str]) {
+    assert_eq!(ps.len(), 1, "expected one problem, got {ps:#?}");
+    let p = &ps[0];
+    assert_eq!(p.problem.dotted_path(), path);
+    for n in needles {
+        assert!(p.problem.message.contains(n), "{:?} does not mention {n:?}", p.problem.message);
+    }
+    assert!(p.location.is_some(), "no location for {path}");
+}
+
+#[test]
+fn base_is_valid() {
+    assert!(problems("").is_empty());
+}
+
+#[test]
+fn example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coresvc.toml");
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.segments.len(), 3);
+    assert!(c.uplink.is_some());
+    assert_eq!(c.zones.len(), 3);
+    assert!(c.tftp.is_some());
+}
+
+#[test]
+fn unknown_fields_are_refused_with_the_valid_ones() {
+    let e = Config::parse_str(&format!("{BASE}\n[dns]\nupstream = [\"1.2.3.4\"]\n"), "t.toml").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("unknown field `upstream`"), "{msg}");
+    assert!(msg.contains("upstreams"), "lists the valid fields: {msg}");
+    assert!(msg.starts_with("t.toml:"), "names the file and line: {msg}");
+}
+
+#[test]
+fn overlapping_cidrs() {
+    let ps = with_replaced("cidr = \"10.20.0.0/24\"", "cidr = \"10.10.0.0/16\"");
+    // The dvnt gateway/reserved now lie outside? No: 10.20.0.1 is outside 10.10.0.0/16.
+    let overlap: Vec<_> = ps.iter().filter(|p| p.problem.message.contains("overlaps")).collect();
+    assert_eq!(overlap.len(), 1, "{ps:#?}");
+    assert_eq!(overlap[0].problem.dotted_path(), "segment[1].cidr");
+    assert!(overlap[0].problem.message.contains("must not overlap"));
+    assert_eq!(overlap[0].location.map(|l| l.0), Some(13));
+}
+
+#[test]
+fn gateway_outside_cidr() {
+    let ps = with_replaced("gateway = \"10.20.0.1\"", "gateway = \"10.21.0.1\"");
+    assert_one(&ps, "segment[1].gateway", &["10.21.0.1", "outside", "10.20.0.0/24"]);
+    assert_eq!(ps[0].location.map(|l| l.0), Some(14));
+}
+
+#[test]
+fn reserved_outside_cidr_or_equal_gateway() {
+    let ps = with_replaced("reserved = \"10.20.0.2\"", "reserved = \"10.20.1.2\"");
+    assert_one(&ps, "segment[1].reserved", &["outside", "10.20.0.0/24"]);
+    let ps = with_replaced("reserved = \"10.20.0.2\"", "reserved = \"10.20.0.1\"");
+    assert_one(&ps, "segment[1].reserved", &["gateway"]);
+}
+
+#[test]
+fn cidr_with_host_bits() {
+    let ps = with_replaced("cidr = \"10.20.0.0/24\"", "cidr = \"10.20.0.7/24\"");
+    assert_one(&ps, "segment[1].cidr", &["did you mean 10.20.0.0/24"]);
+}
+
+#[test]
+fn pool_outside_cidr() {
+    let ps = problems("[[dhcp.pool]]\nsegment = \"dvnt\"\nstart = \"10.20.0.100\"\nend = \"10.20.1.10\"\n");
+    assert_one(&ps, "dhcp.pool[0].end", &["10.20.1.10", "outside", "10.20.0.0/24"]);
+}
+
+#[test]
+fn pool_containing_gateway_or_reserved() {
+    let ps = problems("[[dhcp.pool]]\nsegment = \"dvnt\"\nstart = \"10.20.0.1\"\nend = \"10.20.0.50\"\n");
+    assert_eq!(ps.len(), 2, "{ps:#?}");
+    assert!(ps.iter().all(|p| p.problem.dotted_path() == "dhcp.pool[0]"));
+    assert!(ps.iter().any(|p| p.problem.message.contains("gateway 10.20.0.1")));
+    assert!(ps.iter().any(|p| p.problem.message.contains("reserved address 10.20.0.2")));
+}
+
+#[test]
+fn pool_of_unknown_segment_and_reversed_range() {
+    let ps = problems("[[dhcp.pool]]\nsegment = \"nope\"\nstart = \"10.20.0.100\"\nend = \"10.20.0.150\"\n");
+    assert_one(&ps, "dhcp.pool[0].segment", &["\"nope\"", "one of: mgmt, dvnt"]);
+    let ps = problems("[[dhcp.pool]]\nsegment = \"dvnt\"\nstart = \"10.20.0.150\"\nend = \"10.20.0.100\"\n");
+    assert_one(&ps, "dhcp.pool[0].end", &["before start"]);
+}
+
+#[test]
+fn overlapping_pools() {
+    let ps = problems(
+        "[[dhcp.pool]]\nsegment = \"dvnt\"\nstart = \"10.20.0.100\"\nend = \"10.20.0.150\"\n\
+         [[dhcp.pool]]\nsegment = \"dvnt\"\nstart = \"10.20.0.140\"\nend = \"10.20.0.160\"\n",
+    );
+    assert_one(&ps, "dhcp.pool[1]", &["overlaps dhcp.pool[0]"]);
+}
+
+#[test]
+fn duplicate_macs_in_static_hosts() {
+    let ps = problems(
+        "[[dhcp.host]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.20.0.10\"\n\
+         [[dhcp.host]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.20.0.11\"\n",
+    );
+    assert_one(&ps, "dhcp.host[1].mac", &["02:00:00:00:00:01", "dhcp.host[0]"]);
+}
+
+#[test]
+fn duplicate_ips_in_static_hosts() {
+    let ps = problems(
+        "[[dhcp.host]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.20.0.10\"\n\
+         [[dhcp.host]]\nmac = \"02:00:00:00:00:02\"\naddress = \"10.20.0.10\"\n",
+    );
+    assert_one(&ps, "dhcp.host[1].address", &["10.20.0.10", "dhcp.host[0]"]);
+}
+
+#[test]
+fn static_host_outside_every_segment_or_on_the_gateway() {
+    let ps = problems("[[dhcp.host]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.99.0.10\"\n");
+    assert_one(&ps, "dhcp.host[0].address", &["not inside any segment"]);
+    let ps = problems("[[dhcp.host]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.20.0.1\"\n");
+    assert_one(&ps, "dhcp.host[0].address", &["gateway"]);
+}
+
+#[test]
+fn static_host_needs_an_identity() {
+    let ps = problems("[[dhcp.host]]\naddress = \"10.20.0.10\"\n");
+    assert_one(&ps, "dhcp.host[0]", &["mac", "client_id"]);
+}
+
+#[test]
+fn malformed_mac_is_a_syntax_error_with_a_location() {
+    let e =
+        Config::parse_str(&format!("{BASE}[[dhcp.host]]\nmac = \"02:00:zz\"\naddress = \"10.20.0.10\"\n"), "t.toml")
+            .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("is not a MAC address"), "{msg}");
+    assert!(msg.contains("t.toml:"), "{msg}");
+}
+
+#[test]
+fn service_pointing_to_an_unknown_host() {
+    let ps = with_replaced("target = \"provisioner-01\"", "target = \"provisioner-02\"");
+    assert_one(&ps, "zone[0].service[0].target", &["provisioner-02.mgmt.deevnet.net", "not a host", "provisioner-01"]);
+}
+
+#[test]
+fn site_service_pointing_to_an_unknown_management_name() {
+    let ps = with_replaced("target = \"artifacts.mgmt.deevnet.net.\"", "target = \"nothing.mgmt.deevnet.net.\"");
+    assert_one(&ps, "zone[1].service[0].target", &["nothing.mgmt.deevnet.net"]);
+}
+
+#[test]
+fn service_pointing_outside_the_local_zones_is_fine() {
+    let ps = with_replaced("target = \"artifacts.mgmt.deevnet.net.\"", "target = \"mirror.example.org.\"");
+    assert!(ps.is_empty(), "{ps:#?}");
+}
+
+#[test]
+fn cname_loops_are_refused() {
+    let ps = problems(
+        "[[zone]]\nname = \"loop.example\"\nrole = \"site\"\n\
+         [[zone.service]]\nname = \"a\"\ntarget = \"b\"\n\
+         [[zone.service]]\nname = \"b\"\ntarget = \"a\"\n",
+    );
+    assert!(!ps.is_empty() && ps.iter().all(|p| p.problem.message.contains("loop")), "{ps:#?}");
+}
+
+#[test]
+fn site_zone_defining_management_plane_records() {
+    // A site zone above the management zone, defining a name inside it.
+    let ps = problems(
+        "[[zone]]\nname = \"deevnet.net\"\nrole = \"site\"\n[[zone.host]]\nname = \"console.mgmt\"\naddresses = [\"10.20.0.9\"]\n",
+    );
+    assert_one(&ps, "zone[2].host[0].name", &["console.mgmt.deevnet.net", "management-plane", "must not"]);
+    // A site zone inside the management zone.
+    let ps = problems("[[zone]]\nname = \"lab.mgmt.deevnet.net\"\nrole = \"site\"\n");
+    assert_one(&ps, "zone[2].name", &["inside the management zone", "must not"]);
+    // An absolute owner name in the management zone.
+    let ps = problems(
+        "[[zone]]\nname = \"deevnet.net\"\nrole = \"site\"\n[[zone.record]]\nname = \"x.mgmt.deevnet.net.\"\ntype = \"TXT\"\ndata = '\"hi\"'\n",
+    );
+    assert_one(&ps, "zone[2].record[0].name", &["management-plane"]);
+}
+
+#[test]
+fn a_name_is_a_host_or_a_service_not_both() {
+    let ps = problems("[[zone.host]]\nname = \"artifacts\"\naddresses = [\"10.20.0.9\"]\n");
+    assert_one(&ps, "zone[1].service[0].name", &["already defined as a host", "zone[1].host[0]"]);
+}
+
+#[test]
+fn unknown_zone_and_unsupported_record_type() {
+    let ps = with_replaced("zone = \"dvnt.deevnet.net\"", "zone = \"other.example\"");
+    assert_one(&ps, "segment[1].zone", &["\"other.example\"", "mgmt.deevnet.net"]);
+    let ps = problems("[[zone.record]]\nname = \"@\"\ntype = \"SOA\"\ndata = \"x\"\n");
+    assert_one(&ps, "zone[1].record[0].type", &["SOA", "[zone.soa]"]);
+}
+
+#[test]
+fn duplicate_segment_names_and_interfaces() {
+    let ps = with_replaced("name = \"dvnt\"\ninterface = \"dvnt0\"", "name = \"mgmt\"\ninterface = \"mgmt0\"");
+    // Also its zone and cidr still differ; only the names/interfaces clash.
+    let paths: Vec<String> = ps.iter().map(|p| p.problem.dotted_path()).collect();
+    assert!(paths.contains(&"segment[1].name".to_string()), "{paths:?}");
+    assert!(paths.contains(&"segment[1].interface".to_string()), "{paths:?}");
+}
+
+#[test]
+fn interface_names_must_fit_the_kernel() {
+    let ps = with_replaced("interface = \"dvnt0\"", "interface = \"a-very-long-interface\"");
+    assert_one(&ps, "segment[1].interface", &["1 to 15 bytes"]);
+}
+
+#[test]
+fn server_owned_dhcp_options_and_ambiguous_values() {
+    let ps = problems("[[dhcp.option]]\ncode = 54\nip = [\"10.0.0.1\"]\n");
+    assert_one(&ps, "dhcp.option[0]", &["server identifier", "set by the server"]);
+    let ps = problems("[[dhcp.option]]\ncode = 252\ntext = \"a\"\nu8 = 1\n");
+    assert_one(&ps, "dhcp.option[0]", &["exactly one value"]);
+}
+
+#[test]
+fn pxe_over_tftp_needs_a_tftp_section() {
+    let ps = problems("[dhcp.pxe]\nbios = \"undionly.kpxe\"\n");
+    assert_one(&ps, "dhcp.pxe.bios", &["no [tftp] section"]);
+    let ps = problems("[dhcp.pxe]\nhttp_x64 = \"ipxe.efi\"\n");
+    assert_one(&ps, "dhcp.pxe.http_x64", &["http://"]);
+}
+
+#[test]
+fn firewall_rules_name_known_segments() {
+    let ps = problems("[[firewall.rule]]\nname = \"r\"\nfrom = \"dvnt\"\nto = \"nowhere\"\naction = \"allow\"\n");
+    assert_one(&ps, "firewall.rule[0].to", &["\"nowhere\"", "mgmt, dvnt", "gateway"]);
+    let ps =
+        problems("[[firewall.rule]]\nname = \"r\"\nfrom = \"dvnt\"\nto = \"mgmt\"\nports = [22]\naction = \"allow\"\n");
+    assert_one(&ps, "firewall.rule[0].ports", &["tcp", "udp"]);
+}
+
+#[test]
+fn nat_forwards() {
+    let ps = problems(
+        "[uplink]\ninterface = \"up0\"\naddress = \"192.0.2.2/24\"\n\
+         [[nat.forward]]\nproto = \"tcp\"\nport = 30000\nto = \"10.10.0.10:22\"\n",
+    );
+    assert_one(&ps, "nat.forward[0].port", &["inside the masquerade range"]);
+    let ps = problems(
+        "[uplink]\ninterface = \"up0\"\naddress = \"192.0.2.2/24\"\n\
+         [[nat.forward]]\nproto = \"tcp\"\nport = 2222\nto = \"10.99.0.10:22\"\n",
+    );
+    assert_one(&ps, "nat.forward[0].to", &["not a host address of any segment"]);
+}
+
+#[test]
+fn uplink_must_not_overlap_segments() {
+    let ps = problems("[uplink]\ninterface = \"up0\"\naddress = \"10.20.0.200/24\"\n");
+    assert_one(&ps, "uplink.address", &["overlaps segment[1]"]);
+}
+
+#[test]
+fn durations_accept_units() {
+    assert_eq!("90s".parse::<Duration>().unwrap(), Duration(90));
+    assert_eq!("30m".parse::<Duration>().unwrap(), Duration(1800));
+    assert_eq!("12h".parse::<Duration>().unwrap(), Duration(43200));
+    assert_eq!("7d".parse::<Duration>().unwrap(), Duration(604_800));
+    assert_eq!("15".parse::<Duration>().unwrap(), Duration(15));
+    assert!("12x".parse::<Duration>().is_err());
+    let ps = problems("[dhcp]\nlease_time = 30\n");
+    assert_one(&ps, "dhcp.lease_time", &["too short"]);
+}
+
+#[test]
+fn all_problems_are_reported_at_once_in_file_order() {
+    let text = BASE.replacen("gateway = \"10.20.0.1\"", "gateway = \"10.21.0.1\"", 1).replacen(
+        "target = \"provisioner-01\"",
+        "target = \"nobody\"",
+        1,
+    );
+    let Err(ConfigError::Invalid { problems, .. }) = Config::parse_str(&text, "t.toml") else { panic!() };
+    assert_eq!(problems.len(), 2);
+    assert!(problems[0].location < problems[1].location);
+    let rendered = ConfigError::Invalid { file: "t.toml".into(), problems }.to_string();
+    assert!(rendered.starts_with("t.toml: 2 problems found, nothing was changed"), "{rendered}");
+}

@@ -1,0 +1,711 @@
+//! The configuration types. Every struct rejects unknown fields; defaults are
+//! the values a gateway in the seed's bootstrap story wants.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    str::FromStr,
+};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+    pub uplink: Option<Uplink>,
+    #[serde(default, rename = "segment")]
+    pub segments: Vec<Segment>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub dns: DnsSection,
+    #[serde(default, rename = "zone")]
+    pub zones: Vec<Zone>,
+    #[serde(default)]
+    pub dhcp: DhcpSection,
+    pub tftp: Option<TftpSection>,
+    #[serde(default)]
+    pub firewall: FirewallSection,
+    #[serde(default)]
+    pub nat: NatSection,
+    /// The directory of the config file; relative paths in it resolve here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+// ------------------------------------------------------------------ agent
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Leases, the persisted authority mode and other state.
+    pub state_dir: PathBuf,
+    /// The control socket `coresvc status` and friends talk to.
+    pub control_socket: PathBuf,
+    /// The bpffs directory for this instance's pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// A tracing filter (`info`, `coresvc=debug,warn`); `RUST_LOG` overrides it.
+    pub log: String,
+    /// Prometheus text-format metrics on this address; absent means off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The authority mode on first start; later starts use the persisted one.
+    pub authority: AuthorityMode,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/coresvc"),
+            control_socket: PathBuf::from("/run/coresvc/control.sock"),
+            pin_dir: PathBuf::from(coresvc_maps_schema::DEFAULT_PIN_DIR),
+            log: "info".to_string(),
+            metrics_listen: None,
+            authority: AuthorityMode::Bootstrap,
+        }
+    }
+}
+
+/// The seed's operational modes (§3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorityMode {
+    /// coresvc is the DNS/DHCP/TFTP authority and holds the gateway address.
+    Bootstrap,
+    /// Dedicated infrastructure is the authority; coresvc uses its reserved address.
+    Production,
+}
+
+// ------------------------------------------------------------------ dataplane
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneSection {
+    /// How XDP programs are attached.
+    pub xdp_mode: XdpMode,
+    /// Drop IPv4 packets the kernel would drop anyway (bad header, checksum),
+    /// counting the reason, before they cost the stack anything.
+    pub drop_invalid_ipv4: bool,
+    /// Answer cached DNS questions from XDP.
+    pub dns_cache: bool,
+    /// Forward established flows from XDP.
+    pub fast_forward: bool,
+    /// Size of the connection-tracking table.
+    pub conntrack_max: u32,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        Self {
+            xdp_mode: XdpMode::Auto,
+            drop_invalid_ipv4: true,
+            dns_cache: true,
+            fast_forward: true,
+            conntrack_max: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+// ------------------------------------------------------------------ topology
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    pub interface: String,
+    /// The uplink's address and prefix; absent when the host configures it.
+    pub address: Option<Ipv4Net>,
+    /// The next hop of the default route.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    /// A short name (`mgmt`, `dvnt`); other sections refer to segments by it.
+    pub name: String,
+    pub interface: String,
+    pub cidr: Ipv4Net,
+    /// coresvc's address in bootstrap mode (the segment's default gateway).
+    pub gateway: Ipv4Addr,
+    /// coresvc's address in production mode, outside any DHCP pool.
+    pub reserved: Option<Ipv4Addr>,
+    /// The DNS zone of this segment's hosts (DHCP domain, registrations).
+    pub zone: Option<String>,
+    /// Masquerade this segment's traffic to the uplink.
+    #[serde(default = "yes")]
+    pub nat: bool,
+    pub mtu: Option<u16>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub prefix: Ipv4Net,
+    /// The next hop; or give `dev`.
+    pub via: Option<Ipv4Addr>,
+    /// An interface for an on-link route.
+    pub dev: Option<String>,
+}
+
+// ------------------------------------------------------------------ DNS
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    pub enabled: bool,
+    /// Upstream resolvers for names outside the local zones (`ip` or `ip:port`).
+    pub upstreams: Vec<Endpoint>,
+    /// Per-domain forwarding, tried before `upstreams`.
+    #[serde(rename = "forward")]
+    pub forwards: Vec<Forward>,
+    /// Entries in the answer cache.
+    pub cache_size: u32,
+    /// Upper bound on cached TTLs.
+    pub max_ttl: Duration,
+    /// Upper bound on cached negative answers (RFC 2308).
+    pub max_negative_ttl: Duration,
+    /// Time to wait for one upstream before trying the next.
+    pub upstream_timeout: Duration,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            upstreams: Vec::new(),
+            forwards: Vec::new(),
+            cache_size: 10_000,
+            max_ttl: Duration(86_400),
+            max_negative_ttl: Duration(3_600),
+            upstream_timeout: Duration(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    pub domain: String,
+    pub upstreams: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneRole {
+    /// The management plane's zone (`mgmt.deevnet.net`).
+    Management,
+    /// A site zone; it must not define management-plane records.
+    Site,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    /// The apex, e.g. `mgmt.deevnet.net`.
+    pub name: String,
+    pub role: ZoneRole,
+    /// Default TTL of the zone's records.
+    #[serde(default = "default_ttl")]
+    pub ttl: Duration,
+    #[serde(default)]
+    pub soa: Soa,
+    /// Name servers of the zone (names relative to the zone or absolute with
+    /// a trailing dot); default: `ns` in the zone, at the gateway address.
+    #[serde(default)]
+    pub ns: Vec<String>,
+    /// An RFC 1035 zone file whose records are merged into the zone.
+    pub file: Option<PathBuf>,
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<Host>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+    #[serde(default, rename = "record")]
+    pub records: Vec<Record>,
+}
+
+fn default_ttl() -> Duration {
+    Duration(300)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Soa {
+    /// The primary name server (relative or absolute); default `ns`.
+    pub mname: String,
+    /// The responsible mailbox as a name (`hostmaster` → hostmaster.<zone>).
+    pub rname: String,
+    /// Absent: derived from the configuration's load time.
+    pub serial: Option<u32>,
+    pub refresh: Duration,
+    pub retry: Duration,
+    pub expire: Duration,
+    /// The negative-caching TTL (RFC 2308).
+    pub minimum: Duration,
+}
+
+impl Default for Soa {
+    fn default() -> Self {
+        Self {
+            mname: "ns".to_string(),
+            rname: "hostmaster".to_string(),
+            serial: None,
+            refresh: Duration(3600),
+            retry: Duration(600),
+            expire: Duration(604_800),
+            minimum: Duration(300),
+        }
+    }
+}
+
+/// A host: a replaceable implementation with addresses (A/AAAA records).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Relative to the zone (`provisioner-01`).
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub ttl: Option<Duration>,
+}
+
+/// A service: a stable name that is a CNAME to the host providing it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// A host or service of this zone (`provisioner-01`), or an absolute name
+    /// with a trailing dot (`artifacts.mgmt.deevnet.net.`).
+    pub target: String,
+    pub ttl: Option<Duration>,
+}
+
+/// Any other record, in zone-file presentation format.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Relative to the zone; `@` is the apex.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    /// The RDATA as in a zone file: `10 mail`, `"v=spf1 -all"`, `0 5 5060 sip`.
+    pub data: String,
+    pub ttl: Option<Duration>,
+}
+
+// ------------------------------------------------------------------ DHCP
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhcpSection {
+    pub enabled: bool,
+    pub lease_time: Duration,
+    pub max_lease_time: Duration,
+    /// NTP servers given to clients (option 42).
+    pub ntp_servers: Vec<Ipv4Addr>,
+    #[serde(rename = "pool")]
+    pub pools: Vec<Pool>,
+    #[serde(rename = "host")]
+    pub hosts: Vec<DhcpHost>,
+    /// Options for every segment (a pool's own options win).
+    #[serde(rename = "option")]
+    pub options: Vec<DhcpOption>,
+    pub pxe: Pxe,
+}
+
+impl Default for DhcpSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease_time: Duration(3600),
+            max_lease_time: Duration(86_400),
+            ntp_servers: Vec::new(),
+            pools: Vec::new(),
+            hosts: Vec::new(),
+            options: Vec::new(),
+            pxe: Pxe::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// The segment (by name) this pool serves.
+    pub segment: String,
+    /// First and last address handed out, inclusive.
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    pub lease_time: Option<Duration>,
+    #[serde(default, rename = "option")]
+    pub options: Vec<DhcpOption>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpHost {
+    /// Identify the client by MAC, or by client identifier (option 61, hex).
+    pub mac: Option<MacAddr>,
+    pub client_id: Option<HexBytes>,
+    pub address: Ipv4Addr,
+    /// Registered as an A/PTR record in the segment's zone.
+    pub hostname: Option<String>,
+    pub lease_time: Option<Duration>,
+    /// Per-host boot file overrides.
+    #[serde(default)]
+    pub pxe: Option<Pxe>,
+}
+
+/// A DHCP option by number, with a typed value.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpOption {
+    pub code: u8,
+    /// Exactly one of these.
+    pub text: Option<String>,
+    pub ip: Option<Vec<Ipv4Addr>>,
+    pub u8: Option<u8>,
+    pub u16: Option<u16>,
+    pub u32: Option<u32>,
+    pub hex: Option<HexBytes>,
+}
+
+/// Boot files by client architecture (option 93). Relative names are served
+/// by coresvc's TFTP; `http://` URLs are for HTTP boot clients.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pxe {
+    /// Legacy BIOS (arch 0).
+    pub bios: Option<String>,
+    /// UEFI x64 (arch 7 and 9).
+    pub uefi_x64: Option<String>,
+    /// UEFI ARM64 (arch 11).
+    pub uefi_arm64: Option<String>,
+    /// UEFI HTTP boot x64 (arch 16).
+    pub http_x64: Option<String>,
+    /// UEFI HTTP boot ARM64 (arch 19).
+    pub http_arm64: Option<String>,
+    /// What iPXE (user class "iPXE" or option 175) gets instead of a binary.
+    pub ipxe_script: Option<String>,
+    /// The TFTP server (siaddr); default: coresvc's address on the segment.
+    pub next_server: Option<Ipv4Addr>,
+}
+
+// ------------------------------------------------------------------ TFTP
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpSection {
+    /// Only files under this directory are served.
+    pub root: PathBuf,
+    /// Segments served (default: all). Never the uplink.
+    pub segments: Option<Vec<String>>,
+    /// Keep serving in production mode.
+    #[serde(default)]
+    pub in_production: bool,
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: u32,
+}
+
+fn default_max_transfers() -> u32 {
+    512
+}
+
+// ------------------------------------------------------------------ firewall
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallSection {
+    /// Between segments, when no rule matches.
+    pub inter_segment: Action,
+    /// From segments to the uplink, when no rule matches.
+    pub egress: Action,
+    /// From the uplink into segments or to the gateway, when no rule matches.
+    pub inbound: Action,
+    #[serde(rename = "rule")]
+    pub rules: Vec<Rule>,
+}
+
+impl Default for FirewallSection {
+    fn default() -> Self {
+        Self { inter_segment: Action::Deny, egress: Action::Allow, inbound: Action::Deny, rules: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Shown with the rule's counters.
+    pub name: String,
+    /// A segment name, `uplink`, or `any`.
+    pub from: String,
+    /// A segment name, `uplink` (egress), `gateway` (coresvc's own services), or `any`.
+    pub to: String,
+    #[serde(default)]
+    pub proto: Proto,
+    /// Destination ports or ranges (`22`, `"8000-8080"`); empty means all.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// Destination prefixes (for egress); empty means all.
+    #[serde(default)]
+    pub dst: Vec<IpNet>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+// ------------------------------------------------------------------ NAT
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatSection {
+    /// Outside ports allocated for masqueraded flows.
+    pub port_min: u16,
+    pub port_max: u16,
+    #[serde(rename = "forward")]
+    pub forwards: Vec<PortForward>,
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        Self { port_min: 20_000, port_max: 60_999, forwards: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    pub proto: Proto,
+    /// The port on the uplink address.
+    pub port: u16,
+    /// The inside host and port.
+    pub to: std::net::SocketAddrV4,
+}
+
+// ------------------------------------------------------------------ value types
+
+/// A duration in seconds, written as an integer (`3600`) or with a unit
+/// (`"90s"`, `"30m"`, `"12h"`, `"7d"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Duration(pub u32);
+
+impl Duration {
+    pub fn secs(self) -> u32 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("seconds as an integer, or a string like \"90s\", \"30m\", \"12h\", \"7d\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                u32::try_from(v)
+                    .map(Duration)
+                    .map_err(|_| E::custom(format!("{v} is not a duration in seconds (0 to {})", u32::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a duration: use seconds, or a number with s, m, h or d");
+        let (num, mult) = match s.char_indices().last() {
+            Some((i, 's')) => (&s[..i], 1),
+            Some((i, 'm')) => (&s[..i], 60),
+            Some((i, 'h')) => (&s[..i], 3600),
+            Some((i, 'd')) => (&s[..i], 86_400),
+            Some(_) => (s, 1),
+            None => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        n.checked_mul(mult).and_then(|v| u32::try_from(v).ok()).map(Duration).ok_or_else(bad)
+    }
+}
+
+/// A MAC address, `02:00:00:aa:bb:cc` (or with dashes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        let bad = || format!("{s:?} is not a MAC address: use six hex bytes like 02:00:00:aa:bb:cc");
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+/// Hex bytes, `01:02:00:aa` or `0102aa` (for client identifiers and raw options).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HexBytes(pub Vec<u8>);
+
+impl FromStr for HexBytes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
+        let bad = || format!("{s:?} is not hex bytes: use pairs of hex digits like 01:02:aa or 0102aa");
+        if digits.is_empty() || digits.len() % 2 != 0 {
+            return Err(bad());
+        }
+        (0..digits.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| bad()))
+            .collect::<Result<Vec<u8>, _>>()
+            .map(HexBytes)
+    }
+}
+
+impl fmt::Display for HexBytes {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A port or an inclusive range: `22` or `"8000-8080"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port (22) or a range (\"8000-8080\")")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRange, E> {
+                let p = u16::try_from(v).map_err(|_| E::custom(format!("{v} is not a port (0-65535)")))?;
+                Ok(PortRange { first: p, last: p })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
+                let bad = || E::custom(format!("{v:?} is not a port range: use \"first-last\", e.g. \"8000-8080\""));
+                let (a, b) = v.split_once('-').unwrap_or((v, v));
+                let first: u16 = a.trim().parse().map_err(|_| bad())?;
+                let last: u16 = b.trim().parse().map_err(|_| bad())?;
+                if first > last {
+                    return Err(bad());
+                }
+                Ok(PortRange { first, last })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.first == self.last {
+            s.serialize_u16(self.first)
+        } else {
+            s.serialize_str(&format!("{}-{}", self.first, self.last))
+        }
+    }
+}
+
+/// An upstream server: `192.0.2.53` or `192.0.2.53:5353` (port 53 by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint(pub std::net::SocketAddr);
+
+impl FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+            return Ok(Endpoint(sa));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Endpoint(std::net::SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("{s:?} is not a server address: use 192.0.2.53 or 192.0.2.53:5353"))
+    }
+}
+
+macro_rules! string_serde {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+    )*};
+}
+string_serde!(MacAddr, HexBytes, Endpoint);
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -1,0 +1,9 @@
+//! coresvc: DNS, DHCP, TFTP, NAT, routing and firewall for a management
+//! plane, with an eBPF dataplane. See ARCHITECTURE.md for the map of the code.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod ctl;
+pub mod dataplane;
+pub mod netns;

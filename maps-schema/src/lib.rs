@@ -1,0 +1,251 @@
+//! The ABI between the coresvc eBPF programs and the agent.
+//!
+//! For every map: its name (the symbol in the eBPF object, at most 15 bytes),
+//! its kind and size, the file it is pinned as under the pin directory, and
+//! its `#[repr(C)]` key and value types. Keys and values derive bytemuck
+//! `Pod`, which refuses hidden padding at compile time; every padding byte is
+//! an explicit `_pad` field and every size is asserted. Byte order is part of
+//! each field's doc: `_be` fields and `[u8; N]` addresses are network order.
+//!
+//! **Changing any layout, name, kind or size here changes the ABI: bump
+//! [`SCHEMA_VERSION`].** The agent refuses pinned maps of another version
+//! (see `agent/src/dataplane/pins.rs`), and a test compares this file with the
+//! eBPF object so the two cannot drift.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
+/// agent that finds pinned maps.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The default bpffs directory holding the pins of one coresvc instance.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
+
+/// Kinds of map used (the kernel's `bpf_map_type` numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    PerCpuHash = 5,
+    PerCpuArray = 6,
+}
+
+/// Everything the agent needs to know about one map to create, pin, adopt
+/// and verify it.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSpec {
+    /// The map's symbol in the eBPF object, which is also its kernel name.
+    pub name: &'static str,
+    /// The file name under the pin directory.
+    pub pin: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// What it holds, for `coresvc status --maps` and the docs.
+    pub doc: &'static str,
+}
+
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the type is `#[repr(C)]` and bytemuck `Pod`: no padding,
+            // no invalid bit patterns.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+
+// ---------------------------------------------------------------- SETTINGS
+
+/// Global settings, one entry (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Settings {
+    /// [`SCHEMA_VERSION`] of the agent that created the maps.
+    pub schema_version: u32,
+    /// `SETTINGS_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Settings>() == 8);
+
+/// Drop IPv4 packets whose header the kernel's `ip_rcv` would drop anyway
+/// (bad version or length, bad checksum), counting the reason.
+pub const SETTINGS_F_DROP_INVALID_IPV4: u32 = 1 << 0;
+
+pub const SETTINGS: MapSpec = MapSpec {
+    name: "SETTINGS",
+    pin: "settings",
+    kind: MapKind::Array,
+    key_size: 4,
+    value_size: size_of::<Settings>() as u32,
+    max_entries: 1,
+    doc: "global settings and the schema version (index 0)",
+};
+
+// ---------------------------------------------------------------- IFACES
+
+/// The role of an interface coresvc attached to.
+pub const ROLE_SEGMENT: u32 = 1;
+pub const ROLE_UPLINK: u32 = 2;
+
+/// Per-interface configuration, keyed by ifindex (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct IfaceInfo {
+    /// `ROLE_*`.
+    pub role: u32,
+    /// The segment's index in the configuration (0 for the uplink).
+    pub segment: u32,
+    /// The interface's own IPv4 address (network order).
+    pub ipv4: [u8; 4],
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// How the agent attached XDP here (`ATTACH_*`); the programs ignore it.
+    pub attach_mode: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const ATTACH_NATIVE: u8 = 1;
+pub const ATTACH_GENERIC: u8 = 2;
+const _: () = assert!(size_of::<IfaceInfo>() == 16);
+
+pub const IFACES: MapSpec = MapSpec {
+    name: "IFACES",
+    pin: "ifaces",
+    kind: MapKind::Hash,
+    key_size: 4,
+    value_size: size_of::<IfaceInfo>() as u32,
+    max_entries: 64,
+    doc: "ifindex -> role, segment and address of every attached interface",
+};
+
+// ---------------------------------------------------------------- IF_STATS
+
+/// XDP verdicts as counted (the kernel's `xdp_action` numbers).
+pub const VERDICT_ABORTED: u32 = 0;
+pub const VERDICT_DROP: u32 = 1;
+pub const VERDICT_PASS: u32 = 2;
+pub const VERDICT_TX: u32 = 3;
+pub const VERDICT_REDIRECT: u32 = 4;
+pub const VERDICT_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
+
+/// Key of [`IF_STATS`]: one counter per interface and verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct IfVerdict {
+    pub ifindex: u32,
+    /// `VERDICT_*`.
+    pub verdict: u32,
+}
+const _: () = assert!(size_of::<IfVerdict>() == 8);
+
+/// A packet and byte counter (per CPU in per-CPU maps; the agent sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PacketCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<PacketCount>() == 16);
+
+impl PacketCount {
+    pub fn add(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+pub const IF_STATS: MapSpec = MapSpec {
+    name: "IF_STATS",
+    pin: "if_stats",
+    kind: MapKind::PerCpuHash,
+    key_size: size_of::<IfVerdict>() as u32,
+    value_size: size_of::<PacketCount>() as u32,
+    max_entries: 64 * 5,
+    doc: "packets and bytes per interface and XDP verdict, per CPU",
+};
+
+// ---------------------------------------------------------------- DROP_STATS
+
+/// Why a packet was dropped. Numbers are never reused: a retired reason keeps
+/// its slot. `DROP_REASON_NAMES[n]` names reason `n` for the CLI.
+pub mod reason {
+    /// The frame ends inside the IPv4 header, or before the length it claims.
+    pub const IPV4_TRUNCATED: u32 = 1;
+    /// The IPv4 header's version or header length is invalid.
+    pub const IPV4_BAD_HEADER: u32 = 2;
+    /// The IPv4 header checksum is wrong.
+    pub const IPV4_BAD_CHECKSUM: u32 = 3;
+    pub const COUNT: u32 = 64;
+}
+
+pub const DROP_REASON_NAMES: &[(u32, &str)] = &[
+    (reason::IPV4_TRUNCATED, "ipv4-truncated"),
+    (reason::IPV4_BAD_HEADER, "ipv4-bad-header"),
+    (reason::IPV4_BAD_CHECKSUM, "ipv4-bad-checksum"),
+];
+
+pub fn drop_reason_name(n: u32) -> &'static str {
+    DROP_REASON_NAMES.iter().find(|(r, _)| *r == n).map(|(_, name)| *name).unwrap_or("unknown")
+}
+
+pub const DROP_STATS: MapSpec = MapSpec {
+    name: "DROP_STATS",
+    pin: "drop_stats",
+    kind: MapKind::PerCpuArray,
+    key_size: 4,
+    value_size: size_of::<PacketCount>() as u32,
+    max_entries: reason::COUNT,
+    doc: "packets and bytes dropped per reason (index = reason number), per CPU",
+};
+
+/// Every map of the schema, in creation order.
+pub const ALL_MAPS: &[MapSpec] = &[SETTINGS, IFACES, IF_STATS, DROP_STATS];
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    /// XDP on every segment interface.
+    pub const SEGMENT_INGRESS: &str = "segment_ingress";
+    /// XDP on the uplink.
+    pub const UPLINK_INGRESS: &str = "uplink_ingress";
+}
+
+pod!(Settings, IfaceInfo, IfVerdict, PacketCount);
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for m in ALL_MAPS {
+            assert!(m.name.len() <= 15, "{} is longer than 15 bytes", m.name);
+            assert!(!m.pin.contains('/'), "{} pin must be a plain file name", m.name);
+        }
+    }
+
+    #[test]
+    fn names_and_pins_are_unique() {
+        for (i, a) in ALL_MAPS.iter().enumerate() {
+            for b in &ALL_MAPS[i + 1..] {
+                assert_ne!(a.name, b.name);
+                assert_ne!(a.pin, b.pin);
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_are_unique_and_in_range() {
+        for (i, (a, _)) in DROP_REASON_NAMES.iter().enumerate() {
+            assert!(*a > 0 && *a < reason::COUNT);
+            for (b, _) in &DROP_REASON_NAMES[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `cargo xtask`: set-up, build, the lab, tests and benchmarks for coresvc.
+//! Every command that needs the toolchain or the lab's packages runs
+//! `setup` first, so a fresh machine needs nothing but the README's commands.
+
+mod bench;
+mod lab;
+mod setup;
+mod util;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::util::{cmd_status, step};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "coresvc development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything a fresh machine needs (idempotent).
+    Setup(setup::SetupOpts),
+    /// Build the release binary (target/release/coresvc).
+    Build,
+    /// Without arguments: bring up the lab with the built-in configuration and
+    /// run coresvc in it in the foreground; Ctrl-C tears it down.
+    /// With `-- --config FILE [coresvc run options]`: run coresvc on this
+    /// host's configured interfaces (a real gateway).
+    Run {
+        /// Options for `coresvc run` (host mode).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, BPF_PROG_TEST_RUN and lab integration tests.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// The namespace lab.
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
+    /// Benchmarks against peer implementations, side by side in the lab.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup(o) => setup::run(&o),
+        Cmd::Build => build_release().map(|_| ()),
+        Cmd::Run { args } => {
+            if args.is_empty() {
+                lab::run_foreground()
+            } else {
+                run_host(&args)
+            }
+        }
+        Cmd::Test { filter } => test(filter),
+        Cmd::Lab(c) => lab::main(c),
+        Cmd::Bench(b) => bench::main(b),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    coresvc_lab::workspace_root()
+}
+
+/// Builds target/release/coresvc (and with it the eBPF object).
+pub fn build_release() -> Result<PathBuf> {
+    setup::run(&setup::SetupOpts::default())?;
+    step("build", "cargo build --release -p coresvc");
+    cmd_status(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "coresvc"]))?;
+    Ok(workspace_root().join("target/release/coresvc"))
+}
+
+fn run_host(args: &[String]) -> Result<()> {
+    let bin = build_release()?;
+    step("run", &format!("{} run {}", bin.display(), args.join(" ")));
+    use std::os::unix::process::CommandExt as _;
+    // Replace this process: signals go straight to coresvc.
+    let err = Command::new(&bin).arg("run").args(args).exec();
+    Err(anyhow::anyhow!("cannot run {}: {err}", bin.display()))
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    setup::run(&setup::SetupOpts::default())?;
+    let root = workspace_root();
+    step("test", "cargo fmt --check");
+    cmd_status(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))
+        .map_err(|e| e.context("code is not formatted: run `cargo fmt --all`"))?;
+    // The integration tests run the real binary: build it first.
+    step("test", "cargo build -p coresvc (the binary the lab tests run)");
+    cmd_status(Command::new("cargo").current_dir(&root).args(["build", "-p", "coresvc", "--bins"]))?;
+    step("test", "cargo test (unit, BPF_PROG_TEST_RUN and lab tests)");
+    let mut c = Command::new("cargo");
+    c.current_dir(&root).arg("test");
+    if let Some(f) = &filter {
+        c.arg("--").arg(f);
+    }
+    let (status, totals) = run_counting(&mut c)?;
+    // One closing line for the whole suite (cargo prints one per test binary).
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    if !status.success() {
+        anyhow::bail!("cargo test failed ({status})");
+    }
+    if totals.passed == 0 {
+        anyhow::bail!("no test ran{}", filter.map(|f| format!(" (filter {f:?})")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its "test result:" lines.
+fn run_counting(c: &mut Command) -> Result<(std::process::ExitStatus, Totals)> {
+    use std::io::BufRead as _;
+    let mut child = c.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut totals = Totals::default();
+    let out = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)
+                            .map(|n| n.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").to_string())
+                    })
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            totals.passed += num("passed");
+            totals.failed += num("failed");
+            totals.ignored += num("ignored");
+        }
+    }
+    Ok((child.wait()?, totals))
+}

@@ -1,0 +1,262 @@
+//! `cargo xtask setup`: everything a fresh machine needs, idempotently.
+//!
+//! Steps (each checks first and does nothing when already done):
+//! 1. Debian packages for the lab, the tests and the benchmarks;
+//! 2. the nightly toolchain's `rust-src` (for `-Z build-std=core`);
+//! 3. `bpf-linker`, built against the nightly toolchain's own LLVM;
+//! 4. bpffs mounted at /sys/fs/bpf.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{cmd_output, cmd_status, home_dir, step};
+
+/// The bpf-linker release that offers a feature per LLVM major (llvm-21, -22, -23).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
+
+/// Debian packages, by what needs them. Keep this list the only place where
+/// a package the project relies on is named.
+pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
+    (
+        "lab and dataplane inspection",
+        &["bpftool", "iproute2", "iputils-ping", "ethtool", "tcpdump", "nftables", "netcat-openbsd", "util-linux"],
+    ),
+    ("DNS clients", &["bind9-dnsutils", "knot-dnsutils"]),
+    ("HTTP and TFTP clients", &["curl"]),
+];
+
+pub fn run(opts: &SetupOpts) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "cargo xtask setup needs root (it installs packages, mounts bpffs and later creates \
+             network namespaces); run it as root"
+        );
+    }
+    debian_packages(opts)?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    step("setup", "done: toolchain, packages and bpffs are in place");
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SetupOpts {
+    /// Skip Debian packages (for machines where apt is not available).
+    #[arg(long)]
+    pub no_packages: bool,
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn debian_packages(opts: &SetupOpts) -> Result<()> {
+    if opts.no_packages {
+        step("packages", "skipped (--no-packages)");
+        return Ok(());
+    }
+    let wanted: Vec<&str> = DEBIAN_PACKAGES.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        step("packages", &format!("all {} Debian packages present", wanted.len()));
+        return Ok(());
+    }
+    step("packages", &format!("installing {}", missing.join(" ")));
+    // Packages such as dnsmasq or kea start their daemon on install where an
+    // init system runs; the lab starts its own instances, so forbid that
+    // for the duration of the install, unless the machine already forbids it.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let made_policy = !policy.exists();
+    if made_policy {
+        fs::write(policy, "#!/bin/sh\n# written by cargo xtask setup for the duration of an install\nexit 101\n")
+            .context("writing /usr/sbin/policy-rc.d")?;
+        set_mode(policy, 0o755)?;
+    }
+    let result = (|| -> Result<()> {
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd_status(&mut update).context("apt-get update")?;
+        let mut install = Command::new("apt-get");
+        install
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd_status(&mut install).context("apt-get install")
+    })();
+    if made_policy {
+        let _ = fs::remove_file(policy);
+    }
+    result?;
+    let still: Vec<&str> = missing.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if !still.is_empty() {
+        bail!("apt-get finished but these packages are still missing: {}", still.join(" "));
+    }
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+fn rust_src() -> Result<()> {
+    let toolchains = cmd_output(rustup().args(["toolchain", "list"])).context("rustup toolchain list")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("rust", "installing the nightly toolchain with rust-src");
+        cmd_status(rustup().args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        return Ok(());
+    }
+    let installed = cmd_output(rustup().args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("rust", "nightly rust-src present");
+        return Ok(());
+    }
+    step("rust", "adding rust-src to the nightly toolchain");
+    cmd_status(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// What bpf-linker must be built against: the nightly rustc's LLVM.
+struct NightlyLlvm {
+    major: u32,
+    /// The full version line, e.g. "22.1.4"; recorded in the stamp.
+    version: String,
+    /// `$(rustc +nightly --print sysroot)/lib/libLLVM.so.<...>`
+    dylib: PathBuf,
+}
+
+fn nightly_llvm() -> Result<NightlyLlvm> {
+    let vv = cmd_output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let version = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` printed no LLVM version")?
+        .trim()
+        .to_string();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("cannot parse LLVM version {version:?}"))?;
+    let sysroot = cmd_output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let dylib = fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")) || n == format!("libLLVM-{major}.so"))
+        })
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", lib.display()))?;
+    Ok(NightlyLlvm { major, version, dylib })
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home_dir().join(".cargo")).join("bin")
+}
+
+/// Where bpf-linker finds the nightly's LLVM: a prefix with `lib/libLLVM.so`.
+/// It lives beside cargo's own files (not in `target/`, which `cargo clean`
+/// removes) because the linker keeps loading the library from it at run time.
+fn llvm_prefix() -> PathBuf {
+    cargo_bin_dir().parent().map(Path::to_path_buf).unwrap_or_default().join("coresvc-llvm-prefix")
+}
+
+fn bpf_linker() -> Result<()> {
+    let llvm = nightly_llvm()?;
+    if !BPF_LINKER_LLVM_MAJORS.contains(&llvm.major) {
+        bail!(
+            "the nightly toolchain uses LLVM {}, but bpf-linker {BPF_LINKER_VERSION} supports LLVM {:?}; \
+             install a nightly with one of those, or raise BPF_LINKER_VERSION in xtask/src/setup.rs",
+            llvm.version,
+            BPF_LINKER_LLVM_MAJORS
+        );
+    }
+    let stamp_path = llvm_prefix().join("stamp");
+    let want_stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm {} {}\n", llvm.version, llvm.dylib.display());
+    let linker = cargo_bin_dir().join("bpf-linker");
+    let runs = Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if runs && fs::read_to_string(&stamp_path).ok().as_deref() == Some(want_stamp.as_str()) {
+        step("bpf-linker", &format!("{BPF_LINKER_VERSION} present, built against LLVM {}", llvm.version));
+        return Ok(());
+    }
+    step(
+        "bpf-linker",
+        &format!(
+            "building {BPF_LINKER_VERSION} against the nightly's LLVM {} ({}); about a minute",
+            llvm.version,
+            llvm.dylib.display()
+        ),
+    );
+    let prefix = llvm_prefix();
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let file_name = llvm.dylib.file_name().context("libLLVM path has no file name")?;
+    for name in [Path::new("libLLVM.so"), Path::new(file_name)] {
+        let link = lib.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&llvm.dylib, &link).with_context(|| format!("symlink {}", link.display()))?;
+    }
+    let mut install = Command::new("cargo");
+    install
+        .args(["install", "bpf-linker", "--force", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{}", llvm.major))
+        .env("LLVM_PREFIX", &prefix)
+        // Build with the default (stable) toolchain even when invoked from a
+        // directory with a toolchain override.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR");
+    cmd_status(&mut install).context("cargo install bpf-linker")?;
+    let out =
+        cmd_output(Command::new(&linker).arg("--version")).context("bpf-linker was installed but does not run")?;
+    fs::write(&stamp_path, want_stamp)?;
+    step("bpf-linker", &format!("installed: {}", out.trim()));
+    Ok(())
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let _dev = f.next();
+        f.next() == Some("/sys/fs/bpf") && f.next() == Some("bpf")
+    }) {
+        step("bpffs", "mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    step("bpffs", "mounting bpffs at /sys/fs/bpf");
+    fs::create_dir_all("/sys/fs/bpf").ok();
+    cmd_status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
