@@ -143,9 +143,10 @@ impl Lab {
     }
 
     /// Re-attaches to a lab created by another process (`cargo xtask lab`).
+    /// Dropping it leaves the lab alone; [`Lab::down`] removes it.
     pub fn existing(prefix: &str, paths: LabPaths) -> Result<Self> {
         let topo = Topology::builtin()?;
-        Ok(Lab { prefix: prefix.to_string(), topo, paths, agent: None, persist: false })
+        Ok(Lab { prefix: prefix.to_string(), topo, paths, agent: None, persist: true })
     }
 
     /// Keep the lab when this value is dropped (for `cargo xtask lab up`).

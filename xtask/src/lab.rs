@@ -74,7 +74,6 @@ pub fn main(cmd: LabCmd) -> Result<()> {
                 bail!("the lab is not up: `cargo xtask lab up`");
             }
             let st = lab.cmd(&node, &cmd).status().context("running the command")?;
-            lab.persist();
             std::process::exit(st.code().unwrap_or(1));
         }
         LabCmd::Status => {
