@@ -77,7 +77,7 @@ pub fn main(cmd: LabCmd) -> Result<()> {
             std::process::exit(st.code().unwrap_or(1));
         }
         LabCmd::Status => {
-            let bin = crate::workspace_root().join("target/release/coresvc");
+            let bin = crate::release_bin();
             let st = Command::new(bin).args(["status", "--socket"]).arg(paths().socket).status()?;
             std::process::exit(st.code().unwrap_or(1));
         }
@@ -103,7 +103,8 @@ fn up(bin: PathBuf, config: Option<PathBuf>, foreground: bool) -> Result<Lab> {
 }
 
 fn tips(lab: &Lab) {
-    let rel = "target/release/coresvc";
+    let rel = crate::release_bin();
+    let rel = rel.strip_prefix(crate::workspace_root()).unwrap_or(&rel).display().to_string();
     let nodes: Vec<String> = lab.topo.nodes.iter().map(|n| format!("{} ({})", n.name, n.role)).collect();
     eprintln!(
         "\nThe lab is up. Nodes (network namespaces {PREFIX}-<node>):\n  {}\n\nTry:\n  \

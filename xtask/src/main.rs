@@ -76,12 +76,22 @@ pub fn workspace_root() -> PathBuf {
     coresvc_lab::workspace_root()
 }
 
+/// cargo's target directory (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The release binary `cargo xtask build` makes.
+pub fn release_bin() -> PathBuf {
+    target_dir().join("release").join("coresvc")
+}
+
 /// Builds target/release/coresvc (and with it the eBPF object).
 pub fn build_release() -> Result<PathBuf> {
     setup::run(&setup::SetupOpts::default())?;
     step("build", "cargo build --release -p coresvc");
     cmd_status(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "coresvc"]))?;
-    Ok(workspace_root().join("target/release/coresvc"))
+    Ok(release_bin())
 }
 
 fn run_host(args: &[String]) -> Result<()> {

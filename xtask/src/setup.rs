@@ -26,10 +26,27 @@ const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
 pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     (
         "lab and dataplane inspection",
-        &["bpftool", "iproute2", "iputils-ping", "ethtool", "tcpdump", "nftables", "netcat-openbsd", "util-linux"],
+        &[
+            "bpftool",
+            "iproute2",
+            "iputils-ping",
+            "ethtool",
+            "tcpdump",
+            "nftables",
+            "netcat-openbsd",
+            "socat",
+            "util-linux",
+        ],
     ),
-    ("DNS clients", &["bind9-dnsutils", "knot-dnsutils"]),
-    ("HTTP and TFTP clients", &["curl"]),
+    // Clients the tests use, and the peers coresvc is compared with. The
+    // peers' daemons never start on install (see policy-rc.d below); tests
+    // and benchmarks start their own instances inside the lab.
+    ("DNS clients and load", &["bind9-dnsutils", "knot-dnsutils", "dnsperf"]),
+    ("DNS peers", &["knot", "dnsmasq-base"]),
+    ("DHCP clients and load", &["isc-dhcp-client", "udhcpc", "dhcpcd", "kea-admin"]),
+    ("DHCP peers", &["kea-dhcp4-server"]),
+    ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),
+    ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools"]),
 ];
 
 pub fn run(opts: &SetupOpts) -> Result<()> {
