@@ -46,6 +46,15 @@ struct Agent {
     config_path: PathBuf,
     config: Config,
     dataplane: Mutex<Option<Dataplane>>,
+    dns: Option<crate::dns::Dns>,
+}
+
+impl Agent {
+    fn dns(&self) -> Result<&crate::dns::Dns, Response> {
+        self.dns.as_ref().ok_or_else(|| Response::Error {
+            message: "DNS is not running (disabled in the configuration, or production mode)".into(),
+        })
+    }
 }
 
 impl ctl::Handler for Agent {
@@ -64,10 +73,34 @@ impl ctl::Handler for Agent {
                         config: self.config_path.clone(),
                         authority: self.config.agent.authority,
                         dataplane: d,
+                        dns: self.dns.as_ref().map(|d| d.status()),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
                 }
             }
+            Request::ServiceMove { service, host } => match self.dns() {
+                Ok(dns) => match dns.service_move(&service, &host) {
+                    Ok(m) => Response::Moved(m),
+                    Err(e) => Response::Error { message: format!("{e:#}") },
+                },
+                Err(r) => r,
+            },
+            Request::ZoneExport { zone } => match self.dns() {
+                Ok(dns) => match dns.export(zone.as_deref()) {
+                    Some(text) => Response::ZoneText { text },
+                    None => Response::Error { message: format!("no zone {} is served", zone.unwrap_or_default()) },
+                },
+                Err(r) => r,
+            },
+            Request::ZoneReload => match self.dns() {
+                Ok(dns) => match dns.zone_reload() {
+                    Ok(zones) => Response::Zones { zones },
+                    Err(e) => Response::Error {
+                        message: format!("zone reload refused, the current zones keep serving:\n{e:#}"),
+                    },
+                },
+                Err(r) => r,
+            },
         }
     }
 }
@@ -95,11 +128,14 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
             }
         });
     }
+    // Services: each starts only if the configuration and the authority mode ask for it.
+    let dns = crate::dns::Dns::start(&config)?;
     let agent = Arc::new(Agent {
         started: Instant::now(),
         config_path,
         config: config.clone(),
         dataplane: Mutex::new(Some(dp)),
+        dns,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));

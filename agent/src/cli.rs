@@ -43,6 +43,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// DNS services: repoint a service to another host.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// DNS zones: reload zone files, export zones.
+    #[command(subcommand)]
+    Zone(ZoneCmd),
     /// Remove the pinned maps and links of a stopped agent (resets dataplane state).
     Unpin {
         /// The pin directory (default: the config's agent.pin_dir).
@@ -50,6 +56,39 @@ pub enum Cmd {
         pin_dir: Option<PathBuf>,
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Point SERVICE (e.g. artifacts.mgmt.deevnet.net) at HOST (a host name,
+    /// relative to the service's zone or absolute). Every query after this
+    /// returns gets the new answer; the move survives restarts.
+    Move {
+        service: String,
+        host: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ZoneCmd {
+    /// Re-read the zone files; a bad file is refused and the old data keeps serving.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print zones in RFC 1035 zone-file format: those the running agent
+    /// serves, or with `--from-config FILE` those that file defines.
+    Export {
+        /// Only this zone (e.g. mgmt.deevnet.net); default: all.
+        zone: Option<String>,
+        /// Build the zones from this configuration instead of asking the agent.
+        #[arg(long)]
+        from_config: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -122,19 +161,53 @@ pub fn main(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Status { target, json } => {
-            let resp = runtime()?.block_on(ctl::call(&target.socket()?, &Request::Status))?;
-            match resp {
-                Response::Status(s) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&s)?);
-                    } else {
-                        print!("{}", render_status(&s));
-                    }
+        Cmd::Status { target, json } => match call(&target, &Request::Status)? {
+            Response::Status(s) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", render_status(&s));
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Service(ServiceCmd::Move { service, host, target }) => {
+            match call(&target, &Request::ServiceMove { service, host })? {
+                Response::Moved(m) => {
+                    println!("{}: {} -> {}", m.service, m.from, m.to);
                     Ok(())
                 }
-                Response::Error { message } => bail!("{message}"),
+                other => unexpected(other),
             }
+        }
+        Cmd::Zone(ZoneCmd::Reload { target }) => match call(&target, &Request::ZoneReload)? {
+            Response::Zones { zones } => {
+                for z in zones {
+                    println!("{:<32} serial {:<10} {} names", z.name, z.serial, z.names);
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Zone(ZoneCmd::Export { zone, from_config, target }) => {
+            let text = match from_config {
+                Some(config) => {
+                    let cfg = Config::load(&config)?;
+                    let catalog = crate::dns::build::build(&cfg, 1).map_err(|errs| {
+                        anyhow::anyhow!("{}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+                    })?;
+                    crate::dns::export(&catalog, zone.as_deref()).ok_or_else(|| {
+                        anyhow::anyhow!("no zone {} in {}", zone.unwrap_or_default(), config.display())
+                    })?
+                }
+                None => match call(&target, &Request::ZoneExport { zone })? {
+                    Response::ZoneText { text } => text,
+                    other => return unexpected(other),
+                },
+            };
+            print!("{text}");
+            Ok(())
         }
         Cmd::Unpin { pin_dir, config } => {
             let dir = match (pin_dir, config) {
@@ -147,6 +220,17 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn call(target: &Target, req: &Request) -> Result<Response> {
+    match runtime()?.block_on(ctl::call(&target.socket()?, req))? {
+        Response::Error { message } => bail!("{message}"),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(r: Response) -> Result<()> {
+    bail!("unexpected answer from coresvc: {r:?}")
 }
 
 fn plural(n: usize) -> &'static str {
@@ -221,6 +305,40 @@ pub fn render_status(s: &ctl::Status) -> String {
             v("tx").packets,
             v("redirect").packets,
         );
+    }
+    if let Some(dns) = &s.dns {
+        let c = &dns.counters;
+        let _ = writeln!(o);
+        let listen: Vec<String> = dns.listen.iter().map(ToString::to_string).collect();
+        let _ = writeln!(o, "dns      listening on {}", listen.join(", "));
+        let _ = writeln!(
+            o,
+            "         queries {} udp, {} tcp; {} authoritative, {} cache hits, {} forwarded ({} cached entries)",
+            c.queries_udp, c.queries_tcp, c.authoritative, c.cache_hits, c.cache_misses, dns.cache_entries
+        );
+        let _ = writeln!(
+            o,
+            "         noerror {}, nxdomain {}, servfail {}, refused {}, formerr {}, truncated {}, dropped {}",
+            c.noerror, c.nxdomain, c.servfail, c.refused, c.formerr, c.truncated, c.dropped_malformed
+        );
+        let _ = writeln!(
+            o,
+            "         upstream: {} queries, {} failures ({} timeouts), {} over tcp, {} mismatched replies ignored",
+            c.upstream_queries, c.upstream_failures, c.upstream_timeouts, c.upstream_tcp, c.upstream_mismatched
+        );
+        for z in &dns.zones {
+            let _ = writeln!(
+                o,
+                "         zone {:<30} {:<10} serial {:<10} {} names",
+                z.name,
+                format!("{:?}", z.kind).to_lowercase(),
+                z.serial,
+                z.names
+            );
+        }
+        for (svc, to) in &dns.service_moves {
+            let _ = writeln!(o, "         moved {svc} -> {to}");
+        }
     }
     let drops: Vec<_> = d.drop_reasons.iter().filter(|r| r.packets > 0).collect();
     let _ = writeln!(o);

@@ -23,6 +23,17 @@ use crate::dataplane::DataplaneStatus;
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     Status,
+    /// Repoint a DNS service (CNAME) to another host.
+    ServiceMove {
+        service: String,
+        host: String,
+    },
+    /// Re-read zone files.
+    ZoneReload,
+    /// The zones being served, in zone-file format (all, or one).
+    ZoneExport {
+        zone: Option<String>,
+    },
 }
 
 /// A response: `ok` with a payload, or an error message for the operator.
@@ -30,6 +41,9 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<Status>),
+    Moved(crate::dns::Moved),
+    Zones { zones: Vec<crate::dns::ZoneStatus> },
+    ZoneText { text: String },
     Error { message: String },
 }
 
@@ -41,6 +55,8 @@ pub struct Status {
     pub config: PathBuf,
     pub authority: crate::config::AuthorityMode,
     pub dataplane: DataplaneStatus,
+    /// Absent when DNS is disabled or inactive (production mode).
+    pub dns: Option<crate::dns::DnsStatus>,
 }
 
 /// What the server asks of the agent for each request.

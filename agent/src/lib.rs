@@ -6,4 +6,5 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
+pub mod dns;
 pub mod netns;

@@ -5,25 +5,35 @@ use std::{fs::File, os::fd::AsRawFd as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Sends `frames` out of `iface` in network namespace `ns`. Runs in a
-/// short-lived thread that enters the namespace, so the caller's thread
-/// keeps its own.
-pub fn send_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
+/// Runs `f` on a short-lived thread inside network namespace `ns` (sockets it
+/// opens live there); the caller's thread keeps its own namespace.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     let ns_path = Path::new("/run/netns").join(ns);
-    let iface = iface.to_string();
-    let frames = frames.to_vec();
-    std::thread::spawn(move || -> Result<()> {
-        let f = File::open(&ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+    std::thread::spawn(move || -> Result<T> {
+        let file = File::open(&ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
         // SAFETY: setns on this thread only, with a valid namespace fd.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
         }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in {ns} panicked"))?
+}
+
+/// Sends `frames` out of `iface` in network namespace `ns`.
+pub fn send_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let iface = iface.to_string();
+    let frames = frames.to_vec();
+    let ns_name = ns.to_string();
+    in_netns(ns, move || -> Result<()> {
+        let ns_path = ns_name;
         let name = std::ffi::CString::new(iface.clone())?;
         // SAFETY: plain libc calls with valid arguments; the fd is closed below.
         unsafe {
             let ifindex = libc::if_nametoindex(name.as_ptr());
             if ifindex == 0 {
-                bail!("no interface {iface} in {}", ns_path.display());
+                bail!("no interface {iface} in {ns_path}");
             }
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
             if fd < 0 {
@@ -53,6 +63,4 @@ pub fn send_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
             result
         }
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("frame sender thread panicked"))?
 }

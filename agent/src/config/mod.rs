@@ -8,7 +8,7 @@
 
 mod locate;
 mod types;
-mod validate;
+pub mod validate;
 
 #[cfg(test)]
 mod tests;
@@ -142,7 +142,8 @@ impl Config {
         Self::parse_str_in(text, file, Path::new(""))
     }
 
-    fn parse_str_in(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    /// Like [`Config::parse_str`], resolving relative paths against `base_dir`.
+    pub fn parse_str_in(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let location = e.span().map(|s| locate::line_col(text, s.start));
             ConfigError::Syntax { file: file.to_string(), message: e.message().to_string(), location }

@@ -344,3 +344,20 @@ fn all_problems_are_reported_at_once_in_file_order() {
     let rendered = ConfigError::Invalid { file: "t.toml".into(), problems }.to_string();
     assert!(rendered.starts_with("t.toml: 2 problems found, nothing was changed"), "{rendered}");
 }
+
+#[test]
+fn record_data_is_checked_like_a_zone_file() {
+    let ps = problems("[[zone.record]]\nname = \"@\"\ntype = \"MX\"\ndata = \"ten mail\"\n");
+    assert_one(&ps, "zone[1]", &["record @ MX"]);
+}
+
+#[test]
+fn zone_file_errors_are_reported_by_check() {
+    let dir = std::env::temp_dir().join(format!("coresvc-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.zone");
+    std::fs::write(&f, "$TTL 60\nx IN A not-an-address\n").unwrap();
+    let ps = problems(&format!("[[zone]]\nname = \"files.example\"\nrole = \"site\"\nfile = \"{}\"\n", f.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_one(&ps, "zone[2].file", &["bad.zone"]);
+}

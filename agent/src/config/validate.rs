@@ -41,6 +41,9 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     v.tftp();
     v.firewall();
     v.nat();
+    if v.problems.is_empty() {
+        v.zone_data();
+    }
     v.problems
 }
 
@@ -331,7 +334,10 @@ impl<'a> Validator<'a> {
                     Some(abs) => (abs, true),
                     None => (name, false),
                 };
-                let rel_ok = rel == "@" && !absolute || (!rel.is_empty() && rel.split('.').all(valid_label));
+                // A `*` leftmost label makes a wildcard (RFC 4592).
+                let labels = rel.strip_prefix("*.").unwrap_or(rel);
+                let rel_ok =
+                    rel == "@" && !absolute || rel == "*" || (!labels.is_empty() && labels.split('.').all(valid_label));
                 if !rel_ok {
                     v.err(
                         path.clone(),
@@ -479,6 +485,23 @@ impl<'a> Validator<'a> {
                     }
                 }
             }
+        }
+    }
+
+    /// Builds the zones as the DNS service will (record data, zone files,
+    /// CNAME conflicts, management-plane names in site zone files).
+    fn zone_data(&mut self) {
+        let Err(errors) = crate::dns::build::build(self.c, 0) else { return };
+        for e in errors {
+            let idx = self.c.zones.iter().position(|z| z.name.trim_end_matches('.').eq_ignore_ascii_case(&e.zone));
+            let path = match idx {
+                Some(i) if e.message.starts_with("file ") || e.message.contains(".zone") => {
+                    cfg_path!("zone", i, "file")
+                }
+                Some(i) => cfg_path!("zone", i),
+                None => cfg_path!("segment"),
+            };
+            self.err(path, e.message);
         }
     }
 

@@ -1,0 +1,221 @@
+//! The answer cache for forwarded names: TTLs respected (with caps), negative
+//! answers cached per RFC 2308, bounded in entries (least recently used
+//! first out).
+
+use std::{
+    num::NonZeroUsize,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{LowerName, Name, RData, Record, RecordType},
+};
+
+/// What makes two questions the same for the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub name: LowerName,
+    pub qtype: RecordType,
+    /// DNSSEC OK: upstream answers differ with it.
+    pub dnssec_ok: bool,
+}
+
+impl Key {
+    pub fn new(name: &Name, qtype: RecordType, dnssec_ok: bool) -> Self {
+        Key { name: LowerName::new(name), qtype, dnssec_ok }
+    }
+}
+
+/// An upstream answer as cached.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+    stored: Instant,
+    expires: Instant,
+}
+
+impl Entry {
+    pub fn new(rcode: ResponseCode, answers: Vec<Record>, authorities: Vec<Record>, additionals: Vec<Record>) -> Self {
+        let now = Instant::now();
+        Entry { rcode, answers, authorities, additionals, stored: now, expires: now }
+    }
+
+    /// The entry as served at `now`: every TTL lowered by the time it spent
+    /// in the cache, so no answer outlives its source's TTL.
+    pub fn aged(&self, now: Instant) -> Entry {
+        let age = now.saturating_duration_since(self.stored).as_secs() as u32;
+        let fix = |rs: &[Record]| -> Vec<Record> {
+            rs.iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.ttl = r.ttl.saturating_sub(age);
+                    r
+                })
+                .collect()
+        };
+        Entry {
+            rcode: self.rcode,
+            answers: fix(&self.answers),
+            authorities: fix(&self.authorities),
+            additionals: fix(&self.additionals),
+            stored: self.stored,
+            expires: self.expires,
+        }
+    }
+}
+
+pub struct Cache {
+    inner: Mutex<lru::LruCache<Key, Entry>>,
+    max_ttl: u32,
+    max_negative_ttl: u32,
+}
+
+impl Cache {
+    pub fn new(capacity: u32, max_ttl: u32, max_negative_ttl: u32) -> Self {
+        let cap = NonZeroUsize::new(capacity.max(1) as usize).expect("at least 1");
+        Cache { inner: Mutex::new(lru::LruCache::new(cap)), max_ttl, max_negative_ttl }
+    }
+
+    /// A live entry for `key`, aged to `now`.
+    pub fn get(&self, key: &Key, now: Instant) -> Option<Entry> {
+        let mut c = self.inner.lock().expect("cache lock");
+        match c.get(key) {
+            Some(e) if e.expires > now => Some(e.aged(now)),
+            Some(_) => {
+                c.pop(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores an upstream answer for as long as its TTLs allow (capped). Returns
+    /// the lifetime chosen, or `None` when the answer is not cacheable.
+    pub fn put(&self, key: Key, mut entry: Entry, now: Instant) -> Option<Duration> {
+        let ttl = self.lifetime(&entry)?;
+        // Cap every record's TTL so served answers never exceed the cap.
+        for r in entry.answers.iter_mut().chain(entry.authorities.iter_mut()).chain(entry.additionals.iter_mut()) {
+            r.ttl = r.ttl.min(ttl);
+        }
+        entry.stored = now;
+        entry.expires = now + Duration::from_secs(u64::from(ttl));
+        self.inner.lock().expect("cache lock").put(key, entry);
+        Some(Duration::from_secs(u64::from(ttl)))
+    }
+
+    /// RFC 2308 §5: a negative answer lives for min(SOA TTL, SOA MINIMUM);
+    /// without an SOA it is not cached. A positive one for its smallest TTL.
+    fn lifetime(&self, e: &Entry) -> Option<u32> {
+        let negative = e.rcode == ResponseCode::NXDomain || (e.rcode == ResponseCode::NoError && e.answers.is_empty());
+        let ttl = if negative {
+            let soa = e.authorities.iter().find(|r| r.record_type() == RecordType::SOA)?;
+            let min = match &soa.data {
+                RData::SOA(s) => s.minimum,
+                _ => 0,
+            };
+            soa.ttl.min(min).min(self.max_negative_ttl)
+        } else if e.rcode == ResponseCode::NoError {
+            e.answers.iter().chain(e.authorities.iter()).map(|r| r.ttl).min()?.min(self.max_ttl)
+        } else {
+            return None;
+        };
+        (ttl > 0).then_some(ttl)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        self.inner.lock().expect("cache lock").clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::rr::rdata::{A, SOA};
+
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    fn a(ttl: u32) -> Record {
+        Record::from_rdata(n("www.example.org."), ttl, RData::A(A::new(192, 0, 2, 80)))
+    }
+
+    fn soa(ttl: u32, minimum: u32) -> Record {
+        Record::from_rdata(
+            n("example.org."),
+            ttl,
+            RData::SOA(SOA::new(n("ns.example.org."), n("h.example.org."), 1, 1, 1, 1, minimum)),
+        )
+    }
+
+    #[test]
+    fn ttls_decrease_and_entries_expire() {
+        let c = Cache::new(10, 86400, 3600);
+        let k = Key::new(&n("WWW.example.org."), RecordType::A, false);
+        let t0 = Instant::now();
+        assert_eq!(
+            c.put(k.clone(), Entry::new(ResponseCode::NoError, vec![a(100)], vec![], vec![]), t0),
+            Some(Duration::from_secs(100))
+        );
+        let e = c.get(&Key::new(&n("www.EXAMPLE.org."), RecordType::A, false), t0 + Duration::from_secs(30)).unwrap();
+        assert_eq!(e.answers[0].ttl, 70);
+        assert!(c.get(&k, t0 + Duration::from_secs(100)).is_none());
+        assert!(c.is_empty(), "expired entries are removed");
+    }
+
+    #[test]
+    fn ttl_cap_applies_to_served_records() {
+        let c = Cache::new(10, 60, 3600);
+        let k = Key::new(&n("www.example.org."), RecordType::A, false);
+        let t0 = Instant::now();
+        c.put(k.clone(), Entry::new(ResponseCode::NoError, vec![a(86400)], vec![], vec![]), t0);
+        assert_eq!(c.get(&k, t0).unwrap().answers[0].ttl, 60);
+    }
+
+    #[test]
+    fn negative_answers_use_the_soa_minimum() {
+        let c = Cache::new(10, 86400, 3600);
+        let k = Key::new(&n("nope.example.org."), RecordType::A, false);
+        let got = c.put(k, Entry::new(ResponseCode::NXDomain, vec![], vec![soa(900, 120)], vec![]), Instant::now());
+        assert_eq!(got, Some(Duration::from_secs(120)));
+        let k = Key::new(&n("nope2.example.org."), RecordType::A, false);
+        assert_eq!(
+            c.put(k, Entry::new(ResponseCode::NXDomain, vec![], vec![], vec![]), Instant::now()),
+            None,
+            "no SOA: not cached"
+        );
+        let k = Key::new(&n("x.example.org."), RecordType::A, false);
+        assert_eq!(c.put(k, Entry::new(ResponseCode::ServFail, vec![], vec![], vec![]), Instant::now()), None);
+    }
+
+    #[test]
+    fn bounded() {
+        let c = Cache::new(2, 86400, 3600);
+        for i in 0..5 {
+            let k = Key::new(&n(&format!("h{i}.example.org.")), RecordType::A, false);
+            c.put(k, Entry::new(ResponseCode::NoError, vec![a(100)], vec![], vec![]), Instant::now());
+        }
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn dnssec_ok_is_part_of_the_key() {
+        assert_ne!(Key::new(&n("a."), RecordType::A, true), Key::new(&n("a."), RecordType::A, false));
+    }
+}

@@ -1,0 +1,57 @@
+//! DNS counters (relaxed atomics; read by `coresvc status` and metrics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! counters {
+    ($($field:ident: $doc:literal),* $(,)?) => {
+        /// Live counters.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $(#[doc = $doc] pub $field: AtomicU64,)*
+        }
+
+        /// A snapshot for the control socket.
+        #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+        pub struct Snapshot {
+            $(#[doc = $doc] pub $field: u64,)*
+        }
+
+        impl Stats {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    queries_udp: "queries received over UDP",
+    queries_tcp: "queries received over TCP",
+    authoritative: "answered from local zones",
+    cache_hits: "answered from the cache",
+    cache_misses: "forwarded because the cache had no answer",
+    coalesced: "waited for an identical question already in flight",
+    noerror: "responses with NOERROR",
+    nxdomain: "responses with NXDOMAIN",
+    servfail: "responses with SERVFAIL",
+    refused: "responses with REFUSED (e.g. clients outside the segments)",
+    formerr: "responses with FORMERR",
+    notimp: "responses with NOTIMP",
+    truncated: "UDP responses truncated (TC set)",
+    dropped_malformed: "datagrams dropped: too short to answer or not a query",
+    tcp_connections: "TCP connections accepted",
+    tcp_rejected: "TCP connections refused at the connection cap",
+    upstream_queries: "questions sent upstream",
+    upstream_failures: "upstream attempts that failed (timeout, error, SERVFAIL, REFUSED)",
+    upstream_timeouts: "upstream attempts that timed out",
+    upstream_tcp: "upstream retries over TCP after truncation",
+    upstream_mismatched: "upstream datagrams ignored (wrong source, ID or question)",
+}
+
+impl Stats {
+    pub fn inc(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,496 @@
+//! The DNS service in the lab, with real clients (kdig), a real upstream
+//! (Knot in the `upstream` node) and a reference authoritative server (Knot
+//! serving the same zone, exported by `coresvc zone export`).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    time::Duration,
+};
+
+use coresvc_lab::{
+    AgentOpts, Lab,
+    dns::{Knot, Reply, Rr},
+    raw::in_netns,
+};
+
+const GW_DVNT: &str = "10.20.0.1";
+
+/// Extra zone data for the tests, appended to the built-in configuration (it
+/// lands in the last zone, dvntm.deevnet.net, and in a test zone).
+const EXTRA: &str = r#"
+[[zone.record]]
+name = "big"
+type = "TXT"
+data = '"0123456789012345678901234567890123456789012345678901234567890123456789"'
+
+[[zone]]
+name = "ref.deevnet.net"
+role = "site"
+ttl = 120
+[zone.soa]
+serial = 2026112501
+minimum = 60
+[[zone.host]]
+name = "ns"
+addresses = ["10.20.0.1"]
+[[zone.host]]
+name = "web"
+addresses = ["10.20.0.80", "10.20.0.81", "fd00::80"]
+[[zone.host]]
+name = "mail"
+addresses = ["10.20.0.25"]
+[[zone.host]]
+name = "deep.a.b"
+addresses = ["10.20.0.90"]
+[[zone.service]]
+name = "www"
+target = "web"
+[[zone.service]]
+name = "chain"
+target = "www"
+[[zone.service]]
+name = "outside"
+target = "www.example.org."
+[[zone.record]]
+name = "@"
+type = "MX"
+data = "10 mail"
+[[zone.record]]
+name = "_http._tcp"
+type = "SRV"
+data = "0 5 80 web"
+[[zone.record]]
+name = "@"
+type = "TXT"
+data = '"v=spf1 -all" "second string"'
+[[zone.record]]
+name = "*.wild"
+type = "A"
+data = "10.20.0.99"
+[[zone.record]]
+name = "sub"
+type = "NS"
+data = "ns.sub"
+[[zone.record]]
+name = "ns.sub"
+type = "A"
+data = "10.20.0.53"
+[[zone.record]]
+name = "@"
+type = "CAA"
+data = '0 issue "letsencrypt.org"'
+"#;
+
+/// The upstream's zones (Knot in the `upstream` node).
+const EXAMPLE_ORG: &str = "$ORIGIN example.org.\n$TTL 300\n\
+@ IN SOA ns.example.org. hostmaster.example.org. 1 3600 600 604800 120\n\
+@ IN NS ns\nns IN A 192.0.2.1\nwww IN A 192.0.2.80\nalias IN CNAME www\n";
+const LAB_EXAMPLE: &str = "$ORIGIN lab.example.\n$TTL 300\n\
+@ IN SOA ns.lab.example. hostmaster.lab.example. 1 3600 600 604800 120\n\
+@ IN NS ns\nns IN A 192.0.2.1\nthing IN A 192.0.2.77\n";
+
+fn config(lab: &Lab, edit: impl FnOnce(String) -> String) -> PathBuf {
+    lab.config_with("coresvc.toml", |s| {
+        let s = s.replace("upstreams = [\"192.0.2.1:53\"]", "upstreams = [\"192.0.2.1:5353\"]");
+        edit(s + EXTRA)
+    })
+    .unwrap()
+}
+
+fn lab_with(edit: impl FnOnce(String) -> String) -> Lab {
+    let mut lab = Lab::for_test().unwrap();
+    let cfg = config(&lab, edit);
+    lab.start_agent(&AgentOpts::new(cfg)).unwrap();
+    lab
+}
+
+fn lab() -> Lab {
+    lab_with(|s| s)
+}
+
+/// Knot in the upstream node: example.org on :53, lab.example on :5353.
+fn upstreams(lab: &Lab) -> (Knot, Knot) {
+    let org = lab.write_file("example.org.zone", EXAMPLE_ORG).unwrap();
+    let labx = lab.write_file("lab.example.zone", LAB_EXAMPLE).unwrap();
+    let a = Knot::start(lab, "upstream", &["192.0.2.1@53"], &[("example.org", &org)]).unwrap();
+    let b = Knot::start(lab, "upstream", &["192.0.2.1@5353"], &[("lab.example", &labx)]).unwrap();
+    (a, b)
+}
+
+fn ask(lab: &Lab, name: &str, t: &str) -> Reply {
+    lab.kdig("dvnt-client", GW_DVNT, name, t, &[]).unwrap()
+}
+
+fn dns_counter(lab: &Lab, name: &str) -> u64 {
+    lab.status_json().unwrap()["dns"]["counters"][name].as_u64().unwrap()
+}
+
+#[test]
+fn authoritative_answers_for_every_record_type() {
+    let lab = lab();
+    // The seed's chain, resolved in one answer, from a site segment.
+    let r = ask(&lab, "artifacts.dvntm.deevnet.net", "A");
+    assert_eq!(r.rcode, "NOERROR");
+    assert!(r.aa && r.ra, "{r:?}");
+    assert_eq!(
+        r.answer_texts(),
+        [
+            "artifacts.dvntm.deevnet.net. CNAME artifacts.mgmt.deevnet.net.",
+            "artifacts.mgmt.deevnet.net. CNAME provisioner-01-dvntm.mgmt.deevnet.net.",
+            "provisioner-01-dvntm.mgmt.deevnet.net. A 10.10.0.10",
+        ]
+    );
+    // Management names are answered on site segments too.
+    let r = ask(&lab, "provisioner-01.mgmt.deevnet.net", "A");
+    assert_eq!(r.answer_texts(), ["provisioner-01.mgmt.deevnet.net. A 10.10.0.10"]);
+    // NODATA and NXDOMAIN carry the SOA with the negative TTL (RFC 2308).
+    for (name, rcode) in [("provisioner-01.mgmt.deevnet.net", "NOERROR"), ("nope.mgmt.deevnet.net", "NXDOMAIN")] {
+        let r = ask(&lab, name, if rcode == "NOERROR" { "AAAA" } else { "A" });
+        assert_eq!(r.rcode, rcode, "{name}");
+        assert!(r.aa && r.answers.is_empty());
+        assert_eq!(r.authority.len(), 1);
+        assert_eq!(r.authority[0].rtype, "SOA");
+        assert_eq!(r.authority[0].ttl, 300);
+    }
+    let r = ask(&lab, "web.ref.deevnet.net", "AAAA");
+    assert_eq!(r.answer_texts(), ["web.ref.deevnet.net. AAAA fd00::80"]);
+    let r = ask(&lab, "ref.deevnet.net", "MX");
+    assert_eq!(r.answers[0].rtype, "MX");
+    assert_eq!(r.additional.iter().filter(|a| a.rtype == "A").count(), 1, "the exchange's address: {r:?}");
+    let r = ask(&lab, "_http._tcp.ref.deevnet.net", "SRV");
+    assert_eq!(r.answers[0].rtype, "SRV");
+    assert_eq!(r.additional.len(), 3, "web's A and AAAA records: {r:?}");
+    let r = ask(&lab, "ref.deevnet.net", "TXT");
+    assert_eq!(r.answers.len(), 1);
+    assert!(r.answers[0].text.contains("v=spf1 -all"), "{r:?}");
+    for t in ["NS", "SOA", "CAA"] {
+        let r = ask(&lab, "ref.deevnet.net", t);
+        assert_eq!(r.answers.len(), 1, "{t}: {r:?}");
+        assert_eq!(r.answers[0].rtype, t);
+    }
+    // Reverse zones: hosts and static DHCP hosts have PTRs.
+    let r = lab
+        .kdig("dvnt-client", GW_DVNT, "10.10.0.10", "PTR", &["-x"])
+        .unwrap_or_else(|_| lab.kdig("dvnt-client", GW_DVNT, "10.0.10.10.in-addr.arpa", "PTR", &[]).unwrap());
+    let ptrs: Vec<&str> = r.answers.iter().map(|a| a.text.as_str()).collect();
+    assert!(ptrs.contains(&"provisioner-01.mgmt.deevnet.net."), "{ptrs:?}");
+    assert!(ptrs.contains(&"provisioner-01-dvntm.mgmt.deevnet.net."), "{ptrs:?}");
+    // 0x20 clients: the question comes back as asked, and still matches.
+    // (dig, because kdig lower-cases names before sending them.)
+    let out = lab
+        .exec(
+            "dvnt-client",
+            ["dig", "+noall", "+question", "+answer", "@10.20.0.1", "PrOvIsIoNeR-01.MgMt.DeEvNeT.NeT", "A"],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(";PrOvIsIoNeR-01.MgMt.DeEvNeT.NeT."), "{text}");
+    assert!(text.contains("10.10.0.10"), "{text}");
+    // EDNS: our payload size.
+    let r = lab.kdig("dvnt-client", GW_DVNT, "ns.mgmt.deevnet.net", "A", &["+edns"]).unwrap();
+    assert_eq!(r.edns_size, Some(1232));
+}
+
+/// The same zone served by Knot (from `coresvc zone export`) and by coresvc:
+/// every query of a list gets equivalent responses (rcode, AA, TC, and the
+/// three sections as record sets; RA differs by design: coresvc also recurses).
+#[test]
+fn answers_match_knot_for_the_same_zone() {
+    let lab = lab();
+    // The zones exactly as the running agent serves them.
+    let mut zones = Vec::new();
+    for z in ["ref.deevnet.net", "0.20.10.in-addr.arpa"] {
+        let out = lab.coresvc(["zone", "export", z]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        zones.push((z, lab.write_file(&format!("{z}.zone"), &String::from_utf8(out.stdout).unwrap()).unwrap()));
+    }
+    let zone_refs: Vec<(&str, &std::path::Path)> = zones.iter().map(|(z, p)| (*z, p.as_path())).collect();
+    let _knot = Knot::start(&lab, "gw", &["10.20.0.1@5300"], &zone_refs).unwrap();
+    let queries = [
+        ("ref.deevnet.net", "SOA"),
+        ("ref.deevnet.net", "NS"),
+        ("ref.deevnet.net", "MX"),
+        ("ref.deevnet.net", "TXT"),
+        ("ref.deevnet.net", "CAA"),
+        ("ref.deevnet.net", "A"),
+        ("ref.deevnet.net", "ANY"),
+        ("web.ref.deevnet.net", "A"),
+        ("WEB.Ref.Deevnet.Net", "A"),
+        ("web.ref.deevnet.net", "AAAA"),
+        ("web.ref.deevnet.net", "MX"),
+        ("web.ref.deevnet.net", "ANY"),
+        ("www.ref.deevnet.net", "A"),
+        ("www.ref.deevnet.net", "CNAME"),
+        ("www.ref.deevnet.net", "TXT"),
+        ("chain.ref.deevnet.net", "A"),
+        ("chain.ref.deevnet.net", "AAAA"),
+        ("outside.ref.deevnet.net", "CNAME"),
+        ("nope.ref.deevnet.net", "A"),
+        ("a.nope.ref.deevnet.net", "TXT"),
+        ("_http._tcp.ref.deevnet.net", "SRV"),
+        ("_tcp.ref.deevnet.net", "A"),
+        ("a.b.ref.deevnet.net", "A"),
+        ("b.ref.deevnet.net", "A"),
+        ("deep.a.b.ref.deevnet.net", "A"),
+        ("x.wild.ref.deevnet.net", "A"),
+        ("y.x.wild.ref.deevnet.net", "A"),
+        ("x.wild.ref.deevnet.net", "AAAA"),
+        ("wild.ref.deevnet.net", "A"),
+        ("sub.ref.deevnet.net", "NS"),
+        ("host.sub.ref.deevnet.net", "A"),
+        ("ns.sub.ref.deevnet.net", "A"),
+        ("ref.deevnet.net", "TYPE65280"),
+        ("80.0.20.10.in-addr.arpa", "PTR"),
+        ("99.0.20.10.in-addr.arpa", "PTR"),
+        ("0.20.10.in-addr.arpa", "SOA"),
+        ("0.20.10.in-addr.arpa", "NS"),
+    ];
+    let norm = |v: &[Rr]| -> Vec<(String, String, u64, String)> {
+        let mut v: Vec<_> = v.iter().map(|r| (r.name.clone(), r.rtype.clone(), r.ttl, r.rdata.clone())).collect();
+        v.sort();
+        v
+    };
+    let mut mismatches = Vec::new();
+    for (name, t) in queries {
+        for extra in [&[][..], &["+edns"][..], &["+tcp"][..]] {
+            let ours = lab.kdig("dvnt-client", GW_DVNT, name, t, extra).unwrap();
+            let mut knot_args = vec!["-p", "5300"];
+            knot_args.extend_from_slice(extra);
+            let theirs = lab.kdig("dvnt-client", GW_DVNT, name, t, &knot_args).unwrap();
+            let same = ours.rcode == theirs.rcode
+                && ours.aa == theirs.aa
+                && ours.tc == theirs.tc
+                && norm(&ours.answers) == norm(&theirs.answers)
+                && norm(&ours.authority) == norm(&theirs.authority)
+                && norm(&ours.additional) == norm(&theirs.additional)
+                && ours.edns_size.is_some() == theirs.edns_size.is_some();
+            if !same {
+                mismatches.push(format!("{name} {t} {extra:?}:\n  coresvc {ours:?}\n  knot    {theirs:?}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{} mismatch(es):\n{}", mismatches.len(), mismatches.join("\n"));
+}
+
+#[test]
+fn forwarding_caching_and_per_domain_forwarders() {
+    let lab = lab();
+    let _up = upstreams(&lab);
+    let r = ask(&lab, "www.example.org", "A");
+    assert_eq!(r.rcode, "NOERROR");
+    assert!(!r.aa && r.ra, "forwarded answers are not authoritative: {r:?}");
+    assert_eq!(r.answer_texts(), ["www.example.org. A 192.0.2.80"]);
+    let upstream_before = dns_counter(&lab, "upstream_queries");
+    let hits_before = dns_counter(&lab, "cache_hits");
+    let again = ask(&lab, "WWW.example.org", "A");
+    assert_eq!(again.answers.len(), 1);
+    assert!(again.answers[0].ttl <= r.answers[0].ttl);
+    assert_eq!(dns_counter(&lab, "upstream_queries"), upstream_before, "answered from the cache");
+    assert_eq!(dns_counter(&lab, "cache_hits"), hits_before + 1);
+    // Negative answers are cached too (RFC 2308), with the SOA.
+    let r = ask(&lab, "nope.example.org", "A");
+    assert_eq!(r.rcode, "NXDOMAIN");
+    assert_eq!(r.authority[0].rtype, "SOA");
+    let before = dns_counter(&lab, "upstream_queries");
+    assert_eq!(ask(&lab, "nope.example.org", "A").rcode, "NXDOMAIN");
+    assert_eq!(dns_counter(&lab, "upstream_queries"), before);
+    // A local CNAME leading outside is followed through the forwarder.
+    let r = ask(&lab, "outside.ref.deevnet.net", "A");
+    assert!(r.aa);
+    assert_eq!(r.answer_texts(), ["outside.ref.deevnet.net. CNAME www.example.org.", "www.example.org. A 192.0.2.80"]);
+    // Per-domain forwarding: lab.example goes to the server on :5353.
+    let r = ask(&lab, "thing.lab.example", "A");
+    assert_eq!(r.answer_texts(), ["thing.lab.example. A 192.0.2.77"]);
+    // Names of local zones are never sent upstream.
+    let before = dns_counter(&lab, "upstream_queries");
+    ask(&lab, "nope.mgmt.deevnet.net", "A");
+    assert_eq!(dns_counter(&lab, "upstream_queries"), before);
+}
+
+#[test]
+fn a_failed_upstream_falls_over_to_the_next_then_servfail() {
+    // 192.0.2.99 does not exist: every query to it times out.
+    let lab = lab_with(|s| {
+        s.replace("upstreams = [\"192.0.2.1\"]", "upstreams = [\"192.0.2.99\", \"192.0.2.1\"]")
+            .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"1s\"")
+            + "\n[[dns.forward]]\ndomain = \"dead.example\"\nupstreams = [\"192.0.2.99\"]\n"
+    });
+    let _up = upstreams(&lab);
+    let r = ask(&lab, "www.example.org", "A");
+    assert_eq!(r.answer_texts(), ["www.example.org. A 192.0.2.80"]);
+    assert!(dns_counter(&lab, "upstream_timeouts") >= 1);
+    let r = ask(&lab, "x.dead.example", "A");
+    assert_eq!(r.rcode, "SERVFAIL");
+}
+
+#[test]
+fn truncation_then_tcp() {
+    // 40 TXT records of 80 bytes: over 512 and 1232 bytes.
+    let big: String = (0..40)
+        .map(|i| format!("\n[[zone.record]]\nname = \"huge\"\ntype = \"TXT\"\ndata = '\"{i:02}{}\"'\n", "x".repeat(76)))
+        .collect();
+    let lab = lab_with(|s| s + &big);
+    let r = lab.kdig("dvnt-client", GW_DVNT, "huge.ref.deevnet.net", "TXT", &["+ignore", "+noedns"]).unwrap();
+    assert!(r.tc, "truncated over UDP: {r:?}");
+    assert!(r.answers.is_empty());
+    let r = lab.kdig("dvnt-client", GW_DVNT, "huge.ref.deevnet.net", "TXT", &["+ignore", "+edns"]).unwrap();
+    assert!(r.tc && r.edns_size == Some(1232));
+    // kdig retries over TCP by itself; +tcp asks directly.
+    let r = lab.kdig("dvnt-client", GW_DVNT, "huge.ref.deevnet.net", "TXT", &[]).unwrap();
+    assert!(!r.tc && r.answers.len() == 40, "{} answers", r.answers.len());
+    let r = lab.kdig("dvnt-client", GW_DVNT, "huge.ref.deevnet.net", "TXT", &["+tcp"]).unwrap();
+    assert_eq!(r.answers.len(), 40);
+    assert!(dns_counter(&lab, "truncated") >= 2);
+}
+
+#[test]
+fn service_move_takes_effect_at_once_and_survives_a_restart() {
+    let mut lab = lab_with(|s| {
+        s.replace(
+            "[[zone.host]]\nname = \"provisioner-01-dvntm\"",
+            "[[zone.host]]\nname = \"provisioner-02\"\naddresses = [\"10.10.0.11\"]\n\n[[zone.host]]\nname = \"provisioner-01-dvntm\"",
+        )
+    });
+    let before = ask(&lab, "artifacts.dvntm.deevnet.net", "A");
+    assert_eq!(before.answers.last().unwrap().text, "10.10.0.10");
+    let out = lab.coresvc(["service", "move", "artifacts.mgmt.deevnet.net", "provisioner-02"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "artifacts.mgmt.deevnet.net.: provisioner-01-dvntm.mgmt.deevnet.net. -> provisioner-02.mgmt.deevnet.net."
+    );
+    // The very next query sees the new target, on every segment.
+    for node in ["dvnt-client", "dvntm-client", "provisioner"] {
+        let server = match node {
+            "dvnt-client" => "10.20.0.1",
+            "dvntm-client" => "10.30.0.1",
+            _ => "10.10.0.1",
+        };
+        let r = lab.kdig(node, server, "artifacts.dvntm.deevnet.net", "A", &[]).unwrap();
+        assert_eq!(r.answers.last().unwrap().text, "10.10.0.11", "{node}");
+        assert_eq!(r.answers[1].text, "provisioner-02.mgmt.deevnet.net.");
+    }
+    // Refusals: an unknown host, and a name that is not a service.
+    let out = lab.coresvc(["service", "move", "artifacts.mgmt.deevnet.net", "nobody"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.coresvc(["service", "move", "provisioner-01.mgmt.deevnet.net", "provisioner-02"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a service"));
+    // Restart: the move is still in force.
+    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    lab.start_agent(&AgentOpts::new(lab.paths.run_dir.join("coresvc.toml"))).unwrap();
+    let r = ask(&lab, "artifacts.mgmt.deevnet.net", "A");
+    assert_eq!(r.answers.last().unwrap().text, "10.10.0.11");
+}
+
+#[test]
+fn zone_reload_refuses_a_bad_file_and_keeps_serving() {
+    let mut lab = Lab::for_test().unwrap();
+    let zone_file = lab.write_file("files.zone", "$TTL 60\nhost IN A 10.20.0.60\n").unwrap();
+    let cfg = config(&lab, |s| {
+        s + &format!("\n[[zone]]\nname = \"files.example\"\nrole = \"site\"\nfile = \"{}\"\n", zone_file.display())
+    });
+    lab.start_agent(&AgentOpts::new(cfg)).unwrap();
+    assert_eq!(ask(&lab, "host.files.example", "A").answer_texts(), ["host.files.example. A 10.20.0.60"]);
+    std::fs::write(&zone_file, "$TTL 60\nhost IN A 10.20.0.61\nbroken IN A not-an-address\n").unwrap();
+    let out = lab.coresvc(["zone", "reload"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused") && err.contains("files.zone"), "{err}");
+    assert_eq!(ask(&lab, "host.files.example", "A").answer_texts(), ["host.files.example. A 10.20.0.60"]);
+    std::fs::write(&zone_file, "$TTL 60\nhost IN A 10.20.0.61\nnew IN A 10.20.0.62\n").unwrap();
+    let out = lab.coresvc(["zone", "reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ask(&lab, "host.files.example", "A").answer_texts(), ["host.files.example. A 10.20.0.61"]);
+    assert_eq!(ask(&lab, "new.files.example", "A").answers.len(), 1);
+}
+
+#[test]
+fn the_uplink_side_is_refused() {
+    let lab = lab();
+    // Give the upstream node a way to the segments: still refused.
+    coresvc_lab::run(&mut lab.cmd("upstream", ["ip", "route", "add", "10.0.0.0/8", "via", "192.0.2.2"])).unwrap();
+    let r = lab.kdig("upstream", "10.10.0.1", "provisioner-01.mgmt.deevnet.net", "A", &[]).unwrap();
+    assert_eq!(r.rcode, "REFUSED");
+    assert!(r.answers.is_empty());
+    let r = lab.kdig("upstream", "10.10.0.1", "www.example.org", "A", &[]).unwrap();
+    assert_eq!(r.rcode, "REFUSED", "never an open resolver");
+    // Nothing listens on the uplink address itself.
+    assert!(lab.kdig("upstream", "192.0.2.2", "provisioner-01.mgmt.deevnet.net", "A", &[]).is_err());
+}
+
+/// Builds a query (`id`, `name`, type A).
+fn wire_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = vec![(id >> 8) as u8, id as u8, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+#[test]
+fn tcp_pipelining_and_malformed_input() {
+    let lab = lab();
+    let ns = lab.ns("dvnt-client");
+    let server: SocketAddr = "10.20.0.1:53".parse().unwrap();
+    // Ten queries written at once on one connection: ten answers.
+    let ids = in_netns(&ns, move || {
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut all = Vec::new();
+        for id in 0..10u16 {
+            let q = wire_query(100 + id, "provisioner-01.mgmt.deevnet.net");
+            all.extend_from_slice(&(q.len() as u16).to_be_bytes());
+            all.extend_from_slice(&q);
+        }
+        s.write_all(&all)?;
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            let mut m = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut m)?;
+            ids.push(u16::from_be_bytes([m[0], m[1]]));
+        }
+        ids.sort();
+        Ok(ids)
+    })
+    .unwrap();
+    assert_eq!(ids, (100..110).collect::<Vec<_>>());
+    // Garbage over UDP: FORMERR or silence, never a crash.
+    let replies = in_netns(&ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let junk: Vec<Vec<u8>> = vec![
+            vec![1, 2, 3],
+            vec![0xde, 0xad, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1],
+            vec![0xbe, 0xef, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63],
+            vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1],
+            vec![0xff; 600],
+        ];
+        let mut n = 0;
+        for j in &junk {
+            s.send_to(j, server)?;
+            let mut buf = [0u8; 2048];
+            if let Ok((len, _)) = s.recv_from(&mut buf) {
+                assert!(len >= 12);
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+    .unwrap();
+    assert!(replies >= 2, "FORMERR for the queries with a header, got {replies} replies");
+    let r = ask(&lab, "provisioner-01.mgmt.deevnet.net", "A");
+    assert_eq!(r.answers.len(), 1, "still serving");
+    assert!(dns_counter(&lab, "formerr") >= 2);
+    assert!(dns_counter(&lab, "dropped_malformed") >= 2);
+}
