@@ -494,3 +494,94 @@ fn tcp_pipelining_and_malformed_input() {
     assert!(dns_counter(&lab, "formerr") >= 2);
     assert!(dns_counter(&lab, "dropped_malformed") >= 2);
 }
+
+/// A deliberately slow upstream in the `upstream` node: answers every A
+/// question with 192.0.2.55 after `delay`, and counts the questions.
+fn slow_upstream(lab: &Lab, delay: Duration, run_for: Duration) -> std::thread::JoinHandle<usize> {
+    let ns = lab.ns("upstream");
+    std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let s = UdpSocket::bind("192.0.2.1:53")?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let end = std::time::Instant::now() + run_for;
+            let mut seen = 0;
+            let mut buf = [0u8; 1500];
+            while std::time::Instant::now() < end {
+                let Ok((len, from)) = s.recv_from(&mut buf) else { continue };
+                seen += 1;
+                // Header and question of the query, then one A record.
+                let mut q = 12;
+                while q < len && buf[q] != 0 {
+                    q += usize::from(buf[q]) + 1;
+                }
+                let qend = q + 5;
+                let mut r = buf[..qend].to_vec();
+                r[2] |= 0x80;
+                r[3] = 0x80;
+                r[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]);
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 55]);
+                let s2 = s.try_clone()?;
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = s2.send_to(&r, from);
+                });
+            }
+            Ok(seen)
+        })
+        .unwrap()
+    })
+}
+
+#[test]
+fn identical_questions_in_flight_share_one_upstream_query() {
+    let lab = lab();
+    let upstream = slow_upstream(&lab, Duration::from_millis(600), Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(200));
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            lab.cmd("dvnt-client", ["kdig", "+timeout=3", "+retry=0", "@10.20.0.1", "slow.example.net", "A"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+    }
+    let r = ask(&lab, "slow.example.net", "A");
+    assert_eq!(r.answer_texts(), ["slow.example.net. A 192.0.2.55"]);
+    assert_eq!(upstream.join().unwrap(), 1, "one upstream question for five clients and a cached sixth");
+    assert!(dns_counter(&lab, "coalesced") >= 1);
+}
+
+#[test]
+fn tcp_connections_are_capped_and_idle_ones_closed() {
+    let lab = lab_with(|s| {
+        s.replace("tcp_idle_timeout = \"10s\"", "tcp_idle_timeout = \"1s\"")
+            .replace("tcp_max_connections = 256", "tcp_max_connections = 2")
+    });
+    let ns = lab.ns("dvnt-client");
+    let server: SocketAddr = "10.20.0.1:53".parse().unwrap();
+    let (third_closed, idle_closed) = in_netns(&ns, move || {
+        let a = TcpStream::connect(server)?;
+        let b = TcpStream::connect(server)?;
+        std::thread::sleep(Duration::from_millis(200));
+        // The third is accepted by the kernel and closed by coresvc at once.
+        let mut c = TcpStream::connect(server)?;
+        c.set_read_timeout(Some(Duration::from_millis(800)))?;
+        let mut buf = [0u8; 1];
+        let third_closed = matches!(c.read(&mut buf), Ok(0) | Err(_));
+        // An idle connection is closed after the idle timeout.
+        let mut a2 = a.try_clone()?;
+        a2.set_read_timeout(Some(Duration::from_secs(4)))?;
+        let start = std::time::Instant::now();
+        let idle_closed = matches!(a2.read(&mut buf), Ok(0)) && start.elapsed() < Duration::from_secs(3);
+        drop(b);
+        Ok((third_closed, idle_closed))
+    })
+    .unwrap();
+    assert!(third_closed, "the connection over the cap is closed");
+    assert!(idle_closed, "an idle connection is closed");
+    assert!(dns_counter(&lab, "tcp_rejected") >= 1);
+}

@@ -1,30 +1,57 @@
 //! `cargo xtask bench NAME`: coresvc and its peer side by side in the lab,
-//! one run, both figures and their ratio. Benchmarks land with the features
-//! they measure (see ARCHITECTURE.md).
+//! one run, both figures and their ratio. Timings are never asserted: these
+//! machines are shared; the figures are for reading.
+
+mod dns;
 
 use anyhow::{Result, bail};
+use coresvc_lab::{Lab, LabPaths};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// The benchmark to run; without a name, the list.
     pub name: Option<String>,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
 }
 
 /// (name, what it compares)
-const BENCHES: &[(&str, &str)] = &[];
+const BENCHES: &[(&str, &str)] = &[("dns", "dnsperf queries/s: coresvc's DNS (agent path) vs dnsmasq, same records")];
+
+/// A lab of its own for a benchmark, running the release binary.
+pub struct BenchLab {
+    prefix: String,
+}
+
+impl BenchLab {
+    fn new() -> Result<Self> {
+        let bin = crate::build_release()?;
+        // SAFETY: set before any thread is started.
+        unsafe { std::env::set_var("CORESVC_BIN", &bin) };
+        Ok(BenchLab { prefix: format!("csbench{}", std::process::id()) })
+    }
+
+    pub fn lab(&self) -> Result<Lab> {
+        Lab::up(&self.prefix, LabPaths::private(&self.prefix))
+    }
+}
+
+/// `a/b` as text, e.g. `1.84x`.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 { format!("{:.2}x", a / b) } else { "n/a".into() }
+}
 
 pub fn main(args: BenchArgs) -> Result<()> {
-    crate::setup::run(&crate::setup::SetupOpts::default())?;
-    match args.name {
+    match args.name.as_deref() {
         None => {
-            if BENCHES.is_empty() {
-                eprintln!("no benchmarks yet: they land with the DNS, DHCP, TFTP, forwarding and NAT services");
-            }
+            eprintln!("benchmarks (cargo xtask bench NAME [--seconds N]):");
             for (n, what) in BENCHES {
                 eprintln!("  {n:<10} {what}");
             }
             Ok(())
         }
+        Some("dns") => dns::run(&BenchLab::new()?, args.seconds),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

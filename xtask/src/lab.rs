@@ -113,6 +113,8 @@ fn tips(lab: &Lab) {
          bpftool map dump pinned /sys/fs/bpf/coresvc/if_stats          # the same counters, by field\n  \
          bpftool map dump pinned /sys/fs/bpf/coresvc/drop_stats        # drops by reason\n  \
          cargo xtask lab exec gw -- ip -d link show mgmt0              # the attached XDP program\n  \
+         cargo xtask lab exec dvnt-client -- dig @10.20.0.1 artifacts.dvntm.deevnet.net  # seed naming chain\n  \
+         cargo xtask lab exec dvnt-client -- dig @10.20.0.1 -x 10.10.0.10               # reverse zone\n  \
          cargo xtask lab down                                          # remove everything\n",
         nodes.join("\n  ")
     );

@@ -3,6 +3,7 @@
 //! `setup` first, so a fresh machine needs nothing but the README's commands.
 
 mod bench;
+mod fuzz;
 mod lab;
 mod setup;
 mod util;
@@ -46,6 +47,8 @@ enum Cmd {
     Lab(lab::LabCmd),
     /// Benchmarks against peer implementations, side by side in the lab.
     Bench(bench::BenchArgs),
+    /// Run a fuzz target (cargo-fuzz, libFuzzer) for a while.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() {
@@ -69,6 +72,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Test { filter } => test(filter),
         Cmd::Lab(c) => lab::main(c),
         Cmd::Bench(b) => bench::main(b),
+        Cmd::Fuzz(f) => fuzz::main(f),
     }
 }
 

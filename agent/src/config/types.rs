@@ -184,6 +184,10 @@ pub struct DnsSection {
     pub max_negative_ttl: Duration,
     /// Time to wait for one upstream before trying the next.
     pub upstream_timeout: Duration,
+    /// A TCP connection without a complete query for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Open TCP connections at most (all addresses together).
+    pub tcp_max_connections: u32,
 }
 
 impl Default for DnsSection {
@@ -196,6 +200,8 @@ impl Default for DnsSection {
             max_ttl: Duration(86_400),
             max_negative_ttl: Duration(3_600),
             upstream_timeout: Duration(2),
+            tcp_idle_timeout: Duration(10),
+            tcp_max_connections: 256,
         }
     }
 }

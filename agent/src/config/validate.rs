@@ -527,6 +527,12 @@ impl<'a> Validator<'a> {
                 self.err(cfg_path!("dns", "forward", i, "upstreams"), "give at least one upstream server");
             }
         }
+        if c.dns.tcp_max_connections == 0 {
+            self.err(cfg_path!("dns", "tcp_max_connections"), "allow at least one TCP connection; use e.g. 256");
+        }
+        if c.dns.tcp_idle_timeout.secs() == 0 {
+            self.err(cfg_path!("dns", "tcp_idle_timeout"), "use at least 1 second");
+        }
         if c.dns.cache_size == 0 {
             self.err(cfg_path!("dns", "cache_size"), "the cache needs at least one entry; use e.g. 10000");
         }

@@ -71,6 +71,16 @@ impl Resolver {
         Resolver { catalog: RwLock::new(Arc::new(catalog)), forwarder, cache, stats, clients }
     }
 
+    /// A resolver for `cfg`'s zones with no upstreams and no sockets (for
+    /// tests and fuzzing); clients on the segments are allowed.
+    pub fn offline(cfg: &crate::config::Config) -> Result<Self, Vec<super::build::BuildError>> {
+        let catalog = super::build::build(cfg, 1)?;
+        let stats = Arc::new(Stats::default());
+        let fwd = Forwarder::new(vec![], vec![], std::time::Duration::from_millis(10), stats.clone());
+        let clients = cfg.segments.iter().map(|s| IpNet::V4(s.cidr.trunc())).collect();
+        Ok(Resolver::new(catalog, fwd, Cache::new(1000, 3600, 600), stats, clients))
+    }
+
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").clone()
     }
@@ -318,8 +328,6 @@ impl Resolver {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use hickory_proto::{
         op::Query,
         rr::{RData, rdata::TXT},
@@ -327,17 +335,13 @@ mod tests {
     use rand::{Rng as _, SeedableRng as _};
 
     use super::*;
-    use crate::dns::build;
 
     fn resolver_with(extra: &str) -> Resolver {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coresvc.toml");
         let text = std::fs::read_to_string(&p).unwrap() + extra;
         let cfg = crate::config::Config::parse_str_in(&text, "test.toml", p.parent().unwrap())
             .unwrap_or_else(|e| panic!("{e}"));
-        let catalog = build::build(&cfg, 1).unwrap();
-        let stats = Arc::new(Stats::default());
-        let fwd = Forwarder::new(vec![], vec![], Duration::from_millis(10), stats.clone());
-        Resolver::new(catalog, fwd, Cache::new(100, 3600, 600), stats, vec!["10.0.0.0/8".parse().unwrap()])
+        Resolver::offline(&cfg).unwrap()
     }
 
     fn resolver() -> Resolver {

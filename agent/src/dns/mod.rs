@@ -124,12 +124,15 @@ impl Dns {
         let cache = Cache::new(cfg.dns.cache_size, cfg.dns.max_ttl.secs(), cfg.dns.max_negative_ttl.secs());
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
-        let slots = Arc::new(Semaphore::new(server::TCP_MAX_CONNECTIONS));
+        let tcp = server::TcpLimits {
+            slots: Arc::new(Semaphore::new(cfg.dns.tcp_max_connections as usize)),
+            idle: Duration::from_secs(u64::from(cfg.dns.tcp_idle_timeout.secs())),
+        };
         let mut tasks = Vec::new();
         let mut listen = Vec::new();
         for s in &cfg.segments {
             let addr = SocketAddr::new(s.gateway.into(), 53);
-            tasks.extend(server::serve(addr, resolver.clone(), slots.clone())?);
+            tasks.extend(server::serve(addr, resolver.clone(), tcp.clone())?);
             listen.push(addr);
         }
         info!(

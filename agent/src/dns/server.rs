@@ -20,10 +20,6 @@ use tracing::debug;
 
 use super::handler::{Resolver, Step, Transport};
 
-/// A TCP connection with no complete query for this long is closed.
-pub const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Open TCP connections at most (all addresses together).
-pub const TCP_MAX_CONNECTIONS: usize = 256;
 /// Queries of one TCP connection answered at the same time at most.
 const TCP_MAX_INFLIGHT: usize = 16;
 
@@ -48,8 +44,17 @@ fn tcp_listener(addr: SocketAddr) -> Result<TcpListener> {
     Ok(TcpListener::from_std(s.into())?)
 }
 
+/// TCP limits shared by every listener.
+#[derive(Clone)]
+pub struct TcpLimits {
+    /// Connection slots (the connection cap).
+    pub slots: Arc<Semaphore>,
+    /// A connection with no complete query for this long is closed.
+    pub idle: Duration,
+}
+
 /// Starts serving `addr` (port 53 normally); returns the tasks.
-pub fn serve(addr: SocketAddr, resolver: Arc<Resolver>, tcp_slots: Arc<Semaphore>) -> Result<Vec<JoinHandle<()>>> {
+pub fn serve(addr: SocketAddr, resolver: Arc<Resolver>, tcp: TcpLimits) -> Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     for _ in 0..workers {
@@ -57,7 +62,7 @@ pub fn serve(addr: SocketAddr, resolver: Arc<Resolver>, tcp_slots: Arc<Semaphore
         tasks.push(tokio::spawn(udp_loop(sock, resolver.clone())));
     }
     let listener = tcp_listener(addr)?;
-    tasks.push(tokio::spawn(tcp_loop(listener, resolver, tcp_slots)));
+    tasks.push(tokio::spawn(tcp_loop(listener, resolver, tcp)));
     Ok(tasks)
 }
 
@@ -87,7 +92,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, resolver: Arc<Resolver>) {
     }
 }
 
-async fn tcp_loop(listener: TcpListener, resolver: Arc<Resolver>, slots: Arc<Semaphore>) {
+async fn tcp_loop(listener: TcpListener, resolver: Arc<Resolver>, tcp: TcpLimits) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -97,21 +102,22 @@ async fn tcp_loop(listener: TcpListener, resolver: Arc<Resolver>, slots: Arc<Sem
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = tcp.slots.clone().try_acquire_owned() else {
             resolver.stats.inc(&resolver.stats.tcp_rejected);
             drop(stream);
             continue;
         };
         resolver.stats.inc(&resolver.stats.tcp_connections);
         let resolver = resolver.clone();
+        let idle = tcp.idle;
         tokio::spawn(async move {
-            tcp_connection(stream, peer.ip(), resolver).await;
+            tcp_connection(stream, peer.ip(), resolver, idle).await;
             drop(permit);
         });
     }
 }
 
-async fn tcp_connection(stream: TcpStream, peer: IpAddr, resolver: Arc<Resolver>) {
+async fn tcp_connection(stream: TcpStream, peer: IpAddr, resolver: Arc<Resolver>, idle: Duration) {
     let (mut r, mut w) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_MAX_INFLIGHT);
     let writer = tokio::spawn(async move {
@@ -126,12 +132,12 @@ async fn tcp_connection(stream: TcpStream, peer: IpAddr, resolver: Arc<Resolver>
     });
     let inflight = Arc::new(Semaphore::new(TCP_MAX_INFLIGHT));
     loop {
-        let len = match tokio::time::timeout(TCP_IDLE, r.read_u16()).await {
+        let len = match tokio::time::timeout(idle, r.read_u16()).await {
             Ok(Ok(l)) => usize::from(l),
             _ => break, // idle, closed or reset
         };
         let mut buf = vec![0u8; len];
-        match tokio::time::timeout(TCP_IDLE, r.read_exact(&mut buf)).await {
+        match tokio::time::timeout(idle, r.read_exact(&mut buf)).await {
             Ok(Ok(_)) => {}
             _ => break,
         }
