@@ -46,7 +46,7 @@ struct Agent {
     config_path: PathBuf,
     config: Config,
     dataplane: Mutex<Option<Dataplane>>,
-    dns: Option<crate::dns::Dns>,
+    dns: Option<Arc<crate::dns::Dns>>,
 }
 
 impl Agent {
@@ -129,7 +129,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         });
     }
     // Services: each starts only if the configuration and the authority mode ask for it.
-    let dns = crate::dns::Dns::start(&config)?;
+    let dns = crate::dns::Dns::start(&config)?.map(Arc::new);
     let agent = Arc::new(Agent {
         started: Instant::now(),
         config_path,

@@ -16,7 +16,7 @@ pub mod zone;
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
     sync::{Arc, Mutex},
@@ -24,7 +24,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::CNAME};
+use hickory_proto::rr::{
+    Name, RData, Record, RecordType,
+    rdata::{A, CNAME, PTR},
+};
 use serde::{Deserialize, Serialize};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{info, warn};
@@ -46,6 +49,8 @@ pub struct Dns {
     config: Config,
     /// service FQDN → target FQDN, applied on top of the configuration.
     moves: Mutex<BTreeMap<String, String>>,
+    /// Names registered by DHCP clients: FQDN → address.
+    dynamic: Mutex<BTreeMap<Name, Ipv4Addr>>,
     moves_path: PathBuf,
     listen: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
@@ -104,6 +109,13 @@ impl Dns {
             info!("dns: inactive in production mode");
             return Ok(None);
         }
+        let mut dns = Dns::new(cfg)?;
+        dns.serve(cfg)?;
+        Ok(Some(dns))
+    }
+
+    /// The service's state (zones, cache, forwarder) without sockets.
+    pub fn new(cfg: &Config) -> Result<Dns> {
         let moves_path = cfg.agent.state_dir.join(MOVES_FILE);
         let moves = load_moves(&moves_path);
         let catalog = build_with_moves(cfg, &moves)?;
@@ -124,23 +136,34 @@ impl Dns {
         let cache = Cache::new(cfg.dns.cache_size, cfg.dns.max_ttl.secs(), cfg.dns.max_negative_ttl.secs());
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
+        Ok(Dns {
+            resolver,
+            config: cfg.clone(),
+            moves: Mutex::new(moves),
+            dynamic: Mutex::new(BTreeMap::new()),
+            moves_path,
+            listen: Vec::new(),
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Binds UDP and TCP port 53 on every segment's gateway address.
+    fn serve(&mut self, cfg: &Config) -> Result<()> {
         let tcp = server::TcpLimits {
             slots: Arc::new(Semaphore::new(cfg.dns.tcp_max_connections as usize)),
             idle: Duration::from_secs(u64::from(cfg.dns.tcp_idle_timeout.secs())),
         };
-        let mut tasks = Vec::new();
-        let mut listen = Vec::new();
         for s in &cfg.segments {
             let addr = SocketAddr::new(s.gateway.into(), 53);
-            tasks.extend(server::serve(addr, resolver.clone(), tcp.clone())?);
-            listen.push(addr);
+            self.tasks.extend(server::serve(addr, self.resolver.clone(), tcp.clone())?);
+            self.listen.push(addr);
         }
         info!(
             "dns: serving {} zone(s) on {}",
-            resolver.catalog().zones().count(),
-            listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            self.resolver.catalog().zones().count(),
+            self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
         );
-        Ok(Some(Dns { resolver, config: cfg.clone(), moves: Mutex::new(moves), moves_path, listen, tasks }))
+        Ok(())
     }
 
     pub fn status(&self) -> DnsStatus {
@@ -199,11 +222,65 @@ impl Dns {
         Ok(Moved { service: svc.to_string(), from: old.to_string(), to: target.to_string() })
     }
 
+    /// Registers `hostname` (one label, already sanitised) in `zone` with an A
+    /// record for `addr` and the matching PTR (RFC 4702 style, as dnsmasq and
+    /// Kea+DDNS do for DHCP clients). Refused when the name is taken: by
+    /// static data (a host, service or record) or by another address.
+    /// Registering the same name and address again is a no-op.
+    pub fn register(&self, zone: &str, hostname: &str, addr: Ipv4Addr) -> Result<Name, RegisterError> {
+        let mut dynamic = self.dynamic.lock().expect("dynamic lock");
+        let origin = build::name(zone).map_err(|e| RegisterError::BadName(e.to_string()))?;
+        let fqdn = Name::from_ascii(hostname)
+            .and_then(|n| n.append_domain(&origin))
+            .map_err(|e| RegisterError::BadName(format!("{hostname}: {e}")))?
+            .to_lowercase();
+        if hostname.is_empty() || hostname.contains('.') {
+            return Err(RegisterError::BadName(hostname.to_string()));
+        }
+        match dynamic.get(&fqdn) {
+            Some(a) if *a == addr => return Ok(fqdn),
+            Some(a) => return Err(RegisterError::Taken { name: fqdn.to_string(), by: format!("a lease of {a}") }),
+            None => {}
+        }
+        let mut catalog = (*self.resolver.catalog()).clone();
+        if catalog.zone_for(&fqdn).map(|z| z.origin.clone()) != Some(origin.clone()) {
+            return Err(RegisterError::NoZone(zone.to_string()));
+        }
+        if catalog.exists(&fqdn) {
+            return Err(RegisterError::Taken { name: fqdn.to_string(), by: "static zone data".into() });
+        }
+        add_registration(&mut catalog, &fqdn, addr).map_err(|e| RegisterError::BadName(format!("{e:#}")))?;
+        dynamic.insert(fqdn.clone(), addr);
+        self.resolver.set_catalog(catalog);
+        info!(name = %fqdn, %addr, "dns: registered");
+        Ok(fqdn)
+    }
+
+    /// Removes a registration made by [`Dns::register`] (release, expiry).
+    pub fn unregister(&self, fqdn: &Name, addr: Ipv4Addr) {
+        let mut dynamic = self.dynamic.lock().expect("dynamic lock");
+        if dynamic.get(fqdn) != Some(&addr) {
+            return;
+        }
+        dynamic.remove(fqdn);
+        let mut catalog = (*self.resolver.catalog()).clone();
+        remove_registration(&mut catalog, fqdn, addr);
+        self.resolver.set_catalog(catalog);
+        info!(name = %fqdn, %addr, "dns: unregistered");
+    }
+
     /// Re-reads the zone files (and the configured zone data). A bad file is
     /// refused and the current data keeps serving.
     pub fn zone_reload(&self) -> Result<Vec<ZoneStatus>> {
         let moves = self.moves.lock().expect("moves lock").clone();
-        let catalog = build_with_moves(&self.config, &moves)?;
+        let mut catalog = build_with_moves(&self.config, &moves)?;
+        // Registrations stay: they belong to live leases.
+        let dynamic = self.dynamic.lock().expect("dynamic lock");
+        for (name, addr) in dynamic.iter() {
+            if !catalog.exists(name) {
+                let _ = add_registration(&mut catalog, name, *addr);
+            }
+        }
         self.resolver.set_catalog(catalog);
         info!("dns: zones reloaded");
         Ok(self.status().zones)
@@ -255,6 +332,47 @@ fn apply_move(catalog: &mut Catalog, svc: &Name, target: &Name) -> Result<()> {
     Ok(())
 }
 
+/// Why a DHCP client's name was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{0:?} is not a usable host name")]
+    BadName(String),
+    #[error("zone {0} is not served here")]
+    NoZone(String),
+    #[error("{name} is taken by {by}")]
+    Taken { name: String, by: String },
+}
+
+/// Adds A `fqdn` → `addr` and, where a reverse zone covers `addr`, its PTR.
+fn add_registration(catalog: &mut Catalog, fqdn: &Name, addr: Ipv4Addr) -> Result<()> {
+    let origin = catalog.zone_for(fqdn).map(|z| z.origin.clone()).ok_or_else(|| anyhow!("no zone for {fqdn}"))?;
+    let zone = catalog.zone_mut(&origin).expect("zone exists");
+    let ttl = zone.negative_soa().ttl.max(60);
+    zone.insert(Record::from_rdata(fqdn.clone(), ttl, RData::A(A(addr))))?;
+    zone.finish()?;
+    let ptr = build::ptr_name(addr);
+    if let Some(rev) = catalog.zone_for(&ptr).map(|z| z.origin.clone()) {
+        let z = catalog.zone_mut(&rev).expect("zone exists");
+        z.insert(Record::from_rdata(ptr, ttl, RData::PTR(PTR(fqdn.clone()))))?;
+        z.finish()?;
+    }
+    Ok(())
+}
+
+fn remove_registration(catalog: &mut Catalog, fqdn: &Name, addr: Ipv4Addr) {
+    if let Some(origin) = catalog.zone_for(fqdn).map(|z| z.origin.clone()) {
+        let zone = catalog.zone_mut(&origin).expect("zone exists");
+        zone.remove(fqdn, RecordType::A, Some(&RData::A(A(addr))));
+        let _ = zone.finish();
+    }
+    let ptr = build::ptr_name(addr);
+    if let Some(rev) = catalog.zone_for(&ptr).map(|z| z.origin.clone()) {
+        let z = catalog.zone_mut(&rev).expect("zone exists");
+        z.remove(&ptr, RecordType::PTR, Some(&RData::PTR(PTR(fqdn.clone()))));
+        let _ = z.finish();
+    }
+}
+
 fn load_moves(path: &Path) -> BTreeMap<String, String> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
@@ -274,4 +392,76 @@ fn save_moves(path: &Path, moves: &BTreeMap<String, String>) -> Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::ResponseCode;
+
+    use super::*;
+
+    fn dns() -> (Dns, std::path::PathBuf) {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coresvc.toml");
+        let mut cfg = Config::load(&p).unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("coresvc-dns-{}-{:?}", std::process::id(), std::thread::current().id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        cfg.agent.state_dir = dir.clone();
+        (Dns::new(&cfg).unwrap(), dir)
+    }
+
+    fn n(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn registrations_add_a_and_ptr_and_go_away() {
+        let (d, dir) = dns();
+        let addr: Ipv4Addr = "10.20.0.150".parse().unwrap();
+        let fqdn = d.register("dvnt.deevnet.net", "client-7", addr).unwrap();
+        assert_eq!(fqdn.to_string(), "client-7.dvnt.deevnet.net.");
+        let c = d.resolver.catalog();
+        let a = c.lookup(&n("client-7.dvnt.deevnet.net."), RecordType::A).unwrap();
+        assert_eq!(a.answers.len(), 1);
+        let p = c.lookup(&n("150.0.20.10.in-addr.arpa."), RecordType::PTR).unwrap();
+        assert_eq!(p.answers.len(), 1);
+        // Again with the same address: fine. Another address: taken.
+        assert!(d.register("dvnt.deevnet.net", "client-7", addr).is_ok());
+        let other = d.register("dvnt.deevnet.net", "client-7", "10.20.0.151".parse().unwrap());
+        assert!(matches!(other, Err(RegisterError::Taken { .. })), "{other:?}");
+        d.unregister(&fqdn, addr);
+        let c = d.resolver.catalog();
+        assert_eq!(c.lookup(&n("client-7.dvnt.deevnet.net."), RecordType::A).unwrap().rcode, ResponseCode::NXDomain);
+        assert_eq!(c.lookup(&n("150.0.20.10.in-addr.arpa."), RecordType::PTR).unwrap().rcode, ResponseCode::NXDomain);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn static_and_service_names_are_never_overridden() {
+        let (d, dir) = dns();
+        for name in ["artifacts", "provisioner-01", "ns"] {
+            let r = d.register("mgmt.deevnet.net", name, "10.10.0.150".parse().unwrap());
+            assert!(matches!(r, Err(RegisterError::Taken { .. })), "{name}: {r:?}");
+        }
+        assert!(matches!(
+            d.register("nowhere.example", "x", "10.20.0.9".parse().unwrap()),
+            Err(RegisterError::NoZone(_))
+        ));
+        assert!(matches!(
+            d.register("dvnt.deevnet.net", "a.b", "10.20.0.9".parse().unwrap()),
+            Err(RegisterError::BadName(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn registrations_survive_a_zone_reload() {
+        let (d, dir) = dns();
+        let addr: Ipv4Addr = "10.20.0.160".parse().unwrap();
+        d.register("dvnt.deevnet.net", "keep", addr).unwrap();
+        d.zone_reload().unwrap();
+        let c = d.resolver.catalog();
+        assert_eq!(c.lookup(&n("keep.dvnt.deevnet.net."), RecordType::A).unwrap().answers.len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
