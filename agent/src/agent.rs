@@ -51,7 +51,7 @@ struct Agent {
 
 impl Agent {
     fn dns(&self) -> Result<&crate::dns::Dns, Response> {
-        self.dns.as_ref().ok_or_else(|| Response::Error {
+        self.dns.as_deref().ok_or_else(|| Response::Error {
             message: "DNS is not running (disabled in the configuration, or production mode)".into(),
         })
     }
