@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
@@ -45,6 +45,7 @@ struct Agent {
     started: Instant,
     config_path: PathBuf,
     config: Config,
+    plan: crate::routing::Plan,
     dataplane: Mutex<Option<Dataplane>>,
     dns: Option<Arc<crate::dns::Dns>>,
 }
@@ -74,10 +75,25 @@ impl ctl::Handler for Agent {
                         authority: self.config.agent.authority,
                         dataplane: d,
                         dns: self.dns.as_ref().map(|d| d.status()),
+                        routing: self.plan.clone(),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
                 }
             }
+            Request::Rules => match self.dataplane.lock().expect("dataplane lock").as_ref() {
+                Some(dp) => match dp.rules_status(&self.config) {
+                    Ok(rules) => Response::Rules { rules },
+                    Err(e) => Response::Error { message: format!("reading rules: {e:#}") },
+                },
+                None => Response::Error { message: "the dataplane is shutting down".into() },
+            },
+            Request::Flows => match self.dataplane.lock().expect("dataplane lock").as_ref() {
+                Some(dp) => match dp.flows() {
+                    Ok(flows) => Response::Flows { flows },
+                    Err(e) => Response::Error { message: format!("reading connections: {e:#}") },
+                },
+                None => Response::Error { message: "the dataplane is shutting down".into() },
+            },
             Request::ServiceMove { service, host } => match self.dns() {
                 Ok(dns) => match dns.service_move(&service, &host) {
                     Ok(m) => Response::Moved(m),
@@ -114,7 +130,16 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     // same socket before that one's dataplane is touched.
     let listener = ctl::bind(&config.agent.control_socket).await?;
     let level = dataplane::aya_level(&config.agent.log);
-    let mut dp = Dataplane::start(&config, &config.agent.pin_dir, level)?;
+    // Addresses, routes and forwarding first: the interfaces' addresses are
+    // the "gateway" zone of the firewall.
+    let plan = crate::routing::plan(&config, config.agent.authority);
+    crate::routing::check_plan(&plan)?;
+    let routing = crate::routing::Routing::new()?;
+    let applied = routing.apply(&plan).await?;
+    for m in &applied.missing {
+        warn!("routing: {m} does not exist yet; applied when it appears");
+    }
+    let mut dp = Dataplane::start(&config, &config.agent.pin_dir, level, &plan)?;
     if let Some(logger) = dp.logger.take() {
         // SAFETY: the logger owns its ring buffer's fd, which stays open for
         // as long as the AsyncFd holds the logger.
@@ -134,10 +159,14 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         started: Instant::now(),
         config_path,
         config: config.clone(),
+        plan: plan.clone(),
         dataplane: Mutex::new(Some(dp)),
         dns,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
+    let gc = tokio::spawn(conntrack_gc(agent.clone()));
+    let names: Vec<String> = dataplane::interfaces(&config, &plan).into_iter().map(|i| i.name).collect();
+    let links = tokio::spawn(follow_links(agent.clone(), routing, plan, crate::routing::watch_links(names)?));
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -147,6 +176,8 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         _ = int.recv() => info!("SIGINT: stopping"),
     }
     server.abort();
+    gc.abort();
+    links.abort();
     let _ = std::fs::remove_file(&config.agent.control_socket);
     let dp = agent.dataplane.lock().expect("dataplane lock").take();
     if let Some(dp) = dp {
@@ -156,4 +187,58 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     }
     info!("stopped; maps stay pinned in {}", config.agent.pin_dir.display());
     Ok(())
+}
+
+/// Removes expired connections every few seconds.
+async fn conntrack_gc(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let mut dp = agent.dataplane.lock().expect("dataplane lock");
+        let Some(dp) = dp.as_mut() else { break };
+        match dp.gc() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("conntrack: removed {n} expired connection(s)"),
+            Err(e) => warn!("conntrack gc: {e:#}"),
+        }
+    }
+}
+
+/// Interfaces that disappear and return get their programs, addresses and
+/// routes back without a restart.
+async fn follow_links(
+    agent: Arc<Agent>,
+    routing: crate::routing::Routing,
+    plan: crate::routing::Plan,
+    mut events: tokio::sync::mpsc::Receiver<crate::routing::LinkEvent>,
+) {
+    use crate::routing::LinkEvent;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            LinkEvent::Present(name) => {
+                let attached = {
+                    let mut dp = agent.dataplane.lock().expect("dataplane lock");
+                    match dp.as_mut().map(|dp| dp.attach_iface(&name)) {
+                        Some(Ok(done)) => done,
+                        Some(Err(e)) => {
+                            warn!(interface = %name, "attaching: {e:#}");
+                            false
+                        }
+                        None => return,
+                    }
+                };
+                if attached {
+                    info!(interface = %name, "interface (re)appeared: programs attached");
+                }
+                if let Err(e) = routing.apply(&plan).await {
+                    warn!(interface = %name, "routing: {e:#}");
+                }
+            }
+            LinkEvent::Gone(name) => {
+                if let Some(dp) = agent.dataplane.lock().expect("dataplane lock").as_mut() {
+                    dp.forget_iface(&name);
+                }
+            }
+        }
+    }
 }

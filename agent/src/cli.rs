@@ -10,7 +10,7 @@ use crate::{
     agent::{self, Overrides},
     config::Config,
     ctl::{self, Request, Response},
-    dataplane::{self, pins},
+    dataplane::pins,
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/coresvc/coresvc.toml";
@@ -40,6 +40,20 @@ pub enum Cmd {
         #[command(flatten)]
         target: Target,
         /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Firewall rules in order, with packet and byte counters.
+    Rules {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tracked connections (conntrack), originator first.
+    Flows {
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         json: bool,
     },
@@ -167,6 +181,64 @@ pub fn main(cli: Cli) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                 } else {
                     print!("{}", render_status(&s));
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Rules { target, json } => match call(&target, &Request::Rules)? {
+            Response::Rules { rules } => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rules)?);
+                } else {
+                    println!(
+                        "{:>3} {:<24} {:<12} {:<12} {:<5} {:<11} {:<6} {:>10} {:>12}  DST",
+                        "#", "RULE", "FROM", "TO", "PROTO", "PORTS", "ACTION", "PACKETS", "BYTES"
+                    );
+                    for r in rules {
+                        println!(
+                            "{:>3} {:<24} {:<12} {:<12} {:<5} {:<11} {:<6} {:>10} {:>12}  {}",
+                            r.index,
+                            r.name,
+                            r.from,
+                            r.to,
+                            r.proto,
+                            r.ports,
+                            r.action,
+                            r.packets,
+                            r.bytes,
+                            if r.dst.is_empty() { "-".into() } else { r.dst.join(",") }
+                        );
+                    }
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Flows { target, json } => match call(&target, &Request::Flows)? {
+            Response::Flows { flows } => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&flows)?);
+                } else {
+                    println!(
+                        "{:<5} {:<24} {:<24} {:<12} {:>6} {:>8} {:>10} {:>10}",
+                        "PROTO", "SOURCE", "DESTINATION", "STATE", "IDLE", "EXPIRES", "PKTS ->", "PKTS <-"
+                    );
+                    for f in &flows {
+                        println!(
+                            "{:<5} {:<24} {:<24} {:<12} {:>5}s {:>7}s {:>10} {:>10}{}",
+                            f.proto,
+                            f.src,
+                            f.dst,
+                            f.state,
+                            f.idle_secs,
+                            f.expires_in_secs,
+                            f.packets_orig,
+                            f.packets_reply,
+                            if f.local { "  (gateway)" } else { "" }
+                        );
+                    }
+                    println!("{} connection(s)", flows.len());
                 }
                 Ok(())
             }
@@ -340,6 +412,20 @@ pub fn render_status(s: &ctl::Status) -> String {
             let _ = writeln!(o, "         moved {svc} -> {to}");
         }
     }
+    let fw = &d.firewall;
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "firewall {}, {} rules (generation {}), {} tracked connection(s), fast path {}",
+        if fw.enabled { "on" } else { "off" },
+        fw.rules,
+        fw.generation,
+        fw.connections,
+        if fw.fast_forward { "on" } else { "off" }
+    );
+    if !d.waiting.is_empty() {
+        let _ = writeln!(o, "waiting for interface(s): {}", d.waiting.join(", "));
+    }
     let drops: Vec<_> = d.drop_reasons.iter().filter(|r| r.packets > 0).collect();
     let _ = writeln!(o);
     if drops.is_empty() {
@@ -364,10 +450,4 @@ fn human_duration(secs: u64) -> String {
     } else {
         format!("{s}s")
     }
-}
-
-/// Used by `unpin` and tests: the pins of `dir` exist.
-pub fn pins_exist(dir: &Path) -> bool {
-    coresvc_maps_schema::ALL_MAPS.iter().any(|m| pins::map_pin(dir, m).exists())
-        || dataplane::pins::link_pin(dir, "").parent().is_some_and(|l| l.exists())
 }

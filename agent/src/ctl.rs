@@ -34,6 +34,10 @@ pub enum Request {
     ZoneExport {
         zone: Option<String>,
     },
+    /// Firewall rules with their counters.
+    Rules,
+    /// Tracked connections.
+    Flows,
 }
 
 /// A response: `ok` with a payload, or an error message for the operator.
@@ -44,6 +48,8 @@ pub enum Response {
     Moved(crate::dns::Moved),
     Zones { zones: Vec<crate::dns::ZoneStatus> },
     ZoneText { text: String },
+    Rules { rules: Vec<crate::dataplane::rules::RuleStatus> },
+    Flows { flows: Vec<crate::dataplane::flows::Flow> },
     Error { message: String },
 }
 
@@ -57,6 +63,8 @@ pub struct Status {
     pub dataplane: DataplaneStatus,
     /// Absent when DNS is disabled or inactive (production mode).
     pub dns: Option<crate::dns::DnsStatus>,
+    /// What coresvc added to the system's addresses and routes.
+    pub routing: crate::routing::Plan,
 }
 
 /// What the server asks of the agent for each request.

@@ -8,3 +8,4 @@ pub mod ctl;
 pub mod dataplane;
 pub mod dns;
 pub mod netns;
+pub mod routing;

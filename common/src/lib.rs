@@ -7,4 +7,6 @@
 #![no_std]
 
 pub mod checksum;
+pub mod conntrack;
+pub mod firewall;
 pub mod proto;

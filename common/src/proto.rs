@@ -56,3 +56,30 @@ pub mod port {
     pub const DHCP_CLIENT: u16 = 68;
     pub const TFTP: u16 = 69;
 }
+
+/// TCP (RFC 9293).
+pub mod tcp {
+    pub const MIN_HDR_LEN: usize = 20;
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const FLAGS: usize = 13;
+    pub const CSUM: usize = 16;
+}
+
+/// ICMP (RFC 792).
+pub mod icmp {
+    pub const HDR_LEN: usize = 8;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CSUM: usize = 2;
+    /// Echo identifier (echo request/reply only).
+    pub const ID: usize = 4;
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACH: u8 = 3;
+    pub const REDIRECT: u8 = 5;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAM_PROBLEM: u8 = 12;
+    /// Fragmentation needed (code of DEST_UNREACH).
+    pub const FRAG_NEEDED: u8 = 4;
+}

@@ -9,7 +9,7 @@ use crate::packet::{frame_len, ptr_at};
 
 #[inline(always)]
 pub fn check(ctx: &XdpContext) -> Result<(), u32> {
-    let Some(ethertype) = ptr_at::<[u8; 2]>(ctx, proto::eth::ETHERTYPE) else {
+    let Some(ethertype) = ptr_at::<[u8; 2], XdpContext>(ctx, proto::eth::ETHERTYPE) else {
         // Shorter than an Ethernet header: the stack decides.
         return Ok(());
     };
@@ -17,7 +17,7 @@ pub fn check(ctx: &XdpContext) -> Result<(), u32> {
     if u16::from_be_bytes(unsafe { *ethertype }) != proto::eth::P_IPV4 {
         return Ok(());
     }
-    let Some(hdr) = ptr_at::<[u8; 20]>(ctx, proto::eth::HDR_LEN) else {
+    let Some(hdr) = ptr_at::<[u8; 20], XdpContext>(ctx, proto::eth::HDR_LEN) else {
         return Err(reason::IPV4_TRUNCATED);
     };
     // SAFETY: ptr_at checked the bounds.

@@ -3,11 +3,12 @@
 //! checks the built object against the schema.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     macros::btf_map,
-    programs::XdpContext,
 };
-use coresvc_maps_schema::{self as schema, IfVerdict, IfaceInfo, PacketCount, Settings};
+use coresvc_maps_schema::{
+    self as schema, CtEntry, CtKey, IfVerdict, IfaceInfo, PacketCount, PrefixData, Rule, Settings,
+};
 
 #[btf_map]
 pub static SETTINGS: Array<Settings, { schema::SETTINGS.max_entries as usize }> = Array::new();
@@ -22,15 +23,41 @@ pub static IF_STATS: PerCpuHashMap<IfVerdict, PacketCount, { schema::IF_STATS.ma
 #[btf_map]
 pub static DROP_STATS: PerCpuArray<PacketCount, { schema::DROP_STATS.max_entries as usize }> = PerCpuArray::new();
 
+#[btf_map]
+pub static LOCAL_ADDRS: HashMap<[u8; 4], u32, { schema::LOCAL_ADDRS.max_entries as usize }> = HashMap::new();
+
+#[btf_map]
+pub static RULES: Array<Rule, { schema::RULES.max_entries as usize }> = Array::new();
+
+#[btf_map]
+pub static RULE_STATS: PerCpuArray<PacketCount, { schema::RULE_STATS.max_entries as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static RULE_PREFIXES: LpmTrie<PrefixData, u32, { schema::RULE_PREFIXES.max_entries as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static CONNTRACK: HashMap<CtKey, CtEntry, { schema::CONNTRACK.max_entries as usize }> = HashMap::new();
+
 #[inline(always)]
 pub fn settings() -> Option<&'static Settings> {
     SETTINGS.get(0)
 }
 
 #[inline(always)]
-pub fn iface(ctx: &XdpContext) -> Option<IfaceInfo> {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: the value is copied out at once; the agent may replace it at
-    // any time, which is fine for a plain copy.
+pub fn iface(ifindex: u32) -> Option<IfaceInfo> {
+    // SAFETY: the value is copied out at once.
     unsafe { IFACES.get(ifindex).copied() }
+}
+
+#[inline(always)]
+pub fn is_local(addr: [u8; 4]) -> bool {
+    // SAFETY: only the presence is used.
+    unsafe { LOCAL_ADDRS.get(addr).is_some() }
+}
+
+/// True when `addr` is in prefix set `set`.
+#[inline(always)]
+pub fn in_prefix_set(set: u32, addr: [u8; 4]) -> bool {
+    let key = Key::new(64, PrefixData { set: set.to_be_bytes(), addr });
+    RULE_PREFIXES.get(&key).is_some()
 }

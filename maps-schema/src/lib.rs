@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
 /// agent that finds pinned maps.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The default bpffs directory holding the pins of one coresvc instance.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
@@ -30,6 +30,7 @@ pub enum MapKind {
     Array = 2,
     PerCpuHash = 5,
     PerCpuArray = 6,
+    LpmTrie = 11,
 }
 
 /// Everything the agent needs to know about one map to create, pin, adopt
@@ -69,12 +70,24 @@ pub struct Settings {
     pub schema_version: u32,
     /// `SETTINGS_F_*` bits.
     pub flags: u32,
+    /// The rule bank in force (0 or 1); the agent fills the other one and
+    /// then flips this, so a packet sees one whole rule set.
+    pub active_bank: u32,
+    /// Rules in each bank.
+    pub rule_count: [u32; 2],
+    /// Bumped with every rule set; a connection admitted under an older
+    /// one is checked again against the new rules on its next packet.
+    pub generation: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 8);
+const _: () = assert!(size_of::<Settings>() == 24);
 
 /// Drop IPv4 packets whose header the kernel's `ip_rcv` would drop anyway
 /// (bad version or length, bad checksum), counting the reason.
 pub const SETTINGS_F_DROP_INVALID_IPV4: u32 = 1 << 0;
+/// Apply the firewall rules and track connections.
+pub const SETTINGS_F_FIREWALL: u32 = 1 << 1;
+/// Forward packets of established connections from XDP.
+pub const SETTINGS_F_FAST_FORWARD: u32 = 1 << 2;
 
 pub const SETTINGS: MapSpec = MapSpec {
     name: "SETTINGS",
@@ -180,6 +193,14 @@ pub mod reason {
     pub const IPV4_BAD_HEADER: u32 = 2;
     /// The IPv4 header checksum is wrong.
     pub const IPV4_BAD_CHECKSUM: u32 = 3;
+    /// A firewall rule (user's or a default) denied the flow; the rule's
+    /// counters say which.
+    pub const FW_DENY: u32 = 4;
+    /// A new flow that the rules allow could not be tracked: the conntrack
+    /// table is full. Never allowed untracked.
+    pub const CT_FULL: u32 = 5;
+    /// A tracked connection that the current rules no longer allow.
+    pub const FW_REVOKED: u32 = 6;
     pub const COUNT: u32 = 64;
 }
 
@@ -187,6 +208,9 @@ pub const DROP_REASON_NAMES: &[(u32, &str)] = &[
     (reason::IPV4_TRUNCATED, "ipv4-truncated"),
     (reason::IPV4_BAD_HEADER, "ipv4-bad-header"),
     (reason::IPV4_BAD_CHECKSUM, "ipv4-bad-checksum"),
+    (reason::FW_DENY, "firewall-deny"),
+    (reason::CT_FULL, "conntrack-full"),
+    (reason::FW_REVOKED, "firewall-revoked"),
 ];
 
 pub fn drop_reason_name(n: u32) -> &'static str {
@@ -203,8 +227,163 @@ pub const DROP_STATS: MapSpec = MapSpec {
     doc: "packets and bytes dropped per reason (index = reason number), per CPU",
 };
 
+// ---------------------------------------------------------------- LOCAL_ADDRS
+
+/// The gateway's own IPv4 addresses (network order): traffic to them is for
+/// the zone "gateway", and traffic from them was opened by the gateway.
+pub const LOCAL_ADDRS: MapSpec = MapSpec {
+    name: "LOCAL_ADDRS",
+    pin: "local_addrs",
+    kind: MapKind::Hash,
+    key_size: 4,
+    value_size: 4,
+    max_entries: 256,
+    doc: "the gateway's own IPv4 addresses -> ifindex",
+};
+
+// ---------------------------------------------------------------- RULES
+
+/// Rules per bank. Bank `b` occupies indices `b * RULES_PER_BANK ..`.
+pub const RULES_PER_BANK: u32 = 128;
+
+/// A compiled firewall rule (see `coresvc_common::firewall`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Rule {
+    /// Zones (`coresvc_common::firewall::ZONE_*`).
+    pub from: u16,
+    pub to: u16,
+    /// IANA protocol number, 0 for any.
+    pub proto: u8,
+    /// `ACTION_ALLOW` or `ACTION_DENY`.
+    pub action: u8,
+    /// `RULE_F_*`.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Destination port range, inclusive (host order).
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// The destination prefix set, when `RULE_F_PREFIXES` is set.
+    pub prefix_set: u32,
+}
+const _: () = assert!(size_of::<Rule>() == 16);
+
+/// `CtEntry::rule` when no rule decided: the last resort deny.
+pub const NO_RULE: u32 = 0xffff;
+/// `CtEntry::rule` of connections the gateway opened itself.
+pub const CT_SELF_RULE: u32 = 0xfffe;
+
+pub const RULES: MapSpec = MapSpec {
+    name: "RULES",
+    pin: "rules",
+    kind: MapKind::Array,
+    key_size: 4,
+    value_size: size_of::<Rule>() as u32,
+    max_entries: 2 * RULES_PER_BANK,
+    doc: "two banks of compiled firewall rules (the active one in settings)",
+};
+
+pub const RULE_STATS: MapSpec = MapSpec {
+    name: "RULE_STATS",
+    pin: "rule_stats",
+    kind: MapKind::PerCpuArray,
+    key_size: 4,
+    value_size: size_of::<PacketCount>() as u32,
+    max_entries: 2 * RULES_PER_BANK,
+    doc: "packets and bytes of the flows each rule decided, per CPU",
+};
+
+/// The data of a [`RULE_PREFIXES`] key (an LPM trie key is `prefix_len: u32`
+/// followed by this): the prefix set (big-endian) and the IPv4 address. The
+/// prefix length is 32 + the address prefix's, so a lookup only matches
+/// within its set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PrefixData {
+    pub set: [u8; 4],
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<PrefixData>() == 8);
+
+pub const RULE_PREFIXES: MapSpec = MapSpec {
+    name: "RULE_PREFIXES",
+    pin: "rule_prefixes",
+    kind: MapKind::LpmTrie,
+    key_size: 4 + size_of::<PrefixData>() as u32,
+    value_size: 4,
+    max_entries: 4096,
+    doc: "destination prefixes of the rules, by prefix set",
+};
+
+// ---------------------------------------------------------------- CONNTRACK
+
+/// Key of [`CONNTRACK`]: one entry per connection, both directions. The
+/// (address, port) that sorts lower is `a` (`coresvc_common::conntrack::normalise`).
+/// For ICMP echo both ports are the identifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    /// Network order.
+    pub addr_a: [u8; 4],
+    pub addr_b: [u8; 4],
+    /// Host order.
+    pub port_a: u16,
+    pub port_b: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<CtKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtEntry {
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub created_ns: u64,
+    pub last_ns: u64,
+    /// Originator to replier, and back.
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+    /// `Settings::generation` of the rules that admitted it.
+    pub generation: u32,
+    /// The rule index (in its bank) that admitted it.
+    pub rule: u16,
+    /// `coresvc_common::conntrack::CT_*`.
+    pub state: u8,
+    /// `coresvc_common::conntrack::CT_F_*`.
+    pub flags: u8,
+    /// Interfaces the two directions arrived on.
+    pub ifindex_orig: u32,
+    pub ifindex_reply: u32,
+    /// NAT: the translated address and port (network order / host order),
+    /// and what kind of translation (0 = none). Filled by the NAT issue.
+    pub nat_addr: [u8; 4],
+    pub nat_port: u16,
+    pub nat_kind: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<CtEntry>() == 72);
+
+/// The default size; `dataplane.conntrack_max` overrides it.
+pub const CONNTRACK: MapSpec = MapSpec {
+    name: "CONNTRACK",
+    pin: "conntrack",
+    kind: MapKind::Hash,
+    key_size: size_of::<CtKey>() as u32,
+    value_size: size_of::<CtEntry>() as u32,
+    max_entries: 65536,
+    doc: "connection tracking: one entry per connection, both directions",
+};
+
 /// Every map of the schema, in creation order.
-pub const ALL_MAPS: &[MapSpec] = &[SETTINGS, IFACES, IF_STATS, DROP_STATS];
+pub const ALL_MAPS: &[MapSpec] =
+    &[SETTINGS, IFACES, IF_STATS, DROP_STATS, LOCAL_ADDRS, RULES, RULE_STATS, RULE_PREFIXES, CONNTRACK];
+
+/// Maps whose size comes from the configuration (checked against it, not
+/// against `max_entries` here).
+pub const SIZED_BY_CONFIG: &[&str] = &["CONNTRACK"];
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
@@ -212,9 +391,11 @@ pub mod programs {
     pub const SEGMENT_INGRESS: &str = "segment_ingress";
     /// XDP on the uplink.
     pub const UPLINK_INGRESS: &str = "uplink_ingress";
+    /// TC egress on every interface: tracks connections the gateway opens.
+    pub const EGRESS: &str = "egress";
 }
 
-pod!(Settings, IfaceInfo, IfVerdict, PacketCount);
+pod!(Settings, IfaceInfo, IfVerdict, PacketCount, Rule, PrefixData, CtKey, CtEntry);
 
 #[cfg(test)]
 mod tests {

@@ -196,14 +196,13 @@ impl Lab {
             if let Some(mac) = &l.mac {
                 run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "address", mac]))?;
             }
-            if let Some(a) = &l.gw_address {
-                run(Command::new("ip").args(["-n", &gw, "addr", "add", a, "dev", &l.gw_iface]))?;
-            }
             run(Command::new("ip").args(["-n", &gw, "link", "set", &l.gw_iface, "up"]))?;
             if let Some(a) = &l.address {
                 run(Command::new("ip").args(["-n", &ns, "addr", "add", a, "dev", &l.iface]))?;
             }
             run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "up"]))?;
+            // See topology.toml: NAPI for redirected frames, full checksums.
+            run(&mut self.cmd_in(&ns, ["ethtool", "-K", &l.iface, "tx", "off", "gro", "on"]))?;
             if let Some(via) = &l.via {
                 run(Command::new("ip").args(["-n", &ns, "route", "add", "default", "via", via]))?;
             }
@@ -441,14 +440,7 @@ pub fn remove_pins(dir: &Path) -> std::io::Result<()> {
     }
     for e in fs::read_dir(dir)? {
         let p = e?.path();
-        if p.is_dir() {
-            for f in fs::read_dir(&p)? {
-                fs::remove_file(f?.path())?;
-            }
-            fs::remove_dir(&p)?;
-        } else {
-            fs::remove_file(&p)?;
-        }
+        if p.is_dir() { remove_pins(&p)? } else { fs::remove_file(&p)? }
     }
     fs::remove_dir(dir)
 }
@@ -469,7 +461,8 @@ fn stop_pid(pid: i32, grace: Duration) {
     }
 }
 
-/// Removes labs of test processes that no longer exist (a killed test run).
+/// Removes labs (and any other namespace named `cst<pid>x...`) of test
+/// processes that no longer exist: a killed test run.
 pub fn cleanup_stale_test_labs() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
     let list = String::from_utf8_lossy(&out.stdout);
@@ -480,18 +473,19 @@ pub fn cleanup_stale_test_labs() {
         let Some((pid, _)) = rest.split_once('x') else { continue };
         let Ok(pid) = pid.parse::<i32>() else { continue };
         // SAFETY: signal 0 only probes for existence.
-        let alive = unsafe { libc::kill(pid, 0) == 0 };
-        if !alive {
-            if let Some((prefix, _)) = name.split_once('-') {
-                prefixes.insert(prefix.to_string());
-            }
+        if unsafe { libc::kill(pid, 0) } == 0 {
+            continue;
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        if let Some((prefix, _)) = name.split_once('-') {
+            prefixes.insert(prefix.to_string());
         }
     }
     for prefix in prefixes {
-        if let Ok(lab) = Lab::existing(&prefix, LabPaths::private(&prefix)) {
-            eprintln!("removing lab {prefix} left by a test process that no longer runs");
-            let _ = lab.down();
-        }
+        eprintln!("removed lab {prefix}, left by a test process that no longer runs");
+        let paths = LabPaths::private(&prefix);
+        let _ = remove_pins(&paths.pin_dir);
+        let _ = fs::remove_dir_all(&paths.run_dir);
     }
 }
 

@@ -28,8 +28,6 @@ pub struct Link {
     /// The coresvc segment (or `uplink`) this link is.
     pub segment: String,
     pub gw_iface: String,
-    /// Set by the lab until coresvc assigns its own addresses.
-    pub gw_address: Option<String>,
     pub node: String,
     pub iface: String,
     pub mac: Option<String>,

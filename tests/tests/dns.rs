@@ -91,10 +91,29 @@ const LAB_EXAMPLE: &str = "$ORIGIN lab.example.\n$TTL 300\n\
 @ IN SOA ns.lab.example. hostmaster.lab.example. 1 3600 600 604800 120\n\
 @ IN NS ns\nns IN A 192.0.2.1\nthing IN A 192.0.2.77\n";
 
+/// The reference Knot listens on port 5300 of the gateway: let segments reach it.
+const KNOT_RULE: &str = r#"
+[[firewall.rule]]
+name = "reference-knot"
+from = "any"
+to = "gateway"
+proto = "udp"
+ports = [5300]
+action = "allow"
+
+[[firewall.rule]]
+name = "reference-knot-tcp"
+from = "any"
+to = "gateway"
+proto = "tcp"
+ports = [5300]
+action = "allow"
+"#;
+
 fn config(lab: &Lab, edit: impl FnOnce(String) -> String) -> PathBuf {
     lab.config_with("coresvc.toml", |s| {
         let s = s.replace("upstreams = [\"192.0.2.1:53\"]", "upstreams = [\"192.0.2.1:5353\"]");
-        edit(s + EXTRA)
+        edit(s + EXTRA + KNOT_RULE)
     })
     .unwrap()
 }
@@ -413,16 +432,22 @@ fn zone_reload_refuses_a_bad_file_and_keeps_serving() {
 
 #[test]
 fn the_uplink_side_is_refused() {
+    // The firewall drops DNS from the uplink (inbound default deny) ...
     let lab = lab();
-    // Give the upstream node a way to the segments: still refused.
+    coresvc_lab::run(&mut lab.cmd("upstream", ["ip", "route", "add", "10.0.0.0/8", "via", "192.0.2.2"])).unwrap();
+    assert!(lab.kdig("upstream", "10.10.0.1", "provisioner-01.mgmt.deevnet.net", "A", &[]).is_err(), "dropped");
+    assert!(lab.kdig("upstream", "192.0.2.2", "provisioner-01.mgmt.deevnet.net", "A", &[]).is_err(), "nothing listens");
+    drop(lab);
+    // ... and with a rule letting it through, DNS itself refuses: never an open resolver.
+    let lab = lab_with(|s| {
+        s + "\n[[firewall.rule]]\nname = \"uplink-dns\"\nfrom = \"uplink\"\nto = \"gateway\"\nproto = \"udp\"\nports = [53]\naction = \"allow\"\n"
+    });
     coresvc_lab::run(&mut lab.cmd("upstream", ["ip", "route", "add", "10.0.0.0/8", "via", "192.0.2.2"])).unwrap();
     let r = lab.kdig("upstream", "10.10.0.1", "provisioner-01.mgmt.deevnet.net", "A", &[]).unwrap();
     assert_eq!(r.rcode, "REFUSED");
     assert!(r.answers.is_empty());
     let r = lab.kdig("upstream", "10.10.0.1", "www.example.org", "A", &[]).unwrap();
-    assert_eq!(r.rcode, "REFUSED", "never an open resolver");
-    // Nothing listens on the uplink address itself.
-    assert!(lab.kdig("upstream", "192.0.2.2", "provisioner-01.mgmt.deevnet.net", "A", &[]).is_err());
+    assert_eq!(r.rcode, "REFUSED");
 }
 
 /// Builds a query (`id`, `name`, type A).

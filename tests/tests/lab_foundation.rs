@@ -169,7 +169,9 @@ fn kill_9_keeps_the_programs_running_and_a_restart_adopts_maps_and_links() {
         assert!(!xdp_attached(&lab, l), "{l} still has XDP after a clean stop");
     }
     assert!(lab.paths.pin_dir.join("if_stats").exists());
-    assert_eq!(std::fs::read_dir(lab.paths.pin_dir.join("links")).unwrap().count(), 0);
+    for sub in ["links/xdp", "links/tc-egress"] {
+        assert_eq!(std::fs::read_dir(lab.paths.pin_dir.join(sub)).unwrap().count(), 0, "{sub}");
+    }
 }
 
 #[test]
@@ -180,13 +182,15 @@ fn pinned_maps_of_another_schema_version_are_refused() {
     let out = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(lab.paths.pin_dir.join("settings"))
-        .args(["key", "0", "0", "0", "0", "value", "99", "0", "0", "0", "1", "0", "0", "0"])
+        .args(["key", "0", "0", "0", "0", "value", "99"])
+        .args(["0"; 23])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = lab.start_agent(&AgentOpts::new(coresvc_lab::default_config())).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("schema version 99") && msg.contains("uses version 1"), "{msg}");
+    let ours = format!("uses version {}", coresvc_maps_schema::SCHEMA_VERSION);
+    assert!(msg.contains("schema version 99") && msg.contains(&ours), "{msg}");
     assert!(msg.contains("coresvc unpin"), "says how to recover: {msg}");
     assert!(!xdp_attached(&lab, "mgmt0"), "nothing attached after a refusal");
 }

@@ -27,15 +27,12 @@ struct Harness {
 impl Harness {
     /// Loads the object with `flags` in SETTINGS and loopback configured as a segment.
     fn new(flags: u32, configure_iface: bool) -> Self {
-        let mut ebpf = coresvc::dataplane::load(None, aya_log::Level::Error).expect("load the eBPF object");
-        for p in [schema::programs::SEGMENT_INGRESS, schema::programs::UPLINK_INGRESS] {
-            let prog: &mut Xdp = ebpf.program_mut(p).unwrap().try_into().unwrap();
-            prog.load().unwrap_or_else(|e| panic!("verifier rejected {p}: {e:?}"));
-        }
+        let mut ebpf =
+            coresvc::dataplane::load(None, aya_log::Level::Error, 1024).expect("load and verify the eBPF object");
         let ifindex = loopback_ifindex();
         let mut settings: Array<&mut MapData, Settings> =
             Array::try_from(ebpf.map_mut(schema::SETTINGS.name).unwrap()).unwrap();
-        settings.set(0, Settings { schema_version: schema::SCHEMA_VERSION, flags }, 0).unwrap();
+        settings.set(0, Settings { schema_version: schema::SCHEMA_VERSION, flags, ..Default::default() }, 0).unwrap();
         if configure_iface {
             let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
                 BpfHashMap::try_from(ebpf.map_mut(schema::IFACES.name).unwrap()).unwrap();
@@ -177,14 +174,15 @@ fn checks_follow_the_configuration() {
 
 #[test]
 fn object_matches_the_schema() {
-    let ebpf = coresvc::dataplane::load(None, aya_log::Level::Error).unwrap();
+    let ebpf = coresvc::dataplane::load(None, aya_log::Level::Error, schema::CONNTRACK.max_entries).unwrap();
     for spec in schema::ALL_MAPS {
         let map = ebpf.map(spec.name).unwrap_or_else(|| panic!("map {} missing from the object", spec.name));
         let info = match map {
             aya::maps::Map::Array(d)
             | aya::maps::Map::HashMap(d)
             | aya::maps::Map::PerCpuArray(d)
-            | aya::maps::Map::PerCpuHashMap(d) => d.info().unwrap(),
+            | aya::maps::Map::PerCpuHashMap(d)
+            | aya::maps::Map::LpmTrie(d) => d.info().unwrap(),
             other => panic!("{}: unexpected map kind {other:?}", spec.name),
         };
         assert_eq!(info.map_type().unwrap() as u32, spec.kind as u32, "{} kind", spec.name);

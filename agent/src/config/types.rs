@@ -438,6 +438,12 @@ fn default_max_transfers() -> u32 {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirewallSection {
+    /// Apply the rules and track connections (off: the gateway forwards
+    /// everything, as a plain router does).
+    pub enabled: bool,
+    /// From segments to the gateway itself, when no rule matches:
+    /// `services` allows DNS, DHCP, TFTP and ping, and nothing else.
+    pub to_gateway: GatewayPolicy,
     /// Between segments, when no rule matches.
     pub inter_segment: Action,
     /// From segments to the uplink, when no rule matches.
@@ -450,8 +456,24 @@ pub struct FirewallSection {
 
 impl Default for FirewallSection {
     fn default() -> Self {
-        Self { inter_segment: Action::Deny, egress: Action::Allow, inbound: Action::Deny, rules: Vec::new() }
+        Self {
+            enabled: true,
+            to_gateway: GatewayPolicy::Services,
+            inter_segment: Action::Deny,
+            egress: Action::Allow,
+            inbound: Action::Deny,
+            rules: Vec::new(),
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayPolicy {
+    /// DNS (53), DHCP (67), TFTP (69) and ICMP echo.
+    Services,
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

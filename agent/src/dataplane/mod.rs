@@ -1,46 +1,49 @@
 //! The eBPF dataplane: loads the programs, creates or adopts the pinned maps,
-//! attaches XDP to every configured interface (pinning the links so traffic
-//! keeps flowing while the agent restarts), writes configuration into maps
-//! and reads counters back.
+//! attaches XDP (ingress) and TC (egress) to every configured interface
+//! through pinned links (traffic keeps flowing while the agent restarts),
+//! writes configuration into maps (settings, interfaces, local addresses,
+//! firewall rules) and reads counters and connections back.
 
+mod attach;
+pub mod flows;
 pub mod pins;
+pub mod rules;
 mod sys;
 
 use std::{
     collections::BTreeMap,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{SchedClassifier, Xdp},
 };
 use coresvc_maps_schema::{
     self as schema, ATTACH_GENERIC, ATTACH_NATIVE, IfVerdict, IfaceInfo, PacketCount, ROLE_SEGMENT, ROLE_UPLINK,
-    Settings,
+    RULES_PER_BANK, Settings,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::config::{self, Config};
+use crate::config::Config;
 
 /// The eBPF object built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/coresvc-ebpf"));
 
 /// Loads the object. With `pin_dir`, every map of the schema is created
 /// pinned there, or the pinned one is reused (check compatibility first with
-/// [`pins::check_existing`]). `log_level` is aya-log's in-kernel filter.
-pub fn load(pin_dir: Option<&Path>, log_level: aya_log::Level) -> Result<Ebpf> {
+/// [`pins::check_existing`]). `log_level` is aya-log's in-kernel filter;
+/// `conntrack_max` sizes the connection table.
+pub fn load(pin_dir: Option<&Path>, log_level: aya_log::Level, conntrack_max: u32) -> Result<Ebpf> {
     raise_memlock();
     let mut loader = EbpfLoader::new();
     let level = log_level as u8;
     loader.override_global(aya_log::LEVEL, &level, false);
+    loader.map_max_entries(schema::CONNTRACK.name, conntrack_max);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => schema::ALL_MAPS.iter().map(|m| (m.name, pins::map_pin(dir, m))).collect(),
         None => Vec::new(),
@@ -48,7 +51,18 @@ pub fn load(pin_dir: Option<&Path>, log_level: aya_log::Level) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    loader.load(EBPF_OBJECT).context("loading the eBPF object")
+    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+    for name in [schema::programs::SEGMENT_INGRESS, schema::programs::UPLINK_INGRESS] {
+        let prog: &mut Xdp =
+            ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?.try_into()?;
+        prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+    }
+    let egress: &mut SchedClassifier = ebpf
+        .program_mut(schema::programs::EGRESS)
+        .ok_or_else(|| anyhow!("program egress missing from the eBPF object"))?
+        .try_into()?;
+    egress.load().context("loading program egress (verifier)")?;
+    Ok(ebpf)
 }
 
 fn raise_memlock() {
@@ -69,7 +83,7 @@ pub struct IfaceSpec {
     pub segment: Option<String>,
     /// Index of the segment in the configuration.
     pub segment_index: u32,
-    /// The interface's configured IPv4 address and prefix, if any.
+    /// The interface's own IPv4 address and prefix, if any.
     pub address: Option<ipnet::Ipv4Net>,
 }
 
@@ -95,8 +109,9 @@ impl Role {
     }
 }
 
-/// The interfaces of a configuration, segments first.
-pub fn interfaces(cfg: &Config) -> Vec<IfaceSpec> {
+/// The interfaces of a configuration, segments first; `plan` gives their addresses.
+pub fn interfaces(cfg: &Config, plan: &crate::routing::Plan) -> Vec<IfaceSpec> {
+    let addr_of = |ifname: &str| plan.addresses.iter().find(|a| a.ifname == ifname).map(|a| a.addr);
     let mut v: Vec<IfaceSpec> = cfg
         .segments
         .iter()
@@ -106,7 +121,7 @@ pub fn interfaces(cfg: &Config) -> Vec<IfaceSpec> {
             role: Role::Segment,
             segment: Some(s.name.clone()),
             segment_index: i as u32,
-            address: ipnet::Ipv4Net::new(s.gateway, s.cidr.prefix_len()).ok(),
+            address: addr_of(&s.interface),
         })
         .collect();
     if let Some(up) = &cfg.uplink {
@@ -115,19 +130,10 @@ pub fn interfaces(cfg: &Config) -> Vec<IfaceSpec> {
             role: Role::Uplink,
             segment: None,
             segment_index: 0,
-            address: up.address,
+            address: addr_of(&up.interface),
         });
     }
     v
-}
-
-/// One attached interface.
-#[derive(Debug)]
-struct Attached {
-    spec: IfaceSpec,
-    ifindex: u32,
-    mode: AttachMode,
-    adopted: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,41 +159,40 @@ impl AttachMode {
     }
 }
 
+/// One attached interface.
+#[derive(Debug)]
+struct Attached {
+    spec: IfaceSpec,
+    ifindex: u32,
+    mode: AttachMode,
+    adopted: bool,
+}
+
 /// The running dataplane: the loaded object and what it is attached to.
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    attached: Vec<Attached>,
+    xdp_mode: crate::config::XdpMode,
+    specs: Vec<IfaceSpec>,
+    attached: BTreeMap<String, Attached>,
+    /// The compiled rules of the active bank, for `coresvc rules`.
+    rules: Vec<rules::Compiled>,
     /// Kept alive for the programs' log map; polled by the agent.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub adopted_maps: bool,
 }
 
 impl Dataplane {
-    /// Loads, adopts or creates the pinned maps, writes settings and
-    /// interfaces, and attaches the programs. Nothing is attached if any
-    /// step before attaching fails.
-    pub fn start(cfg: &Config, pin_dir: &Path, log_level: aya_log::Level) -> Result<Self> {
+    /// Loads, adopts or creates the pinned maps, writes settings, interfaces,
+    /// local addresses and rules, and attaches the programs to every
+    /// interface that exists (the others when they appear, see
+    /// [`Dataplane::attach_iface`]). Nothing is attached if a step before
+    /// attaching fails.
+    pub fn start(cfg: &Config, pin_dir: &Path, log_level: aya_log::Level, plan: &crate::routing::Plan) -> Result<Self> {
         pins::prepare_dir(pin_dir)?;
-        let existing = pins::check_existing(pin_dir)?;
-        // Resolve every interface before touching anything.
-        let specs = interfaces(cfg);
-        let mut resolved = Vec::new();
-        for s in &specs {
-            let ifindex = ifindex(&s.name).ok_or_else(|| {
-                anyhow!(
-                    "interface {:?} ({}) does not exist in this network namespace",
-                    s.name,
-                    match &s.segment {
-                        Some(seg) => format!("segment {seg:?}"),
-                        None => "the uplink".to_string(),
-                    }
-                )
-            })?;
-            resolved.push((s.clone(), ifindex));
-        }
-
-        let mut ebpf = load(Some(pin_dir), log_level)?;
+        let existing = pins::check_existing(pin_dir, cfg.dataplane.conntrack_max)?;
+        let compiled = rules::compile(cfg)?;
+        let mut ebpf = load(Some(pin_dir), log_level, cfg.dataplane.conntrack_max)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -195,32 +200,34 @@ impl Dataplane {
                 None
             }
         };
-        for name in [schema::programs::SEGMENT_INGRESS, schema::programs::UPLINK_INGRESS] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
-        }
         let mut dp = Dataplane {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
-            attached: Vec::new(),
+            xdp_mode: cfg.dataplane.xdp_mode,
+            specs: interfaces(cfg, plan),
+            attached: BTreeMap::new(),
+            rules: Vec::new(),
             logger,
             adopted_maps: existing == pins::Existing::Compatible,
         };
         dp.write_settings(cfg)?;
-        // Previous interface entries (a restart with another config) are
-        // replaced by this configuration's.
+        dp.set_local_addrs(plan.addresses.iter().map(|a| a.addr.addr()).collect())?;
+        dp.apply_rules(compiled)?;
+        // Interface entries of a previous run (another configuration) are
+        // replaced by this one's.
         let previous_modes = dp.clear_ifaces()?;
-        for (spec, ifindex) in resolved {
-            dp.attach(cfg, spec, ifindex, &previous_modes)?;
+        for spec in dp.specs.clone() {
+            match ifindex(&spec.name) {
+                Some(idx) => dp.attach(spec, idx, &previous_modes)?,
+                None => warn!(interface = %spec.name, "interface does not exist (yet); attached when it appears"),
+            }
         }
         info!(
             pin_dir = %pin_dir.display(),
             adopted = dp.adopted_maps,
-            "dataplane ready on {} interface(s)",
-            dp.attached.len()
+            "dataplane ready on {} of {} interface(s)",
+            dp.attached.len(),
+            dp.specs.len()
         );
         Ok(dp)
     }
@@ -230,9 +237,24 @@ impl Dataplane {
         if cfg.dataplane.drop_invalid_ipv4 {
             flags |= schema::SETTINGS_F_DROP_INVALID_IPV4;
         }
+        if cfg.firewall.enabled {
+            flags |= schema::SETTINGS_F_FIREWALL;
+        }
+        if cfg.dataplane.fast_forward {
+            flags |= schema::SETTINGS_F_FAST_FORWARD;
+        }
         let mut settings: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(&schema::SETTINGS)?)?;
-        settings.set(0, Settings { schema_version: schema::SCHEMA_VERSION, flags }, 0)?;
+        // Adopted maps keep their rule banks and generation.
+        let mut s = settings.get(&0, 0).unwrap_or_default();
+        s.schema_version = schema::SCHEMA_VERSION;
+        s.flags = flags;
+        settings.set(0, s, 0)?;
         Ok(())
+    }
+
+    fn settings(&self) -> Result<Settings> {
+        let settings: Array<&MapData, Settings> = Array::try_from(self.map(&schema::SETTINGS)?)?;
+        Ok(settings.get(&0, 0)?)
     }
 
     fn map_mut(&mut self, spec: &schema::MapSpec) -> Result<&mut aya::maps::Map> {
@@ -241,6 +263,29 @@ impl Dataplane {
 
     fn map(&self, spec: &schema::MapSpec) -> Result<&aya::maps::Map> {
         self.ebpf.map(spec.name).ok_or_else(|| anyhow!("map {} missing from the eBPF object", spec.name))
+    }
+
+    /// Replaces the gateway's own addresses (traffic to them is "to gateway").
+    pub fn set_local_addrs(&mut self, addrs: Vec<Ipv4Addr>) -> Result<()> {
+        let mut m: BpfHashMap<&mut MapData, [u8; 4], u32> = BpfHashMap::try_from(self.map_mut(&schema::LOCAL_ADDRS)?)?;
+        let old: Vec<[u8; 4]> = m.keys().filter_map(|k| k.ok()).collect();
+        for a in &addrs {
+            m.insert(a.octets(), 1, 0)?;
+        }
+        for k in old {
+            if !addrs.iter().any(|a| a.octets() == k) {
+                let _ = m.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs a rule set atomically (see [`rules::install`]).
+    pub fn apply_rules(&mut self, compiled: Vec<rules::Compiled>) -> Result<()> {
+        let (bank, generation) = rules::install(&mut self.ebpf, &compiled)?;
+        info!("firewall: {} rules active (bank {bank}, generation {generation})", compiled.len());
+        self.rules = compiled;
+        Ok(())
     }
 
     /// Empties IFACES, returning the attach modes it recorded by ifindex.
@@ -254,32 +299,48 @@ impl Dataplane {
         Ok(old.into_iter().map(|(k, v)| (k, v.attach_mode)).collect())
     }
 
-    fn attach(&mut self, cfg: &Config, spec: IfaceSpec, ifindex: u32, previous: &BTreeMap<u32, u8>) -> Result<()> {
-        let link_path = pins::link_pin(&self.pin_dir, &spec.name);
-        let prog: &mut Xdp = self
+    /// Attaches the programs to a configured interface that (re)appeared.
+    pub fn attach_iface(&mut self, name: &str) -> Result<bool> {
+        let Some(spec) = self.specs.iter().find(|s| s.name == name).cloned() else { return Ok(false) };
+        let Some(idx) = ifindex(name) else { return Ok(false) };
+        if self.attached.get(name).is_some_and(|a| a.ifindex == idx) {
+            return Ok(false);
+        }
+        self.attach(spec, idx, &BTreeMap::new())?;
+        Ok(true)
+    }
+
+    /// Forgets an interface that disappeared (its links died with it).
+    pub fn forget_iface(&mut self, name: &str) {
+        if let Some(a) = self.attached.remove(name) {
+            if let Ok(m) = self.map_mut(&schema::IFACES) {
+                if let Ok(mut ifaces) = BpfHashMap::<&mut MapData, u32, IfaceInfo>::try_from(m) {
+                    let _ = ifaces.remove(&a.ifindex);
+                }
+            }
+            warn!(interface = %name, "interface is gone; its programs will be attached again when it returns");
+        }
+    }
+
+    /// Names of the configured interfaces not attached right now.
+    pub fn waiting(&self) -> Vec<String> {
+        self.specs.iter().filter(|s| !self.attached.contains_key(&s.name)).map(|s| s.name.clone()).collect()
+    }
+
+    fn attach(&mut self, spec: IfaceSpec, ifindex: u32, previous: &BTreeMap<u32, u8>) -> Result<()> {
+        let prev_mode = previous.get(&ifindex).and_then(|c| AttachMode::from_code(*c));
+        let xdp: &mut Xdp = self
             .ebpf
             .program_mut(spec.role.program())
             .ok_or_else(|| anyhow!("program {} missing", spec.role.program()))?
             .try_into()?;
-        let (mode, adopted) = match adopt_link(&link_path, ifindex)? {
-            Some(link) => {
-                // Atomically swap the running program for ours: no packet
-                // goes unprocessed during a restart.
-                let id =
-                    prog.attach_to_link(link).with_context(|| format!("replacing the program on {}", spec.name))?;
-                let link = prog.take_link(id)?;
-                pin_link(link, &link_path)?;
-                let mode =
-                    previous.get(&ifindex).and_then(|c| AttachMode::from_code(*c)).unwrap_or(AttachMode::Generic);
-                (mode, true)
-            }
-            None => {
-                let (id, mode) = attach_new(prog, ifindex, cfg.dataplane.xdp_mode, &spec.name)?;
-                let link = prog.take_link(id)?;
-                pin_link(link, &link_path)?;
-                (mode, false)
-            }
-        };
+        let (mode, adopted) = attach::xdp(xdp, &self.pin_dir, &spec.name, ifindex, self.xdp_mode, prev_mode)?;
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(schema::programs::EGRESS)
+            .ok_or_else(|| anyhow!("program egress missing"))?
+            .try_into()?;
+        attach::egress(tc, &self.pin_dir, &spec.name, ifindex)?;
         let info = IfaceInfo {
             role: spec.role.code(),
             segment: spec.segment_index,
@@ -297,23 +358,20 @@ impl Dataplane {
         let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut stats: PerCpuHashMap<&mut MapData, IfVerdict, PacketCount> =
             PerCpuHashMap::try_from(self.map_mut(&schema::IF_STATS)?)?;
-        for verdict in [schema::VERDICT_PASS] {
-            let key = IfVerdict { ifindex, verdict };
-            if stats.get(&key, 0).is_err() {
-                let zeros = aya::maps::PerCpuValues::try_from(vec![PacketCount::default(); ncpu])?;
-                stats.insert(key, zeros, u64::from(schema_noexist()))?;
-            }
+        let key = IfVerdict { ifindex, verdict: schema::VERDICT_PASS };
+        if stats.get(&key, 0).is_err() {
+            stats.insert(key, PerCpuValues::try_from(vec![PacketCount::default(); ncpu])?, 1)?;
         }
         info!(
             interface = %spec.name,
             ifindex,
             role = ?spec.role,
             mode = ?mode,
-            "{} XDP program {}",
-            if adopted { "adopted pinned link, replaced" } else { "attached" },
+            "{} XDP program {} and TC egress",
+            if adopted { "adopted pinned links, replaced" } else { "attached" },
             spec.role.program()
         );
-        self.attached.push(Attached { spec, ifindex, mode, adopted });
+        self.attached.insert(spec.name.clone(), Attached { spec, ifindex, mode, adopted });
         Ok(())
     }
 
@@ -324,15 +382,13 @@ impl Dataplane {
         let mut by_key: BTreeMap<(u32, u32), PacketCount> = BTreeMap::new();
         for entry in stats.iter() {
             let (k, per_cpu) = entry?;
-            let mut sum = PacketCount::default();
-            for c in per_cpu.iter() {
-                sum.add(c);
-            }
-            by_key.insert((k.ifindex, k.verdict), sum);
+            by_key.insert((k.ifindex, k.verdict), sum(&per_cpu));
         }
+        // In configuration order.
         let interfaces = self
-            .attached
+            .specs
             .iter()
+            .filter_map(|s| self.attached.get(&s.name))
             .map(|a| {
                 let mut verdicts = BTreeMap::new();
                 for (v, name) in schema::VERDICT_NAMES.iter().enumerate() {
@@ -353,113 +409,66 @@ impl Dataplane {
         let drops: PerCpuArray<&MapData, PacketCount> = PerCpuArray::try_from(self.map(&schema::DROP_STATS)?)?;
         let mut drop_reasons = Vec::new();
         for (n, name) in schema::DROP_REASON_NAMES {
-            let per_cpu = drops.get(n, 0)?;
-            let mut sum = PacketCount::default();
-            for c in per_cpu.iter() {
-                sum.add(c);
-            }
-            drop_reasons.push(DropReason {
-                reason: *n,
-                name: name.to_string(),
-                packets: sum.packets,
-                bytes: sum.bytes,
-            });
+            let c = sum(&drops.get(n, 0)?);
+            drop_reasons.push(DropReason { reason: *n, name: name.to_string(), packets: c.packets, bytes: c.bytes });
         }
+        let s = self.settings()?;
         Ok(DataplaneStatus {
             pin_dir: self.pin_dir.clone(),
             schema_version: schema::SCHEMA_VERSION,
             adopted_maps: self.adopted_maps,
             interfaces,
+            waiting: self.waiting(),
             drop_reasons,
+            firewall: FirewallStatus {
+                enabled: s.flags & schema::SETTINGS_F_FIREWALL != 0,
+                fast_forward: s.flags & schema::SETTINGS_F_FAST_FORWARD != 0,
+                active_bank: s.active_bank,
+                generation: s.generation,
+                rules: self.rules.len(),
+                connections: self.connection_count()?,
+            },
         })
     }
 
+    /// The active rules with their counters.
+    pub fn rules_status(&self, cfg: &Config) -> Result<Vec<rules::RuleStatus>> {
+        let s = self.settings()?;
+        let base = (s.active_bank & 1) * RULES_PER_BANK;
+        let stats: PerCpuArray<&MapData, PacketCount> = PerCpuArray::try_from(self.map(&schema::RULE_STATS)?)?;
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let n = sum(&stats.get(&(base + i as u32), 0)?);
+                Ok(rules::describe(cfg, i as u32, c, n.packets, n.bytes))
+            })
+            .collect()
+    }
+
     /// Detaches every program (removing the link pins). Maps stay pinned so
-    /// the next start adopts counters and state.
+    /// the next start adopts counters and connections.
     pub fn detach(mut self) {
-        for a in self.attached.drain(..) {
-            let path = pins::link_pin(&self.pin_dir, &a.spec.name);
-            match PinnedLink::from_pin(&path) {
-                Ok(pinned) => match pinned.unpin() {
-                    Ok(fd_link) => {
-                        drop(fd_link);
-                        info!(interface = %a.spec.name, "detached XDP program");
-                    }
-                    Err(e) => warn!(interface = %a.spec.name, "cannot unpin {}: {e}", path.display()),
-                },
-                Err(e) => warn!(interface = %a.spec.name, "no pinned link at {}: {e}", path.display()),
-            }
+        for (name, _) in std::mem::take(&mut self.attached) {
+            let n = attach::detach(&self.pin_dir, &name);
+            info!(interface = %name, "detached {n} program link(s)");
         }
     }
 }
 
-const fn schema_noexist() -> u32 {
-    // BPF_NOEXIST
-    1
+pub fn sum(per_cpu: &PerCpuValues<PacketCount>) -> PacketCount {
+    let mut s = PacketCount::default();
+    for c in per_cpu.iter() {
+        s.add(c);
+    }
+    s
 }
 
-fn ifindex(name: &str) -> Option<u32> {
+pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: valid C string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
-}
-
-/// A link pinned by a previous agent for this interface, if it is still
-/// attached to it; a stale pin (interface gone or replaced) is removed.
-fn adopt_link(path: &Path, ifindex: u32) -> Result<Option<XdpLink>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let attached_to =
-        sys::pinned_xdp_link_ifindex(path).with_context(|| format!("reading pinned link {}", path.display()))?;
-    let pinned = PinnedLink::from_pin(path).with_context(|| format!("opening pinned link {}", path.display()))?;
-    let fd_link: FdLink = pinned.unpin().with_context(|| format!("unpinning {}", path.display()))?;
-    if attached_to != Some(ifindex) {
-        warn!("stale link pin {} (its interface is gone or changed); attaching afresh", path.display());
-        drop(fd_link);
-        return Ok(None);
-    }
-    Ok(Some(XdpLink::try_from(fd_link)?))
-}
-
-fn attach_new(
-    prog: &mut Xdp,
-    ifindex: u32,
-    mode: config::XdpMode,
-    name: &str,
-) -> Result<(aya::programs::xdp::XdpLinkId, AttachMode)> {
-    let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach_to_if_index(ifindex, m);
-    match mode {
-        config::XdpMode::Native => Ok((
-            try_mode(prog, XdpMode::Driver).with_context(|| format!("attaching native XDP to {name}"))?,
-            AttachMode::Native,
-        )),
-        config::XdpMode::Generic => Ok((
-            try_mode(prog, XdpMode::Skb).with_context(|| format!("attaching generic XDP to {name}"))?,
-            AttachMode::Generic,
-        )),
-        config::XdpMode::Auto => match try_mode(prog, XdpMode::Driver) {
-            Ok(id) => Ok((id, AttachMode::Native)),
-            Err(e) => {
-                debug!(interface = name, "native XDP not available ({e}); using generic");
-                Ok((
-                    try_mode(prog, XdpMode::Skb).with_context(|| format!("attaching generic XDP to {name}"))?,
-                    AttachMode::Generic,
-                ))
-            }
-        },
-    }
-}
-
-fn pin_link(link: XdpLink, path: &Path) -> Result<()> {
-    let fd_link: FdLink = FdLink::try_from(link).map_err(|e| {
-        anyhow!("the kernel attached XDP without a bpf_link ({e}); coresvc needs bpf_link (Linux >= 5.9) to survive restarts")
-    })?;
-    let _ = std::fs::remove_file(path);
-    // The pin keeps the link (and the program) attached after the fd closes.
-    fd_link.pin(path).with_context(|| format!("pinning link at {}", path.display()))?;
-    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -468,7 +477,20 @@ pub struct DataplaneStatus {
     pub schema_version: u32,
     pub adopted_maps: bool,
     pub interfaces: Vec<IfaceStatus>,
+    /// Configured interfaces that do not exist right now.
+    pub waiting: Vec<String>,
     pub drop_reasons: Vec<DropReason>,
+    pub firewall: FirewallStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirewallStatus {
+    pub enabled: bool,
+    pub fast_forward: bool,
+    pub active_bank: u32,
+    pub generation: u32,
+    pub rules: usize,
+    pub connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -513,9 +535,6 @@ pub fn aya_level(filter: &str) -> aya_log::Level {
     }
 }
 
-/// Refuses to run twice on the same pins: a pinned link whose program is not
-/// ours means another agent may be running. (Checked via the control socket
-/// by the caller; this is the dataplane's part.)
 pub fn ensure_supported() -> Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux); coresvc's maps need BTF support");

@@ -3,7 +3,8 @@
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/coresvc`):
 //! - one file per map, named by `MapSpec::pin` (`settings`, `if_stats`, ...);
-//! - `links/<ifname>`: the XDP link of each attached interface.
+//! - `links/xdp/<ifname>` and `links/tc-egress/<ifname>`: the XDP and TC
+//!   links of each attached interface.
 
 use std::{
     fs, io,
@@ -44,7 +45,9 @@ pub enum PinError {
 
 /// Checks that `dir` is on bpffs (creating it if needed).
 pub fn prepare_dir(dir: &Path) -> Result<(), PinError> {
-    fs::create_dir_all(dir.join("links")).map_err(|source| PinError::CreateDir { dir: dir.to_path_buf(), source })?;
+    for sub in ["links/xdp", "links/tc-egress"] {
+        fs::create_dir_all(dir.join(sub)).map_err(|source| PinError::CreateDir { dir: dir.to_path_buf(), source })?;
+    }
     if !is_bpffs(dir) {
         return Err(PinError::NotBpffs { dir: dir.to_path_buf() });
     }
@@ -66,10 +69,6 @@ pub fn map_pin(dir: &Path, spec: &MapSpec) -> PathBuf {
     dir.join(spec.pin)
 }
 
-pub fn link_pin(dir: &Path, ifname: &str) -> PathBuf {
-    dir.join("links").join(ifname)
-}
-
 /// What the pin directory holds before the agent loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
@@ -81,7 +80,7 @@ pub enum Existing {
 
 /// Refuses pins of another schema version or layout; reports whether there
 /// are pins to adopt.
-pub fn check_existing(dir: &Path) -> Result<Existing, PinError> {
+pub fn check_existing(dir: &Path, conntrack_max: u32) -> Result<Existing, PinError> {
     let settings_path = map_pin(dir, &schema::SETTINGS);
     if !settings_path.exists() {
         // Maps without the settings map cannot be verified: treat a partial
@@ -114,10 +113,23 @@ pub fn check_existing(dir: &Path) -> Result<Existing, PinError> {
             continue; // created at load
         }
         let info = MapInfo::from_pin(&path).map_err(read_err(&path))?;
+        let max = if schema::SIZED_BY_CONFIG.contains(&spec.name) {
+            if info.max_entries() != conntrack_max {
+                tracing::warn!(
+                    "{} holds {} entries, the configuration asks for {conntrack_max}; keeping the pinned size \
+                     (`coresvc unpin` while stopped resizes it, and forgets the connections)",
+                    path.display(),
+                    info.max_entries()
+                );
+            }
+            info.max_entries()
+        } else {
+            spec.max_entries
+        };
         for (what, pinned, expected) in [
             ("key size", info.key_size(), spec.key_size),
             ("value size", info.value_size(), spec.value_size),
-            ("max entries", info.max_entries(), spec.max_entries),
+            ("max entries", info.max_entries(), max),
         ] {
             if pinned != expected {
                 return Err(PinError::LayoutMismatch { dir: dir.to_path_buf(), path, what, pinned, expected });
@@ -129,20 +141,16 @@ pub fn check_existing(dir: &Path) -> Result<Existing, PinError> {
 
 /// Removes every pin coresvc creates under `dir` (maps and links) and the
 /// directory itself. Detaches programs whose only reference was a link pin.
+/// Files of other schema versions go too: the directory is coresvc's.
 pub fn remove_all(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    let links = dir.join("links");
-    if links.exists() {
-        for e in fs::read_dir(&links)? {
-            fs::remove_file(e?.path())?;
-        }
-        fs::remove_dir(&links)?;
-    }
-    for spec in schema::ALL_MAPS {
-        let p = map_pin(dir, spec);
-        if p.exists() {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            remove_all(&p)?;
+        } else {
             fs::remove_file(p)?;
         }
     }

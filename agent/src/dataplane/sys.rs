@@ -1,5 +1,5 @@
 //! The few bpf(2) calls aya 0.14 does not expose: reading a pinned link's
-//! info (its type and the ifindex of an XDP link).
+//! info (its type and the ifindex of an XDP or TCX link).
 
 use std::{
     ffi::CString,
@@ -11,6 +11,7 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 pub const BPF_LINK_TYPE_XDP: u32 = 6;
+pub const BPF_LINK_TYPE_TCX: u32 = 11;
 
 /// `union bpf_attr` for BPF_OBJ_GET (`pathname`, `bpf_fd`, `file_flags`).
 #[repr(C)]
@@ -73,9 +74,11 @@ pub fn link_info(fd: &OwnedFd) -> io::Result<LinkInfoRaw> {
     Ok(info)
 }
 
-/// The ifindex a pinned XDP link is attached to (0 when its device is gone).
-pub fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
+/// The ifindex a pinned XDP or TCX link is attached to (0 when its device
+/// is gone; both link types start their info with the ifindex), or `None`
+/// when the pin is a link of another type.
+pub fn pinned_link_ifindex(path: &Path, link_type: u32) -> io::Result<Option<u32>> {
     let fd = obj_get(path)?;
     let info = link_info(&fd)?;
-    Ok((info.type_ == BPF_LINK_TYPE_XDP).then_some(info.union[0]))
+    Ok((info.type_ == link_type).then_some(info.union[0]))
 }
