@@ -44,13 +44,86 @@ impl Overrides {
 struct Agent {
     started: Instant,
     config_path: PathBuf,
-    config: Config,
-    plan: crate::routing::Plan,
+    overrides: Overrides,
+    config: std::sync::RwLock<Arc<Config>>,
+    plan: std::sync::RwLock<crate::routing::Plan>,
+    routing: Arc<crate::routing::Routing>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     dataplane: Mutex<Option<Dataplane>>,
     dns: Option<Arc<crate::dns::Dns>>,
 }
 
 impl Agent {
+    fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// Applies the configuration file again: the firewall (atomically), the
+    /// dataplane settings, addresses and routes, and DNS (zones, services,
+    /// upstreams). Everything fallible is prepared before anything changes,
+    /// so a bad file changes nothing. Changes to the segments, the uplink
+    /// interface or the agent's paths need a restart.
+    async fn reload(&self) -> Result<Vec<String>> {
+        let _one = self.reloading.lock().await;
+        let mut next = Config::load(&self.config_path)?;
+        self.overrides.apply(&mut next);
+        let cur = self.config();
+        let mut restart = Vec::new();
+        let seg =
+            |c: &Config| c.segments.iter().map(|s| (s.name.clone(), s.interface.clone(), s.cidr)).collect::<Vec<_>>();
+        if seg(&cur) != seg(&next) {
+            restart.push("segments (names, interfaces, networks)");
+        }
+        if cur.uplink.as_ref().map(|u| &u.interface) != next.uplink.as_ref().map(|u| &u.interface) {
+            restart.push("uplink.interface");
+        }
+        if cur.agent.pin_dir != next.agent.pin_dir
+            || cur.agent.control_socket != next.agent.control_socket
+            || cur.agent.state_dir != next.agent.state_dir
+        {
+            restart.push("agent paths");
+        }
+        if cur.dataplane.conntrack_max != next.dataplane.conntrack_max
+            || cur.dataplane.xdp_mode != next.dataplane.xdp_mode
+        {
+            restart.push("dataplane.conntrack_max / xdp_mode");
+        }
+        if !restart.is_empty() {
+            anyhow::bail!("not reloaded, nothing changed: these changes need a restart: {}", restart.join(", "));
+        }
+        // Prepare: everything that can fail, before anything changes.
+        let compiled = crate::dataplane::rules::compile(&next)?;
+        if self.dns.is_some() {
+            crate::dns::build::build(&next, 1).map_err(|errs| {
+                anyhow::anyhow!("{}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+            })?;
+        }
+        let plan = crate::routing::plan(&next, next.agent.authority);
+        crate::routing::check_plan(&plan)?;
+        // Apply.
+        let mut done = Vec::new();
+        {
+            let mut dp = self.dataplane.lock().expect("dataplane lock");
+            let dp = dp.as_mut().ok_or_else(|| anyhow::anyhow!("the dataplane is shutting down"))?;
+            dp.reconfigure(&next, compiled)?;
+            done.push(format!("firewall: {} rules active", dp.rules_count()));
+        }
+        let applied = self.routing.apply(&plan).await?;
+        done.extend(applied.added.iter().map(|a| format!("routing: added {a}")));
+        done.extend(applied.removed.iter().map(|a| format!("routing: removed {a}")));
+        if let Some(dns) = &self.dns {
+            dns.reconfigure(&next)?;
+            done.push(format!("dns: {} zones", dns.status().zones.len()));
+        }
+        *self.plan.write().expect("plan lock") = plan;
+        *self.config.write().expect("config lock") = Arc::new(next);
+        for d in &done {
+            info!("reload: {d}");
+        }
+        Ok(done)
+    }
+
     fn dns(&self) -> Result<&crate::dns::Dns, Response> {
         self.dns.as_deref().ok_or_else(|| Response::Error {
             message: "DNS is not running (disabled in the configuration, or production mode)".into(),
@@ -72,16 +145,16 @@ impl ctl::Handler for Agent {
                         pid: std::process::id(),
                         uptime_secs: self.started.elapsed().as_secs(),
                         config: self.config_path.clone(),
-                        authority: self.config.agent.authority,
+                        authority: self.config().agent.authority,
                         dataplane: d,
                         dns: self.dns.as_ref().map(|d| d.status()),
-                        routing: self.plan.clone(),
+                        routing: self.plan.read().expect("plan lock").clone(),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
                 }
             }
             Request::Rules => match self.dataplane.lock().expect("dataplane lock").as_ref() {
-                Some(dp) => match dp.rules_status(&self.config) {
+                Some(dp) => match dp.rules_status(&self.config()) {
                     Ok(rules) => Response::Rules { rules },
                     Err(e) => Response::Error { message: format!("reading rules: {e:#}") },
                 },
@@ -107,6 +180,10 @@ impl ctl::Handler for Agent {
                     None => Response::Error { message: format!("no zone {} is served", zone.unwrap_or_default()) },
                 },
                 Err(r) => r,
+            },
+            Request::Reload => match self.reload().await {
+                Ok(changes) => Response::Reloaded { changes },
+                Err(e) => Response::Error { message: format!("{e:#}") },
             },
             Request::ZoneReload => match self.dns() {
                 Ok(dns) => match dns.zone_reload() {
@@ -134,7 +211,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     // the "gateway" zone of the firewall.
     let plan = crate::routing::plan(&config, config.agent.authority);
     crate::routing::check_plan(&plan)?;
-    let routing = crate::routing::Routing::new()?;
+    let routing = Arc::new(crate::routing::Routing::new()?);
     let applied = routing.apply(&plan).await?;
     for m in &applied.missing {
         warn!("routing: {m} does not exist yet; applied when it appears");
@@ -155,25 +232,38 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     }
     // Services: each starts only if the configuration and the authority mode ask for it.
     let dns = crate::dns::Dns::start(&config)?.map(Arc::new);
+    let overrides = overrides.clone();
     let agent = Arc::new(Agent {
         started: Instant::now(),
         config_path,
-        config: config.clone(),
-        plan: plan.clone(),
+        overrides,
+        config: std::sync::RwLock::new(Arc::new(config.clone())),
+        plan: std::sync::RwLock::new(plan.clone()),
+        routing: routing.clone(),
+        reloading: tokio::sync::Mutex::new(()),
         dataplane: Mutex::new(Some(dp)),
         dns,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     let gc = tokio::spawn(conntrack_gc(agent.clone()));
     let names: Vec<String> = dataplane::interfaces(&config, &plan).into_iter().map(|i| i.name).collect();
-    let links = tokio::spawn(follow_links(agent.clone(), routing, plan, crate::routing::watch_links(names)?));
+    let links = tokio::spawn(follow_links(agent.clone(), crate::routing::watch_links(names)?));
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading {}", agent.config_path.display());
+                if let Err(e) = agent.reload().await {
+                    error!("reload refused: {e:#}");
+                }
+            }
+        }
     }
     server.abort();
     gc.abort();
@@ -206,12 +296,7 @@ async fn conntrack_gc(agent: Arc<Agent>) {
 
 /// Interfaces that disappear and return get their programs, addresses and
 /// routes back without a restart.
-async fn follow_links(
-    agent: Arc<Agent>,
-    routing: crate::routing::Routing,
-    plan: crate::routing::Plan,
-    mut events: tokio::sync::mpsc::Receiver<crate::routing::LinkEvent>,
-) {
+async fn follow_links(agent: Arc<Agent>, mut events: tokio::sync::mpsc::Receiver<crate::routing::LinkEvent>) {
     use crate::routing::LinkEvent;
     while let Some(ev) = events.recv().await {
         match ev {
@@ -230,7 +315,8 @@ async fn follow_links(
                 if attached {
                     info!(interface = %name, "interface (re)appeared: programs attached");
                 }
-                if let Err(e) = routing.apply(&plan).await {
+                let plan = agent.plan.read().expect("plan lock").clone();
+                if let Err(e) = agent.routing.apply(&plan).await {
                     warn!(interface = %name, "routing: {e:#}");
                 }
             }

@@ -43,6 +43,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Apply the configuration file again (firewall, routes, DNS); a bad
+    /// file changes nothing. SIGHUP does the same.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Firewall rules in order, with packet and byte counters.
     Rules {
         #[command(flatten)]
@@ -181,6 +187,15 @@ pub fn main(cli: Cli) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                 } else {
                     print!("{}", render_status(&s));
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Reload { target } => match call(&target, &Request::Reload)? {
+            Response::Reloaded { changes } => {
+                for c in changes {
+                    println!("{c}");
                 }
                 Ok(())
             }

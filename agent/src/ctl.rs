@@ -34,6 +34,8 @@ pub enum Request {
     ZoneExport {
         zone: Option<String>,
     },
+    /// Apply the configuration file again.
+    Reload,
     /// Firewall rules with their counters.
     Rules,
     /// Tracked connections.
@@ -49,6 +51,7 @@ pub enum Response {
     Zones { zones: Vec<crate::dns::ZoneStatus> },
     ZoneText { text: String },
     Rules { rules: Vec<crate::dataplane::rules::RuleStatus> },
+    Reloaded { changes: Vec<String> },
     Flows { flows: Vec<crate::dataplane::flows::Flow> },
     Error { message: String },
 }

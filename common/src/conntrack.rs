@@ -22,8 +22,6 @@ pub const CT_F_FIN_ORIG: u8 = 1 << 1;
 pub const CT_F_FIN_REPLY: u8 = 1 << 2;
 /// Opened by the gateway itself (tracked on egress).
 pub const CT_F_LOCAL: u8 = 1 << 3;
-/// Picked up in the middle (no SYN seen).
-pub const CT_F_LOOSE: u8 = 1 << 4;
 
 /// TCP flags (the low byte of the flags field).
 pub const TCP_FIN: u8 = 0x01;
@@ -117,12 +115,13 @@ pub fn tcp_next(state: u8, fin_flags: u8, flags: u8, from_orig: bool) -> (u8, u8
     (next, fins)
 }
 
-/// The state of a new TCP entry created by a packet with `flags`: a SYN opens
-/// the handshake; anything else is picked up mid-stream (as Linux does with
-/// `nf_conntrack_tcp_loose`), e.g. after the table was flushed.
+/// Only a SYN (without ACK) opens a TCP connection. Any other TCP packet of
+/// no tracked connection is invalid and dropped (there is no mid-stream
+/// pick-up: the table survives agent restarts, and picking up would let a
+/// connection revoked by new rules come back from its other side).
 #[inline(always)]
-pub fn tcp_initial(flags: u8) -> u8 {
-    if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 { CT_SYN_SENT } else { CT_ESTABLISHED }
+pub fn tcp_opens(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
 }
 
 #[cfg(test)]
@@ -143,8 +142,8 @@ mod tests {
 
     #[test]
     fn tcp_handshake_data_and_teardown() {
-        let s = tcp_initial(TCP_SYN);
-        assert_eq!(s, CT_SYN_SENT);
+        assert!(tcp_opens(TCP_SYN));
+        let s = CT_SYN_SENT;
         let (s, f) = tcp_next(s, 0, TCP_SYN | TCP_ACK, false);
         assert_eq!(s, CT_SYN_RECV);
         let (s, f) = tcp_next(s, f, TCP_ACK, true);
@@ -164,7 +163,8 @@ mod tests {
     fn a_synack_from_the_originator_does_not_advance() {
         let (s, _) = tcp_next(CT_SYN_SENT, 0, TCP_SYN | TCP_ACK, true);
         assert_eq!(s, CT_SYN_SENT);
-        assert_eq!(tcp_initial(TCP_ACK), CT_ESTABLISHED, "loose pick-up");
-        assert_eq!(tcp_initial(TCP_SYN | TCP_ACK), CT_ESTABLISHED);
+        assert!(!tcp_opens(TCP_ACK), "no mid-stream pick-up");
+        assert!(!tcp_opens(TCP_SYN | TCP_ACK));
+        assert!(!tcp_opens(TCP_SYN | TCP_FIN));
     }
 }

@@ -109,13 +109,10 @@ pub fn create(
     bytes: u64,
     flags: u8,
 ) -> Result<(), u32> {
-    let state = if p.proto == ipproto::TCP { ct::tcp_initial(p.tcp_flags) } else { ct::CT_NEW };
+    let state = if p.proto == ipproto::TCP { ct::CT_SYN_SENT } else { ct::CT_NEW };
     let mut f = flags;
     if t.src_is_a {
         f |= CT_F_ORIG_IS_A;
-    }
-    if p.proto == ipproto::TCP && state == ct::CT_ESTABLISHED {
-        f |= ct::CT_F_LOOSE;
     }
     let e = CtEntry {
         created_ns: now,

@@ -132,6 +132,14 @@ fn process(ctx: &XdpContext) -> Result<u32, u32> {
         // No route: the stack answers (ICMP unreachable).
         return Ok(PASS);
     };
+    // Only a SYN opens a forwarded TCP connection.
+    if to != ZONE_GATEWAY
+        && p.proto == ipproto::TCP
+        && !p.later_fragment
+        && !coresvc_common::conntrack::tcp_opens(p.tcp_flags)
+    {
+        return Err(reason::CT_INVALID);
+    }
     let dport = if p.later_fragment { 0 } else { p.dport };
     let flow = Flow { from, to, proto: p.proto, dport };
     let (slot, allow) = firewall::evaluate(settings, &flow, p.daddr);
@@ -164,6 +172,13 @@ fn track_local(ctx: &TcContext) {
     }
     let Some(p) = parse::ipv4(ctx) else { return };
     if p.later_fragment || !maps::is_local(p.saddr) {
+        return;
+    }
+    // Only a SYN opens a TCP connection of the gateway's own.
+    if p.proto == ipproto::TCP
+        && !coresvc_common::conntrack::tcp_opens(p.tcp_flags)
+        && conntrack::lookup(&conntrack::tuple(&p), conntrack::now()).is_none()
+    {
         return;
     }
     // Answers of the gateway's services: their requests are allowed packet

@@ -201,6 +201,9 @@ pub mod reason {
     pub const CT_FULL: u32 = 5;
     /// A tracked connection that the current rules no longer allow.
     pub const FW_REVOKED: u32 = 6;
+    /// A forwarded TCP packet that is not a SYN and belongs to no tracked
+    /// connection (`ct state invalid`).
+    pub const CT_INVALID: u32 = 7;
     pub const COUNT: u32 = 64;
 }
 
@@ -211,6 +214,7 @@ pub const DROP_REASON_NAMES: &[(u32, &str)] = &[
     (reason::FW_DENY, "firewall-deny"),
     (reason::CT_FULL, "conntrack-full"),
     (reason::FW_REVOKED, "firewall-revoked"),
+    (reason::CT_INVALID, "conntrack-invalid"),
 ];
 
 pub fn drop_reason_name(n: u32) -> &'static str {

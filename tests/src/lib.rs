@@ -15,6 +15,7 @@
 pub mod dns;
 pub mod frames;
 pub mod raw;
+pub mod servers;
 pub mod topology;
 
 use std::{
@@ -166,7 +167,6 @@ impl Lab {
 
     fn build(&mut self) -> Result<()> {
         fs::create_dir_all(&self.paths.run_dir)?;
-        let gw = self.gw_ns();
         for n in &self.topo.nodes {
             let ns = self.ns(&n.name);
             run(Command::new("ip").args(["netns", "add", &ns]))?;
@@ -175,39 +175,67 @@ impl Lab {
                 run(&mut self.cmd_in(&ns, ["sysctl", "-qw", &format!("{key}=1")]))?;
             }
             run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
+            // Name resolution inside the lab stays inside the lab: `ip netns
+            // exec` bind-mounts /etc/netns/<ns>/resolv.conf over the host's.
+            // Clients ask their gateway (coresvc); the others ask nobody.
+            let server = self.topo.link_of(&n.name).and_then(|l| l.via.clone()).unwrap_or_else(|| "127.0.0.1".into());
+            let etc = Path::new("/etc/netns").join(&ns);
+            fs::create_dir_all(&etc)?;
+            fs::write(
+                etc.join("resolv.conf"),
+                format!("# coresvc lab {}\nnameserver {server}\noptions timeout:1 attempts:1\n", self.prefix),
+            )?;
         }
-        run(&mut self.cmd_in(&gw, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
-        for l in &self.topo.links {
-            let ns = self.ns(&l.node);
-            run(Command::new("ip").args([
-                "-n",
-                &gw,
-                "link",
-                "add",
-                &l.gw_iface,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &l.iface,
-                "netns",
-                &ns,
-            ]))?;
-            if let Some(mac) = &l.mac {
-                run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "address", mac]))?;
-            }
-            run(Command::new("ip").args(["-n", &gw, "link", "set", &l.gw_iface, "up"]))?;
-            if let Some(a) = &l.address {
-                run(Command::new("ip").args(["-n", &ns, "addr", "add", a, "dev", &l.iface]))?;
-            }
-            run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "up"]))?;
-            // See topology.toml: NAPI for redirected frames, full checksums.
-            run(&mut self.cmd_in(&ns, ["ethtool", "-K", &l.iface, "tx", "off", "gro", "on"]))?;
-            if let Some(via) = &l.via {
-                run(Command::new("ip").args(["-n", &ns, "route", "add", "default", "via", via]))?;
-            }
+        // Forwarding in the gateway is coresvc's to enable.
+        for l in self.topo.links.clone() {
+            self.make_link(&l)?;
         }
         Ok(())
+    }
+
+    fn make_link(&self, l: &Link) -> Result<()> {
+        let gw = self.gw_ns();
+        let ns = self.ns(&l.node);
+        run(Command::new("ip").args([
+            "-n",
+            &gw,
+            "link",
+            "add",
+            &l.gw_iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &l.iface,
+            "netns",
+            &ns,
+        ]))?;
+        if let Some(mac) = &l.mac {
+            run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "address", mac]))?;
+        }
+        run(Command::new("ip").args(["-n", &gw, "link", "set", &l.gw_iface, "up"]))?;
+        if let Some(a) = &l.address {
+            run(Command::new("ip").args(["-n", &ns, "addr", "add", a, "dev", &l.iface]))?;
+        }
+        run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "up"]))?;
+        // See topology.toml: NAPI for redirected frames, full checksums.
+        run(&mut self.cmd_in(&ns, ["ethtool", "-K", &l.iface, "tx", "off", "gro", "on"]))?;
+        if let Some(via) = &l.via {
+            run(Command::new("ip").args(["-n", &ns, "route", "add", "default", "via", via]))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the veth pair of `node` (as if its NIC vanished).
+    pub fn unlink(&self, node: &str) -> Result<()> {
+        let l = self.topo.link_of(node).ok_or_else(|| anyhow!("no link to {node}"))?;
+        run(Command::new("ip").args(["-n", &self.gw_ns(), "link", "del", &l.gw_iface]))
+    }
+
+    /// Creates the veth pair of `node` again.
+    pub fn relink(&self, node: &str) -> Result<()> {
+        let l = self.topo.link_of(node).ok_or_else(|| anyhow!("no link to {node}"))?.clone();
+        self.make_link(&l)
     }
 
     /// `ip netns exec <ns> args...` as a Command.
@@ -408,6 +436,7 @@ impl Lab {
                     errors.push(format!("{e:#}"));
                 }
             }
+            let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
         }
         if let Err(e) = remove_pins(&self.paths.pin_dir) {
             errors.push(format!("pins {}: {e}", self.paths.pin_dir.display()));
@@ -477,6 +506,7 @@ pub fn cleanup_stale_test_labs() {
             continue;
         }
         let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(name));
         if let Some((prefix, _)) = name.split_once('-') {
             prefixes.insert(prefix.to_string());
         }

@@ -332,6 +332,20 @@ fn an_established_flow_is_fast_forwarded_as_the_kernel_would() {
 }
 
 #[test]
+fn tcp_without_a_syn_opens_nothing() {
+    in_fib_ns(|| {
+        let cfg = example();
+        let mut fw = Fw::new(&cfg, 1024);
+        // Allowed by the rules, but mid-stream: invalid.
+        let (v, _) = fw.xdp(fw.dvnt, &frame_tcp(CLIENT_MAC, "10.20.0.50", 40000, "10.10.0.10", 80, ACK));
+        assert_eq!(v, DROP);
+        assert_eq!(fw.drops(reason::CT_INVALID), 1);
+        assert!(fw.flows().is_empty());
+        assert_eq!(fw.rule_packets(&cfg, "sites-to-artifacts"), 0, "rules are not consulted");
+    });
+}
+
+#[test]
 fn replies_from_the_uplink_pass_but_new_inbound_flows_do_not() {
     in_fib_ns(|| {
         let cfg = example();
@@ -387,6 +401,11 @@ fn a_flow_the_new_rules_forbid_is_cut_on_its_next_packet() {
         assert_eq!(v, DROP);
         assert_eq!(fw.drops(reason::FW_REVOKED), 1);
         assert_eq!(fw.flows().len(), 1, "the revoked connection is gone, the allowed one stays");
+        // Its other side cannot bring it back (mgmt may open flows to sites,
+        // but not mid-stream).
+        let (v, _) = fw.xdp(mgmt, &frame_tcp(PROV_MAC, "10.10.0.10", 80, "10.20.0.50", 40000, ACK));
+        assert_eq!(v, DROP);
+        assert_eq!(fw.drops(reason::CT_INVALID), 1);
         assert_eq!(fw.xdp(dvnt, &ping).0, PASS, "still allowed under the new rules");
     });
 }

@@ -280,6 +280,16 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Applies a changed configuration's settings and firewall rules.
+    pub fn reconfigure(&mut self, cfg: &Config, compiled: Vec<rules::Compiled>) -> Result<()> {
+        self.write_settings(cfg)?;
+        self.apply_rules(compiled)
+    }
+
+    pub fn rules_count(&self) -> usize {
+        self.rules.len()
+    }
+
     /// Installs a rule set atomically (see [`rules::install`]).
     pub fn apply_rules(&mut self, compiled: Vec<rules::Compiled>) -> Result<()> {
         let (bank, generation) = rules::install(&mut self.ebpf, &compiled)?;

@@ -59,7 +59,7 @@ pub struct Pending {
 
 pub struct Resolver {
     catalog: RwLock<Arc<Catalog>>,
-    pub forwarder: Forwarder,
+    forwarder: RwLock<Arc<Forwarder>>,
     pub cache: Cache,
     pub stats: Arc<Stats>,
     /// Clients allowed to ask: the segments' networks.
@@ -68,7 +68,13 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(catalog: Catalog, forwarder: Forwarder, cache: Cache, stats: Arc<Stats>, clients: Vec<IpNet>) -> Self {
-        Resolver { catalog: RwLock::new(Arc::new(catalog)), forwarder, cache, stats, clients }
+        Resolver {
+            catalog: RwLock::new(Arc::new(catalog)),
+            forwarder: RwLock::new(Arc::new(forwarder)),
+            cache,
+            stats,
+            clients,
+        }
     }
 
     /// A resolver for `cfg`'s zones with no upstreams and no sockets (for
@@ -79,6 +85,15 @@ impl Resolver {
         let fwd = Forwarder::new(vec![], vec![], std::time::Duration::from_millis(10), stats.clone());
         let clients = cfg.segments.iter().map(|s| IpNet::V4(s.cidr.trunc())).collect();
         Ok(Resolver::new(catalog, fwd, Cache::new(1000, 3600, 600), stats, clients))
+    }
+
+    pub fn forwarder(&self) -> Arc<Forwarder> {
+        self.forwarder.read().expect("forwarder lock").clone()
+    }
+
+    /// Replaces the upstream configuration; queries in flight finish with the old one.
+    pub fn set_forwarder(&self, f: Forwarder) {
+        *self.forwarder.write().expect("forwarder lock") = Arc::new(f);
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -204,7 +219,7 @@ impl Resolver {
 
     /// Completes a [`Step::Forward`].
     pub async fn finish(&self, p: Pending) -> Vec<u8> {
-        let answer = self.forwarder.resolve(&p.target, p.qtype, p.dnssec_ok).await;
+        let answer = self.forwarder().resolve(&p.target, p.qtype, p.dnssec_ok).await;
         match answer.as_ref() {
             Ok(m) => {
                 let entry = Entry::new(

@@ -46,7 +46,7 @@ const MOVES_FILE: &str = "dns-service-moves.json";
 
 pub struct Dns {
     pub resolver: Arc<Resolver>,
-    config: Config,
+    config: Mutex<Config>,
     /// service FQDN → target FQDN, applied on top of the configuration.
     moves: Mutex<BTreeMap<String, String>>,
     /// Names registered by DHCP clients: FQDN → address.
@@ -120,25 +120,13 @@ impl Dns {
         let moves = load_moves(&moves_path);
         let catalog = build_with_moves(cfg, &moves)?;
         let stats = Arc::new(Stats::default());
-        let forwarder = Forwarder::new(
-            cfg.dns.upstreams.iter().map(|e| e.0).collect(),
-            cfg.dns
-                .forwards
-                .iter()
-                .filter_map(|f| {
-                    let d = build::name(&f.domain.to_ascii_lowercase()).ok()?;
-                    Some((d, f.upstreams.iter().map(|e| e.0).collect()))
-                })
-                .collect(),
-            Duration::from_secs(u64::from(cfg.dns.upstream_timeout.secs().max(1))),
-            stats.clone(),
-        );
+        let forwarder = forwarder_for(cfg, stats.clone());
         let cache = Cache::new(cfg.dns.cache_size, cfg.dns.max_ttl.secs(), cfg.dns.max_negative_ttl.secs());
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
         Ok(Dns {
             resolver,
-            config: cfg.clone(),
+            config: Mutex::new(cfg.clone()),
             moves: Mutex::new(moves),
             dynamic: Mutex::new(BTreeMap::new()),
             moves_path,
@@ -272,8 +260,25 @@ impl Dns {
     /// Re-reads the zone files (and the configured zone data). A bad file is
     /// refused and the current data keeps serving.
     pub fn zone_reload(&self) -> Result<Vec<ZoneStatus>> {
+        let cfg = self.config.lock().expect("config lock").clone();
+        self.rebuild(&cfg)?;
+        info!("dns: zones reloaded");
+        Ok(self.status().zones)
+    }
+
+    /// Applies a changed configuration: zones, services and upstreams. The
+    /// cache and DHCP registrations stay. Refused (nothing changes) when the
+    /// new zones do not build.
+    pub fn reconfigure(&self, cfg: &Config) -> Result<()> {
+        self.rebuild(cfg)?;
+        self.resolver.set_forwarder(forwarder_for(cfg, self.resolver.stats.clone()));
+        *self.config.lock().expect("config lock") = cfg.clone();
+        Ok(())
+    }
+
+    fn rebuild(&self, cfg: &Config) -> Result<()> {
         let moves = self.moves.lock().expect("moves lock").clone();
-        let mut catalog = build_with_moves(&self.config, &moves)?;
+        let mut catalog = build_with_moves(cfg, &moves)?;
         // Registrations stay: they belong to live leases.
         let dynamic = self.dynamic.lock().expect("dynamic lock");
         for (name, addr) in dynamic.iter() {
@@ -282,8 +287,7 @@ impl Dns {
             }
         }
         self.resolver.set_catalog(catalog);
-        info!("dns: zones reloaded");
-        Ok(self.status().zones)
+        Ok(())
     }
 
     pub fn stop(self) {
@@ -291,6 +295,22 @@ impl Dns {
             t.abort();
         }
     }
+}
+
+fn forwarder_for(cfg: &Config, stats: Arc<Stats>) -> Forwarder {
+    Forwarder::new(
+        cfg.dns.upstreams.iter().map(|e| e.0).collect(),
+        cfg.dns
+            .forwards
+            .iter()
+            .filter_map(|f| {
+                let d = build::name(&f.domain.to_ascii_lowercase()).ok()?;
+                Some((d, f.upstreams.iter().map(|e| e.0).collect()))
+            })
+            .collect(),
+        Duration::from_secs(u64::from(cfg.dns.upstream_timeout.secs().max(1))),
+        stats,
+    )
 }
 
 /// Zone-file text of `zone` (or of every zone) of `catalog`.
