@@ -69,6 +69,9 @@ pub enum Cmd {
     /// DNS zones: reload zone files, export zones.
     #[command(subcommand)]
     Zone(ZoneCmd),
+    /// Benchmark and lab helpers (sink, bare redirect, frame blaster).
+    #[command(subcommand, hide = true)]
+    Devtool(crate::devtool::Devtool),
     /// Remove the pinned maps and links of a stopped agent (resets dataplane state).
     Unpin {
         /// The pin directory (default: the config's agent.pin_dir).
@@ -296,6 +299,7 @@ pub fn main(cli: Cli) -> Result<()> {
             print!("{text}");
             Ok(())
         }
+        Cmd::Devtool(d) => crate::devtool::main(d),
         Cmd::Unpin { pin_dir, config } => {
             let dir = match (pin_dir, config) {
                 (Some(d), _) => d,

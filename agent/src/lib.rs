@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
+pub mod devtool;
 pub mod dns;
 pub mod netns;
 pub mod routing;

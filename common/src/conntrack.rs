@@ -53,12 +53,15 @@ pub fn timeout_ns(proto: u8, state: u8) -> u64 {
     }
 }
 
-/// True when a packet of a connection in `state` may be forwarded from XDP
-/// (both directions seen and no handshake or teardown in progress).
+/// True when a packet of a connection in `state` may be forwarded from XDP:
+/// TCP once the handshake is done and before teardown starts (control
+/// packets go through the stack); UDP as soon as the rules admitted it (the
+/// stack would forward it all the same; the state only sets the timeout).
 #[inline(always)]
 pub fn fast_path_state(proto: u8, state: u8) -> bool {
     match proto {
-        crate::proto::ipproto::TCP | crate::proto::ipproto::UDP => state == CT_ESTABLISHED,
+        crate::proto::ipproto::TCP => state == CT_ESTABLISHED,
+        crate::proto::ipproto::UDP => true,
         _ => false,
     }
 }

@@ -3,6 +3,7 @@
 //! machines are shared; the figures are for reading.
 
 mod dns;
+mod forward;
 
 use anyhow::{Result, bail};
 use coresvc_lab::{Lab, LabPaths};
@@ -17,7 +18,10 @@ pub struct BenchArgs {
 }
 
 /// (name, what it compares)
-const BENCHES: &[(&str, &str)] = &[("dns", "dnsperf queries/s: coresvc's DNS (agent path) vs dnsmasq, same records")];
+const BENCHES: &[(&str, &str)] = &[
+    ("dns", "dnsperf queries/s: coresvc's DNS (agent path) vs dnsmasq, same records"),
+    ("forward", "64-byte UDP pps and iperf3 TCP through the gateway: coresvc vs kernel+nftables vs bare XDP redirect"),
+];
 
 /// A lab of its own for a benchmark, running the release binary.
 pub struct BenchLab {
@@ -52,6 +56,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         Some("dns") => dns::run(&BenchLab::new()?, args.seconds),
+        Some("forward") => forward::run(&BenchLab::new()?, args.seconds),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

@@ -1,0 +1,94 @@
+//! Programs for benchmarks and lab experiments, never loaded by the agent's
+//! data path: a counting sink (IPv4 UDP) and a bare forwarding redirect (the
+//! lab's limit).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    btf_maps::PerCpuArray,
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use coresvc_common::checksum;
+
+/// Packets and bytes seen by `sink`.
+#[btf_map]
+static SINK_COUNT: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
+
+/// Counts and drops IPv4 UDP frames; passes the rest (ARP must work for the
+/// sender to find this host).
+#[xdp]
+pub fn sink(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 34 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let h = unsafe { &*(start as *const [u8; 34]) };
+    if h[12] != 0x08 || h[13] != 0x00 || h[23] != 17 {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot.
+        unsafe {
+            (*c)[0] += 1;
+            (*c)[1] += (ctx.data_end() - ctx.data()) as u64;
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+/// The least a forwarder can do: FIB lookup, TTL decrement, MAC rewrite,
+/// redirect. No firewall, no state.
+#[xdp]
+pub fn bare_redirect(ctx: XdpContext) -> u32 {
+    try_redirect(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn try_redirect(ctx: &XdpContext) -> Option<u32> {
+    let start = ctx.data();
+    if start + 34 > ctx.data_end() {
+        return None;
+    }
+    let eth = start as *mut [u8; 14];
+    let ip = (start + 14) as *mut [u8; 20];
+    // SAFETY: bounds checked above.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    if eth[12] != 0x08 || eth[13] != 0x00 || ip[0] != 0x45 || ip[8] <= 1 {
+        return None;
+    }
+    // SAFETY: an all-zero parameter block is valid.
+    let mut f: FibParams = unsafe { core::mem::zeroed() };
+    f.family = 2;
+    f.l4_protocol = ip[9];
+    f.__bindgen_anon_1.tot_len = u16::from_be_bytes([ip[2], ip[3]]);
+    f.ifindex = ctx.ingress_ifindex() as u32;
+    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    // SAFETY: valid parameter block.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut f, size_of::<FibParams>() as i32, 0) };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    let old = u16::from_be_bytes([ip[8], ip[9]]);
+    ip[8] -= 1;
+    let csum = checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, u16::from_be_bytes([ip[8], ip[9]]));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    eth[0..6].copy_from_slice(&f.dmac);
+    eth[6..12].copy_from_slice(&f.smac);
+    // SAFETY: no preconditions.
+    Some(unsafe { bpf_redirect(f.ifindex, 0) } as u32)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
