@@ -55,14 +55,33 @@ pub fn load(pin_dir: Option<&Path>, log_level: aya_log::Level, conntrack_max: u3
     for name in [schema::programs::SEGMENT_INGRESS, schema::programs::UPLINK_INGRESS] {
         let prog: &mut Xdp =
             ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?.try_into()?;
-        prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+        retry_eagain(|| prog.load()).with_context(|| format!("loading program {name} (verifier)"))?;
     }
     let egress: &mut SchedClassifier = ebpf
         .program_mut(schema::programs::EGRESS)
         .ok_or_else(|| anyhow!("program egress missing from the eBPF object"))?
         .try_into()?;
-    egress.load().context("loading program egress (verifier)")?;
+    retry_eagain(|| egress.load()).context("loading program egress (verifier)")?;
     Ok(ebpf)
+}
+
+/// The verifier gives up with EAGAIN when the loading thread has a signal
+/// pending (on a busy machine); trying again is all it takes.
+fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+                warn!("the verifier was interrupted (EAGAIN); loading again ({tries})");
+            }
+            other => return other,
+        }
+    }
 }
 
 fn raise_memlock() {
