@@ -216,7 +216,13 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     for m in &applied.missing {
         warn!("routing: {m} does not exist yet; applied when it appears");
     }
-    let mut dp = Dataplane::start(&config, &config.agent.pin_dir, level, &plan)?;
+    // The uplink's address when the host configures it (DHCP, by hand).
+    let uplink_found = match config.uplink.as_ref().filter(|u| u.address.is_none()) {
+        Some(u) => routing.ipv4_of(&u.interface).await?,
+        None => None,
+    };
+    check_nat_ports(&config)?;
+    let mut dp = Dataplane::start(&config, &config.agent.pin_dir, level, &plan, uplink_found)?;
     if let Some(logger) = dp.logger.take() {
         // SAFETY: the logger owns its ring buffer's fd, which stays open for
         // as long as the AsyncFd holds the logger.
@@ -246,7 +252,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     let gc = tokio::spawn(conntrack_gc(agent.clone()));
-    let names: Vec<String> = dataplane::interfaces(&config, &plan).into_iter().map(|i| i.name).collect();
+    let names: Vec<String> = dataplane::interfaces(&config, &plan, None).into_iter().map(|i| i.name).collect();
     let links = tokio::spawn(follow_links(agent.clone(), crate::routing::watch_links(names)?));
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));
 
@@ -291,6 +297,11 @@ async fn conntrack_gc(agent: Arc<Agent>) {
             Ok(n) => tracing::debug!("conntrack: removed {n} expired connection(s)"),
             Err(e) => warn!("conntrack gc: {e:#}"),
         }
+        match dp.gc_bindings() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("nat: removed {n} unused binding(s)"),
+            Err(e) => warn!("nat gc: {e:#}"),
+        }
     }
 }
 
@@ -327,4 +338,25 @@ async fn follow_links(agent: Arc<Agent>, mut events: tokio::sync::mpsc::Receiver
             }
         }
     }
+}
+
+/// Masqueraded connections and the gateway's own share the uplink address:
+/// the NAT port range must stay clear of the kernel's ephemeral ports.
+fn check_nat_ports(cfg: &Config) -> Result<()> {
+    if cfg.uplink.is_none() || !cfg.segments.iter().any(|s| s.nat) {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+    let (Some(lo), Some(hi)) = (it.next(), it.next()) else { return Ok(()) };
+    let (min, max) = (cfg.nat.port_min, cfg.nat.port_max);
+    if min <= hi && lo <= max {
+        anyhow::bail!(
+            "nat.port_min..nat.port_max ({min}-{max}) overlaps the kernel's ephemeral ports ({lo}-{hi}, \
+             net.ipv4.ip_local_port_range) that the gateway uses for its own connections on the same address; \
+             choose a NAT range outside {lo}-{hi}, e.g. 20000-{}",
+            lo.saturating_sub(1)
+        );
+    }
+    Ok(())
 }

@@ -442,6 +442,13 @@ pub fn render_status(s: &ctl::Status) -> String {
         fw.connections,
         if fw.fast_forward { "on" } else { "off" }
     );
+    if let Some(a) = d.nat.address {
+        let _ = writeln!(
+            o,
+            "nat      masquerade as {a}, ports {}-{}, {} binding(s)",
+            d.nat.port_min, d.nat.port_max, d.nat.bindings
+        );
+    }
     if !d.waiting.is_empty() {
         let _ = writeln!(o, "waiting for interface(s): {}", d.waiting.join(", "));
     }

@@ -31,6 +31,9 @@ pub enum Devtool {
         /// Seconds counted.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Also count the packets whose source is not this address.
+        #[arg(long)]
+        expect_src: Option<std::net::Ipv4Addr>,
     },
     /// Forward with nothing but a FIB lookup, TTL decrement and redirect,
     /// until SIGINT/SIGTERM.
@@ -48,10 +51,16 @@ struct Count {
     bytes: u64,
     seconds: f64,
     pps: f64,
+    /// Counted packets from another source than `--expect-src`.
+    other_source: u64,
 }
 
-fn object() -> Result<Ebpf> {
-    Ebpf::load(DEVTOOLS_OBJECT).context("loading the devtools object")
+fn object(expect_src: Option<std::net::Ipv4Addr>) -> Result<Ebpf> {
+    let src = expect_src.map(|a| a.octets()).unwrap_or([0; 4]);
+    aya::EbpfLoader::new()
+        .override_global("SINK_EXPECT_SRC", &src, false)
+        .load(DEVTOOLS_OBJECT)
+        .context("loading the devtools object")
 }
 
 fn attach(ebpf: &mut Ebpf, prog: &str, iface: &str) -> Result<()> {
@@ -65,11 +74,11 @@ fn attach(ebpf: &mut Ebpf, prog: &str, iface: &str) -> Result<()> {
     Ok(())
 }
 
-fn sink_total(ebpf: &Ebpf) -> Result<(u64, u64)> {
-    let m: PerCpuArray<&MapData, [u64; 2]> =
+fn sink_total(ebpf: &Ebpf) -> Result<(u64, u64, u64)> {
+    let m: PerCpuArray<&MapData, [u64; 3]> =
         PerCpuArray::try_from(ebpf.map("SINK_COUNT").ok_or_else(|| anyhow!("no map"))?)?;
     let v = m.get(&0, 0)?;
-    Ok(v.iter().fold((0, 0), |(p, b), c| (p + c[0], b + c[1])))
+    Ok(v.iter().fold((0, 0, 0), |(p, b, o), c| (p + c[0], b + c[1], o + c[2])))
 }
 
 pub fn main(cmd: Devtool) -> Result<()> {
@@ -80,21 +89,27 @@ pub fn main(cmd: Devtool) -> Result<()> {
         crate::netns::enter(&ns)?;
     }
     match cmd {
-        Devtool::Sink { iface, warmup, seconds, .. } => {
-            let mut ebpf = object()?;
+        Devtool::Sink { iface, warmup, seconds, expect_src, .. } => {
+            let mut ebpf = object(expect_src)?;
             attach(&mut ebpf, "sink", &iface)?;
             std::thread::sleep(Duration::from_secs_f64(warmup));
-            let (p0, b0) = sink_total(&ebpf)?;
+            let (p0, b0, o0) = sink_total(&ebpf)?;
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs_f64(seconds));
-            let (p1, b1) = sink_total(&ebpf)?;
+            let (p1, b1, o1) = sink_total(&ebpf)?;
             let secs = t0.elapsed().as_secs_f64();
-            let c = Count { packets: p1 - p0, bytes: b1 - b0, seconds: secs, pps: (p1 - p0) as f64 / secs };
+            let c = Count {
+                packets: p1 - p0,
+                bytes: b1 - b0,
+                seconds: secs,
+                pps: (p1 - p0) as f64 / secs,
+                other_source: o1 - o0,
+            };
             println!("{}", serde_json::to_string(&c)?);
             Ok(())
         }
         Devtool::Redirect { iface, .. } => {
-            let mut ebpf = object()?;
+            let mut ebpf = object(None)?;
             for i in &iface {
                 attach(&mut ebpf, "bare_redirect", i)?;
             }

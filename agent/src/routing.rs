@@ -108,6 +108,12 @@ impl Routing {
         }
     }
 
+    /// The first IPv4 address (with prefix) of `ifname`, if any.
+    pub async fn ipv4_of(&self, ifname: &str) -> Result<Option<Ipv4Net>> {
+        let Some(idx) = self.ifindex(ifname).await? else { return Ok(None) };
+        Ok(self.addresses(Some(idx)).await?.into_iter().find_map(|(_, a, l, _)| Ipv4Net::new(a, l).ok()))
+    }
+
     /// Brings the system to `plan`: enables IPv4 forwarding, adds missing
     /// addresses and routes (tagged), removes tagged ones the plan no longer
     /// has. Addresses and routes without the tag are never changed.

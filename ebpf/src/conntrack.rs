@@ -97,7 +97,11 @@ pub fn update(e: *mut CtEntry, p: &Ip4, from_orig: bool, now: u64, bytes: u64, i
     }
 }
 
+/// NAT details of a new entry: (outside address, snat port, dnat port, kind).
+pub type Nat = ([u8; 4], u16, u16, u8);
+
 /// Creates the entry of a new connection whose originator sent `p`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn create(
     t: &Tuple,
@@ -108,6 +112,7 @@ pub fn create(
     now: u64,
     bytes: u64,
     flags: u8,
+    nat: Nat,
 ) -> Result<(), u32> {
     let state = if p.proto == ipproto::TCP { ct::CT_SYN_SENT } else { ct::CT_NEW };
     let mut f = flags;
@@ -127,10 +132,11 @@ pub fn create(
         flags: f,
         ifindex_orig: ifindex,
         ifindex_reply: 0,
-        nat_addr: [0; 4],
-        nat_port: 0,
-        nat_kind: 0,
-        _pad: 0,
+        nat_addr: nat.0,
+        snat_port: nat.1,
+        dnat_port: nat.2,
+        nat_kind: nat.3,
+        _pad: [0; 7],
     };
     match CONNTRACK.insert(t.key, e, u64::from(BPF_NOEXIST)) {
         Ok(()) => Ok(()),

@@ -13,9 +13,15 @@ use aya_ebpf::{
 };
 use coresvc_common::checksum;
 
-/// Packets and bytes seen by `sink`.
+/// Packets and bytes seen by `sink`, and packets whose source was not
+/// `SINK_EXPECT_SRC`.
 #[btf_map]
-static SINK_COUNT: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
+static SINK_COUNT: PerCpuArray<[u64; 3], 1> = PerCpuArray::new();
+
+/// The source address every counted packet should have (a NAT benchmark
+/// checks that everything arrived translated); zero: any. Set at load time.
+#[unsafe(no_mangle)]
+static SINK_EXPECT_SRC: [u8; 4] = [0; 4];
 
 /// Counts and drops IPv4 UDP frames; passes the rest (ARP must work for the
 /// sender to find this host).
@@ -30,11 +36,16 @@ pub fn sink(ctx: XdpContext) -> u32 {
     if h[12] != 0x08 || h[13] != 0x00 || h[23] != 17 {
         return xdp_action::XDP_PASS;
     }
+    // SAFETY: a plain read of a load-time constant (volatile: the loader
+    // rewrites it after compilation).
+    let expect = unsafe { core::ptr::read_volatile(&SINK_EXPECT_SRC) };
+    let other = expect != [0; 4] && [h[26], h[27], h[28], h[29]] != expect;
     if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot.
         unsafe {
             (*c)[0] += 1;
             (*c)[1] += (ctx.data_end() - ctx.data()) as u64;
+            (*c)[2] += u64::from(other);
         }
     }
     xdp_action::XDP_DROP

@@ -21,8 +21,9 @@ use crate::{
     parse::{Ip4, L3},
 };
 
+/// `snat`: the source the packet leaves with (NAT after routing).
 #[inline(always)]
-pub fn try_forward(ctx: &XdpContext, p: &Ip4, ifindex: u32) -> Option<u32> {
+pub fn try_forward(ctx: &XdpContext, p: &Ip4, ifindex: u32, snat: Option<([u8; 4], u16)>) -> Option<u32> {
     if p.ihl != ipv4::MIN_HDR_LEN || p.fragment || p.ttl <= 1 {
         return None;
     }
@@ -31,6 +32,9 @@ pub fn try_forward(ctx: &XdpContext, p: &Ip4, ifindex: u32) -> Option<u32> {
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
+    }
+    if let Some((addr, port)) = snat {
+        crate::nat::xdp_rewrite(ctx, p, true, addr, port)?;
     }
     let ip = ptr_at_mut::<[u8; 20], XdpContext>(ctx, L3)?;
     let e = ptr_at_mut::<[u8; 12], XdpContext>(ctx, 0)?;

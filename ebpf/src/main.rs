@@ -9,6 +9,7 @@ mod firewall;
 mod forward;
 mod ipv4;
 mod maps;
+mod nat;
 mod packet;
 mod parse;
 
@@ -23,7 +24,8 @@ use coresvc_common::{
     proto::{icmp, ipproto, port},
 };
 use coresvc_maps_schema::{
-    CT_SELF_RULE, SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, reason,
+    CT_SELF_RULE, CtEntry, IFACE_F_NAT, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT, NO_RULE,
+    SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, Settings, reason,
 };
 
 use crate::packet::frame_len;
@@ -68,10 +70,46 @@ fn process(ctx: &XdpContext) -> Result<u32, u32> {
         return Ok(PASS);
     }
     // Not IPv4 (ARP, IPv6, VLAN-tagged): the stack's business.
-    let Some(p) = parse::ipv4(ctx) else { return Ok(PASS) };
+    let Some(mut p) = parse::ipv4(ctx) else { return Ok(PASS) };
     let now = conntrack::now();
     let bytes = frame_len(ctx) as u64;
     let from = firewall::zone_of(&iface);
+    let nat_on = settings.nat_addr != [0; 4];
+
+    // Destination NAT, before routing: traffic for the masquerade address is
+    // a reply to a masqueraded connection, or for a port forward.
+    // The port-forwarded outside port, or 0 (a plain integer: an `Option`'s
+    // undefined payload gets spilled, and the verifier refuses reading it).
+    let mut forwarded_port: u16 = 0;
+    if nat_on && p.daddr == settings.nat_addr && !p.later_fragment {
+        if parse::is_icmp_error(&p) {
+            if let Some((qs, qsp, qd, qdp, qproto)) = parse::icmp_inner(ctx, &p) {
+                if qs == settings.nat_addr {
+                    if let Some((a, ap)) = nat::lookup_in(settings.nat_addr, qsp, qproto) {
+                        let qdp = if qproto == ipproto::ICMP { ap } else { qdp };
+                        if conntrack::related((a, ap, qd, qdp, qproto), now) {
+                            nat::xdp_icmp_error_in(ctx, &p, a, ap).ok_or(reason::IPV4_TRUNCATED)?;
+                            // Routed to the inside host by the stack.
+                            return Ok(PASS);
+                        }
+                    }
+                }
+            }
+        } else if let Some((a, ap)) = nat::lookup_in(settings.nat_addr, p.dport, p.proto) {
+            let sport = if p.proto == ipproto::ICMP { ap } else { p.sport };
+            if conntrack::lookup(&conntrack::tuple_of(p.saddr, sport, a, ap, p.proto), now).is_some() {
+                nat::xdp_rewrite(ctx, &p, false, a, ap).ok_or(reason::IPV4_TRUNCATED)?;
+                p.daddr = a;
+                p.dport = ap;
+                p.sport = sport;
+            }
+        } else if let Some((b, bp)) = nat::lookup_forward(settings.nat_addr, p.dport, p.proto) {
+            nat::xdp_rewrite(ctx, &p, false, b, bp).ok_or(reason::IPV4_TRUNCATED)?;
+            forwarded_port = p.dport;
+            p.daddr = b;
+            p.dport = bp;
+        }
+    }
 
     // ICMP errors about a tracked connection are related traffic.
     if parse::is_icmp_error(&p) {
@@ -90,7 +128,7 @@ fn process(ctx: &XdpContext) -> Result<u32, u32> {
             let (generation, local, proto, rule) =
                 unsafe { ((*e).generation, (*e).flags & CT_F_LOCAL != 0, t.key.proto, u32::from((*e).rule)) };
             let mut rule = rule;
-            if generation != settings.generation && !local {
+            if generation != settings.generation && !local && rule != NO_RULE {
                 // The rules changed since this connection was admitted: it
                 // stays only if the new rules still allow it.
                 let Some(there) = firewall::dest_zone(ctx, &p, &iface, ifindex) else { return Ok(PASS) };
@@ -119,7 +157,9 @@ fn process(ctx: &XdpContext) -> Result<u32, u32> {
             // SAFETY: a live entry pointer.
             let state = unsafe { (*e).state };
             if settings.flags & SETTINGS_F_FAST_FORWARD != 0 && !local && fast_path_state(proto, state) {
-                if let Some(v) = forward::try_forward(ctx, &p, ifindex) {
+                // SAFETY: a live entry pointer.
+                let snat = source_nat(unsafe { &*e }, from_orig);
+                if let Some(v) = forward::try_forward(ctx, &p, ifindex, snat) {
                     return Ok(v);
                 }
             }
@@ -127,18 +167,34 @@ fn process(ctx: &XdpContext) -> Result<u32, u32> {
         }
     }
 
-    // A new flow (or a later fragment, judged without ports): the rules decide.
+    // A new flow (or a later fragment, judged without ports).
+    // Only a SYN opens a forwarded TCP connection.
+    let forwarding = forwarded_port != 0 || !maps::is_local(p.daddr);
+    if forwarding && p.proto == ipproto::TCP && !p.later_fragment && !coresvc_common::conntrack::tcp_opens(p.tcp_flags)
+    {
+        return Err(reason::CT_INVALID);
+    }
     let Some(to) = firewall::dest_zone(ctx, &p, &iface, ifindex) else {
         // No route: the stack answers (ICMP unreachable).
         return Ok(PASS);
     };
-    // Only a SYN opens a forwarded TCP connection.
-    if to != ZONE_GATEWAY
-        && p.proto == ipproto::TCP
-        && !p.later_fragment
-        && !coresvc_common::conntrack::tcp_opens(p.tcp_flags)
-    {
-        return Err(reason::CT_INVALID);
+    if forwarded_port != 0 {
+        let fport = forwarded_port;
+        // A port forward admits its flows; from a segment it is a hairpin,
+        // masqueraded so the inside host answers through the gateway.
+        let (kind, (snat_port, fresh)) = if from == coresvc_common::firewall::ZONE_UPLINK {
+            (NAT_DNAT, (0, false))
+        } else {
+            (NAT_HAIRPIN, nat::bind(settings, p.saddr, p.sport, p.proto, now)?)
+        };
+        let n = (settings.nat_addr, snat_port, fport, kind);
+        if let Err(r) = conntrack::create(&t, &p, settings.generation, NO_RULE, ifindex, now, bytes, 0, n) {
+            if fresh {
+                nat::release(settings.nat_addr, p.saddr, p.sport, snat_port, p.proto);
+            }
+            return Err(r);
+        }
+        return Ok(PASS);
     }
     let dport = if p.later_fragment { 0 } else { p.dport };
     let flow = Flow { from, to, proto: p.proto, dport };
@@ -152,32 +208,75 @@ fn process(ctx: &XdpContext) -> Result<u32, u32> {
     if to == ZONE_GATEWAY || p.later_fragment {
         return Ok(PASS);
     }
-    conntrack::create(&t, &p, settings.generation, slot, ifindex, now, bytes, 0)?;
+    let mut n = (settings.nat_addr, 0, 0, NAT_NONE);
+    let mut fresh = false;
+    if nat_on && to == coresvc_common::firewall::ZONE_UPLINK && iface.flags & IFACE_F_NAT != 0 {
+        let (port, new) = nat::bind(settings, p.saddr, p.sport, p.proto, now)?;
+        n = (settings.nat_addr, port, 0, NAT_SNAT);
+        fresh = new;
+    }
+    if let Err(r) = conntrack::create(&t, &p, settings.generation, slot, ifindex, now, bytes, 0, n) {
+        if fresh {
+            nat::release(settings.nat_addr, p.saddr, p.sport, n.1, p.proto);
+        }
+        return Err(r);
+    }
     Ok(PASS)
 }
 
-/// TC egress on every interface: tracks connections the gateway itself
-/// opens (DNS forwarding, TFTP data, pings), so their replies are let in.
+/// The source translation a packet of `e` needs after routing: the
+/// masqueraded originator, or the inside host answering a port forward.
+#[inline(always)]
+fn source_nat(e: &CtEntry, from_orig: bool) -> Option<([u8; 4], u16)> {
+    match (e.nat_kind, from_orig) {
+        (NAT_SNAT, true) | (NAT_HAIRPIN, true) => Some((e.nat_addr, e.snat_port)),
+        (NAT_DNAT, false) | (NAT_HAIRPIN, false) => Some((e.nat_addr, e.dnat_port)),
+        _ => None,
+    }
+}
+
+/// TC egress on every interface: source NAT after routing, and tracking of
+/// the connections the gateway itself opens (DNS forwarding, TFTP data,
+/// pings), so their replies are let in.
 #[classifier]
-pub fn egress(ctx: TcContext) -> i32 {
-    track_local(&ctx);
+pub fn egress(mut ctx: TcContext) -> i32 {
+    postrouting(&mut ctx);
     TC_ACT_OK as i32
 }
 
 #[inline(always)]
-fn track_local(ctx: &TcContext) {
+fn postrouting(ctx: &mut TcContext) {
     let Some(settings) = maps::settings() else { return };
     if settings.flags & SETTINGS_F_FIREWALL == 0 {
         return;
     }
     let Some(p) = parse::ipv4(ctx) else { return };
-    if p.later_fragment || !maps::is_local(p.saddr) {
+    if p.later_fragment {
         return;
     }
+    if maps::is_local(p.saddr) {
+        track_local(ctx, settings, &p);
+        return;
+    }
+    if settings.nat_addr == [0; 4] {
+        return;
+    }
+    let t = conntrack::tuple(&p);
+    if let Some(e) = conntrack::lookup(&t, conntrack::now()) {
+        let from_orig = conntrack::from_orig(e, &t);
+        // SAFETY: a live entry pointer.
+        if let Some((addr, port)) = source_nat(unsafe { &*e }, from_orig) {
+            let _ = nat::tc_rewrite(ctx, &p, true, addr, port);
+        }
+    }
+}
+
+#[inline(always)]
+fn track_local(ctx: &TcContext, settings: &Settings, p: &parse::Ip4) {
     // Only a SYN opens a TCP connection of the gateway's own.
     if p.proto == ipproto::TCP
         && !coresvc_common::conntrack::tcp_opens(p.tcp_flags)
-        && conntrack::lookup(&conntrack::tuple(&p), conntrack::now()).is_none()
+        && conntrack::lookup(&conntrack::tuple(p), conntrack::now()).is_none()
     {
         return;
     }
@@ -193,14 +292,15 @@ fn track_local(ctx: &TcContext) {
     }
     let now = conntrack::now();
     let bytes = frame_len(ctx) as u64;
-    let t = conntrack::tuple(&p);
+    let t = conntrack::tuple(p);
     match conntrack::lookup(&t, now) {
         Some(e) => {
             let from_orig = conntrack::from_orig(e, &t);
-            conntrack::update(e, &p, from_orig, now, bytes, 0);
+            conntrack::update(e, p, from_orig, now, bytes, 0);
         }
         None => {
-            let _ = conntrack::create(&t, &p, settings.generation, CT_SELF_RULE, 0, now, bytes, CT_F_LOCAL);
+            let none = (settings.nat_addr, 0, 0, NAT_NONE);
+            let _ = conntrack::create(&t, p, settings.generation, CT_SELF_RULE, 0, now, bytes, CT_F_LOCAL, none);
         }
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use coresvc_maps_schema::{
-    self as schema, CtEntry, CtKey, IfVerdict, IfaceInfo, PacketCount, PrefixData, Rule, Settings,
+    self as schema, CtEntry, CtKey, IfVerdict, IfaceInfo, NatBind, NatKey, PacketCount, PrefixData, Rule, Settings,
 };
 
 #[btf_map]
@@ -37,6 +37,12 @@ pub static RULE_PREFIXES: LpmTrie<PrefixData, u32, { schema::RULE_PREFIXES.max_e
 
 #[btf_map]
 pub static CONNTRACK: HashMap<CtKey, CtEntry, { schema::CONNTRACK.max_entries as usize }> = HashMap::new();
+
+#[btf_map]
+pub static NAT_BIND: HashMap<NatKey, NatBind, { schema::NAT_BIND.max_entries as usize }> = HashMap::new();
+
+#[btf_map]
+pub static NAT_FWD: HashMap<NatKey, NatBind, { schema::NAT_FWD.max_entries as usize }> = HashMap::new();
 
 #[inline(always)]
 pub fn settings() -> Option<&'static Settings> {

@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
 /// agent that finds pinned maps.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The default bpffs directory holding the pins of one coresvc instance.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
@@ -78,8 +78,13 @@ pub struct Settings {
     /// Bumped with every rule set; a connection admitted under an older
     /// one is checked again against the new rules on its next packet.
     pub generation: u32,
+    /// The masquerade address (the uplink's; network order), 0 without NAT.
+    pub nat_addr: [u8; 4],
+    /// Outside ports for masqueraded connections, inclusive (host order).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
 }
-const _: () = assert!(size_of::<Settings>() == 24);
+const _: () = assert!(size_of::<Settings>() == 32);
 
 /// Drop IPv4 packets whose header the kernel's `ip_rcv` would drop anyway
 /// (bad version or length, bad checksum), counting the reason.
@@ -119,8 +124,13 @@ pub struct IfaceInfo {
     pub prefix_len: u8,
     /// How the agent attached XDP here (`ATTACH_*`); the programs ignore it.
     pub attach_mode: u8,
-    pub _pad: [u8; 2],
+    /// `IFACE_F_*`.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// Connections from this segment to the uplink are masqueraded.
+pub const IFACE_F_NAT: u8 = 1 << 0;
 
 pub const ATTACH_NATIVE: u8 = 1;
 pub const ATTACH_GENERIC: u8 = 2;
@@ -204,6 +214,10 @@ pub mod reason {
     /// A forwarded TCP packet that is not a SYN and belongs to no tracked
     /// connection (`ct state invalid`).
     pub const CT_INVALID: u32 = 7;
+    /// No outside port was free for a new masqueraded connection.
+    pub const NAT_EXHAUSTED: u32 = 8;
+    /// The NAT bindings table is full.
+    pub const NAT_FULL: u32 = 9;
     pub const COUNT: u32 = 64;
 }
 
@@ -215,6 +229,8 @@ pub const DROP_REASON_NAMES: &[(u32, &str)] = &[
     (reason::CT_FULL, "conntrack-full"),
     (reason::FW_REVOKED, "firewall-revoked"),
     (reason::CT_INVALID, "conntrack-invalid"),
+    (reason::NAT_EXHAUSTED, "nat-ports-exhausted"),
+    (reason::NAT_FULL, "nat-table-full"),
 ];
 
 pub fn drop_reason_name(n: u32) -> &'static str {
@@ -361,14 +377,28 @@ pub struct CtEntry {
     /// Interfaces the two directions arrived on.
     pub ifindex_orig: u32,
     pub ifindex_reply: u32,
-    /// NAT: the translated address and port (network order / host order),
-    /// and what kind of translation (0 = none). Filled by the NAT issue.
+    /// NAT (`NAT_*` kinds): the outside address, the outside port the inside
+    /// host is seen as (masquerade), and the port the originator addressed
+    /// (port forwards). Network order address, host order ports.
     pub nat_addr: [u8; 4],
-    pub nat_port: u16,
+    pub snat_port: u16,
+    pub dnat_port: u16,
     pub nat_kind: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<CtEntry>() == 72);
+const _: () = assert!(size_of::<CtEntry>() == 80);
+
+/// No translation.
+pub const NAT_NONE: u8 = 0;
+/// Masquerade: the originator (inside, key side) is seen as
+/// `nat_addr:snat_port` outside.
+pub const NAT_SNAT: u8 = 1;
+/// Port forward: the originator (outside) addressed `nat_addr:dnat_port`;
+/// the key holds the inside host it reaches.
+pub const NAT_DNAT: u8 = 2;
+/// Hairpin: an inside originator addressed `nat_addr:dnat_port` (a port
+/// forward to another inside host) and is seen there as `nat_addr:snat_port`.
+pub const NAT_HAIRPIN: u8 = 3;
 
 /// The default size; `dataplane.conntrack_max` overrides it.
 pub const CONNTRACK: MapSpec = MapSpec {
@@ -381,9 +411,78 @@ pub const CONNTRACK: MapSpec = MapSpec {
     doc: "connection tracking: one entry per connection, both directions",
 };
 
+// ---------------------------------------------------------------- NAT
+
+/// Key of [`NAT_BIND`] and [`NAT_FWD`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NatKey {
+    /// Network order.
+    pub addr: [u8; 4],
+    /// Host order (the ICMP echo identifier for ICMP).
+    pub port: u16,
+    pub proto: u8,
+    /// `NAT_DIR_*`.
+    pub dir: u8,
+}
+const _: () = assert!(size_of::<NatKey>() == 8);
+
+/// Inside address and port -> the outside port (endpoint-independent mapping).
+pub const NAT_DIR_OUT: u8 = 0;
+/// Outside address and port -> the inside address and port.
+pub const NAT_DIR_IN: u8 = 1;
+
+/// Value of [`NAT_BIND`] and [`NAT_FWD`]: the other side of the mapping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatBind {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+    /// Last use (CLOCK_MONOTONIC ns); the agent removes idle unused pairs.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<NatBind>() == 16);
+
+/// Endpoint-independent bindings, always in pairs (OUT and IN). The programs
+/// create them together and mend a pair they find half-made; only the agent
+/// removes them, when no connection uses them.
+pub const NAT_BIND: MapSpec = MapSpec {
+    name: "NAT_BIND",
+    pin: "nat_bind",
+    kind: MapKind::Hash,
+    key_size: size_of::<NatKey>() as u32,
+    value_size: size_of::<NatBind>() as u32,
+    max_entries: 131072,
+    doc: "masquerade bindings: inside addr:port <-> outside port, both ways",
+};
+
+/// Port forwards from the configuration: (uplink address, port, proto) ->
+/// the inside host and port.
+pub const NAT_FWD: MapSpec = MapSpec {
+    name: "NAT_FWD",
+    pin: "nat_fwd",
+    kind: MapKind::Hash,
+    key_size: size_of::<NatKey>() as u32,
+    value_size: size_of::<NatBind>() as u32,
+    max_entries: 1024,
+    doc: "port forwards: outside port -> inside host and port",
+};
+
 /// Every map of the schema, in creation order.
-pub const ALL_MAPS: &[MapSpec] =
-    &[SETTINGS, IFACES, IF_STATS, DROP_STATS, LOCAL_ADDRS, RULES, RULE_STATS, RULE_PREFIXES, CONNTRACK];
+pub const ALL_MAPS: &[MapSpec] = &[
+    SETTINGS,
+    IFACES,
+    IF_STATS,
+    DROP_STATS,
+    LOCAL_ADDRS,
+    RULES,
+    RULE_STATS,
+    RULE_PREFIXES,
+    CONNTRACK,
+    NAT_BIND,
+    NAT_FWD,
+];
 
 /// Maps whose size comes from the configuration (checked against it, not
 /// against `max_entries` here).
@@ -399,7 +498,7 @@ pub mod programs {
     pub const EGRESS: &str = "egress";
 }
 
-pod!(Settings, IfaceInfo, IfVerdict, PacketCount, Rule, PrefixData, CtKey, CtEntry);
+pod!(Settings, IfaceInfo, IfVerdict, PacketCount, Rule, PrefixData, CtKey, CtEntry, NatKey, NatBind);
 
 #[cfg(test)]
 mod tests {

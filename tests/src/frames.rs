@@ -181,3 +181,94 @@ pub fn icmp(typ: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
 pub fn ip_checksum_ok(f: &[u8]) -> bool {
     checksum::verify(&f[IP..IP + 20])
 }
+
+/// An IPv4 packet as a test reads it back, every checksum checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub ttl: u8,
+    /// TCP/UDP ports; for ICMP echo both are the identifier.
+    pub sport: u16,
+    pub dport: u16,
+    pub icmp_type: u8,
+    /// The IPv4 header checksum is right.
+    pub ip_ok: bool,
+    /// The TCP/UDP checksum (pseudo header included) or ICMP checksum is
+    /// right (None when the L4 data is truncated, as in a quoted packet).
+    pub l4_ok: Option<bool>,
+    /// For ICMP errors: the packet quoted in the message.
+    pub inner: Option<Box<Parsed>>,
+}
+
+impl Parsed {
+    /// Every checksum, the quoted packet's included, is right (a truncated
+    /// quoted L4 header, whose checksum cannot be checked, counts as right).
+    pub fn all_ok(&self) -> bool {
+        self.ip_ok && self.l4_ok != Some(false) && self.inner.as_ref().is_none_or(|i| i.ip_ok && i.l4_ok != Some(false))
+    }
+}
+
+/// Parses an Ethernet + IPv4 frame (panics on anything else: tests only).
+pub fn parse(f: &[u8]) -> Parsed {
+    assert_eq!(&f[12..14], &[0x08, 0x00], "IPv4 ethertype");
+    parse_ip(&f[IP..], false)
+}
+
+fn parse_ip(p: &[u8], quoted: bool) -> Parsed {
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let tot = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let proto = p[9];
+    let l4 = &p[ihl..p.len().min(tot)];
+    let complete = tot <= p.len();
+    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
+    let mut out = Parsed {
+        src,
+        dst,
+        proto,
+        ttl: p[8],
+        sport: 0,
+        dport: 0,
+        icmp_type: 0,
+        ip_ok: checksum::verify(&p[..ihl]),
+        l4_ok: None,
+        inner: None,
+    };
+    match proto {
+        6 | 17 => {
+            out.sport = port(0);
+            out.dport = port(2);
+            if complete {
+                let stored = port(if proto == 6 { 16 } else { 6 });
+                out.l4_ok = Some(if proto == 17 && stored == 0 {
+                    true
+                } else {
+                    let mut zeroed = l4.to_vec();
+                    let at = if proto == 6 { 16 } else { 6 };
+                    zeroed[at..at + 2].copy_from_slice(&[0, 0]);
+                    let c = l4_checksum(src, dst, proto, &zeroed);
+                    c == stored || (proto == 17 && c == 0 && stored == 0xffff)
+                });
+            }
+        }
+        1 => {
+            out.icmp_type = l4[0];
+            if complete {
+                out.l4_ok = Some(checksum::verify(l4));
+            }
+            match l4[0] {
+                0 | 8 => {
+                    out.sport = port(4);
+                    out.dport = port(4);
+                }
+                3 | 11 | 12 if !quoted => out.inner = Some(Box::new(parse_ip(&l4[8..], true))),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    out
+}

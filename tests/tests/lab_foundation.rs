@@ -183,7 +183,7 @@ fn pinned_maps_of_another_schema_version_are_refused() {
         .args(["map", "update", "pinned"])
         .arg(lab.paths.pin_dir.join("settings"))
         .args(["key", "0", "0", "0", "0", "value", "99"])
-        .args(["0"; 23])
+        .args(vec!["0"; std::mem::size_of::<coresvc_maps_schema::Settings>() - 1])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

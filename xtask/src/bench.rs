@@ -4,6 +4,7 @@
 
 mod dns;
 mod forward;
+mod nat;
 
 use anyhow::{Result, bail};
 use coresvc_lab::{Lab, LabPaths};
@@ -21,6 +22,10 @@ pub struct BenchArgs {
 const BENCHES: &[(&str, &str)] = &[
     ("dns", "dnsperf queries/s: coresvc's DNS (agent path) vs dnsmasq, same records"),
     ("forward", "64-byte UDP pps and iperf3 TCP through the gateway: coresvc vs kernel+nftables vs bare XDP redirect"),
+    (
+        "nat",
+        "64-byte UDP pps and iperf3 TCP masqueraded to the upstream: coresvc vs nftables masquerade vs bare XDP redirect",
+    ),
 ];
 
 /// A lab of its own for a benchmark, running the release binary.
@@ -57,6 +62,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         }
         Some("dns") => dns::run(&BenchLab::new()?, args.seconds),
         Some("forward") => forward::run(&BenchLab::new()?, args.seconds),
+        Some("nat") => nat::run(&BenchLab::new()?, args.seconds),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

@@ -46,7 +46,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     ("DHCP clients and load", &["isc-dhcp-client", "udhcpc", "dhcpcd", "kea-admin"]),
     ("DHCP peers", &["kea-dhcp4-server"]),
     ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),
-    ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools"]),
+    ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools", "traceroute"]),
 ];
 
 pub fn run(opts: &SetupOpts) -> Result<()> {

@@ -518,7 +518,8 @@ pub enum Proto {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatSection {
-    /// Outside ports allocated for masqueraded flows.
+    /// Outside ports allocated for masqueraded flows; must not overlap the
+    /// kernel's ephemeral ports (net.ipv4.ip_local_port_range).
     pub port_min: u16,
     pub port_max: u16,
     #[serde(rename = "forward")]
@@ -527,7 +528,9 @@ pub struct NatSection {
 
 impl Default for NatSection {
     fn default() -> Self {
-        Self { port_min: 20_000, port_max: 60_999, forwards: Vec::new() }
+        // Below Linux's ephemeral range (32768-60999): the gateway's own
+        // connections use those on the same address.
+        Self { port_min: 20_000, port_max: 32_767, forwards: Vec::new() }
     }
 }
 

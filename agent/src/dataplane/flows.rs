@@ -38,6 +38,12 @@ pub struct Flow {
     pub bytes_reply: u64,
     /// The rule that admitted it (index in `coresvc rules`), if any.
     pub rule: Option<u16>,
+    /// NAT: `masquerade`, `port-forward` or `hairpin`.
+    pub nat: Option<String>,
+    /// How the originator is seen outside (masquerade, hairpin).
+    pub nat_source: Option<String>,
+    /// What the originator addressed (port forward, hairpin).
+    pub nat_destination: Option<String>,
 }
 
 fn proto_name(p: u8) -> String {
@@ -77,6 +83,16 @@ pub fn describe(k: &CtKey, e: &CtEntry, now: u64) -> Flow {
         packets_reply: e.packets_reply,
         bytes_reply: e.bytes_reply,
         rule: (u32::from(e.rule) < 2 * schema::RULES_PER_BANK).then_some(e.rule % schema::RULES_PER_BANK as u16),
+        nat: match e.nat_kind {
+            schema::NAT_SNAT => Some("masquerade".into()),
+            schema::NAT_DNAT => Some("port-forward".into()),
+            schema::NAT_HAIRPIN => Some("hairpin".into()),
+            _ => None,
+        },
+        nat_source: matches!(e.nat_kind, schema::NAT_SNAT | schema::NAT_HAIRPIN)
+            .then(|| endpoint(e.nat_addr, e.snat_port, k.proto)),
+        nat_destination: matches!(e.nat_kind, schema::NAT_DNAT | schema::NAT_HAIRPIN)
+            .then(|| endpoint(e.nat_addr, e.dnat_port, k.proto)),
     }
 }
 
@@ -101,6 +117,55 @@ impl Dataplane {
             .collect();
         v.sort_by(|a, b| (&a.proto, &a.src, &a.dst).cmp(&(&b.proto, &b.src, &b.dst)));
         Ok(v)
+    }
+
+    /// Removes NAT binding pairs that no connection uses and that have been
+    /// idle for a while; returns how many pairs.
+    pub fn gc_bindings(&mut self) -> Result<usize> {
+        use std::collections::HashSet;
+
+        use schema::{NAT_DIR_IN, NAT_DIR_OUT, NatBind, NatKey};
+        const IDLE_NS: u64 = 30_000_000_000;
+        let now = monotonic_ns();
+        // Inside endpoints with a live masqueraded connection.
+        let used: HashSet<([u8; 4], u16, u8)> = self
+            .conntrack()?
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, e)| matches!(e.nat_kind, schema::NAT_SNAT | schema::NAT_HAIRPIN))
+            .map(|(k, e)| {
+                let (orig_addr, orig_port) =
+                    if e.flags & CT_F_ORIG_IS_A != 0 { (k.addr_a, k.port_a) } else { (k.addr_b, k.port_b) };
+                (orig_addr, orig_port, k.proto)
+            })
+            .collect();
+        let mut m: BpfHashMap<&mut MapData, NatKey, NatBind> = BpfHashMap::try_from(self.map_mut(&schema::NAT_BIND)?)?;
+        let dead: Vec<(NatKey, NatBind)> = m
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| {
+                k.dir == NAT_DIR_OUT
+                    && now.saturating_sub(v.last_ns) > IDLE_NS
+                    && !used.contains(&(k.addr, k.port, k.proto))
+            })
+            .collect();
+        let mut n = 0;
+        for (out_key, v) in dead {
+            // IN first (frees the port), then OUT; a program that finds the
+            // OUT half alone mends or replaces the pair.
+            let in_key = NatKey { addr: v.addr, port: v.port, proto: out_key.proto, dir: NAT_DIR_IN };
+            let _ = m.remove(&in_key);
+            let _ = m.remove(&out_key);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The binding pairs in use (`coresvc status`).
+    pub fn binding_count(&self) -> Result<usize> {
+        let m: BpfHashMap<&MapData, schema::NatKey, schema::NatBind> =
+            BpfHashMap::try_from(self.map(&schema::NAT_BIND)?)?;
+        Ok(m.keys().filter_map(|k| k.ok()).filter(|k| k.dir == schema::NAT_DIR_OUT).count())
     }
 
     /// Removes expired connections; returns how many.

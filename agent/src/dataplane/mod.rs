@@ -41,6 +41,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub fn load(pin_dir: Option<&Path>, log_level: aya_log::Level, conntrack_max: u32) -> Result<Ebpf> {
     raise_memlock();
     let mut loader = EbpfLoader::new();
+    // A developer's switch: the verifier's full trace in load errors.
+    if std::env::var_os("CORESVC_VERIFIER_LOG").is_some() {
+        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    }
     let level = log_level as u8;
     loader.override_global(aya_log::LEVEL, &level, false);
     loader.map_max_entries(schema::CONNTRACK.name, conntrack_max);
@@ -104,6 +108,8 @@ pub struct IfaceSpec {
     pub segment_index: u32,
     /// The interface's own IPv4 address and prefix, if any.
     pub address: Option<ipnet::Ipv4Net>,
+    /// Masquerade this segment's connections to the uplink.
+    pub nat: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -128,8 +134,9 @@ impl Role {
     }
 }
 
-/// The interfaces of a configuration, segments first; `plan` gives their addresses.
-pub fn interfaces(cfg: &Config, plan: &crate::routing::Plan) -> Vec<IfaceSpec> {
+/// The interfaces of a configuration, segments first; `plan` gives their
+/// addresses, `uplink_found` the uplink's when the host configures it.
+pub fn interfaces(cfg: &Config, plan: &crate::routing::Plan, uplink_found: Option<ipnet::Ipv4Net>) -> Vec<IfaceSpec> {
     let addr_of = |ifname: &str| plan.addresses.iter().find(|a| a.ifname == ifname).map(|a| a.addr);
     let mut v: Vec<IfaceSpec> = cfg
         .segments
@@ -141,6 +148,7 @@ pub fn interfaces(cfg: &Config, plan: &crate::routing::Plan) -> Vec<IfaceSpec> {
             segment: Some(s.name.clone()),
             segment_index: i as u32,
             address: addr_of(&s.interface),
+            nat: s.nat && cfg.uplink.is_some(),
         })
         .collect();
     if let Some(up) = &cfg.uplink {
@@ -149,7 +157,8 @@ pub fn interfaces(cfg: &Config, plan: &crate::routing::Plan) -> Vec<IfaceSpec> {
             role: Role::Uplink,
             segment: None,
             segment_index: 0,
-            address: addr_of(&up.interface),
+            address: addr_of(&up.interface).or(uplink_found),
+            nat: false,
         });
     }
     v
@@ -207,7 +216,13 @@ impl Dataplane {
     /// interface that exists (the others when they appear, see
     /// [`Dataplane::attach_iface`]). Nothing is attached if a step before
     /// attaching fails.
-    pub fn start(cfg: &Config, pin_dir: &Path, log_level: aya_log::Level, plan: &crate::routing::Plan) -> Result<Self> {
+    pub fn start(
+        cfg: &Config,
+        pin_dir: &Path,
+        log_level: aya_log::Level,
+        plan: &crate::routing::Plan,
+        uplink_found: Option<ipnet::Ipv4Net>,
+    ) -> Result<Self> {
         pins::prepare_dir(pin_dir)?;
         let existing = pins::check_existing(pin_dir, cfg.dataplane.conntrack_max)?;
         let compiled = rules::compile(cfg)?;
@@ -223,14 +238,16 @@ impl Dataplane {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             xdp_mode: cfg.dataplane.xdp_mode,
-            specs: interfaces(cfg, plan),
+            specs: interfaces(cfg, plan, uplink_found),
             attached: BTreeMap::new(),
             rules: Vec::new(),
             logger,
             adopted_maps: existing == pins::Existing::Compatible,
         };
         dp.write_settings(cfg)?;
-        dp.set_local_addrs(plan.addresses.iter().map(|a| a.addr.addr()).collect())?;
+        dp.set_local_addrs(
+            plan.addresses.iter().map(|a| a.addr.addr()).chain(uplink_found.map(|a| a.addr())).collect(),
+        )?;
         dp.apply_rules(compiled)?;
         // Interface entries of a previous run (another configuration) are
         // replaced by this one's.
@@ -251,6 +268,15 @@ impl Dataplane {
         Ok(dp)
     }
 
+    /// The masquerade address: the uplink's (configured, or found on the
+    /// interface), when any segment masquerades.
+    fn nat_addr(&self, cfg: &Config) -> Option<Ipv4Addr> {
+        if !cfg.segments.iter().any(|s| s.nat) {
+            return None;
+        }
+        self.specs.iter().find(|s| s.role == Role::Uplink).and_then(|s| s.address).map(|a| a.addr())
+    }
+
     fn write_settings(&mut self, cfg: &Config) -> Result<()> {
         let mut flags = 0;
         if cfg.dataplane.drop_invalid_ipv4 {
@@ -268,6 +294,46 @@ impl Dataplane {
         s.schema_version = schema::SCHEMA_VERSION;
         s.flags = flags;
         settings.set(0, s, 0)?;
+        drop(settings);
+        let nat_addr = self.nat_addr(cfg);
+        let mut settings: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(&schema::SETTINGS)?)?;
+        let mut s = settings.get(&0, 0)?;
+        s.nat_addr = nat_addr.map(|a| a.octets()).unwrap_or_default();
+        s.nat_port_min = cfg.nat.port_min;
+        s.nat_port_max = cfg.nat.port_max;
+        settings.set(0, s, 0)?;
+        drop(settings);
+        self.write_forwards(cfg, nat_addr)
+    }
+
+    /// The port forwards of `[[nat.forward]]`, replacing the previous ones.
+    fn write_forwards(&mut self, cfg: &Config, nat_addr: Option<Ipv4Addr>) -> Result<()> {
+        use schema::{NAT_DIR_IN, NatBind, NatKey};
+        let mut m: BpfHashMap<&mut MapData, NatKey, NatBind> = BpfHashMap::try_from(self.map_mut(&schema::NAT_FWD)?)?;
+        let mut want = Vec::new();
+        if let Some(a) = nat_addr {
+            for f in &cfg.nat.forwards {
+                let protos: &[u8] = match f.proto {
+                    crate::config::Proto::Tcp => &[6],
+                    crate::config::Proto::Udp => &[17],
+                    _ => &[6, 17],
+                };
+                for p in protos {
+                    let k = NatKey { addr: a.octets(), port: f.port, proto: *p, dir: NAT_DIR_IN };
+                    let v = NatBind { addr: f.to.ip().octets(), port: f.to.port(), _pad: 0, last_ns: 0 };
+                    want.push((k, v));
+                }
+            }
+        }
+        let old: Vec<NatKey> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            if !want.iter().any(|(w, _)| *w == k) {
+                let _ = m.remove(&k);
+            }
+        }
+        for (k, v) in want {
+            m.insert(k, v, 0)?;
+        }
         Ok(())
     }
 
@@ -376,7 +442,8 @@ impl Dataplane {
             ipv4: spec.address.map(|a| a.addr().octets()).unwrap_or_default(),
             prefix_len: spec.address.map(|a| a.prefix_len()).unwrap_or(0),
             attach_mode: mode.code(),
-            _pad: [0; 2],
+            flags: if spec.nat { schema::IFACE_F_NAT } else { 0 },
+            _pad: 0,
         };
         let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
             BpfHashMap::try_from(self.map_mut(&schema::IFACES)?)?;
@@ -457,6 +524,12 @@ impl Dataplane {
                 rules: self.rules.len(),
                 connections: self.connection_count()?,
             },
+            nat: NatStatus {
+                address: (s.nat_addr != [0; 4]).then(|| Ipv4Addr::from(s.nat_addr)),
+                port_min: s.nat_port_min,
+                port_max: s.nat_port_max,
+                bindings: self.binding_count()?,
+            },
         })
     }
 
@@ -510,6 +583,17 @@ pub struct DataplaneStatus {
     pub waiting: Vec<String>,
     pub drop_reasons: Vec<DropReason>,
     pub firewall: FirewallStatus,
+    pub nat: NatStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NatStatus {
+    /// The masquerade address; none without NAT.
+    pub address: Option<Ipv4Addr>,
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Inside endpoints bound to an outside port.
+    pub bindings: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
