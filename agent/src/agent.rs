@@ -47,6 +47,7 @@ struct Agent {
     config: Config,
     dataplane: Mutex<Option<Dataplane>>,
     dns: Option<Arc<crate::dns::Dns>>,
+    dhcp: Option<crate::dhcp::Dhcp>,
 }
 
 impl Agent {
@@ -74,6 +75,7 @@ impl ctl::Handler for Agent {
                         authority: self.config.agent.authority,
                         dataplane: d,
                         dns: self.dns.as_ref().map(|d| d.status()),
+                        dhcp: self.dhcp.as_ref().map(|d| d.status()),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
                 }
@@ -91,6 +93,12 @@ impl ctl::Handler for Agent {
                     None => Response::Error { message: format!("no zone {} is served", zone.unwrap_or_default()) },
                 },
                 Err(r) => r,
+            },
+            Request::Leases => match &self.dhcp {
+                Some(d) => Response::Leases { leases: d.leases() },
+                None => Response::Error {
+                    message: "DHCP is not running (disabled, no pools or static hosts, or production mode)".into(),
+                },
             },
             Request::ZoneReload => match self.dns() {
                 Ok(dns) => match dns.zone_reload() {
@@ -130,12 +138,15 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     }
     // Services: each starts only if the configuration and the authority mode ask for it.
     let dns = crate::dns::Dns::start(&config)?.map(Arc::new);
+    // DHCP: leases from the state directory; client names go into DNS.
+    let dhcp = crate::dhcp::Dhcp::start(&config, dns.clone())?;
     let agent = Arc::new(Agent {
         started: Instant::now(),
         config_path,
         config: config.clone(),
         dataplane: Mutex::new(Some(dp)),
         dns,
+        dhcp,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));

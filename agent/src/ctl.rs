@@ -34,6 +34,8 @@ pub enum Request {
     ZoneExport {
         zone: Option<String>,
     },
+    /// The DHCP leases.
+    Leases,
 }
 
 /// A response: `ok` with a payload, or an error message for the operator.
@@ -44,6 +46,7 @@ pub enum Response {
     Moved(crate::dns::Moved),
     Zones { zones: Vec<crate::dns::ZoneStatus> },
     ZoneText { text: String },
+    Leases { leases: Vec<crate::dhcp::server::LeaseInfo> },
     Error { message: String },
 }
 
@@ -57,6 +60,9 @@ pub struct Status {
     pub dataplane: DataplaneStatus,
     /// Absent when DNS is disabled or inactive (production mode).
     pub dns: Option<crate::dns::DnsStatus>,
+    /// Absent when DHCP is disabled, has nothing to serve, or in production mode.
+    #[serde(default)]
+    pub dhcp: Option<crate::dhcp::DhcpStatus>,
 }
 
 /// What the server asks of the agent for each request.

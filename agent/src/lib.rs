@@ -6,5 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
+pub mod dhcp;
 pub mod dns;
 pub mod netns;
