@@ -619,8 +619,11 @@ impl Server {
     fn release(&mut self, req: Request, now: u64) -> Outcome {
         let a = req.msg.ciaddr();
         let seg = req.segment;
-        let Some(l) =
-            self.leases.get(a).filter(|l| l.client.as_ref() == Some(&req.key) && l.state == State::Bound).cloned()
+        let Some(l) = self
+            .leases
+            .get(a)
+            .filter(|l| l.segment == seg && l.client.as_ref() == Some(&req.key) && l.state == State::Bound)
+            .cloned()
         else {
             return self.drop(Drop::NotHeld);
         };
@@ -638,7 +641,11 @@ impl Server {
     fn decline(&mut self, req: Request, now: u64) -> Outcome {
         let seg = req.segment;
         let Some(a) = req.requested else { return self.drop(Drop::NoAddress) };
-        let Some(l) = self.leases.get(a).filter(|l| l.client.as_ref() == Some(&req.key) && l.active(now)).cloned()
+        let Some(l) = self
+            .leases
+            .get(a)
+            .filter(|l| l.segment == seg && l.client.as_ref() == Some(&req.key) && l.active(now))
+            .cloned()
         else {
             return self.drop(Drop::NotHeld);
         };
