@@ -2,6 +2,7 @@
 //! one run, both figures and their ratio. Timings are never asserted: these
 //! machines are shared; the figures are for reading.
 
+mod dhcp;
 mod dns;
 
 use anyhow::{Result, bail};
@@ -17,7 +18,10 @@ pub struct BenchArgs {
 }
 
 /// (name, what it compares)
-const BENCHES: &[(&str, &str)] = &[("dns", "dnsperf queries/s: coresvc's DNS (agent path) vs dnsmasq, same records")];
+const BENCHES: &[(&str, &str)] = &[
+    ("dns", "dnsperf queries/s: coresvc's DNS (agent path) vs dnsmasq, same records"),
+    ("dhcp", "perfdhcp 4-way exchanges/s: coresvc (durable leases) vs Kea (memfile) vs dnsmasq, same pool"),
+];
 
 /// A lab of its own for a benchmark, running the release binary.
 pub struct BenchLab {
@@ -33,7 +37,14 @@ impl BenchLab {
     }
 
     pub fn lab(&self) -> Result<Lab> {
-        Lab::up(&self.prefix, LabPaths::private(&self.prefix))
+        self.lab_with(|_| {})
+    }
+
+    /// A lab whose paths `edit` adjusts first (e.g. a state directory on disk).
+    pub fn lab_with(&self, edit: impl FnOnce(&mut LabPaths)) -> Result<Lab> {
+        let mut paths = LabPaths::private(&self.prefix);
+        edit(&mut paths);
+        Lab::up(&self.prefix, paths)
     }
 }
 
@@ -52,6 +63,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         Some("dns") => dns::run(&BenchLab::new()?, args.seconds),
+        Some("dhcp") => dhcp::run(&BenchLab::new()?, args.seconds),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

@@ -742,9 +742,19 @@ impl Server {
         }
         if let Some(z) = &seg.zone {
             o.insert(DhcpOption::DomainName(z.clone()));
-            if let Ok(n) = hickory_proto::rr::Name::from_ascii(format!("{z}.")) {
-                o.insert(DhcpOption::DomainSearch(vec![n]));
-            }
+        }
+        // RFC 3397: the pool's list, else the global one, else the segment's zone.
+        let search = pool
+            .and_then(|p| p.domain_search.clone())
+            .or_else(|| (!self.cfg.domain_search.is_empty()).then(|| self.cfg.domain_search.clone()))
+            .or_else(|| seg.zone.clone().map(|z| vec![z]))
+            .unwrap_or_default();
+        let names: Vec<_> = search
+            .iter()
+            .filter_map(|d| hickory_proto::rr::Name::from_ascii(format!("{}.", d.trim_end_matches('.'))).ok())
+            .collect();
+        if !names.is_empty() {
+            o.insert(DhcpOption::DomainSearch(names));
         }
         if let Some(mtu) = seg.mtu {
             o.insert(DhcpOption::InterfaceMtu(mtu));

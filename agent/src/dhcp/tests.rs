@@ -114,11 +114,19 @@ fn four_way_exchange_gives_a_pool_address_with_the_options() {
         (r.addr, r.state, r.expires, r.segment.as_str()),
         (offer.yiaddr(), RecordState::Bound, T0 + 3600, "dvnt")
     );
+    // dvntm's pool has its own search list (RFC 3397), dvnt's is the zone.
+    let search = |m: &Message| match m.opts().get(OptionCode::DomainSearch) {
+        Some(DhcpOption::DomainSearch(n)) => n.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(search(&offer), ["dvnt.deevnet.net."]);
+    let (_, o) = run(&mut s, DVNTM, &msg(MessageType::Discover, mac(1)), T0);
+    assert_eq!(search(&o.unwrap()), ["dvntm.deevnet.net.", "mgmt.deevnet.net."]);
     // The pool's own lease time on dvntm (30m).
     let (a, out) = dora(&mut s, DVNTM, mac(1), T0);
     assert_eq!(a, Ipv4Addr::new(10, 30, 0, 100));
     assert_eq!(out.records[0].expires, T0 + 1800);
-    assert_eq!((s.counters.discovers, s.counters.offers, s.counters.acks), (2, 2, 2));
+    assert_eq!((s.counters.discovers, s.counters.offers, s.counters.acks), (3, 3, 2));
 }
 
 #[test]
