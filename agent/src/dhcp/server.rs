@@ -442,19 +442,15 @@ impl Server {
         Ok(Request { msg, kind, segment, key, requested, server_id })
     }
 
+    /// The static host this client is on its segment: by client identifier
+    /// first, then by MAC.
     fn host_for(&self, req: &Request) -> Option<&StaticHost> {
         let cid = req.key.client_id();
         let mac = (req.msg.chaddr().len() == 6).then(|| req.msg.chaddr());
-        self.hosts
-            .iter()
-            .filter(|h| h.segment == req.segment)
+        let here = || self.hosts.iter().filter(|h| h.segment == req.segment);
+        here()
             .find(|h| cid.is_some() && h.client_id.as_deref() == cid)
-            .or_else(|| {
-                self.hosts
-                    .iter()
-                    .filter(|h| h.segment == req.segment)
-                    .find(|h| mac.is_some() && h.mac.as_ref().map(|m| &m[..]) == mac)
-            })
+            .or_else(|| here().find(|h| mac.is_some() && h.mac.as_ref().map(|m| &m[..]) == mac))
     }
 
     /// The pool (`dhcp.pool` index) whose range holds `a` on `segment`.
