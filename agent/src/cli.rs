@@ -415,11 +415,9 @@ pub fn render_leases(leases: &[crate::dhcp::server::LeaseInfo], now: u64) -> Str
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<16} {:<9} {:<18} {:<24} {:<20} {:<12}",
+        "{:<16} {:<9} {:<18} {:<24} {:<20} {:<12} SEGMENT",
         "ADDRESS", "STATE", "MAC", "CLIENT-ID", "HOSTNAME", "EXPIRES"
     );
-    o.truncate(o.trim_end().len());
-    o.push_str(" SEGMENT\n");
     for l in leases {
         let expires =
             if l.expires > now { format!("in {}", human_duration(l.expires - now)) } else { "expired".into() };

@@ -413,6 +413,14 @@ fn perfdhcp_runs_thousands_of_four_way_exchanges() {
     assert_eq!(j["failures"], 0);
     let bound = leases(&lab).iter().filter(|l| l["state"] == "bound").count();
     assert!(bound >= 1000, "{bound} leases bound");
+    // The operator's views.
+    let text = |args: &[&str]| String::from_utf8_lossy(&lab.coresvc(args).unwrap().stdout).into_owned();
+    let st = text(&["status"]);
+    assert!(st.contains("dhcp     serving on mgmt0, dvnt0, dvntm0"), "{st}");
+    assert!(st.contains("segment dvnt"), "{st}");
+    let table = text(&["leases"]);
+    assert!(table.starts_with("ADDRESS"), "{table}");
+    assert!(table.lines().filter(|l| l.contains(" bound ") && l.ends_with(" dvnt")).count() >= 1000, "{table}");
 }
 
 /// Every ACK in a capture: (address, client hardware address).
