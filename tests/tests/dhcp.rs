@@ -316,7 +316,9 @@ fn pxe_answers_per_architecture_and_ipxe_gets_the_script() {
     let file = |m: &Message| m.fname_str().and_then(Result::ok).map(|f| f.trim_end_matches('\0').to_string());
     let relay_addr = Ipv4Addr::new(10, 20, 0, 50);
     let srv = Ipv4Addr::new(10, 20, 0, 1);
-    let cases: Vec<(u16, &[u8], Vec<DhcpOption>, Option<&str>, bool)> = vec![
+    // (architecture, vendor class, extra options, boot file, HTTPClient echoed)
+    type Case<'a> = (u16, &'a [u8], Vec<DhcpOption>, Option<&'a str>, bool);
+    let cases: Vec<Case> = vec![
         (0, b"PXEClient:Arch:00000:UNDI:002001", vec![], Some("undionly.kpxe"), false),
         (7, b"PXEClient:Arch:00007:UNDI:003016", vec![], Some("ipxe.efi"), false),
         (9, b"PXEClient:Arch:00009:UNDI:003016", vec![], Some("ipxe.efi"), false),
@@ -370,10 +372,10 @@ fn perfdhcp_stats(text: &str) -> HashMap<String, u64> {
             section = l.trim_start_matches("***Statistics for:").trim_end_matches('*').trim().replace(' ', "");
         }
         for key in ["sent packets", "received packets", "drops", "orphans", "rejected leases", "non unique addresses"] {
-            if let Some(v) = l.strip_prefix(&format!("{key}:")) {
-                if let Ok(n) = v.trim().parse() {
-                    out.insert(format!("{section} {key}"), n);
-                }
+            if let Some(v) = l.strip_prefix(&format!("{key}:"))
+                && let Ok(n) = v.trim().parse()
+            {
+                out.insert(format!("{section} {key}"), n);
             }
         }
     }

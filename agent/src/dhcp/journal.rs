@@ -276,8 +276,14 @@ impl Journal {
         &self.path
     }
 
+    /// The file's length in bytes (header included).
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// True when the file holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len <= HEADER_LEN as u64
     }
 
     /// Appends `records` and makes them durable (one `fdatasync` per
@@ -349,7 +355,7 @@ mod tests {
             expires: 1_700_000_000 + u64::from(i),
             client: vec![1, 2, 0, 0, 0, i],
             hw: vec![2, 0, 0, 0, 0, i],
-            hostname: (i % 2 == 0).then(|| format!("host-{i}")),
+            hostname: i.is_multiple_of(2).then(|| format!("host-{i}")),
             segment: "dvnt".into(),
         }
     }

@@ -142,16 +142,19 @@ impl Table {
         self.by_addr.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
     /// Stores `lease`, replacing whatever the address had.
     pub fn put(&mut self, lease: Lease) {
-        if let Some(old) = self.by_addr.get(&lease.addr) {
-            if let Some(c) = &old.client {
-                if old.client != lease.client || old.segment != lease.segment {
-                    let k = (old.segment, c.clone());
-                    if self.by_client.get(&k) == Some(&lease.addr) {
-                        self.by_client.remove(&k);
-                    }
-                }
+        if let Some(old) = self.by_addr.get(&lease.addr)
+            && let Some(c) = &old.client
+            && (old.client != lease.client || old.segment != lease.segment)
+        {
+            let k = (old.segment, c.clone());
+            if self.by_client.get(&k) == Some(&lease.addr) {
+                self.by_client.remove(&k);
             }
         }
         if let Some(c) = &lease.client {
@@ -171,10 +174,6 @@ impl Table {
             }
         }
         Some(l)
-    }
-
-    pub fn get_mut(&mut self, a: Ipv4Addr) -> Option<&mut Lease> {
-        self.by_addr.get_mut(&a)
     }
 
     /// Free for a new client now: nobody holds it and it is not quarantined.
@@ -228,8 +227,7 @@ impl Table {
                 continue;
             }
             match l.state {
-                State::Offered => gone.push(l.addr),
-                State::Declined => gone.push(l.addr),
+                State::Offered | State::Declined => gone.push(l.addr),
                 State::Bound => {
                     l.state = State::Released;
                     expired.push(l.clone());

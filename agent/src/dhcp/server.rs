@@ -269,7 +269,7 @@ impl Server {
                 segment: si,
                 state,
                 expires: r.expires,
-                client: (!r.client.is_empty()).then(|| ClientKey(r.client)),
+                client: (!r.client.is_empty()).then_some(ClientKey(r.client)),
                 hw: r.hw,
                 hostname: r.hostname,
             });
@@ -530,11 +530,11 @@ impl Server {
         let addr = if let Some(sid) = req.server_id {
             if sid != ours {
                 // The client took another server's offer: let ours go.
-                if let Some(l) = self.leases.of_client(seg, &req.key) {
-                    if l.state == State::Offered {
-                        let a = l.addr;
-                        self.leases.remove(a);
-                    }
+                if let Some(l) = self.leases.of_client(seg, &req.key)
+                    && l.state == State::Offered
+                {
+                    let a = l.addr;
+                    self.leases.remove(a);
                 }
                 return self.drop(Drop::OtherServer);
             }

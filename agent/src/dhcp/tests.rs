@@ -383,7 +383,7 @@ fn client_names_are_registered_and_removed() {
     req.opts_mut().insert(DhcpOption::Hostname("Bob's Laptop.local".into()));
     let (out, _) = run(&mut s, DVNT, &req, T0);
     let reg = Effect::Register { zone: "dvnt.deevnet.net".into(), hostname: "bob-s-laptop".into(), addr: a };
-    assert_eq!(out.effects, [reg.clone()]);
+    assert_eq!(out.effects, std::slice::from_ref(&reg));
     assert_eq!(out.records[0].hostname.as_deref(), Some("bob-s-laptop"));
     // A restart re-registers it.
     let again = Server::new(&config(), s.snapshot());
@@ -392,7 +392,7 @@ fn client_names_are_registered_and_removed() {
     let mut rel = msg(MessageType::Release, mac(1));
     rel.set_ciaddr(a);
     let unreg = Effect::Unregister { zone: "dvnt.deevnet.net".into(), hostname: "bob-s-laptop".into(), addr: a };
-    assert_eq!(run(&mut s, DVNT, &rel, T0 + 2).0.effects, [unreg.clone()]);
+    assert_eq!(run(&mut s, DVNT, &rel, T0 + 2).0.effects, std::slice::from_ref(&unreg));
     let (_, out) = {
         let (_, o) = run(&mut s, DVNT, &msg(MessageType::Discover, mac(1)), T0 + 3);
         let mut r = msg(MessageType::Request, mac(1));
