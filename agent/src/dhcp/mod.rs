@@ -251,10 +251,33 @@ fn bind(iface: &str) -> Result<StdUdpSocket> {
     s.bind_device(Some(iface.as_bytes())).with_context(|| format!("dhcp: binding to interface {iface}"))?;
     s.set_broadcast(true)?;
     s.set_nonblocking(true)?;
+    // Room for bursts (a rack powering on, perfdhcp): the privileged forms
+    // pass net.core.rmem_max; without CAP_NET_ADMIN the kernel's cap applies.
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        if setsockopt_int(&s, force, SOCKET_BUFFER).is_err() {
+            let _ = setsockopt_int(&s, plain, SOCKET_BUFFER);
+        }
+    }
     let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVER_PORT);
     s.bind(&addr.into())
         .with_context(|| format!("dhcp: binding 0.0.0.0:67 on {iface} (another DHCP server running?)"))?;
     Ok(s.into())
+}
+
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+fn setsockopt_int(s: &socket2::Socket, opt: libc::c_int, v: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: setsockopt with a valid fd and a c_int value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Sends replies on the socket of the reply's segment.
