@@ -52,6 +52,7 @@ struct Agent {
     reloading: tokio::sync::Mutex<()>,
     dataplane: Mutex<Option<Dataplane>>,
     dns: Option<Arc<crate::dns::Dns>>,
+    dhcp: Option<crate::dhcp::Dhcp>,
 }
 
 impl Agent {
@@ -149,6 +150,7 @@ impl ctl::Handler for Agent {
                         dataplane: d,
                         dns: self.dns.as_ref().map(|d| d.status()),
                         routing: self.plan.read().expect("plan lock").clone(),
+                        dhcp: self.dhcp.as_ref().map(|d| d.status()),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
                 }
@@ -184,6 +186,12 @@ impl ctl::Handler for Agent {
             Request::Reload => match self.reload().await {
                 Ok(changes) => Response::Reloaded { changes },
                 Err(e) => Response::Error { message: format!("{e:#}") },
+            },
+            Request::Leases => match &self.dhcp {
+                Some(d) => Response::Leases { leases: d.leases() },
+                None => Response::Error {
+                    message: "DHCP is not running (disabled, no pools or static hosts, or production mode)".into(),
+                },
             },
             Request::ZoneReload => match self.dns() {
                 Ok(dns) => match dns.zone_reload() {
@@ -239,6 +247,8 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     // Services: each starts only if the configuration and the authority mode ask for it.
     let dns = crate::dns::Dns::start(&config)?.map(Arc::new);
     let overrides = overrides.clone();
+    // DHCP: leases from the state directory; client names go into DNS.
+    let dhcp = crate::dhcp::Dhcp::start(&config, dns.clone())?;
     let agent = Arc::new(Agent {
         started: Instant::now(),
         config_path,
@@ -249,6 +259,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         reloading: tokio::sync::Mutex::new(()),
         dataplane: Mutex::new(Some(dp)),
         dns,
+        dhcp,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     let gc = tokio::spawn(conntrack_gc(agent.clone()));

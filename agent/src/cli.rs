@@ -72,6 +72,14 @@ pub enum Cmd {
     /// Benchmark and lab helpers (sink, bare redirect, frame blaster).
     #[command(subcommand, hide = true)]
     Devtool(crate::devtool::Devtool),
+    /// DHCP leases: address, MAC or client id, host name, expiry, segment.
+    Leases {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the pinned maps and links of a stopped agent (resets dataplane state).
     Unpin {
         /// The pin directory (default: the config's agent.pin_dir).
@@ -300,6 +308,17 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Devtool(d) => crate::devtool::main(d),
+        Cmd::Leases { target, json } => match call(&target, &Request::Leases)? {
+            Response::Leases { leases } => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&leases)?);
+                } else {
+                    print!("{}", render_leases(&leases, crate::dhcp::unix_now()));
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
         Cmd::Unpin { pin_dir, config } => {
             let dir = match (pin_dir, config) {
                 (Some(d), _) => d,
@@ -452,6 +471,9 @@ pub fn render_status(s: &ctl::Status) -> String {
     if !d.waiting.is_empty() {
         let _ = writeln!(o, "waiting for interface(s): {}", d.waiting.join(", "));
     }
+    if let Some(dhcp) = &s.dhcp {
+        render_dhcp(&mut o, dhcp);
+    }
     let drops: Vec<_> = d.drop_reasons.iter().filter(|r| r.packets > 0).collect();
     let _ = writeln!(o);
     if drops.is_empty() {
@@ -461,6 +483,67 @@ pub fn render_status(s: &ctl::Status) -> String {
         for r in drops {
             let _ = writeln!(o, "{:<24} {:>10} {:>12}", format!("{} ({})", r.name, r.reason), r.packets, r.bytes);
         }
+    }
+    o
+}
+
+fn render_dhcp(o: &mut String, d: &crate::dhcp::DhcpStatus) {
+    use std::fmt::Write as _;
+    let c = &d.counters;
+    let _ = writeln!(o);
+    let _ = writeln!(o, "dhcp     serving on {}", d.interfaces.join(", "));
+    let _ = writeln!(
+        o,
+        "         discover {}, offer {}, request {}, ack {}, nak {}, release {}, decline {}, inform {}, pool exhausted {}",
+        c.discovers, c.offers, c.requests, c.acks, c.naks, c.releases, c.declines, c.informs, c.pool_exhausted
+    );
+    if !c.drops.is_empty() {
+        let drops: Vec<String> = c.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(o, "         dropped: {}", drops.join(", "));
+    }
+    for s in &d.segments {
+        let _ = writeln!(
+            o,
+            "         segment {:<10} {:<8} pool {:>6}  bound {:>6}  offered {:>4}  declined {:>4}  static {}",
+            s.segment, s.interface, s.pool_size, s.bound, s.offered, s.declined, s.static_hosts
+        );
+    }
+    let j = &d.journal;
+    let _ = writeln!(
+        o,
+        "         journal {} ({} bytes): {} records in {} commits, {} compactions, {} failures",
+        j.path.display(),
+        j.bytes,
+        j.records,
+        j.commits,
+        j.compactions,
+        j.failures
+    );
+}
+
+/// `coresvc leases` as a table.
+pub fn render_leases(leases: &[crate::dhcp::server::LeaseInfo], now: u64) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<16} {:<9} {:<18} {:<24} {:<20} {:<12} SEGMENT",
+        "ADDRESS", "STATE", "MAC", "CLIENT-ID", "HOSTNAME", "EXPIRES"
+    );
+    for l in leases {
+        let expires =
+            if l.expires > now { format!("in {}", human_duration(l.expires - now)) } else { "expired".into() };
+        let _ = writeln!(
+            o,
+            "{:<16} {:<9} {:<18} {:<24} {:<20} {:<12} {}",
+            l.address.to_string(),
+            format!("{:?}", l.state).to_lowercase(),
+            l.mac,
+            l.client_id.as_deref().unwrap_or("-"),
+            l.hostname.as_deref().unwrap_or("-"),
+            expires,
+            l.segment
+        );
     }
     o
 }

@@ -40,6 +40,8 @@ pub enum Request {
     Rules,
     /// Tracked connections.
     Flows,
+    /// The DHCP leases.
+    Leases,
 }
 
 /// A response: `ok` with a payload, or an error message for the operator.
@@ -53,6 +55,7 @@ pub enum Response {
     Rules { rules: Vec<crate::dataplane::rules::RuleStatus> },
     Reloaded { changes: Vec<String> },
     Flows { flows: Vec<crate::dataplane::flows::Flow> },
+    Leases { leases: Vec<crate::dhcp::server::LeaseInfo> },
     Error { message: String },
 }
 
@@ -68,6 +71,9 @@ pub struct Status {
     pub dns: Option<crate::dns::DnsStatus>,
     /// What coresvc added to the system's addresses and routes.
     pub routing: crate::routing::Plan,
+    /// Absent when DHCP is disabled, has nothing to serve, or in production mode.
+    #[serde(default)]
+    pub dhcp: Option<crate::dhcp::DhcpStatus>,
 }
 
 /// What the server asks of the agent for each request.

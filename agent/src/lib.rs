@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod dataplane;
 pub mod devtool;
+pub mod dhcp;
 pub mod dns;
 pub mod netns;
 pub mod routing;

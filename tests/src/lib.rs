@@ -12,6 +12,7 @@
 //! run that was killed leaves labs whose owner pid is dead, and the next
 //! [`Lab::up`] removes those.
 
+pub mod dhcp;
 pub mod dns;
 pub mod frames;
 pub mod raw;

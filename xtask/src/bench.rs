@@ -2,6 +2,7 @@
 //! one run, both figures and their ratio. Timings are never asserted: these
 //! machines are shared; the figures are for reading.
 
+mod dhcp;
 mod dns;
 mod forward;
 mod nat;
@@ -26,6 +27,7 @@ const BENCHES: &[(&str, &str)] = &[
         "nat",
         "64-byte UDP pps and iperf3 TCP masqueraded to the upstream: coresvc vs nftables masquerade vs bare XDP redirect",
     ),
+    ("dhcp", "perfdhcp 4-way exchanges/s: coresvc (durable leases) vs Kea (memfile) vs dnsmasq, same pool"),
 ];
 
 /// A lab of its own for a benchmark, running the release binary.
@@ -42,7 +44,14 @@ impl BenchLab {
     }
 
     pub fn lab(&self) -> Result<Lab> {
-        Lab::up(&self.prefix, LabPaths::private(&self.prefix))
+        self.lab_with(|_| {})
+    }
+
+    /// A lab whose paths `edit` adjusts first (e.g. a state directory on disk).
+    pub fn lab_with(&self, edit: impl FnOnce(&mut LabPaths)) -> Result<Lab> {
+        let mut paths = LabPaths::private(&self.prefix);
+        edit(&mut paths);
+        Lab::up(&self.prefix, paths)
     }
 }
 
@@ -63,6 +72,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         Some("dns") => dns::run(&BenchLab::new()?, args.seconds),
         Some("forward") => forward::run(&BenchLab::new()?, args.seconds),
         Some("nat") => nat::run(&BenchLab::new()?, args.seconds),
+        Some("dhcp") => dhcp::run(&BenchLab::new()?, args.seconds),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

@@ -8,11 +8,11 @@ use anyhow::{Result, bail};
 
 use crate::util::{cmd_status, step};
 
-const TARGETS: &[(&str, &str)] = &[("dns", "dns_query")];
+const TARGETS: &[(&str, &str)] = &[("dns", "dns_query"), ("dhcp", "dhcp_packet")];
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
-    /// What to fuzz: dns.
+    /// What to fuzz: dns, dhcp.
     pub target: String,
     /// Stop after this many seconds.
     #[arg(long, default_value_t = 60)]

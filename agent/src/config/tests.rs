@@ -283,6 +283,16 @@ fn server_owned_dhcp_options_and_ambiguous_values() {
 }
 
 #[test]
+fn dhcp_domain_search_lists_hold_domain_names() {
+    let ps = problems("[dhcp]\ndomain_search = [\"dvnt.deevnet.net\", \"bad name\"]\n");
+    assert_one(&ps, "dhcp.domain_search[1]", &["\"bad name\"", "not a domain name"]);
+    let ps = problems(
+        "[[dhcp.pool]]\nsegment = \"dvnt\"\nstart = \"10.20.0.100\"\nend = \"10.20.0.110\"\ndomain_search = [\"-x.example\"]\n",
+    );
+    assert_one(&ps, "dhcp.pool[0].domain_search[0]", &["not a domain name"]);
+}
+
+#[test]
 fn pxe_over_tftp_needs_a_tftp_section() {
     let ps = problems("[dhcp.pxe]\nbios = \"undionly.kpxe\"\n");
     assert_one(&ps, "dhcp.pxe.bios", &["no [tftp] section"]);

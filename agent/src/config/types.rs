@@ -325,6 +325,8 @@ pub struct DhcpSection {
     pub max_lease_time: Duration,
     /// NTP servers given to clients (option 42).
     pub ntp_servers: Vec<Ipv4Addr>,
+    /// The domain search list (option 119, RFC 3397); empty: the segment's zone.
+    pub domain_search: Vec<String>,
     #[serde(rename = "pool")]
     pub pools: Vec<Pool>,
     #[serde(rename = "host")]
@@ -342,6 +344,7 @@ impl Default for DhcpSection {
             lease_time: Duration(3600),
             max_lease_time: Duration(86_400),
             ntp_servers: Vec::new(),
+            domain_search: Vec::new(),
             pools: Vec::new(),
             hosts: Vec::new(),
             options: Vec::new(),
@@ -359,6 +362,8 @@ pub struct Pool {
     pub start: Ipv4Addr,
     pub end: Ipv4Addr,
     pub lease_time: Option<Duration>,
+    /// This pool's domain search list (option 119), instead of `dhcp.domain_search`.
+    pub domain_search: Option<Vec<String>>,
     #[serde(default, rename = "option")]
     pub options: Vec<DhcpOption>,
 }

@@ -599,6 +599,9 @@ impl<'a> Validator<'a> {
             }
             ranges.push((pi, start, end));
             self.options(&p.options, cfg_path!("dhcp", "pool", pi, "option"));
+            if let Some(list) = &p.domain_search {
+                self.domain_search(list, cfg_path!("dhcp", "pool", pi, "domain_search"));
+            }
             if let Some(lt) = p.lease_time {
                 self.lease_time(cfg_path!("dhcp", "pool", pi, "lease_time"), lt.secs());
             }
@@ -615,6 +618,7 @@ impl<'a> Validator<'a> {
             );
         }
         self.options(&c.dhcp.options, cfg_path!("dhcp", "option"));
+        self.domain_search(&c.dhcp.domain_search, cfg_path!("dhcp", "domain_search"));
 
         let mut macs = HashMap::new();
         let mut cids = HashMap::new();
@@ -702,6 +706,16 @@ impl<'a> Validator<'a> {
             }
         }
         self.pxe(&c.dhcp.pxe, cfg_path!("dhcp", "pxe"));
+    }
+
+    fn domain_search(&mut self, list: &[String], base: Vec<PathSeg>) {
+        for (i, d) in list.iter().enumerate() {
+            if !valid_name(d.trim_end_matches('.')) {
+                let mut path = base.clone();
+                path.push(PathSeg::Index(i));
+                self.err(path, format!("{d:?} is not a domain name; use names like dvnt.deevnet.net"));
+            }
+        }
     }
 
     fn lease_time(&mut self, path: Vec<PathSeg>, secs: u32) {

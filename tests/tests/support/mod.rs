@@ -15,7 +15,7 @@ use coresvc_common::conntrack as ct;
 use coresvc_lab::{frames, raw::in_netns};
 use coresvc_maps_schema::{
     self as schema, CtEntry, CtKey, IfaceInfo, NatBind, NatKey, PacketCount, ROLE_SEGMENT, ROLE_UPLINK,
-    SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, Settings, reason,
+    SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, Settings,
 };
 
 pub const DROP: u32 = 1;

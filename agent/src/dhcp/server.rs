@@ -1,0 +1,890 @@
+//! The DHCPv4 server as a sans-IO state machine (RFC 2131): a packet, the
+//! segment it arrived on and the time go in; a reply (bytes and where to
+//! send them), journal records and DNS effects come out. The caller must
+//! make the records durable before it sends the reply (see `mod.rs`).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use dhcproto::{
+    Decodable as _, Decoder, Encodable as _, Encoder,
+    v4::{DhcpOption, DhcpOptions, Message, MessageType, Opcode, OptionCode},
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::{
+    journal::{LeaseRecord, RecordState},
+    leases::{ClientKey, DECLINE_QUARANTINE_SECS, Lease, OFFER_HOLD_SECS, Range, State, Table},
+    options, pxe,
+};
+use crate::config::{Config, DhcpSection, Pxe};
+
+/// Where a reply goes (RFC 2131 §4.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    /// To the relay agent, port 67.
+    Relay(Ipv4Addr),
+    /// 255.255.255.255 port 68 on the segment.
+    Broadcast,
+    /// To the client's configured address (ciaddr), port 68.
+    Client(Ipv4Addr),
+    /// To yiaddr at this hardware address (no ARP possible yet): the caller
+    /// adds a neighbour entry first, or broadcasts.
+    Hardware { ip: Ipv4Addr, hw: [u8; 6] },
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The segment (index into the configuration's segments) whose interface sends it.
+    pub segment: usize,
+    pub dest: Dest,
+    pub bytes: Vec<u8>,
+}
+
+/// Name registrations the wrapper applies to the DNS service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Register { zone: String, hostname: String, addr: Ipv4Addr },
+    Unregister { zone: String, hostname: String, addr: Ipv4Addr },
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub reply: Option<Reply>,
+    /// To be made durable before `reply` is sent.
+    pub records: Vec<LeaseRecord>,
+    pub effects: Vec<Effect>,
+}
+
+/// Counters for `coresvc status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub discovers: u64,
+    pub offers: u64,
+    pub requests: u64,
+    pub acks: u64,
+    pub naks: u64,
+    pub releases: u64,
+    pub declines: u64,
+    pub informs: u64,
+    /// Clients that got no offer because their segment's pools are full.
+    pub pool_exhausted: u64,
+    /// Dropped requests by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Why a packet was dropped without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Shorter than a BOOTP header, or options that do not parse.
+    Malformed,
+    /// A BOOTREPLY (op 2) or an unknown op.
+    NotARequest,
+    /// hlen above 16.
+    BadHardwareLength,
+    /// No DHCP magic cookie (plain BOOTP is not served).
+    NoMagicCookie,
+    /// No option 53.
+    NoMessageType,
+    /// A message type a server never receives (OFFER, ACK, ...).
+    UnexpectedType,
+    /// giaddr lies in no served segment.
+    UnknownRelay,
+    /// Arrived on a segment without pools or static hosts.
+    NotServed,
+    /// A REQUEST for another server (the client chose its offer).
+    OtherServer,
+    /// A REQUEST without any address to confirm.
+    NoAddress,
+    /// RELEASE or DECLINE of an address the client does not hold.
+    NotHeld,
+}
+
+impl Drop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::NotARequest => "not_a_request",
+            Drop::BadHardwareLength => "bad_hardware_length",
+            Drop::NoMagicCookie => "no_magic_cookie",
+            Drop::NoMessageType => "no_message_type",
+            Drop::UnexpectedType => "unexpected_type",
+            Drop::UnknownRelay => "unknown_relay",
+            Drop::NotServed => "not_served",
+            Drop::OtherServer => "other_server",
+            Drop::NoAddress => "no_address",
+            Drop::NotHeld => "not_held",
+        }
+    }
+}
+
+/// A segment as the DHCP server sees it.
+pub struct Segment {
+    pub name: String,
+    pub interface: String,
+    pub net: Ipv4Net,
+    /// The server identifier and default router: the segment's active address.
+    pub server_id: Ipv4Addr,
+    pub zone: Option<String>,
+    pub mtu: Option<u16>,
+    pub ranges: Vec<Range>,
+    /// For each range, its `dhcp.pool` index.
+    pool_of_range: Vec<usize>,
+    /// Has a pool or static hosts.
+    pub served: bool,
+    last_exhausted_log: Option<u64>,
+}
+
+struct StaticHost {
+    segment: usize,
+    mac: Option<[u8; 6]>,
+    client_id: Option<Vec<u8>>,
+    addr: Ipv4Addr,
+    hostname: Option<String>,
+    lease_time: Option<u32>,
+    pxe: Option<Pxe>,
+}
+
+/// Pool use for `coresvc status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentUse {
+    pub segment: String,
+    pub interface: String,
+    pub pool_size: u64,
+    pub bound: u64,
+    pub offered: u64,
+    pub declined: u64,
+    pub static_hosts: u64,
+}
+
+/// One lease for `coresvc leases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub address: Ipv4Addr,
+    pub segment: String,
+    pub state: State,
+    /// The hardware address, `02:00:00:14:00:32`.
+    pub mac: String,
+    /// The client identifier (option 61) in hex, when the client sent one.
+    pub client_id: Option<String>,
+    pub hostname: Option<String>,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+pub struct Server {
+    pub segments: Vec<Segment>,
+    hosts: Vec<StaticHost>,
+    excluded: HashSet<Ipv4Addr>,
+    cfg: DhcpSection,
+    dns_enabled: bool,
+    pub leases: Table,
+    pub counters: Counters,
+}
+
+/// A parsed request and what the server needs from it.
+struct Request {
+    msg: Message,
+    kind: MessageType,
+    segment: usize,
+    key: ClientKey,
+    requested: Option<Ipv4Addr>,
+    server_id: Option<Ipv4Addr>,
+}
+
+fn hex(b: &[u8], sep: &str) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(sep)
+}
+
+impl Server {
+    /// The server for `cfg`, with the leases the journal had (records for
+    /// segments or addresses that are no longer served are left out).
+    pub fn new(cfg: &Config, records: Vec<LeaseRecord>) -> Server {
+        let mut segments: Vec<Segment> = cfg
+            .segments
+            .iter()
+            .map(|s| Segment {
+                name: s.name.clone(),
+                interface: s.interface.clone(),
+                net: s.cidr.trunc(),
+                server_id: s.gateway,
+                zone: s.zone.as_ref().map(|z| z.trim_end_matches('.').to_ascii_lowercase()),
+                mtu: s.mtu,
+                ranges: Vec::new(),
+                pool_of_range: Vec::new(),
+                served: false,
+                last_exhausted_log: None,
+            })
+            .collect();
+        for (pi, p) in cfg.dhcp.pools.iter().enumerate() {
+            if let Some(s) = segments.iter_mut().find(|s| s.name == p.segment) {
+                s.ranges.push(Range::new(p.start, p.end));
+                s.pool_of_range.push(pi);
+                s.served = true;
+            }
+        }
+        let mut hosts = Vec::new();
+        let mut excluded: HashSet<Ipv4Addr> =
+            cfg.segments.iter().flat_map(|s| [Some(s.gateway), s.reserved]).flatten().collect();
+        for h in &cfg.dhcp.hosts {
+            let Some(si) = segments.iter().position(|s| s.net.contains(&h.address)) else { continue };
+            segments[si].served = true;
+            excluded.insert(h.address);
+            hosts.push(StaticHost {
+                segment: si,
+                mac: h.mac.map(|m| m.0),
+                client_id: h.client_id.as_ref().map(|c| c.0.clone()),
+                addr: h.address,
+                hostname: h.hostname.clone(),
+                lease_time: h.lease_time.map(|d| d.secs()),
+                pxe: h.pxe.clone(),
+            });
+        }
+        let mut server = Server {
+            segments,
+            hosts,
+            excluded,
+            cfg: cfg.dhcp.clone(),
+            dns_enabled: cfg.dns.enabled,
+            leases: Table::default(),
+            counters: Counters::default(),
+        };
+        let mut skipped = 0;
+        for r in records {
+            let Some(si) = server.segments.iter().position(|s| s.name == r.segment && s.net.contains(&r.addr)) else {
+                skipped += 1;
+                continue;
+            };
+            let state = match r.state {
+                RecordState::Bound => State::Bound,
+                RecordState::Released => State::Released,
+                RecordState::Declined => State::Declined,
+            };
+            server.leases.put(Lease {
+                addr: r.addr,
+                segment: si,
+                state,
+                expires: r.expires,
+                client: (!r.client.is_empty()).then_some(ClientKey(r.client)),
+                hw: r.hw,
+                hostname: r.hostname,
+            });
+        }
+        if skipped > 0 {
+            info!("dhcp: {skipped} journal records are for segments or addresses no longer configured; ignored");
+        }
+        server
+    }
+
+    /// The names of live leases, to register again after a restart.
+    pub fn registrations(&self, now: u64) -> Vec<Effect> {
+        self.leases
+            .iter()
+            .filter(|l| l.state == State::Bound && l.expires > now)
+            .filter_map(|l| self.effect(l, true))
+            .collect()
+    }
+
+    fn effect(&self, l: &Lease, register: bool) -> Option<Effect> {
+        let zone = self.segments[l.segment].zone.clone()?;
+        let hostname = l.hostname.clone()?;
+        Some(if register {
+            Effect::Register { zone, hostname, addr: l.addr }
+        } else {
+            Effect::Unregister { zone, hostname, addr: l.addr }
+        })
+    }
+
+    /// The records that describe the table now (for compaction).
+    pub fn snapshot(&self) -> Vec<LeaseRecord> {
+        self.leases.iter().filter_map(|l| l.record(&self.segments[l.segment].name)).collect()
+    }
+
+    /// Ends leases, offers and quarantines whose time has come; the names
+    /// of expired leases go out of DNS.
+    pub fn expire(&mut self, now: u64) -> Vec<Effect> {
+        let expired = self.leases.expire(now);
+        expired.iter().filter_map(|l| self.effect(l, false)).collect()
+    }
+
+    pub fn usage(&self, now: u64) -> Vec<SegmentUse> {
+        let mut out: Vec<SegmentUse> = self
+            .segments
+            .iter()
+            .filter(|s| s.served)
+            .map(|s| SegmentUse {
+                segment: s.name.clone(),
+                interface: s.interface.clone(),
+                pool_size: s.ranges.iter().map(Range::size).sum(),
+                bound: 0,
+                offered: 0,
+                declined: 0,
+                static_hosts: 0,
+            })
+            .collect();
+        for l in self.leases.iter() {
+            let Some(u) = out.iter_mut().find(|u| u.segment == self.segments[l.segment].name) else { continue };
+            match l.state {
+                State::Bound if l.expires > now => u.bound += 1,
+                State::Offered if l.expires > now => u.offered += 1,
+                State::Declined if l.expires > now => u.declined += 1,
+                _ => {}
+            }
+        }
+        for h in &self.hosts {
+            if let Some(u) = out.iter_mut().find(|u| u.segment == self.segments[h.segment].name) {
+                u.static_hosts += 1;
+            }
+        }
+        out
+    }
+
+    pub fn list(&self) -> Vec<LeaseInfo> {
+        let mut v: Vec<LeaseInfo> = self
+            .leases
+            .iter()
+            .map(|l| LeaseInfo {
+                address: l.addr,
+                segment: self.segments[l.segment].name.clone(),
+                state: l.state,
+                mac: hex(&l.hw, ":"),
+                client_id: l.client.as_ref().and_then(|c| c.client_id()).map(|c| hex(c, ":")),
+                hostname: l.hostname.clone(),
+                expires: l.expires,
+            })
+            .collect();
+        v.sort_by_key(|l| u32::from(l.address));
+        v
+    }
+
+    fn drop(&mut self, why: Drop) -> Outcome {
+        *self.counters.drops.entry(why.name().to_string()).or_default() += 1;
+        Outcome::default()
+    }
+
+    /// Handles one datagram that arrived on `segment`'s interface (`None`:
+    /// an interface that is not a segment) at unix time `now`.
+    pub fn handle(&mut self, segment: Option<usize>, bytes: &[u8], now: u64) -> Outcome {
+        let req = match self.parse(segment, bytes) {
+            Ok(r) => r,
+            Err(why) => return self.drop(why),
+        };
+        match req.kind {
+            MessageType::Discover => {
+                self.counters.discovers += 1;
+                self.discover(req, now)
+            }
+            MessageType::Request => {
+                self.counters.requests += 1;
+                self.request(req, now)
+            }
+            MessageType::Release => {
+                self.counters.releases += 1;
+                self.release(req, now)
+            }
+            MessageType::Decline => {
+                self.counters.declines += 1;
+                self.decline(req, now)
+            }
+            MessageType::Inform => {
+                self.counters.informs += 1;
+                self.inform(req)
+            }
+            _ => self.drop(Drop::UnexpectedType),
+        }
+    }
+
+    /// RFC 2131 §2 and §4.1: the fixed header, the magic cookie, option 53;
+    /// the segment is giaddr's (relayed) or the receiving interface's.
+    fn parse(&self, segment: Option<usize>, bytes: &[u8]) -> Result<Request, Drop> {
+        if bytes.len() < 240 {
+            return Err(Drop::Malformed);
+        }
+        if bytes[0] != 1 {
+            return Err(Drop::NotARequest);
+        }
+        if bytes[2] > 16 {
+            return Err(Drop::BadHardwareLength);
+        }
+        if bytes[236..240] != [99, 130, 83, 99] {
+            return Err(Drop::NoMagicCookie);
+        }
+        if !options_sane(&bytes[240..]) {
+            return Err(Drop::Malformed);
+        }
+        let msg = Message::decode(&mut Decoder::new(bytes)).map_err(|_| Drop::Malformed)?;
+        if msg.opcode() != Opcode::BootRequest {
+            return Err(Drop::NotARequest);
+        }
+        let kind = msg.opts().msg_type().ok_or(Drop::NoMessageType)?;
+        let giaddr = msg.giaddr();
+        let segment = if !giaddr.is_unspecified() {
+            self.segments.iter().position(|s| s.served && s.net.contains(&giaddr)).ok_or(Drop::UnknownRelay)?
+        } else {
+            segment.filter(|&s| self.segments[s].served).ok_or(Drop::NotServed)?
+        };
+        let key = match msg.opts().get(OptionCode::ClientIdentifier) {
+            Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => ClientKey::from_client_id(id),
+            _ => ClientKey::from_hw(u8::from(msg.htype()), msg.chaddr()),
+        };
+        let requested = match msg.opts().get(OptionCode::RequestedIpAddress) {
+            Some(DhcpOption::RequestedIpAddress(a)) => Some(*a),
+            _ => None,
+        };
+        let server_id = match msg.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(a)) => Some(*a),
+            _ => None,
+        };
+        Ok(Request { msg, kind, segment, key, requested, server_id })
+    }
+
+    /// The static host this client is on its segment: by client identifier
+    /// first, then by MAC.
+    fn host_for(&self, req: &Request) -> Option<&StaticHost> {
+        let cid = req.key.client_id();
+        let mac = (req.msg.chaddr().len() == 6).then(|| req.msg.chaddr());
+        let here = || self.hosts.iter().filter(|h| h.segment == req.segment);
+        here()
+            .find(|h| cid.is_some() && h.client_id.as_deref() == cid)
+            .or_else(|| here().find(|h| mac.is_some() && h.mac.as_ref().map(|m| &m[..]) == mac))
+    }
+
+    /// The pool (`dhcp.pool` index) whose range holds `a` on `segment`.
+    fn pool_of(&self, segment: usize, a: Ipv4Addr) -> Option<usize> {
+        let s = &self.segments[segment];
+        s.ranges.iter().position(|r| r.contains(a)).map(|i| s.pool_of_range[i])
+    }
+
+    /// May a dynamic client `key` have `a` on `segment`?
+    fn dynamic_ok(&self, segment: usize, key: &ClientKey, a: Ipv4Addr, now: u64) -> bool {
+        if self.pool_of(segment, a).is_none() || self.excluded.contains(&a) {
+            return false;
+        }
+        match self.leases.get(a) {
+            None => true,
+            Some(l) if l.client.as_ref() == Some(key) && l.segment == segment => !l.quarantined(now),
+            Some(l) => !l.active(now) && !l.quarantined(now),
+        }
+    }
+
+    /// RFC 2131 §4.3.1: a static address, else the client's own (current or
+    /// last) address, else the one it asks for, else a free one.
+    fn discover(&mut self, req: Request, now: u64) -> Outcome {
+        let seg = req.segment;
+        let addr = if let Some(h) = self.host_for(&req) {
+            h.addr
+        } else {
+            let own = self.leases.of_client(seg, &req.key).map(|l| l.addr);
+            let pick = own
+                .filter(|&a| self.dynamic_ok(seg, &req.key, a, now))
+                .or(req.requested.filter(|&a| self.dynamic_ok(seg, &req.key, a, now)))
+                .or_else(|| {
+                    let excluded = &self.excluded;
+                    let mut ranges = std::mem::take(&mut self.segments[seg].ranges);
+                    let a = self.leases.allocate(&mut ranges, now, &|a| excluded.contains(&a));
+                    self.segments[seg].ranges = ranges;
+                    a
+                });
+            let Some(a) = pick else {
+                self.counters.pool_exhausted += 1;
+                let s = &mut self.segments[seg];
+                if s.last_exhausted_log.is_none_or(|t| now >= t + 10) {
+                    s.last_exhausted_log = Some(now);
+                    warn!(segment = %s.name, "dhcp: pool exhausted, no address to offer (counted as pool_exhausted)");
+                }
+                return Outcome::default();
+            };
+            // Hold it for this client (in memory only: an offer promises nothing).
+            let bound_here =
+                self.leases.get(a).is_some_and(|l| l.state == State::Bound && l.client.as_ref() == Some(&req.key));
+            if !bound_here {
+                let hostname = self.client_hostname(&req.msg);
+                self.leases.put(Lease {
+                    addr: a,
+                    segment: seg,
+                    state: State::Offered,
+                    expires: now + OFFER_HOLD_SECS,
+                    client: Some(req.key.clone()),
+                    hw: req.msg.chaddr().to_vec(),
+                    hostname,
+                });
+            }
+            a
+        };
+        self.counters.offers += 1;
+        let t = self.lease_time(&req, addr);
+        let reply = self.reply(&req, MessageType::Offer, addr, Some(t));
+        Outcome { reply: Some(reply), ..Default::default() }
+    }
+
+    /// RFC 2131 §4.3.2: SELECTING (server identifier present), INIT-REBOOT
+    /// (requested address, no ciaddr), RENEWING and REBINDING (ciaddr).
+    fn request(&mut self, req: Request, now: u64) -> Outcome {
+        let seg = req.segment;
+        let ours = self.segments[seg].server_id;
+        let ciaddr = req.msg.ciaddr();
+        let addr = if let Some(sid) = req.server_id {
+            if sid != ours {
+                // The client took another server's offer: let ours go.
+                if let Some(l) = self.leases.of_client(seg, &req.key)
+                    && l.state == State::Offered
+                {
+                    let a = l.addr;
+                    self.leases.remove(a);
+                }
+                return self.drop(Drop::OtherServer);
+            }
+            match req.requested.or((!ciaddr.is_unspecified()).then_some(ciaddr)) {
+                Some(a) => a,
+                None => return self.drop(Drop::NoAddress),
+            }
+        } else if let Some(a) = req.requested.filter(|_| ciaddr.is_unspecified()) {
+            a
+        } else if !ciaddr.is_unspecified() {
+            ciaddr
+        } else {
+            return self.drop(Drop::NoAddress);
+        };
+        // A wrong address for the segment, or one that is not this client's,
+        // is NAKed: coresvc is the authority on its segments.
+        if !self.segments[seg].net.contains(&addr) {
+            return self.nak(&req, "address is not on the client's segment");
+        }
+        let is_static = match self.host_for(&req) {
+            Some(h) if h.addr != addr => return self.nak(&req, "not the host's static address"),
+            Some(_) => true,
+            None if !self.dynamic_ok(seg, &req.key, addr, now) => {
+                return self.nak(&req, "address is not available to this client");
+            }
+            None => false,
+        };
+        let lease_time = self.lease_time(&req, addr);
+        let mut out = Outcome::default();
+        let hostname = if is_static { None } else { self.client_hostname(&req.msg) };
+        // The client's previous bound address elsewhere on the segment is given up.
+        if let Some(old) =
+            self.leases.of_client(seg, &req.key).filter(|l| l.addr != addr && l.state == State::Bound).cloned()
+        {
+            let mut freed = old.clone();
+            freed.state = State::Released;
+            freed.expires = now;
+            out.effects.extend(self.effect(&old, false));
+            out.records.extend(freed.record(&self.segments[seg].name));
+            self.leases.put(freed);
+        }
+        let previous = self.leases.get(addr).cloned();
+        if let Some(p) = &previous {
+            let was_registered = p.state == State::Bound && p.client.as_ref() == Some(&req.key);
+            if was_registered && p.hostname != hostname {
+                out.effects.extend(self.effect(p, false));
+            }
+        }
+        let lease = Lease {
+            addr,
+            segment: seg,
+            state: State::Bound,
+            expires: now + u64::from(lease_time),
+            client: Some(req.key.clone()),
+            hw: req.msg.chaddr().to_vec(),
+            hostname,
+        };
+        out.records.extend(lease.record(&self.segments[seg].name));
+        out.effects.extend(self.effect(&lease, true));
+        self.leases.put(lease);
+        self.counters.acks += 1;
+        out.reply = Some(self.reply(&req, MessageType::Ack, addr, Some(lease_time)));
+        out
+    }
+
+    fn nak(&mut self, req: &Request, why: &str) -> Outcome {
+        debug!(segment = %self.segments[req.segment].name, requested = ?req.requested, ciaddr = %req.msg.ciaddr(), "dhcp: NAK: {why}");
+        self.counters.naks += 1;
+        let mut m = self.base_reply(req, MessageType::Nak);
+        m.opts_mut().insert(DhcpOption::Message(why.to_string()));
+        let bytes = encode(&m);
+        // RFC 2131 §4.1: a NAK goes to the relay, else is broadcast.
+        let dest = if req.msg.giaddr().is_unspecified() { Dest::Broadcast } else { Dest::Relay(req.msg.giaddr()) };
+        Outcome { reply: Some(Reply { segment: req.segment, dest, bytes }), ..Default::default() }
+    }
+
+    /// RFC 2131 §4.3.4.
+    fn release(&mut self, req: Request, now: u64) -> Outcome {
+        let a = req.msg.ciaddr();
+        let seg = req.segment;
+        let Some(l) = self
+            .leases
+            .get(a)
+            .filter(|l| l.segment == seg && l.client.as_ref() == Some(&req.key) && l.state == State::Bound)
+            .cloned()
+        else {
+            return self.drop(Drop::NotHeld);
+        };
+        let mut out = Outcome::default();
+        out.effects.extend(self.effect(&l, false));
+        let mut freed = l;
+        freed.state = State::Released;
+        freed.expires = now;
+        out.records.extend(freed.record(&self.segments[seg].name));
+        self.leases.put(freed);
+        out
+    }
+
+    /// RFC 2131 §4.3.3: the address is in use by someone else; quarantine it.
+    fn decline(&mut self, req: Request, now: u64) -> Outcome {
+        let seg = req.segment;
+        let Some(a) = req.requested else { return self.drop(Drop::NoAddress) };
+        let Some(l) = self
+            .leases
+            .get(a)
+            .filter(|l| l.segment == seg && l.client.as_ref() == Some(&req.key) && l.active(now))
+            .cloned()
+        else {
+            return self.drop(Drop::NotHeld);
+        };
+        warn!(segment = %self.segments[seg].name, address = %a, "dhcp: client declined the address (in use by another host); quarantined for {DECLINE_QUARANTINE_SECS} s");
+        let mut out = Outcome::default();
+        if l.state == State::Bound {
+            out.effects.extend(self.effect(&l, false));
+        }
+        self.leases.remove(a);
+        let q = Lease {
+            addr: a,
+            segment: seg,
+            state: State::Declined,
+            expires: now + DECLINE_QUARANTINE_SECS,
+            client: None,
+            hw: Vec::new(),
+            hostname: None,
+        };
+        out.records.extend(q.record(&self.segments[seg].name));
+        self.leases.put(q);
+        out
+    }
+
+    /// RFC 2131 §4.3.5: configuration only, no address, no lease time.
+    fn inform(&mut self, req: Request) -> Outcome {
+        self.counters.acks += 1;
+        let reply = self.reply(&req, MessageType::Ack, Ipv4Addr::UNSPECIFIED, None);
+        Outcome { reply: Some(reply), ..Default::default() }
+    }
+
+    fn client_hostname(&self, m: &Message) -> Option<String> {
+        let raw = match m.opts().get(OptionCode::ClientFQDN) {
+            Some(DhcpOption::ClientFQDN(f)) => Some(f.domain().to_ascii()),
+            _ => match m.opts().get(OptionCode::Hostname) {
+                Some(DhcpOption::Hostname(h)) => Some(h.clone()),
+                _ => None,
+            },
+        }?;
+        options::sanitise_hostname(&raw)
+    }
+
+    /// The fields every reply copies from the request (RFC 2131 §4.3.1 table 3).
+    fn base_reply(&self, req: &Request, kind: MessageType) -> Message {
+        let q = &req.msg;
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootReply)
+            .set_htype(q.htype())
+            .set_xid(q.xid())
+            .set_flags(q.flags())
+            .set_giaddr(q.giaddr())
+            .set_chaddr(q.chaddr());
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(self.segments[req.segment].server_id));
+        // RFC 3046 §2.2: relay agent information is echoed.
+        if let Some(o @ DhcpOption::RelayAgentInformation(_)) = q.opts().get(OptionCode::RelayAgentInformation) {
+            m.opts_mut().insert(o.clone());
+        }
+        m
+    }
+
+    /// The lease for `addr`: the host's, the pool's or the default time, or
+    /// what the client asked for (RFC 2131 §3.5), capped by `max_lease_time`.
+    fn lease_time(&self, req: &Request, addr: Ipv4Addr) -> u32 {
+        let configured = self
+            .host_for(req)
+            .and_then(|h| h.lease_time)
+            .or_else(|| {
+                let pool = self.pool_of(req.segment, addr).and_then(|p| self.cfg.pools.get(p));
+                pool.and_then(|p| p.lease_time).map(|d| d.secs())
+            })
+            .unwrap_or(self.cfg.lease_time.secs());
+        match req.msg.opts().get(OptionCode::AddressLeaseTime) {
+            Some(DhcpOption::AddressLeaseTime(t)) => (*t).clamp(60, self.cfg.max_lease_time.secs()),
+            _ => configured,
+        }
+    }
+
+    /// An OFFER or ACK with a lease of `lease` seconds (an INFORM's ACK: `None`).
+    fn reply(&self, req: &Request, kind: MessageType, yiaddr: Ipv4Addr, lease: Option<u32>) -> Reply {
+        let seg = &self.segments[req.segment];
+        let q = &req.msg;
+        let mut m = self.base_reply(req, kind);
+        m.set_yiaddr(yiaddr);
+        if lease.is_none() {
+            m.set_ciaddr(q.ciaddr());
+        }
+        let host = self.host_for(req);
+        let pool = self.pool_of(req.segment, yiaddr).and_then(|p| self.cfg.pools.get(p));
+        let o = m.opts_mut();
+        o.insert(DhcpOption::SubnetMask(seg.net.netmask()));
+        o.insert(DhcpOption::Router(vec![seg.server_id]));
+        if self.dns_enabled {
+            o.insert(DhcpOption::DomainNameServer(vec![seg.server_id]));
+        }
+        if let Some(z) = &seg.zone {
+            o.insert(DhcpOption::DomainName(z.clone()));
+        }
+        // RFC 3397: the pool's list, else the global one, else the segment's zone.
+        let search = pool
+            .and_then(|p| p.domain_search.clone())
+            .or_else(|| (!self.cfg.domain_search.is_empty()).then(|| self.cfg.domain_search.clone()))
+            .or_else(|| seg.zone.clone().map(|z| vec![z]))
+            .unwrap_or_default();
+        let names: Vec<_> = search
+            .iter()
+            .filter_map(|d| hickory_proto::rr::Name::from_ascii(format!("{}.", d.trim_end_matches('.'))).ok())
+            .collect();
+        if !names.is_empty() {
+            o.insert(DhcpOption::DomainSearch(names));
+        }
+        if let Some(mtu) = seg.mtu {
+            o.insert(DhcpOption::InterfaceMtu(mtu));
+        }
+        if !self.cfg.ntp_servers.is_empty() {
+            o.insert(DhcpOption::NtpServers(self.cfg.ntp_servers.clone()));
+        }
+        if let Some(name) = host.and_then(|h| h.hostname.clone()) {
+            o.insert(DhcpOption::Hostname(name));
+        }
+        if let Some(t) = lease {
+            insert_times(o, t);
+        }
+        for c in self.cfg.options.iter().chain(pool.map(|p| &p.options[..]).unwrap_or(&[])) {
+            o.insert(options::configured(c));
+        }
+        // PXE and HTTP boot.
+        let boot_client = boot_client(q);
+        if let Some(b) = pxe::boot(&boot_client, host.and_then(|h| h.pxe.as_ref()), &self.cfg.pxe, seg.server_id) {
+            m.set_siaddr(b.next_server);
+            let wants = |c: u8| requested(q, c);
+            if b.file.len() < 128 {
+                m.set_fname_str(&b.file);
+            }
+            let o = m.opts_mut();
+            if b.file.len() >= 128 || wants(67) {
+                o.insert(DhcpOption::BootfileName(b.file.clone().into_bytes()));
+            }
+            if wants(66) {
+                o.insert(DhcpOption::TFTPServerName(b.next_server.to_string().into_bytes()));
+            }
+            if b.http {
+                o.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+            }
+        }
+        let bytes = fit(&m, q);
+        Reply { segment: req.segment, dest: dest(q, kind, yiaddr), bytes }
+    }
+}
+
+/// The option lengths dhcproto asserts (in debug builds) instead of
+/// checking: RFC 4039 rapid commit (0), RFC 4578 client network interface
+/// (3), RFC 4702 client FQDN (at least 3), RFC 6926 times (4).
+fn options_sane(mut opts: &[u8]) -> bool {
+    while let Some((&code, rest)) = opts.split_first() {
+        match code {
+            0 => opts = rest,
+            255 => return true,
+            _ => {
+                let Some((&len, rest)) = rest.split_first() else { return true };
+                let ok = match code {
+                    80 => len == 0,
+                    94 => len == 3,
+                    81 => len >= 3,
+                    152..=155 => len == 4,
+                    _ => true,
+                };
+                if !ok {
+                    return false;
+                }
+                opts = rest.get(usize::from(len)..).unwrap_or(&[]);
+            }
+        }
+    }
+    true
+}
+
+/// RFC 2131 §4.4.5: T1 = 0.5 and T2 = 0.875 of the lease.
+fn insert_times(o: &mut DhcpOptions, t: u32) {
+    o.insert(DhcpOption::AddressLeaseTime(t));
+    o.insert(DhcpOption::Renewal(t / 2));
+    o.insert(DhcpOption::Rebinding((u64::from(t) * 7 / 8) as u32));
+}
+
+fn requested(q: &Message, code: u8) -> bool {
+    matches!(q.opts().get(OptionCode::ParameterRequestList), Some(DhcpOption::ParameterRequestList(l)) if l.iter().any(|c| u8::from(*c) == code))
+}
+
+fn boot_client(q: &Message) -> pxe::BootClient {
+    let class = match q.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(c)) => c.as_slice(),
+        _ => &[],
+    };
+    pxe::BootClient {
+        arch: match q.opts().get(OptionCode::ClientSystemArchitecture) {
+            Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+            _ => None,
+        },
+        pxe_class: class.starts_with(b"PXEClient"),
+        http_class: class.starts_with(b"HTTPClient"),
+        ipxe: matches!(q.opts().get(OptionCode::UserClass), Some(DhcpOption::UserClass(u)) if pxe::user_class_is_ipxe(u))
+            || q.opts().get(OptionCode::from(175)).is_some(),
+    }
+}
+
+/// RFC 2131 §4.1: relay, then ciaddr, then broadcast (flag set), else
+/// unicast to yiaddr at chaddr.
+fn dest(q: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Dest {
+    if !q.giaddr().is_unspecified() {
+        Dest::Relay(q.giaddr())
+    } else if !q.ciaddr().is_unspecified() {
+        Dest::Client(q.ciaddr())
+    } else if q.flags().broadcast() || kind == MessageType::Nak || yiaddr.is_unspecified() || q.chaddr().len() != 6 {
+        Dest::Broadcast
+    } else {
+        let mut hw = [0; 6];
+        hw.copy_from_slice(q.chaddr());
+        Dest::Hardware { ip: yiaddr, hw }
+    }
+}
+
+fn encode(m: &Message) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(576);
+    // Encoding into a Vec cannot fail for the messages built here.
+    let _ = m.encode(&mut Encoder::new(&mut buf));
+    // BOOTP's minimum message (RFC 1542 §3.4): some clients drop shorter ones.
+    if buf.len() < 300 {
+        buf.resize(300, 0);
+    }
+    buf
+}
+
+/// Encodes `m`, dropping options the client did not ask for when the reply
+/// would exceed its maximum message size (option 57, default 576, RFC 2131 §2).
+fn fit(m: &Message, q: &Message) -> Vec<u8> {
+    let max = match q.opts().get(OptionCode::MaxMessageSize) {
+        Some(DhcpOption::MaxMessageSize(n)) => usize::from(*n).max(576),
+        _ => 576,
+    } - 28;
+    let bytes = encode(m);
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let mut m = m.clone();
+    m.opts_mut().retain(|c, _| options::ESSENTIAL.contains(&u8::from(*c)) || requested(q, u8::from(*c)));
+    encode(&m)
+}

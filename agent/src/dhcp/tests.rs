@@ -1,0 +1,584 @@
+//! The state machine without sockets: requests as bytes in, replies,
+//! journal records and DNS effects out (RFC 2131 §4.3 case by case).
+
+use std::{net::Ipv4Addr, path::Path};
+
+use dhcproto::{
+    Decodable as _, Decoder, Encodable as _, Encoder,
+    v4::{
+        DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
+        relay::{RelayAgentInformation, RelayCode, RelayInfo},
+    },
+};
+
+use super::{
+    journal::{self, RecordState},
+    leases::{DECLINE_QUARANTINE_SECS, State},
+    server::{Dest, Effect, Outcome, Server},
+};
+use crate::config::Config;
+
+const T0: u64 = 1_800_000_000;
+const DVNT: usize = 1;
+const DVNTM: usize = 2;
+const MGMT: usize = 0;
+const SRV: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
+
+fn config() -> Config {
+    Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coresvc.toml")).unwrap()
+}
+
+fn server() -> Server {
+    Server::new(&config(), Vec::new())
+}
+
+fn mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0x14, 0, n]
+}
+
+fn msg(kind: MessageType, hw: [u8; 6]) -> Message {
+    let mut m = Message::default();
+    m.set_chaddr(&hw).set_xid(0x1234_0000 + u32::from(hw[5]));
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::DomainNameServer,
+        OptionCode::DomainName,
+    ]));
+    m
+}
+
+fn bytes(m: &Message) -> Vec<u8> {
+    let mut b = Vec::new();
+    m.encode(&mut Encoder::new(&mut b)).unwrap();
+    b
+}
+
+fn run(s: &mut Server, seg: usize, m: &Message, now: u64) -> (Outcome, Option<Message>) {
+    let out = s.handle(Some(seg), &bytes(m), now);
+    let reply = out.reply.as_ref().map(|r| Message::decode(&mut Decoder::new(&r.bytes)).unwrap());
+    (out, reply)
+}
+
+fn kind(m: &Message) -> MessageType {
+    m.opts().msg_type().unwrap()
+}
+
+/// DISCOVER, then REQUEST of the offered address: the ACKed address.
+fn dora(s: &mut Server, seg: usize, hw: [u8; 6], now: u64) -> (Ipv4Addr, Outcome) {
+    let (_, offer) = run(s, seg, &msg(MessageType::Discover, hw), now);
+    let offer = offer.expect("an offer");
+    assert_eq!(kind(&offer), MessageType::Offer);
+    let sid = s.segments[seg].server_id;
+    let mut req = msg(MessageType::Request, hw);
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(sid));
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    let (out, ack) = run(s, seg, &req, now);
+    let ack = ack.expect("an ack");
+    assert_eq!(kind(&ack), MessageType::Ack, "{ack}");
+    assert_eq!(ack.yiaddr(), offer.yiaddr());
+    (ack.yiaddr(), out)
+}
+
+#[test]
+fn four_way_exchange_gives_a_pool_address_with_the_options() {
+    let mut s = server();
+    let (_, offer) = run(&mut s, DVNT, &msg(MessageType::Discover, mac(1)), T0);
+    let offer = offer.unwrap();
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 20, 0, 100));
+    let o = offer.opts();
+    assert_eq!(o.get(OptionCode::SubnetMask), Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0))));
+    assert_eq!(o.get(OptionCode::Router), Some(&DhcpOption::Router(vec![SRV])));
+    assert_eq!(o.get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec![SRV])));
+    assert_eq!(o.get(OptionCode::DomainName), Some(&DhcpOption::DomainName("dvnt.deevnet.net".into())));
+    assert!(o.get(OptionCode::DomainSearch).is_some());
+    assert_eq!(o.get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(SRV)));
+    assert_eq!(o.get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600)));
+    assert_eq!(o.get(OptionCode::Renewal), Some(&DhcpOption::Renewal(1800)));
+    assert_eq!(o.get(OptionCode::Rebinding), Some(&DhcpOption::Rebinding(3150)));
+    // The configured option 252 for every segment.
+    assert!(matches!(o.get(OptionCode::from(252)), Some(DhcpOption::Unknown(u)) if u.data().starts_with(b"http://")));
+    // No flag, no address: unicast to the hardware address (RFC 2131 §4.1).
+    let (out, ack) = {
+        let mut req = msg(MessageType::Request, mac(1));
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        run(&mut s, DVNT, &req, T0)
+    };
+    assert_eq!(kind(&ack.unwrap()), MessageType::Ack);
+    assert_eq!(out.reply.as_ref().unwrap().dest, Dest::Hardware { ip: offer.yiaddr(), hw: mac(1) });
+    assert_eq!(out.records.len(), 1, "an ACK is journaled");
+    let r = &out.records[0];
+    assert_eq!(
+        (r.addr, r.state, r.expires, r.segment.as_str()),
+        (offer.yiaddr(), RecordState::Bound, T0 + 3600, "dvnt")
+    );
+    // dvntm's pool has its own search list (RFC 3397), dvnt's is the zone.
+    let search = |m: &Message| match m.opts().get(OptionCode::DomainSearch) {
+        Some(DhcpOption::DomainSearch(n)) => n.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(search(&offer), ["dvnt.deevnet.net."]);
+    let (_, o) = run(&mut s, DVNTM, &msg(MessageType::Discover, mac(1)), T0);
+    assert_eq!(search(&o.unwrap()), ["dvntm.deevnet.net.", "mgmt.deevnet.net."]);
+    // The pool's own lease time on dvntm (30m).
+    let (a, out) = dora(&mut s, DVNTM, mac(1), T0);
+    assert_eq!(a, Ipv4Addr::new(10, 30, 0, 100));
+    assert_eq!(out.records[0].expires, T0 + 1800);
+    assert_eq!((s.counters.discovers, s.counters.offers, s.counters.acks), (3, 3, 2));
+}
+
+#[test]
+fn the_same_client_gets_the_same_address_back() {
+    let mut s = server();
+    let (a1, _) = dora(&mut s, DVNT, mac(1), T0);
+    let (a2, _) = dora(&mut s, DVNT, mac(2), T0);
+    assert_ne!(a1, a2);
+    // Again while bound, after a release, and after expiry.
+    assert_eq!(dora(&mut s, DVNT, mac(1), T0 + 10).0, a1);
+    let mut rel = msg(MessageType::Release, mac(1));
+    rel.set_ciaddr(a1);
+    rel.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+    let (out, reply) = run(&mut s, DVNT, &rel, T0 + 20);
+    assert!(reply.is_none());
+    assert_eq!(out.records[0].state, RecordState::Released);
+    assert_eq!(s.leases.get(a1).unwrap().state, State::Released);
+    // A new client takes a never-used address, not the released one.
+    assert_ne!(dora(&mut s, DVNT, mac(3), T0 + 30).0, a1);
+    assert_eq!(dora(&mut s, DVNT, mac(1), T0 + 40).0, a1);
+    s.expire(T0 + 100_000);
+    assert_eq!(dora(&mut s, DVNT, mac(1), T0 + 100_001).0, a1);
+}
+
+#[test]
+fn client_identifier_wins_over_the_hardware_address() {
+    let mut s = server();
+    let with_id = |kind, hw, id: &[u8]| {
+        let mut m = msg(kind, hw);
+        m.opts_mut().insert(DhcpOption::ClientIdentifier(id.to_vec()));
+        m
+    };
+    let (_, o1) = run(&mut s, DVNT, &with_id(MessageType::Discover, mac(1), b"\x01id-one"), T0);
+    // Same client id on another NIC: the same offer.
+    let (_, o2) = run(&mut s, DVNT, &with_id(MessageType::Discover, mac(9), b"\x01id-one"), T0);
+    assert_eq!(o1.unwrap().yiaddr(), o2.unwrap().yiaddr());
+    // Same MAC, another client id: another client.
+    let (_, o3) = run(&mut s, DVNT, &with_id(MessageType::Discover, mac(1), b"\x01id-two"), T0);
+    assert_ne!(o3.unwrap().yiaddr(), Ipv4Addr::new(10, 20, 0, 100));
+}
+
+#[test]
+fn static_hosts_by_mac_and_by_client_id() {
+    let mut cfg = config();
+    cfg.dhcp.hosts.push(crate::config::DhcpHost {
+        mac: None,
+        client_id: Some("ff:00:01".parse().unwrap()),
+        address: Ipv4Addr::new(10, 20, 0, 20),
+        hostname: Some("byid".into()),
+        lease_time: Some(crate::config::Duration(7200)),
+        pxe: None,
+    });
+    let mut s = Server::new(&cfg, Vec::new());
+    let provisioner = [2, 0, 0, 0x0a, 0, 0x0a];
+    let (a, out) = dora(&mut s, MGMT, provisioner, T0);
+    assert_eq!(a, Ipv4Addr::new(10, 10, 0, 10));
+    assert!(out.effects.is_empty(), "static names come from the DNS configuration");
+    let (_, offer) = run(&mut s, MGMT, &msg(MessageType::Discover, provisioner), T0);
+    assert_eq!(offer.unwrap().opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("provisioner-01".into())));
+    // A stranger on mgmt (no pool) gets nothing.
+    let (_, none) = run(&mut s, MGMT, &msg(MessageType::Discover, mac(5)), T0);
+    assert!(none.is_none());
+    assert_eq!(s.counters.pool_exhausted, 1);
+    let mut d = msg(MessageType::Discover, mac(6));
+    d.opts_mut().insert(DhcpOption::ClientIdentifier(vec![0xff, 0, 1]));
+    let (_, o) = run(&mut s, DVNT, &d, T0);
+    let o = o.unwrap();
+    assert_eq!(o.yiaddr(), Ipv4Addr::new(10, 20, 0, 20));
+    assert_eq!(o.opts().get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(7200)));
+    // A static host asking for another address is refused.
+    let mut r = msg(MessageType::Request, provisioner);
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 10, 0, 50)));
+    assert_eq!(kind(&run(&mut s, MGMT, &r, T0).1.unwrap()), MessageType::Nak);
+}
+
+#[test]
+fn init_reboot_renewing_and_rebinding() {
+    let mut s = server();
+    let (a, _) = dora(&mut s, DVNT, mac(1), T0);
+    let (b, _) = dora(&mut s, DVNT, mac(2), T0);
+    // INIT-REBOOT (requested address, no server id): own address ACKed,
+    // another segment's address and another client's address NAKed.
+    let reboot = |hw, addr| {
+        let mut m = msg(MessageType::Request, hw);
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(addr));
+        m
+    };
+    let (out, ack) = run(&mut s, DVNT, &reboot(mac(1), a), T0 + 5);
+    assert_eq!(kind(&ack.unwrap()), MessageType::Ack);
+    assert_eq!(out.records.len(), 1);
+    let (out, nak) = run(&mut s, DVNT, &reboot(mac(1), Ipv4Addr::new(10, 30, 0, 100)), T0 + 5);
+    let nak = nak.unwrap();
+    assert_eq!(kind(&nak), MessageType::Nak);
+    assert_eq!(nak.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(out.reply.unwrap().dest, Dest::Broadcast);
+    assert!(out.records.is_empty());
+    assert_eq!(kind(&run(&mut s, DVNT, &reboot(mac(1), b), T0 + 5).1.unwrap()), MessageType::Nak);
+    // A client we do not know asking for a free pool address on its segment
+    // (our state was lost): it may have it.
+    assert_eq!(
+        kind(&run(&mut s, DVNT, &reboot(mac(7), Ipv4Addr::new(10, 20, 0, 150)), T0).1.unwrap()),
+        MessageType::Ack
+    );
+    // RENEWING / REBINDING: ciaddr, no requested address, no server id.
+    let mut renew = msg(MessageType::Request, mac(1));
+    renew.set_ciaddr(a);
+    let (out, ack) = run(&mut s, DVNT, &renew, T0 + 1800);
+    let ack = ack.unwrap();
+    assert_eq!((kind(&ack), ack.yiaddr(), ack.ciaddr()), (MessageType::Ack, a, Ipv4Addr::UNSPECIFIED));
+    assert_eq!(out.reply.unwrap().dest, Dest::Client(a));
+    assert_eq!(out.records[0].expires, T0 + 1800 + 3600, "the lease is extended");
+    let mut steal = msg(MessageType::Request, mac(1));
+    steal.set_ciaddr(b);
+    assert_eq!(kind(&run(&mut s, DVNT, &steal, T0 + 1800).1.unwrap()), MessageType::Nak);
+    assert_eq!(s.leases.get(b).unwrap().client, s.leases.get(b).unwrap().client.clone(), "b stays with its client");
+}
+
+#[test]
+fn a_request_for_another_server_releases_our_offer() {
+    let mut s = server();
+    let (_, offer) = run(&mut s, DVNT, &msg(MessageType::Discover, mac(1)), T0);
+    let a = offer.unwrap().yiaddr();
+    let mut req = msg(MessageType::Request, mac(1));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 20, 0, 254)));
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 20, 0, 240)));
+    let (out, r) = run(&mut s, DVNT, &req, T0);
+    assert!(r.is_none() && out.records.is_empty());
+    assert!(s.leases.get(a).is_none());
+    assert_eq!(s.counters.drops["other_server"], 1);
+}
+
+#[test]
+fn declined_addresses_are_quarantined() {
+    let mut s = server();
+    let (a, _) = dora(&mut s, DVNT, mac(1), T0);
+    let mut d = msg(MessageType::Decline, mac(1));
+    d.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
+    d.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+    let (out, r) = run(&mut s, DVNT, &d, T0 + 1);
+    assert!(r.is_none());
+    assert_eq!(out.records[0].state, RecordState::Declined);
+    // Nobody gets it, not even the decliner, until the quarantine ends.
+    let (b, _) = dora(&mut s, DVNT, mac(1), T0 + 2);
+    assert_ne!(a, b);
+    let mut want = msg(MessageType::Discover, mac(2));
+    want.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
+    assert_ne!(run(&mut s, DVNT, &want, T0 + 3).1.unwrap().yiaddr(), a);
+    s.expire(T0 + 2 + DECLINE_QUARANTINE_SECS);
+    assert_eq!(run(&mut s, DVNT, &want, T0 + 3 + DECLINE_QUARANTINE_SECS).1.unwrap().yiaddr(), a);
+}
+
+#[test]
+fn a_full_pool_gives_no_offer_and_is_counted() {
+    let mut cfg = config();
+    cfg.dhcp.pools[0].end = Ipv4Addr::new(10, 20, 0, 101);
+    let mut s = Server::new(&cfg, Vec::new());
+    let a = dora(&mut s, DVNT, mac(1), T0).0;
+    let b = dora(&mut s, DVNT, mac(2), T0).0;
+    assert_ne!(a, b);
+    let (out, r) = run(&mut s, DVNT, &msg(MessageType::Discover, mac(3)), T0);
+    assert!(r.is_none() && out.records.is_empty());
+    assert_eq!(s.counters.pool_exhausted, 1);
+    // Once a lease expires, its address is reused.
+    let mut rel = msg(MessageType::Release, mac(1));
+    rel.set_ciaddr(a);
+    run(&mut s, DVNT, &rel, T0 + 1);
+    assert_eq!(dora(&mut s, DVNT, mac(3), T0 + 2).0, a);
+}
+
+#[test]
+fn relayed_requests_are_served_from_giaddrs_segment_with_option_82() {
+    let mut s = server();
+    let mut d = msg(MessageType::Discover, mac(1));
+    d.set_giaddr(Ipv4Addr::new(10, 30, 0, 50)).set_hops(1);
+    let mut info = RelayAgentInformation::default();
+    info.insert(RelayInfo::AgentCircuitId(b"port-7".to_vec()));
+    d.opts_mut().insert(DhcpOption::RelayAgentInformation(info.clone()));
+    // Arriving on dvnt's interface, but relayed for dvntm.
+    let (out, offer) = run(&mut s, DVNT, &d, T0);
+    let offer = offer.unwrap();
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 30, 0, 100));
+    assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 30, 0, 50));
+    assert_eq!(
+        offer.opts().get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 30, 0, 1)))
+    );
+    match offer.opts().get(OptionCode::RelayAgentInformation) {
+        Some(DhcpOption::RelayAgentInformation(r)) => assert!(r.get(RelayCode::AgentCircuitId).is_some()),
+        o => panic!("option 82 not echoed: {o:?}"),
+    }
+    let reply = out.reply.unwrap();
+    assert_eq!((reply.segment, reply.dest), (DVNTM, Dest::Relay(Ipv4Addr::new(10, 30, 0, 50))));
+    // A relay outside every segment: dropped and counted.
+    d.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
+    assert!(run(&mut s, DVNT, &d, T0).1.is_none());
+    assert_eq!(s.counters.drops["unknown_relay"], 1);
+}
+
+fn pxe_offer(s: &mut Server, hw: [u8; 6], arch: Option<u16>, extra: &[DhcpOption]) -> Message {
+    let mut d = msg(MessageType::Discover, hw);
+    d.set_flags(Flags::default().set_broadcast());
+    if let Some(a) = arch {
+        d.opts_mut().insert(DhcpOption::ClientSystemArchitecture(a.into()));
+        let class = if a == 16 || a == 19 { "HTTPClient:Arch:00016" } else { "PXEClient:Arch:00007:UNDI:003016" };
+        d.opts_mut().insert(DhcpOption::ClassIdentifier(class.as_bytes().to_vec()));
+    }
+    for o in extra {
+        d.opts_mut().insert(o.clone());
+    }
+    let (out, offer) = run(s, DVNT, &d, T0);
+    assert_eq!(out.reply.unwrap().dest, Dest::Broadcast);
+    offer.unwrap()
+}
+
+#[test]
+fn pxe_boot_files_by_architecture_and_ipxe_scripts() {
+    let mut s = server();
+    let file = |m: &Message| m.fname_str().and_then(Result::ok).map(|f| f.trim_end_matches('\0').to_string());
+    for (arch, want) in [(0, "undionly.kpxe"), (7, "ipxe.efi"), (9, "ipxe.efi"), (11, "ipxe-arm64.efi")] {
+        let o = pxe_offer(&mut s, mac(arch as u8 + 1), Some(arch), &[]);
+        assert_eq!(file(&o).as_deref(), Some(want), "arch {arch}");
+        assert_eq!(o.siaddr(), SRV, "next-server is the segment's address");
+        assert!(o.opts().get(OptionCode::ClassIdentifier).is_none());
+    }
+    let http = pxe_offer(&mut s, mac(40), Some(16), &[]);
+    assert_eq!(file(&http).as_deref(), Some("http://artifacts.mgmt.deevnet.net/ipxe.efi"));
+    assert_eq!(
+        http.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+    // iPXE by user class, and by option 175: the script, never the binary.
+    let script = Some("http://artifacts.mgmt.deevnet.net/boot.ipxe".to_string());
+    let o = pxe_offer(&mut s, mac(41), Some(7), &[DhcpOption::UserClass(b"iPXE".to_vec())]);
+    assert_eq!(file(&o), script);
+    let o175 = DhcpOption::Unknown(UnknownOption::new(OptionCode::from(175), vec![1, 1, 1]));
+    assert_eq!(file(&pxe_offer(&mut s, mac(42), Some(0), &[o175])), script);
+    // Not a booting client: no boot file.
+    assert_eq!(file(&pxe_offer(&mut s, mac(43), None, &[])), None);
+    // Option 67 when asked for.
+    let prl = DhcpOption::ParameterRequestList(vec![OptionCode::BootfileName, OptionCode::TFTPServerName]);
+    let o = pxe_offer(&mut s, mac(44), Some(7), &[prl]);
+    assert_eq!(o.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"ipxe.efi".to_vec())));
+    assert_eq!(o.opts().get(OptionCode::TFTPServerName), Some(&DhcpOption::TFTPServerName(b"10.20.0.1".to_vec())));
+}
+
+#[test]
+fn client_names_are_registered_and_removed() {
+    let mut s = server();
+    let (_, offer) = run(&mut s, DVNT, &msg(MessageType::Discover, mac(1)), T0);
+    let a = offer.unwrap().yiaddr();
+    let mut req = msg(MessageType::Request, mac(1));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
+    req.opts_mut().insert(DhcpOption::Hostname("Bob's Laptop.local".into()));
+    let (out, _) = run(&mut s, DVNT, &req, T0);
+    let reg = Effect::Register { zone: "dvnt.deevnet.net".into(), hostname: "bob-s-laptop".into(), addr: a };
+    assert_eq!(out.effects, std::slice::from_ref(&reg));
+    assert_eq!(out.records[0].hostname.as_deref(), Some("bob-s-laptop"));
+    // A restart re-registers it.
+    let again = Server::new(&config(), s.snapshot());
+    assert_eq!(again.registrations(T0 + 1), [reg]);
+    // Release unregisters; so does expiry.
+    let mut rel = msg(MessageType::Release, mac(1));
+    rel.set_ciaddr(a);
+    let unreg = Effect::Unregister { zone: "dvnt.deevnet.net".into(), hostname: "bob-s-laptop".into(), addr: a };
+    assert_eq!(run(&mut s, DVNT, &rel, T0 + 2).0.effects, std::slice::from_ref(&unreg));
+    let (_, out) = {
+        let (_, o) = run(&mut s, DVNT, &msg(MessageType::Discover, mac(1)), T0 + 3);
+        let mut r = msg(MessageType::Request, mac(1));
+        r.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+        r.opts_mut().insert(DhcpOption::RequestedIpAddress(o.unwrap().yiaddr()));
+        r.opts_mut().insert(DhcpOption::Hostname("bob-s-laptop".into()));
+        run(&mut s, DVNT, &r, T0 + 3)
+    };
+    assert!(out.is_some());
+    assert_eq!(s.expire(T0 + 3 + 3600), [unreg]);
+}
+
+#[test]
+fn inform_gets_options_but_no_lease() {
+    let mut s = server();
+    let mut m = msg(MessageType::Inform, mac(1));
+    m.set_ciaddr(Ipv4Addr::new(10, 20, 0, 50));
+    let (out, ack) = run(&mut s, DVNT, &m, T0);
+    let ack = ack.unwrap();
+    assert_eq!((kind(&ack), ack.yiaddr(), ack.ciaddr()), (MessageType::Ack, Ipv4Addr::UNSPECIFIED, m.ciaddr()));
+    assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+    assert!(out.records.is_empty());
+    assert_eq!(out.reply.unwrap().dest, Dest::Client(m.ciaddr()));
+}
+
+#[test]
+fn requested_lease_times_are_capped() {
+    let mut s = server();
+    let (_, o) = run(&mut s, DVNT, &msg(MessageType::Discover, mac(1)), T0);
+    let mut r = msg(MessageType::Request, mac(1));
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(o.unwrap().yiaddr()));
+    r.opts_mut().insert(DhcpOption::AddressLeaseTime(u32::MAX));
+    let (out, ack) = run(&mut s, DVNT, &r, T0);
+    assert_eq!(ack.unwrap().opts().get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(86_400)));
+    assert_eq!(out.records[0].expires, T0 + 86_400);
+}
+
+#[test]
+fn malformed_input_is_dropped_with_a_reason() {
+    let mut s = server();
+    let good = bytes(&msg(MessageType::Discover, mac(1)));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (good[..100].to_vec(), "malformed"),
+        (
+            {
+                let mut b = good.clone();
+                b[0] = 2;
+                b
+            },
+            "not_a_request",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[2] = 200;
+                b
+            },
+            "bad_hardware_length",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[236] = 0;
+                b
+            },
+            "no_magic_cookie",
+        ),
+        (good[..240].to_vec(), "no_message_type"),
+        (bytes(&msg(MessageType::Offer, mac(1))), "unexpected_type"),
+    ];
+    for (b, why) in cases {
+        let out = s.handle(Some(DVNT), &b, T0);
+        assert!(out.reply.is_none() && out.records.is_empty(), "{why}");
+        assert_eq!(s.counters.drops.get(why), Some(&1), "{why}: {:?}", s.counters.drops);
+    }
+    // A segment without pools or hosts (none here: every example segment is
+    // served) and an interface that is no segment.
+    assert!(s.handle(None, &good, T0).reply.is_none());
+    assert_eq!(s.counters.drops["not_served"], 1);
+}
+
+/// A deterministic generator (xorshift) so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_input_never_panics_or_corrupts_the_lease_store() {
+    let mut s = server();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let kinds = [
+        MessageType::Discover,
+        MessageType::Request,
+        MessageType::Release,
+        MessageType::Decline,
+        MessageType::Inform,
+        MessageType::Unknown(99),
+    ];
+    let mut journal_bytes = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..20_000u64 {
+        let now = T0 + i / 10;
+        let b = if rng.below(3) == 0 {
+            // Pure noise of any length.
+            let n = rng.below(700) as usize;
+            (0..n).map(|_| rng.next() as u8).collect()
+        } else {
+            // A plausible request, then random damage.
+            let mut m = msg(kinds[rng.below(kinds.len() as u64) as usize], mac(rng.below(40) as u8));
+            if rng.below(2) == 0 {
+                m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                    10,
+                    20,
+                    0,
+                    90 + rng.below(120) as u8,
+                )));
+            }
+            if rng.below(2) == 0 {
+                m.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+            }
+            if rng.below(3) == 0 {
+                m.set_ciaddr(Ipv4Addr::new(10, 20, 0, 90 + rng.below(120) as u8));
+            }
+            if rng.below(4) == 0 {
+                m.set_giaddr(Ipv4Addr::new(10, rng.below(40) as u8, 0, 7));
+            }
+            if rng.below(4) == 0 {
+                m.opts_mut().insert(DhcpOption::Hostname(format!("h{}", rng.below(10))));
+            }
+            let mut b = bytes(&m);
+            for _ in 0..rng.below(4) {
+                let at = rng.below(b.len() as u64) as usize;
+                b[at] = rng.next() as u8;
+            }
+            if rng.below(5) == 0 {
+                b.truncate(rng.below(b.len() as u64) as usize);
+            }
+            b
+        };
+        let seg = [Some(MGMT), Some(DVNT), Some(DVNTM), None][rng.below(4) as usize];
+        let out = s.handle(seg, &b, now);
+        for r in &out.records {
+            journal::encode(r, &mut journal_bytes);
+            all.push(r.clone());
+        }
+        if let Some(r) = &out.reply {
+            Message::decode(&mut Decoder::new(&r.bytes)).expect("our replies parse");
+        }
+        if i % 1000 == 0 {
+            s.expire(now);
+        }
+    }
+    // No address is bound to two clients, and no client holds two addresses.
+    let now = T0 + 2000;
+    let mut clients = std::collections::HashSet::new();
+    for l in s.leases.iter().filter(|l| l.state == State::Bound && l.expires > now) {
+        assert!(clients.insert((l.segment, l.client.clone())), "{l:?}");
+    }
+    // Everything journaled reads back, and rebuilds the same bound leases.
+    let mut file = Vec::from(&b"CSVCLEAS\x01\0\0\0\0\0\0\0"[..]);
+    file.extend_from_slice(&journal_bytes);
+    let replay = journal::replay(&file, Path::new("j")).unwrap();
+    assert_eq!(replay.records, all);
+    assert!(replay.cut.is_none());
+    let back = Server::new(&config(), replay.records);
+    // (Expiry is not journaled: it follows from the time.)
+    let bound = |s: &Server| {
+        let mut v: Vec<_> = s
+            .leases
+            .iter()
+            .filter(|l| l.state == State::Bound && l.expires > now)
+            .map(|l| (l.addr, l.client.clone(), l.expires))
+            .collect();
+        v.sort_by_key(|x| u32::from(x.0));
+        v
+    };
+    assert_eq!(bound(&back), bound(&s));
+    assert!(s.counters.acks > 100, "the random requests reached the state machine: {:?}", s.counters);
+}
