@@ -17,6 +17,7 @@ use crate::{
     config::Config,
     ctl::{self, Request, Response},
     dataplane::{self, Dataplane},
+    tftp::Tftp,
 };
 
 /// Overrides of the configuration's agent paths (the lab gives each instance its own).
@@ -46,6 +47,7 @@ struct Agent {
     config_path: PathBuf,
     config: Config,
     dataplane: Mutex<Option<Dataplane>>,
+    tftp: Option<Tftp>,
 }
 
 impl ctl::Handler for Agent {
@@ -64,6 +66,7 @@ impl ctl::Handler for Agent {
                         config: self.config_path.clone(),
                         authority: self.config.agent.authority,
                         dataplane: d,
+                        tftp: self.tftp.as_ref().map(Tftp::status),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
                 }
@@ -95,11 +98,22 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
             }
         });
     }
+    // ---- services, after the dataplane is up -------------------------------
+    // TFTP (issue 5): boot files on the segments, while the authority mode allows.
+    let tftp = match Tftp::start(&config, config.agent.authority) {
+        Ok(t) => t,
+        Err(e) => {
+            dp.detach();
+            return Err(anyhow::Error::new(e).context("starting the tftp server"));
+        }
+    };
+    // ---- end of services ----------------------------------------------------
     let agent = Arc::new(Agent {
         started: Instant::now(),
         config_path,
         config: config.clone(),
         dataplane: Mutex::new(Some(dp)),
+        tftp,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));

@@ -41,6 +41,9 @@ pub struct Status {
     pub config: PathBuf,
     pub authority: crate::config::AuthorityMode,
     pub dataplane: DataplaneStatus,
+    /// Absent without a `[tftp]` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tftp: Option<crate::tftp::TftpStatus>,
 }
 
 /// What the server asks of the agent for each request.

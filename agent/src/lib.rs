@@ -7,3 +7,4 @@ pub mod config;
 pub mod ctl;
 pub mod dataplane;
 pub mod netns;
+pub mod tftp;
