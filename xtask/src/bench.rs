@@ -2,6 +2,8 @@
 //! one run, both figures and their ratio. Benchmarks land with the features
 //! they measure (see ARCHITECTURE.md).
 
+mod tftp;
+
 use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
@@ -11,7 +13,8 @@ pub struct BenchArgs {
 }
 
 /// (name, what it compares)
-const BENCHES: &[(&str, &str)] = &[];
+const BENCHES: &[(&str, &str)] =
+    &[("tftp", "MB/s of a 64 MiB file: coresvc vs tftpd-hpa (curl, atftp with windowsize)")];
 
 pub fn main(args: BenchArgs) -> Result<()> {
     crate::setup::run(&crate::setup::SetupOpts::default())?;
@@ -25,6 +28,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
             }
             Ok(())
         }
+        Some(n) if n == "tftp" => tftp::run(),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

@@ -10,6 +10,11 @@ pub const BLKSIZE_MIN: u16 = 8;
 pub const BLKSIZE_MAX: u16 = 65464;
 /// RFC 7440 §3: windowsize is 1 to 65535 blocks.
 pub const WINDOWSIZE_MAX: u16 = u16::MAX;
+/// At most this many bytes of DATA are in flight: the granted windowsize is
+/// cut to fit (RFC 7440 §3 lets the server answer with less). A burst of
+/// large, fragmented blocks otherwise overflows the client's socket buffer,
+/// and an RFC 7440 client only notices at its own timeout.
+pub const MAX_WINDOW_BYTES: u32 = 64 * 1024;
 /// RFC 2349 §3.1: timeout is 1 to 255 seconds.
 const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=255;
 
@@ -112,6 +117,10 @@ pub fn negotiate(options: &[TftpOption<'_>], limits: Limits, tsize_ok: bool) -> 
             _ => {}
         }
     }
+    if let Some(w) = g.windowsize {
+        let fits = (MAX_WINDOW_BYTES / u32::from(g.blksize())).max(1);
+        g.windowsize = Some(w.min(fits.min(u32::from(u16::MAX)) as u16));
+    }
     g
 }
 
@@ -133,14 +142,27 @@ mod tests {
 
     #[test]
     fn clamps_to_the_limits_and_ignores_invalid_values() {
-        let g = neg(&[("blksize", "65464"), ("windowsize", "1000")]);
-        assert_eq!((g.blksize, g.windowsize), (Some(9000), Some(32)));
+        let g = neg(&[("blksize", "1024"), ("windowsize", "1000")]);
+        assert_eq!((g.blksize, g.windowsize), (Some(1024), Some(32)));
+        let g = neg(&[("blksize", "65464")]);
+        assert_eq!(g.blksize, Some(9000));
         let g = neg(&[("blksize", "7"), ("windowsize", "0"), ("timeout", "0"), ("tsize", "x")]);
         assert_eq!(g, Granted::default());
         assert!(!g.any());
         let g = neg(&[("blksize", "-512"), ("timeout", "256"), ("blksize", "1024")]);
         assert_eq!(g, Granted::default(), "a repeated option does not get a second chance");
         assert_eq!(neg(&[("blksize", "99999999999999999999999")]).blksize, None);
+    }
+
+    #[test]
+    fn the_window_is_cut_to_64_kib_in_flight() {
+        let g = neg(&[("blksize", "8192"), ("windowsize", "16")]);
+        assert_eq!((g.blksize, g.windowsize), (Some(8192), Some(8)));
+        let g = neg(&[("blksize", "9000"), ("windowsize", "16")]);
+        assert_eq!(g.windowsize, Some(7));
+        let o: [TftpOption<'_>; 2] = [(b"blksize", b"65464"), (b"windowsize", b"4")];
+        assert_eq!(negotiate(&o, Limits::default(), true).windowsize, Some(1), "one block is always allowed");
+        assert_eq!(neg(&[("windowsize", "16")]).windowsize, Some(16), "16 × 512 bytes fit");
     }
 
     #[test]

@@ -9,17 +9,19 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd as _,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
+use tokio::{io::Interest, net::UdpSocket};
 use tracing::{debug, info, warn};
 
 use super::{
     Refusal, SegmentPlan, Shared,
-    proto::{Repr, Request},
+    fs::FileSource,
+    proto::{DATA_HEADER_LEN, Repr, Request},
     transfer::{Failure, Mode, Outcome, Received, Transfer},
 };
 
@@ -154,20 +156,40 @@ fn refuse(shared: &Shared, seg: &SegmentPlan, local: Ipv4Addr, peer: SocketAddrV
 }
 
 /// Runs a transfer to its end.
-async fn run(shared: &Shared, sock: UdpSocket, mut t: Transfer, mut file: std::fs::File) -> Outcome {
+async fn run(shared: &Shared, sock: UdpSocket, mut t: Transfer, file: std::fs::File) -> Outcome {
     let stats = &shared.stats;
-    let mut buf = vec![0u8; t.packet_capacity()];
+    let seg = t.data_packet_len();
+    let mut gso = gso_fits(&sock, seg);
+    let segs = if gso { (MAX_GSO_BYTES / seg).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+    // Room for `segs` full DATA packets back to back, the last of any kind.
+    let mut buf = vec![0u8; seg * (segs - 1) + t.packet_capacity()];
+    let mut src = FileSource::new(file, seg - DATA_HEADER_LEN);
     let mut rbuf = [0u8; 1024];
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    let mut armed = None;
     loop {
         let now = Instant::now();
-        while let Some(tx) = t.poll_transmit(now, &mut file, &mut buf) {
-            match sock.send(&buf[..tx.len]).await {
-                Ok(_) => {
-                    stats.bytes_sent.fetch_add(tx.payload as u64, Relaxed);
-                    if tx.retransmission {
-                        stats.retransmissions.fetch_add(1, Relaxed);
-                    }
+        loop {
+            // A batch: full-size DATA packets; a shorter packet ends it.
+            let (mut used, mut n) = (0, 0);
+            while n < segs {
+                let Some(tx) = t.poll_transmit(now, &mut src, &mut buf[used..]) else { break };
+                stats.bytes_sent.fetch_add(tx.payload as u64, Relaxed);
+                if tx.retransmission {
+                    stats.retransmissions.fetch_add(1, Relaxed);
                 }
+                used += tx.len;
+                n += 1;
+                if tx.len != seg {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            match send_batch(&sock, &buf[..used], seg, &mut gso).await {
+                Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => t.fail(Failure::ClientGone),
                 // Anything else is a lost packet to the protocol.
                 Err(e) => debug!(error = %e, "tftp: send"),
@@ -177,6 +199,10 @@ async fn run(shared: &Shared, sock: UdpSocket, mut t: Transfer, mut file: std::f
             return o.clone();
         }
         let deadline = t.poll_timeout().unwrap_or(now + shared.params.timeout);
+        if armed != Some(deadline) {
+            sleep.as_mut().reset(deadline.into());
+            armed = Some(deadline);
+        }
         tokio::select! {
             r = sock.recv(&mut rbuf) => match r {
                 Ok(n) => {
@@ -187,10 +213,67 @@ async fn run(shared: &Shared, sock: UdpSocket, mut t: Transfer, mut file: std::f
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => t.fail(Failure::ClientGone),
                 Err(e) => debug!(error = %e, "tftp: receive"),
             },
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = &mut sleep => {
+                armed = None;
                 t.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+/// UDP GSO (`UDP_SEGMENT`) sends a window of equal DATA packets in one
+/// `sendmsg`; the kernel cuts it into datagrams. Up to 64 segments and 64 KiB.
+const MAX_GSO_SEGMENTS: usize = 64;
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// GSO needs each datagram to fit the path MTU unfragmented.
+fn gso_fits(sock: &UdpSocket, seg: usize) -> bool {
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int of the stated size.
+    let r =
+        unsafe { libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, (&raw mut mtu).cast(), &mut len) };
+    r == 0 && seg + 28 <= mtu as usize
+}
+
+/// Sends consecutive `seg`-byte datagrams (the last may be shorter).
+async fn send_batch(sock: &UdpSocket, data: &[u8], seg: usize, gso: &mut bool) -> std::io::Result<()> {
+    if *gso && data.len() > seg {
+        match sock.async_io(Interest::WRITABLE, || send_gso(sock.as_raw_fd(), data, seg)).await {
+            Ok(_) => return Ok(()),
+            // The device or kernel cannot segment: one datagram at a time from now on.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)) => {
+                debug!(error = %e, "tftp: UDP GSO unavailable; sending datagrams one by one");
+                *gso = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for d in data.chunks(seg) {
+        sock.send(d).await?;
+    }
+    Ok(())
+}
+
+fn send_gso(fd: std::os::fd::RawFd, data: &[u8], seg: usize) -> std::io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+    // Aligned room for one cmsghdr with a u16.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_* compute sizes and walk the buffer we own; it fits one header and a u16.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+        let r = libc::sendmsg(fd, &msg, 0);
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as usize) }
     }
 }
 

@@ -46,7 +46,7 @@ impl Source for &[u8] {
 }
 
 /// Reads until `buf` is full or the file ends.
-fn read_full<S: Source + ?Sized>(src: &mut S, mut offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full<S: Source + ?Sized>(src: &mut S, mut offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match src.read_at(offset, &mut buf[n..]) {
@@ -274,6 +274,11 @@ impl Transfer {
     /// What was negotiated.
     pub fn granted(&self) -> Granted {
         self.granted
+    }
+
+    /// The length of a full DATA packet: every one but the last.
+    pub fn data_packet_len(&self) -> usize {
+        DATA_HEADER_LEN + self.blksize
     }
 
     /// The buffer size [`Transfer::poll_transmit`] needs.
