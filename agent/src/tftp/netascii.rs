@@ -20,6 +20,20 @@ pub struct Cursor {
     pub carry: Option<u8>,
 }
 
+/// The whole of `raw` encoded at once: the definition the block encoder
+/// must agree with (tests compare against it).
+pub fn encode(raw: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(raw.len() + raw.len() / 16);
+    for &b in raw {
+        match b {
+            LF => v.extend_from_slice(&[CR, LF]),
+            CR => v.extend_from_slice(&[CR, NUL]),
+            b => v.push(b),
+        }
+    }
+    v
+}
+
 /// Encodes from `at` until `out` is full or the file ends; returns the
 /// length written and where the next block starts.
 pub fn encode_block<S: Source + ?Sized>(src: &mut S, at: Cursor, out: &mut [u8]) -> io::Result<(usize, Cursor)> {
@@ -126,6 +140,7 @@ mod tests {
             v
         };
         assert_eq!(decoded, file, "decoding the wire bytes gives the file back");
+        assert_eq!(blocks.concat(), encode(&file));
         // Block 7 again, from its cursor.
         let mut src = &file[..];
         let mut at = Cursor::default();

@@ -313,15 +313,7 @@ fn netascii_is_converted_and_tsize_not_granted() {
         wire.extend_from_slice(d);
         h.recv(&ack(b));
     }
-    let expected: Vec<u8> = text
-        .iter()
-        .flat_map(|&c| match c {
-            b'\n' => vec![b'\r', b'\n'],
-            b'\r' => vec![b'\r', 0],
-            c => vec![c],
-        })
-        .collect();
-    assert_eq!(wire, expected);
+    assert_eq!(wire, netascii::encode(&text));
 }
 
 #[test]
