@@ -316,18 +316,23 @@ impl Tftp {
             info!(?mode, "tftp: not serving in this authority mode (tftp.in_production = false)");
             return Ok(());
         }
-        let mut started = Vec::new();
+        let mut started: Vec<(Listening, tokio::task::JoinHandle<()>)> = Vec::new();
         for seg in &self.segments {
             let Some(ip) = seg.address(mode) else {
                 warn!(segment = %seg.name, "tftp: the segment has no reserved address; not served in production mode");
                 continue;
             };
             let address = SocketAddrV4::new(ip, PORT);
-            let sock = server::listen_socket(address, &seg.interface).map_err(|source| TftpError::Bind {
-                address,
-                interface: seg.interface.clone(),
-                source,
-            })?;
+            let sock = match server::listen_socket(address, &seg.interface) {
+                Ok(s) => s,
+                Err(source) => {
+                    // All or nothing: the listeners started so far stop again.
+                    for (_, task) in started {
+                        task.abort();
+                    }
+                    return Err(TftpError::Bind { address, interface: seg.interface.clone(), source });
+                }
+            };
             let l = Listening { segment: seg.name.clone(), interface: seg.interface.clone(), address };
             info!(%address, segment = %seg.name, interface = %seg.interface, root = %self.shared.root.path().display(), "tftp: listening");
             let task = tokio::spawn(server::listen(self.shared.clone(), Arc::new(seg.clone()), ip, sock));
