@@ -198,8 +198,11 @@ async fn run(shared: &Shared, sock: UdpSocket, mut t: Transfer, file: std::fs::F
         if let Some(o) = t.outcome() {
             return o.clone();
         }
+        // The timer moves only when the deadline comes earlier: in lock-step
+        // it moves later with every block, and an early wake-up is cheaper
+        // than a timer update per block.
         let deadline = t.poll_timeout().unwrap_or(now + shared.params.timeout);
-        if armed != Some(deadline) {
+        if armed.is_none_or(|a| deadline < a) {
             sleep.as_mut().reset(deadline.into());
             armed = Some(deadline);
         }
