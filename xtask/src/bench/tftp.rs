@@ -82,14 +82,16 @@ pub fn run() -> Result<()> {
     println!("{:<7} {:>7} {:>6}  {:>9} {:>10} {:>7}", "client", "blksize", "window", "coresvc", "tftpd-hpa", "ratio");
     let mut results = Vec::new();
     for case in CASES {
-        let (ours, theirs) = medians(&lab, case)?;
+        let (ours, theirs, spread) = medians(&lab, case)?;
         let name = name(case.client);
         let note = match case.windowsize {
-            1 => String::new(),
+            1 => format!("  ({spread})"),
             w => {
                 // coresvc keeps at most 64 KiB in flight (options::MAX_WINDOW_BYTES).
                 let granted = w.min((64 * 1024 / case.blksize).max(1));
-                format!("  (coresvc grants {granted}; tftpd-hpa ignores windowsize and sends 1 block at a time)")
+                format!(
+                    "  (coresvc grants {granted}; tftpd-hpa ignores windowsize and sends 1 block at a time; {spread})"
+                )
             }
         };
         println!(
@@ -138,17 +140,19 @@ fn name(c: Client) -> &'static str {
 
 /// The median MB/s of [`RUNS`] fetches from coresvc and from tftpd-hpa,
 /// taken in turns so that a passing load weighs on both alike.
-fn medians(lab: &Lab, case: &Case) -> Result<(f64, f64)> {
+fn medians(lab: &Lab, case: &Case) -> Result<(f64, f64, String)> {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         ours.push(fetch(lab, case, 69)?);
         theirs.push(fetch(lab, case, HPA_PORT)?);
     }
+    let runs = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
+    let spread = format!("runs: coresvc {} / tftpd-hpa {}", runs(&ours), runs(&theirs));
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[RUNS / 2]
     };
-    Ok((median(ours), median(theirs)))
+    Ok((median(ours), median(theirs), spread))
 }
 
 /// One fetch into a file on tmpfs (so the disk does not count), checked
