@@ -17,6 +17,7 @@ use crate::{
     config::Config,
     ctl::{self, Request, Response},
     dataplane::{self, Dataplane},
+    tftp::Tftp,
 };
 
 /// Overrides of the configuration's agent paths (the lab gives each instance its own).
@@ -53,6 +54,7 @@ struct Agent {
     dataplane: Mutex<Option<Dataplane>>,
     dns: Option<Arc<crate::dns::Dns>>,
     dhcp: Option<crate::dhcp::Dhcp>,
+    tftp: Option<Tftp>,
 }
 
 impl Agent {
@@ -151,6 +153,7 @@ impl ctl::Handler for Agent {
                         dns: self.dns.as_ref().map(|d| d.status()),
                         routing: self.plan.read().expect("plan lock").clone(),
                         dhcp: self.dhcp.as_ref().map(|d| d.status()),
+                        tftp: self.tftp.as_ref().map(Tftp::status),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
                 }
@@ -249,6 +252,16 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     let overrides = overrides.clone();
     // DHCP: leases from the state directory; client names go into DNS.
     let dhcp = crate::dhcp::Dhcp::start(&config, dns.clone())?;
+    // ---- services, after the dataplane is up -------------------------------
+    // TFTP (issue 5): boot files on the segments, while the authority mode allows.
+    let tftp = match Tftp::start(&config, config.agent.authority) {
+        Ok(t) => t,
+        Err(e) => {
+            dp.detach();
+            return Err(anyhow::Error::new(e).context("starting the tftp server"));
+        }
+    };
+    // ---- end of services ----------------------------------------------------
     let agent = Arc::new(Agent {
         started: Instant::now(),
         config_path,
@@ -260,6 +273,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         dataplane: Mutex::new(Some(dp)),
         dns,
         dhcp,
+        tftp,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     let gc = tokio::spawn(conntrack_gc(agent.clone()));

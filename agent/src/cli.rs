@@ -484,6 +484,9 @@ pub fn render_status(s: &ctl::Status) -> String {
             let _ = writeln!(o, "{:<24} {:>10} {:>12}", format!("{} ({})", r.name, r.reason), r.packets, r.bytes);
         }
     }
+    if let Some(t) = &s.tftp {
+        render_tftp(&mut o, t);
+    }
     o
 }
 
@@ -546,6 +549,28 @@ pub fn render_leases(leases: &[crate::dhcp::server::LeaseInfo], now: u64) -> Str
         );
     }
     o
+}
+
+fn render_tftp(o: &mut String, t: &crate::tftp::TftpStatus) {
+    use std::fmt::Write as _;
+    let _ = writeln!(o);
+    let on: Vec<String> = t.listening.iter().map(|l| format!("{} ({})", l.address, l.segment)).collect();
+    let _ = writeln!(
+        o,
+        "tftp     {}  root {}",
+        if t.serving { format!("serving on {}", on.join(", ")) } else { "not serving in this authority mode".into() },
+        t.root.display()
+    );
+    let _ = writeln!(
+        o,
+        "         transfers: {} active, {} completed, {} failed, {} aborted ({} option negotiation)",
+        t.active, t.completed, t.failed, t.aborted, t.option_aborts
+    );
+    let _ = writeln!(o, "         sent: {} bytes, {} retransmissions", t.bytes_sent, t.retransmissions);
+    let refused: Vec<String> =
+        t.refusals.iter().filter(|(_, n)| **n > 0).map(|(reason, n)| format!("{reason} {n}")).collect();
+    let _ =
+        writeln!(o, "         refused: {}", if refused.is_empty() { "none".to_string() } else { refused.join(", ") });
 }
 
 fn human_duration(secs: u64) -> String {

@@ -74,6 +74,9 @@ pub struct Status {
     /// Absent when DHCP is disabled, has nothing to serve, or in production mode.
     #[serde(default)]
     pub dhcp: Option<crate::dhcp::DhcpStatus>,
+    /// Absent without a `[tftp]` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tftp: Option<crate::tftp::TftpStatus>,
 }
 
 /// What the server asks of the agent for each request.

@@ -11,3 +11,4 @@ pub mod dhcp;
 pub mod dns;
 pub mod netns;
 pub mod routing;
+pub mod tftp;

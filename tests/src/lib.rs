@@ -410,6 +410,24 @@ impl Lab {
         fs::read_to_string(&self.paths.log).unwrap_or_default()
     }
 
+    /// Loads an nftables script (`nft -f -`) on `node`; it goes away with the
+    /// node's namespace.
+    pub fn nft(&self, node: &str, script: &str) -> Result<()> {
+        use std::io::Write as _;
+        let mut child = self
+            .cmd(node, ["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft (installed by cargo xtask setup)")?;
+        child.stdin.take().expect("piped stdin").write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft -f on {node} failed: {}\n{script}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
     /// Sends one raw Ethernet frame out of `iface` on `node`.
     pub fn send_frame(&self, node: &str, iface: &str, frame: &[u8]) -> Result<()> {
         raw::send_frames(&self.ns(node), iface, &[frame.to_vec()])

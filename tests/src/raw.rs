@@ -64,3 +64,20 @@ pub fn send_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
         }
     })
 }
+
+/// A UDP socket created inside network namespace `ns` and bound to `bind`
+/// there; it keeps its namespace whichever thread uses it (for tests that
+/// speak a protocol with packets no ordinary client sends).
+pub fn udp_socket(ns: &str, bind: std::net::SocketAddr) -> Result<std::net::UdpSocket> {
+    let ns_path = Path::new("/run/netns").join(ns);
+    std::thread::spawn(move || -> Result<std::net::UdpSocket> {
+        let f = File::open(&ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+        // SAFETY: setns on this short-lived thread only, with a valid namespace fd.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        std::net::UdpSocket::bind(bind).with_context(|| format!("binding {bind} in {}", ns_path.display()))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
+}

@@ -7,6 +7,8 @@ mod dns;
 mod forward;
 mod nat;
 
+mod tftp;
+
 use anyhow::{Result, bail};
 use coresvc_lab::{Lab, LabPaths};
 
@@ -28,6 +30,7 @@ const BENCHES: &[(&str, &str)] = &[
         "64-byte UDP pps and iperf3 TCP masqueraded to the upstream: coresvc vs nftables masquerade vs bare XDP redirect",
     ),
     ("dhcp", "perfdhcp 4-way exchanges/s: coresvc (durable leases) vs Kea (memfile) vs dnsmasq, same pool"),
+    ("tftp", "MB/s of a 64 MiB file: coresvc vs tftpd-hpa (curl, atftp with windowsize)"),
 ];
 
 /// A lab of its own for a benchmark, running the release binary.
@@ -73,6 +76,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         Some("forward") => forward::run(&BenchLab::new()?, args.seconds),
         Some("nat") => nat::run(&BenchLab::new()?, args.seconds),
         Some("dhcp") => dhcp::run(&BenchLab::new()?, args.seconds),
+        Some(n) if n == "tftp" => tftp::run(),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

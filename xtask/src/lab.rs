@@ -109,6 +109,7 @@ fn tips(lab: &Lab) {
     eprintln!(
         "\nThe lab is up. Nodes (network namespaces {PREFIX}-<node>):\n  {}\n\nTry:\n  \
          cargo xtask lab exec provisioner -- ping -c 3 10.20.0.50     # across segments, through the gateway\n  \
+         cargo xtask lab exec dvnt-client -- curl -o /tmp/r.txt tftp://10.20.0.1/README.txt  # TFTP (examples/tftp)\n  \
          {rel} status                                  # interfaces, XDP mode, counters\n  \
          bpftool map dump pinned /sys/fs/bpf/coresvc/if_stats          # the same counters, by field\n  \
          bpftool map dump pinned /sys/fs/bpf/coresvc/drop_stats        # drops by reason\n  \

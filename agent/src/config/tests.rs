@@ -301,6 +301,23 @@ fn pxe_over_tftp_needs_a_tftp_section() {
 }
 
 #[test]
+fn tftp_limits_are_checked() {
+    let tftp = |extra: &str| problems(&format!("[tftp]\nroot = \"/\"\n{extra}"));
+    assert!(tftp("timeout = \"3s\"\nretries = 8\nmax_blksize = 1468\nmax_windowsize = 16\n").is_empty());
+    let c = Config::parse_str(&format!("{BASE}[tftp]\nroot = \"/\"\n"), "t.toml").unwrap();
+    let t = c.tftp.unwrap();
+    assert_eq!((t.timeout, t.retries, t.max_blksize, t.max_windowsize), (Duration(1), 5, 65464, 64));
+    assert_one(&tftp("timeout = 0\n"), "tftp.timeout", &["1 to 255 seconds"]);
+    assert_one(&tftp("timeout = \"5m\"\n"), "tftp.timeout", &["300s", "1 to 255 seconds"]);
+    assert_one(&tftp("retries = 0\n"), "tftp.retries", &["1 to 50"]);
+    assert_one(&tftp("max_blksize = 8\n"), "tftp.max_blksize", &["512 to 65464"]);
+    assert_one(&tftp("max_windowsize = 0\n"), "tftp.max_windowsize", &["1 to 65535"]);
+    assert_one(&tftp("max_transfers = 0\n"), "tftp.max_transfers", &["at least one"]);
+    let e = Config::parse_str(&format!("{BASE}[tftp]\nroot = \"/\"\nmax_blksize = 70000\n"), "t.toml").unwrap_err();
+    assert!(e.to_string().starts_with("t.toml:36:") && e.to_string().contains("70000"), "{e}");
+}
+
+#[test]
 fn firewall_rules_name_known_segments() {
     let ps = problems("[[firewall.rule]]\nname = \"r\"\nfrom = \"dvnt\"\nto = \"nowhere\"\naction = \"allow\"\n");
     assert_one(&ps, "firewall.rule[0].to", &["\"nowhere\"", "mgmt, dvnt", "gateway"]);

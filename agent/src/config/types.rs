@@ -430,12 +430,44 @@ pub struct TftpSection {
     /// Keep serving in production mode.
     #[serde(default)]
     pub in_production: bool,
+    /// Transfers at once; more requests are refused as busy.
     #[serde(default = "default_max_transfers")]
     pub max_transfers: u32,
+    /// The first retransmission timeout and the longest one after backing
+    /// off; once a client answers, the timeout follows its round-trip time.
+    /// A client's RFC 2349 `timeout` option replaces it for its transfer.
+    #[serde(default = "default_tftp_timeout")]
+    pub timeout: Duration,
+    /// Retransmissions in a row without an answer; a transfer is given up
+    /// after a silence of `timeout × (retries + 1)`.
+    #[serde(default = "default_tftp_retries")]
+    pub retries: u32,
+    /// The largest block size granted (RFC 2348); larger requests get this.
+    #[serde(default = "default_max_blksize")]
+    pub max_blksize: u16,
+    /// The largest window granted (RFC 7440); larger requests get this.
+    #[serde(default = "default_max_windowsize")]
+    pub max_windowsize: u16,
 }
 
 fn default_max_transfers() -> u32 {
     512
+}
+
+fn default_tftp_timeout() -> Duration {
+    Duration(1)
+}
+
+fn default_tftp_retries() -> u32 {
+    5
+}
+
+fn default_max_blksize() -> u16 {
+    65464
+}
+
+fn default_max_windowsize() -> u16 {
+    64
 }
 
 // ------------------------------------------------------------------ firewall

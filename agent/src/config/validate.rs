@@ -787,6 +787,27 @@ impl<'a> Validator<'a> {
         if t.max_transfers == 0 {
             self.err(cfg_path!("tftp", "max_transfers"), "allow at least one transfer");
         }
+        // RFC 2349 §3.1: timeouts are 1 to 255 seconds.
+        if !(1..=255).contains(&t.timeout.secs()) {
+            self.err(
+                cfg_path!("tftp", "timeout"),
+                format!("{}s is not a tftp timeout: use 1 to 255 seconds", t.timeout.secs()),
+            );
+        }
+        if !(1..=50).contains(&t.retries) {
+            self.err(cfg_path!("tftp", "retries"), format!("{} is not a retry count: use 1 to 50", t.retries));
+        }
+        // RFC 2348 §2: 8 to 65464; below 512, the size without the option, it only slows clients down.
+        if !(512..=65464).contains(&t.max_blksize) {
+            self.err(
+                cfg_path!("tftp", "max_blksize"),
+                format!("{} is not a block size limit: use 512 to 65464 bytes", t.max_blksize),
+            );
+        }
+        // RFC 7440 §3: 1 to 65535 blocks.
+        if t.max_windowsize == 0 {
+            self.err(cfg_path!("tftp", "max_windowsize"), "0 is not a window size limit: use 1 to 65535 blocks");
+        }
     }
 
     fn firewall(&mut self) {

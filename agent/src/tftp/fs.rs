@@ -1,0 +1,327 @@
+//! Opening a requested file, confined to the TFTP root.
+//!
+//! The name is checked as path components, never as a string prefix: an
+//! empty name, an absolute path or any `..` component is refused outright;
+//! the rest is resolved by the kernel with `openat2(2)` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` relative to a descriptor of the
+//! root held since start-up, so no symlink, `..` hidden in a link or
+//! `/proc` magic link can leave the root, and a rename of the root's path
+//! afterwards changes nothing. Symlinks that stay inside the root work.
+//! Only regular files are served: the entry is looked at with `O_PATH`
+//! (which opens nothing) before it is opened for reading, so a device or a
+//! FIFO is never opened.
+
+use std::{
+    ffi::{CString, OsStr},
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, fs::FileExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use super::transfer::Source;
+
+/// Why a name was not opened. Each maps to a TFTP error and a refusal counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("empty file name")]
+    EmptyName,
+    #[error("absolute paths are not served")]
+    AbsolutePath,
+    #[error("'..' is not allowed in file names")]
+    ParentComponent,
+    #[error("the path leads outside the tftp root")]
+    OutsideRoot,
+    #[error("no such file")]
+    NotFound,
+    #[error("not a regular file")]
+    NotRegularFile,
+    #[error("permission denied")]
+    Permission,
+    #[error("cannot open the file: {0}")]
+    Io(io::ErrorKind),
+}
+
+/// The TFTP root, held open.
+#[derive(Debug)]
+pub struct Root {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+/// An opened file and its size at opening.
+#[derive(Debug)]
+pub struct Opened {
+    pub file: File,
+    pub size: u64,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let c = CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: a valid NUL-terminated path; the fd is owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(Root { dir: unsafe { OwnedFd::from_raw_fd(fd) }, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens `name` (the request's file name, raw bytes) for reading.
+    pub fn open_file(&self, name: &[u8]) -> Result<Opened, Denied> {
+        check_name(name)?;
+        let name = CString::new(name).map_err(|_| Denied::NotFound)?;
+        // Look first, open second: O_PATH opens neither devices nor FIFOs.
+        let probe = self.openat2(&name, libc::O_PATH)?;
+        let st = fstat(&probe).map_err(|e| Denied::Io(e.kind()))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Denied::NotRegularFile);
+        }
+        let fd = self.openat2(&name, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK)?;
+        let st2 = fstat(&fd).map_err(|e| Denied::Io(e.kind()))?;
+        // The entry was replaced between the two opens.
+        if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) || st2.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Denied::NotRegularFile);
+        }
+        Ok(Opened { file: File::from(fd), size: st2.st_size as u64 })
+    }
+
+    fn openat2(&self, name: &CString, flags: libc::c_int) -> Result<OwnedFd, Denied> {
+        // SAFETY: open_how is plain data; zeroed is its documented default.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2 with a valid directory fd, path and open_how of the right size.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const libc::open_how,
+                size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error().unwrap_or(0) {
+                // EXDEV: resolution would leave the root; ELOOP: a magic link or a loop.
+                libc::EXDEV | libc::ELOOP => Denied::OutsideRoot,
+                libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG => Denied::NotFound,
+                libc::EACCES | libc::EPERM => Denied::Permission,
+                _ => Denied::Io(e.kind()),
+            });
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    }
+}
+
+/// The checks on the name itself, before the file system is asked.
+fn check_name(name: &[u8]) -> Result<(), Denied> {
+    if name.is_empty() {
+        return Err(Denied::EmptyName);
+    }
+    if name[0] == b'/' {
+        return Err(Denied::AbsolutePath);
+    }
+    if Path::new(OsStr::from_bytes(name)).components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(Denied::ParentComponent);
+    }
+    Ok(())
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: fstat fills the struct for a valid descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+impl Source for File {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+/// Read-ahead for a transfer: blocks are read in order, so one `pread` of a
+/// chunk serves many of them. Memory: one chunk of about 32 KiB (or one
+/// block, if larger) per transfer, allocated on the first read.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    chunk: usize,
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`, and how much of `buf` is valid.
+    start: u64,
+    valid: usize,
+}
+
+const READ_AHEAD: usize = 32 * 1024;
+
+impl FileSource {
+    pub fn new(file: File, blksize: usize) -> Self {
+        let chunk = if blksize >= READ_AHEAD { blksize } else { READ_AHEAD - READ_AHEAD % blksize.max(1) };
+        FileSource { file, chunk, buf: Vec::new(), start: 0, valid: 0 }
+    }
+}
+
+impl Source for FileSource {
+    fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
+        let cached = offset >= self.start && offset < self.start + self.valid as u64;
+        if !cached {
+            if out.len() >= self.chunk {
+                return FileExt::read_at(&self.file, out, offset);
+            }
+            self.buf.resize(self.chunk, 0);
+            self.valid = 0;
+            self.valid = FileExt::read_at(&self.file, &mut self.buf, offset)?;
+            self.start = offset;
+        }
+        let at = (offset - self.start) as usize;
+        let n = out.len().min(self.valid - at);
+        out[..n].copy_from_slice(&self.buf[at..at + n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A fresh directory with a root inside and a secret next to it.
+    struct Tree {
+        base: PathBuf,
+    }
+
+    impl Tree {
+        fn new(tag: &str) -> Tree {
+            let base = std::env::temp_dir().join(format!("coresvc-tftp-fs-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(base.join("root/sub")).unwrap();
+            std::fs::write(base.join("secret"), b"secret").unwrap();
+            std::fs::write(base.join("root/boot.bin"), b"boot").unwrap();
+            std::fs::write(base.join("root/sub/file"), b"inner").unwrap();
+            Tree { base }
+        }
+        fn root(&self) -> Root {
+            Root::open(&self.base.join("root")).unwrap()
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+
+    fn read(r: &Root, name: &str) -> Result<Vec<u8>, Denied> {
+        let mut o = r.open_file(name.as_bytes())?;
+        let mut v = vec![0; o.size as usize];
+        let n = Source::read_at(&mut o.file, 0, &mut v).unwrap();
+        v.truncate(n);
+        Ok(v)
+    }
+
+    #[test]
+    fn files_and_links_inside_the_root_are_served() {
+        let t = Tree::new("inside");
+        symlink("sub/file", t.base.join("root/link")).unwrap();
+        symlink("../boot.bin", t.base.join("root/sub/up")).unwrap();
+        let r = t.root();
+        assert_eq!(read(&r, "boot.bin").unwrap(), b"boot");
+        assert_eq!(read(&r, "sub/file").unwrap(), b"inner");
+        assert_eq!(read(&r, "sub//file").unwrap(), b"inner");
+        assert_eq!(read(&r, "./sub/./file").unwrap(), b"inner");
+        assert_eq!(read(&r, "link").unwrap(), b"inner");
+        assert_eq!(read(&r, "sub/up").unwrap(), b"boot", "a link with .. that stays inside");
+    }
+
+    #[test]
+    fn every_way_out_is_refused() {
+        let t = Tree::new("out");
+        symlink("../secret", t.base.join("root/rel-out")).unwrap();
+        symlink(t.base.join("secret"), t.base.join("root/abs-out")).unwrap();
+        symlink("/", t.base.join("root/slash")).unwrap();
+        symlink("/proc/self/root", t.base.join("root/magic")).unwrap();
+        symlink("loop", t.base.join("root/loop")).unwrap();
+        let r = t.root();
+        let cases: &[(&str, Denied)] = &[
+            ("", Denied::EmptyName),
+            ("/etc/passwd", Denied::AbsolutePath),
+            ("//etc/passwd", Denied::AbsolutePath),
+            ("../secret", Denied::ParentComponent),
+            ("sub/../../secret", Denied::ParentComponent),
+            ("sub/..", Denied::ParentComponent),
+            ("..", Denied::ParentComponent),
+            ("rel-out", Denied::OutsideRoot),
+            ("abs-out", Denied::OutsideRoot),
+            ("slash/etc/passwd", Denied::OutsideRoot),
+            ("magic/etc/passwd", Denied::OutsideRoot),
+            ("loop", Denied::OutsideRoot),
+            ("missing", Denied::NotFound),
+            ("boot.bin/x", Denied::NotFound),
+            ("sub", Denied::NotRegularFile),
+            (".", Denied::NotRegularFile),
+            ("..\\secret", Denied::NotFound),
+        ];
+        for (name, want) in cases {
+            assert_eq!(read(&r, name).map(|_| ()), Err(*want), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn fifos_are_refused_without_being_opened() {
+        let t = Tree::new("fifo");
+        let p = CString::new(t.base.join("root/fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o644) }, 0);
+        // Opening a FIFO for reading without O_NONBLOCK would block here.
+        assert_eq!(read(&t.root(), "fifo").map(|_| ()), Err(Denied::NotRegularFile));
+    }
+
+    #[test]
+    fn read_ahead_gives_the_same_bytes_as_the_file() {
+        let t = Tree::new("readahead");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(t.base.join("root/data"), &data).unwrap();
+        for blksize in [8usize, 512, 1468, 40_000] {
+            let o = t.root().open_file(b"data").unwrap();
+            let mut src = FileSource::new(o.file, blksize);
+            let mut got = Vec::new();
+            let mut block = vec![0u8; blksize];
+            loop {
+                let n = crate::tftp::transfer::read_full(&mut src, got.len() as u64, &mut block).unwrap();
+                got.extend_from_slice(&block[..n]);
+                if n < blksize {
+                    break;
+                }
+            }
+            assert!(got == data, "blksize {blksize}");
+            // Going back (a retransmission) reads the same bytes again.
+            let n = crate::tftp::transfer::read_full(&mut src, 1000, &mut block).unwrap();
+            assert_eq!(&block[..n], &data[1000..1000 + n]);
+        }
+    }
+
+    #[test]
+    fn the_root_is_held_open() {
+        let t = Tree::new("held");
+        let r = t.root();
+        std::fs::rename(t.base.join("root"), t.base.join("moved")).unwrap();
+        std::fs::create_dir(t.base.join("root")).unwrap();
+        assert_eq!(read(&r, "boot.bin").unwrap(), b"boot");
+        assert_eq!(r.path(), t.base.join("root"));
+    }
+}
