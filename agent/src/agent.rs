@@ -52,9 +52,84 @@ struct Agent {
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     dataplane: Mutex<Option<Dataplane>>,
+    /// DNS and DHCP: started and stopped by authority switches.
+    services: std::sync::RwLock<Services>,
+    tftp: Option<Tftp>,
+}
+
+/// The services an authority switch starts and stops.
+#[derive(Default)]
+struct Services {
     dns: Option<Arc<crate::dns::Dns>>,
     dhcp: Option<crate::dhcp::Dhcp>,
-    tftp: Option<Tftp>,
+    /// Watches the served segments for other DHCP servers.
+    watcher: Option<crate::authority::Watcher>,
+    /// Segments refused at the last activation, and why.
+    refused: Vec<crate::authority::SegmentProbe>,
+}
+
+impl Services {
+    /// Starts DNS, then DHCP (which registers names in DNS), on the
+    /// segments `refused` leaves, and the watch for other DHCP servers.
+    fn start(
+        cfg: &Config,
+        refused: Vec<crate::authority::SegmentProbe>,
+        plan: &crate::routing::Plan,
+    ) -> Result<Services> {
+        let dns = crate::dns::Dns::start(cfg)?.map(Arc::new);
+        let skip: Vec<String> = refused.iter().map(|p| p.segment.clone()).collect();
+        let dhcp = match crate::dhcp::Dhcp::start(cfg, dns.clone(), &skip) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(d) = &dns {
+                    d.stop();
+                }
+                return Err(e);
+            }
+        };
+        let watcher = dhcp.as_ref().filter(|_| cfg.dhcp.probe_wait_ms > 0).map(|d| {
+            let watched = cfg
+                .segments
+                .iter()
+                .filter(|s| d.interfaces().contains(&s.interface))
+                .map(|s| (s.name.clone(), s.interface.clone()))
+                .collect();
+            let every = std::time::Duration::from_secs(u64::from(cfg.dhcp.watch_interval.secs()));
+            crate::authority::Watcher::start(watched, crate::authority::held(plan), every)
+        });
+        Ok(Services { dns, dhcp, watcher, refused })
+    }
+
+    /// Stops DHCP first (its leases made durable), then DNS.
+    fn stop(&mut self) -> Vec<String> {
+        let mut done = Vec::new();
+        if let Some(w) = self.watcher.take() {
+            w.stop();
+        }
+        if let Some(d) = self.dhcp.take() {
+            d.stop();
+            done.push("dhcp: stopped serving (leases kept)".to_string());
+        }
+        if let Some(d) = self.dns.take() {
+            d.stop();
+            done.push("dns: stopped serving".to_string());
+        }
+        self.refused.clear();
+        done
+    }
+}
+
+/// The segment addresses of `mode`, without those another host holds.
+fn plan_for(
+    cfg: &Config,
+    mode: crate::config::AuthorityMode,
+    refused: &[crate::authority::SegmentProbe],
+) -> crate::routing::Plan {
+    let mut plan = crate::routing::plan(cfg, mode);
+    for p in refused.iter().filter(|p| p.address_conflict()) {
+        plan.addresses.retain(|a| a.ifname != p.interface);
+    }
+    plan
 }
 
 impl Agent {
@@ -72,6 +147,8 @@ impl Agent {
         let mut next = Config::load(&self.config_path)?;
         self.overrides.apply(&mut next);
         let cur = self.config();
+        // The authority mode is run-time state (`coresvc authority`), not the file's.
+        next.agent.authority = cur.agent.authority;
         let mut restart = Vec::new();
         let seg =
             |c: &Config| c.segments.iter().map(|s| (s.name.clone(), s.interface.clone(), s.cidr)).collect::<Vec<_>>();
@@ -97,12 +174,14 @@ impl Agent {
         }
         // Prepare: everything that can fail, before anything changes.
         let compiled = crate::dataplane::rules::compile(&next)?;
-        if self.dns.is_some() {
+        let dns = self.services.read().expect("services lock").dns.clone();
+        if dns.is_some() {
             crate::dns::build::build(&next, 1).map_err(|errs| {
                 anyhow::anyhow!("{}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
             })?;
         }
-        let plan = crate::routing::plan(&next, next.agent.authority);
+        let refused = self.services.read().expect("services lock").refused.clone();
+        let plan = plan_for(&next, next.agent.authority, &refused);
         crate::routing::check_plan(&plan)?;
         // Apply.
         let mut done = Vec::new();
@@ -115,9 +194,23 @@ impl Agent {
         let applied = self.routing.apply(&plan).await?;
         done.extend(applied.added.iter().map(|a| format!("routing: added {a}")));
         done.extend(applied.removed.iter().map(|a| format!("routing: removed {a}")));
-        if let Some(dns) = &self.dns {
+        if let Some(dns) = &dns {
             dns.reconfigure(&next)?;
             done.push(format!("dns: {} zones", dns.status().zones.len()));
+        }
+        if dhcp_changed(&cur, &next) {
+            // Pools, hosts and options: DHCP starts again on the new
+            // configuration with every lease kept (the journal).
+            let mut services = self.services.write().expect("services lock");
+            if let Some(d) = services.dhcp.take() {
+                d.stop();
+                let skip: Vec<String> = services.refused.iter().map(|p| p.segment.clone()).collect();
+                services.dhcp = crate::dhcp::Dhcp::start(&next, services.dns.clone(), &skip)?;
+                done.push(format!(
+                    "dhcp: serving the new pools, hosts and options on {}",
+                    services.dhcp.as_ref().map(|d| d.interfaces().join(", ")).unwrap_or_else(|| "nothing".into())
+                ));
+            }
         }
         *self.plan.write().expect("plan lock") = plan;
         *self.config.write().expect("config lock") = Arc::new(next);
@@ -127,10 +220,135 @@ impl Agent {
         Ok(done)
     }
 
-    fn dns(&self) -> Result<&crate::dns::Dns, Response> {
-        self.dns.as_deref().ok_or_else(|| Response::Error {
+    fn dns(&self) -> Result<Arc<crate::dns::Dns>, Response> {
+        self.services.read().expect("services lock").dns.clone().ok_or_else(|| Response::Error {
             message: "DNS is not running (disabled in the configuration, or production mode)".into(),
         })
+    }
+
+    /// `coresvc authority MODE`: switches live, in an order that never has
+    /// two authorities answering: to production, stop serving, then release
+    /// the gateway addresses (and persist); to bootstrap, make sure nobody
+    /// else serves DHCP or holds the addresses, take them, then serve (and
+    /// persist). Every step is logged and returned.
+    async fn switch(&self, to: crate::config::AuthorityMode) -> Result<Vec<String>> {
+        use crate::{authority, config::AuthorityMode};
+        let _one = self.reloading.lock().await;
+        let cur = self.config();
+        if cur.agent.authority == to {
+            return Ok(vec![format!("already in {} mode; nothing changed", authority::name(to))]);
+        }
+        let mut next = (*cur).clone();
+        next.agent.authority = to;
+        let mut steps = Vec::new();
+        let log = |steps: &mut Vec<String>, s: String| {
+            info!("authority: {s}");
+            steps.push(s);
+        };
+        match to {
+            AuthorityMode::Production => {
+                let stopped = self.services.write().expect("services lock").stop();
+                for s in stopped {
+                    log(&mut steps, s);
+                }
+                if let Some(t) = &self.tftp {
+                    t.apply_authority(to)?;
+                    log(
+                        &mut steps,
+                        format!(
+                            "tftp: {}",
+                            if t.status().serving { "serving on the reserved addresses" } else { "stopped serving" }
+                        ),
+                    );
+                }
+                // From here a restart comes back in production: never two authorities.
+                authority::persist(&next.agent.state_dir, to)?;
+                log(
+                    &mut steps,
+                    format!("persisted production mode in {}", authority::mode_file(&next.agent.state_dir).display()),
+                );
+                let plan = plan_for(&next, to, &[]);
+                self.apply_plan(&next, &plan, &mut steps).await?;
+            }
+            AuthorityMode::Bootstrap => {
+                let wait = std::time::Duration::from_millis(u64::from(next.dhcp.probe_wait_ms));
+                if !wait.is_zero() {
+                    let held = authority::held(&self.plan.read().expect("plan lock"));
+                    let probes = authority::probe(&next, wait, held).await?;
+                    let conflicts: Vec<String> = probes
+                        .iter()
+                        .filter(|p| !p.findings.is_empty())
+                        .map(|p| {
+                            let f: Vec<String> = p.findings.iter().map(ToString::to_string).collect();
+                            format!("segment {} ({}): {}", p.segment, p.interface, f.join("; "))
+                        })
+                        .collect();
+                    if !conflicts.is_empty() {
+                        anyhow::bail!(
+                            "not switched to bootstrap, nothing changed: another authority is active:\n  {}\n\
+                             switch it off first (exclusive activation, seed §3)",
+                            conflicts.join("\n  ")
+                        );
+                    }
+                    log(
+                        &mut steps,
+                        format!("probed {} segment(s): no other DHCP server, gateway addresses free", probes.len()),
+                    );
+                }
+                let plan = plan_for(&next, to, &[]);
+                self.apply_plan(&next, &plan, &mut steps).await?;
+                if let Some(t) = &self.tftp {
+                    t.apply_authority(to)?;
+                    log(&mut steps, "tftp: serving on the gateway addresses".to_string());
+                }
+                let services = Services::start(&next, Vec::new(), &plan)?;
+                if let Some(d) = &services.dns {
+                    log(
+                        &mut steps,
+                        format!(
+                            "dns: serving on {}",
+                            d.status().listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+                if let Some(d) = &services.dhcp {
+                    log(&mut steps, format!("dhcp: serving on {}", d.interfaces().join(", ")));
+                }
+                *self.services.write().expect("services lock") = services;
+                authority::persist(&next.agent.state_dir, to)?;
+                log(
+                    &mut steps,
+                    format!("persisted bootstrap mode in {}", authority::mode_file(&next.agent.state_dir).display()),
+                );
+            }
+        }
+        *self.config.write().expect("config lock") = Arc::new(next);
+        Ok(steps)
+    }
+
+    /// Brings addresses and routes to `plan`, and the dataplane with them.
+    async fn apply_plan(&self, cfg: &Config, plan: &crate::routing::Plan, steps: &mut Vec<String>) -> Result<()> {
+        let applied = self.routing.apply(plan).await?;
+        // (In the order they happened.)
+        for a in &applied.removed {
+            info!("authority: routing: released {a}");
+            steps.push(format!("routing: released {a}"));
+        }
+        for a in &applied.added {
+            info!("authority: routing: took {a}");
+            steps.push(format!("routing: took {a}"));
+        }
+        if let Some(dp) = self.dataplane.lock().expect("dataplane lock").as_mut() {
+            dp.set_addresses(cfg, plan)?;
+        }
+        // Neighbours that knew the previous holder learn the new one at once.
+        for a in plan.addresses.iter().filter(|a| cfg.segments.iter().any(|s| s.interface == a.ifname)) {
+            if let Err(e) = crate::authority::announce(&a.ifname, a.addr.addr()) {
+                warn!("authority: announcing {} on {}: {e:#}", a.addr.addr(), a.ifname);
+            }
+        }
+        *self.plan.write().expect("plan lock") = plan.clone();
+        Ok(())
     }
 }
 
@@ -138,6 +356,7 @@ impl ctl::Handler for Agent {
     async fn handle(&self, req: Request) -> Response {
         match req {
             Request::Status => {
+                let services = self.services.read().expect("services lock");
                 let dp = self.dataplane.lock().expect("dataplane lock");
                 let Some(dp) = dp.as_ref() else {
                     return Response::Error { message: "the dataplane is shutting down".into() };
@@ -150,9 +369,11 @@ impl ctl::Handler for Agent {
                         config: self.config_path.clone(),
                         authority: self.config().agent.authority,
                         dataplane: d,
-                        dns: self.dns.as_ref().map(|d| d.status()),
+                        dns: services.dns.as_ref().map(|d| d.status()),
                         routing: self.plan.read().expect("plan lock").clone(),
-                        dhcp: self.dhcp.as_ref().map(|d| d.status()),
+                        dhcp: services.dhcp.as_ref().map(|d| d.status()),
+                        refused: services.refused.clone(),
+                        foreign_dhcp: services.watcher.as_ref().map(|w| w.sightings()).unwrap_or_default(),
                         tftp: self.tftp.as_ref().map(Tftp::status),
                     })),
                     Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
@@ -190,7 +411,11 @@ impl ctl::Handler for Agent {
                 Ok(changes) => Response::Reloaded { changes },
                 Err(e) => Response::Error { message: format!("{e:#}") },
             },
-            Request::Leases => match &self.dhcp {
+            Request::Authority { mode } => match self.switch(mode).await {
+                Ok(steps) => Response::Switched { steps },
+                Err(e) => Response::Error { message: format!("{e:#}") },
+            },
+            Request::Leases => match &self.services.read().expect("services lock").dhcp {
                 Some(d) => Response::Leases { leases: d.leases() },
                 None => Response::Error {
                     message: "DHCP is not running (disabled, no pools or static hosts, or production mode)".into(),
@@ -220,7 +445,29 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     let level = dataplane::aya_level(&config.agent.log);
     // Addresses, routes and forwarding first: the interfaces' addresses are
     // the "gateway" zone of the firewall.
-    let plan = crate::routing::plan(&config, config.agent.authority);
+    config.agent.authority = crate::authority::effective(&config)?;
+    info!("authority: {} mode", crate::authority::name(config.agent.authority));
+    // Exclusive activation: in bootstrap mode, nobody else may serve DHCP on
+    // a segment coresvc serves, or hold a gateway address it takes.
+    let mut refused = Vec::new();
+    if config.agent.authority == crate::config::AuthorityMode::Bootstrap && config.dhcp.probe_wait_ms > 0 {
+        let wait = std::time::Duration::from_millis(u64::from(config.dhcp.probe_wait_ms));
+        // Nothing of coresvc's answers yet: every answer is someone else's.
+        for p in crate::authority::probe(&config, wait, Vec::new()).await? {
+            if p.findings.is_empty() {
+                continue;
+            }
+            for f in &p.findings {
+                error!(
+                    segment = %p.segment, interface = %p.interface,
+                    "authority: {f}: coresvc does not activate there ({})",
+                    if p.address_conflict() { "no gateway address, no DHCP" } else { "no DHCP" }
+                );
+            }
+            refused.push(p);
+        }
+    }
+    let plan = plan_for(&config, config.agent.authority, &refused);
     crate::routing::check_plan(&plan)?;
     let routing = Arc::new(crate::routing::Routing::new()?);
     let applied = routing.apply(&plan).await?;
@@ -247,11 +494,16 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
             }
         });
     }
-    // Services: each starts only if the configuration and the authority mode ask for it.
-    let dns = crate::dns::Dns::start(&config)?.map(Arc::new);
+    // Services: each starts only if the configuration and the authority
+    // mode ask for it; DHCP not on segments another server answers.
     let overrides = overrides.clone();
-    // DHCP: leases from the state directory; client names go into DNS.
-    let dhcp = crate::dhcp::Dhcp::start(&config, dns.clone())?;
+    let services = match Services::start(&config, refused, &plan) {
+        Ok(s) => s,
+        Err(e) => {
+            dp.detach();
+            return Err(e);
+        }
+    };
     // ---- services, after the dataplane is up -------------------------------
     // TFTP (issue 5): boot files on the segments, while the authority mode allows.
     let tftp = match Tftp::start(&config, config.agent.authority) {
@@ -271,8 +523,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         routing: routing.clone(),
         reloading: tokio::sync::Mutex::new(()),
         dataplane: Mutex::new(Some(dp)),
-        dns,
-        dhcp,
+        services: std::sync::RwLock::new(services),
         tftp,
     });
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
@@ -300,6 +551,8 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     gc.abort();
     links.abort();
     let _ = std::fs::remove_file(&config.agent.control_socket);
+    // Leases durable before the process ends.
+    let _ = agent.services.write().expect("services lock").stop();
     let dp = agent.dataplane.lock().expect("dataplane lock").take();
     if let Some(dp) = dp {
         dp.detach();
@@ -363,6 +616,13 @@ async fn follow_links(agent: Arc<Agent>, mut events: tokio::sync::mpsc::Receiver
             }
         }
     }
+}
+
+/// True when DHCP's part of the configuration changed (pools, hosts,
+/// options, times, PXE).
+fn dhcp_changed(cur: &Config, next: &Config) -> bool {
+    let j = |c: &Config| serde_json::to_string(&c.dhcp).unwrap_or_default();
+    j(cur) != j(next)
 }
 
 /// Masqueraded connections and the gateway's own share the uplink address:

@@ -26,6 +26,12 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ModeArg {
+    Bootstrap,
+    Production,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the agent in the foreground.
@@ -43,8 +49,18 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Apply the configuration file again (firewall, routes, DNS); a bad
-    /// file changes nothing. SIGHUP does the same.
+    /// Switch the authority mode live (bootstrap: coresvc serves DNS, DHCP
+    /// and TFTP on the gateway addresses; production: dedicated
+    /// infrastructure does, coresvc moves to its reserved addresses). The
+    /// mode is persisted in the state directory.
+    Authority {
+        #[arg(value_enum)]
+        mode: ModeArg,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Apply the configuration file again (firewall, NAT, routes, DNS,
+    /// DHCP); a bad file changes nothing. SIGHUP does the same.
     Reload {
         #[command(flatten)]
         target: Target,
@@ -203,6 +219,21 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             other => unexpected(other),
         },
+        Cmd::Authority { mode, target } => {
+            let mode = match mode {
+                ModeArg::Bootstrap => crate::config::AuthorityMode::Bootstrap,
+                ModeArg::Production => crate::config::AuthorityMode::Production,
+            };
+            match call(&target, &Request::Authority { mode })? {
+                Response::Switched { steps } => {
+                    for s in steps {
+                        println!("{s}");
+                    }
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }
         Cmd::Reload { target } => match call(&target, &Request::Reload)? {
             Response::Reloaded { changes } => {
                 for c in changes {
@@ -386,6 +417,22 @@ pub fn render_status(s: &ctl::Status) -> String {
         s.authority
     );
     let _ = writeln!(o, "config   {}", s.config.display());
+    for p in &s.refused {
+        let f: Vec<String> = p.findings.iter().map(ToString::to_string).collect();
+        let _ = writeln!(o, "REFUSED  segment {} ({}): {}", p.segment, p.interface, f.join("; "));
+    }
+    for f in &s.foreign_dhcp {
+        let _ = writeln!(
+            o,
+            "WARNING  another DHCP server on segment {} ({}): {} (from {}), {} answer(s) seen, last {}s ago",
+            f.segment,
+            f.interface,
+            f.server,
+            f.from,
+            f.answers,
+            crate::dhcp::unix_now().saturating_sub(f.last_seen)
+        );
+    }
     let _ = writeln!(
         o,
         "pins     {} (schema {}{})",

@@ -42,6 +42,10 @@ pub enum Request {
     Flows,
     /// The DHCP leases.
     Leases,
+    /// Switch the authority mode live.
+    Authority {
+        mode: crate::config::AuthorityMode,
+    },
 }
 
 /// A response: `ok` with a payload, or an error message for the operator.
@@ -50,13 +54,31 @@ pub enum Request {
 pub enum Response {
     Status(Box<Status>),
     Moved(crate::dns::Moved),
-    Zones { zones: Vec<crate::dns::ZoneStatus> },
-    ZoneText { text: String },
-    Rules { rules: Vec<crate::dataplane::rules::RuleStatus> },
-    Reloaded { changes: Vec<String> },
-    Flows { flows: Vec<crate::dataplane::flows::Flow> },
-    Leases { leases: Vec<crate::dhcp::server::LeaseInfo> },
-    Error { message: String },
+    Zones {
+        zones: Vec<crate::dns::ZoneStatus>,
+    },
+    ZoneText {
+        text: String,
+    },
+    Rules {
+        rules: Vec<crate::dataplane::rules::RuleStatus>,
+    },
+    Reloaded {
+        changes: Vec<String>,
+    },
+    Flows {
+        flows: Vec<crate::dataplane::flows::Flow>,
+    },
+    Leases {
+        leases: Vec<crate::dhcp::server::LeaseInfo>,
+    },
+    /// The steps an authority switch took.
+    Switched {
+        steps: Vec<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +96,13 @@ pub struct Status {
     /// Absent when DHCP is disabled, has nothing to serve, or in production mode.
     #[serde(default)]
     pub dhcp: Option<crate::dhcp::DhcpStatus>,
+    /// Segments coresvc did not activate on at the last activation (another
+    /// DHCP server answered, or another host holds the gateway address).
+    #[serde(default)]
+    pub refused: Vec<crate::authority::SegmentProbe>,
+    /// Other DHCP servers seen while serving.
+    #[serde(default)]
+    pub foreign_dhcp: Vec<crate::authority::Sighting>,
     /// Absent without a `[tftp]` section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tftp: Option<crate::tftp::TftpStatus>,

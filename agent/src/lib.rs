@@ -2,6 +2,7 @@
 //! plane, with an eBPF dataplane. See ARCHITECTURE.md for the map of the code.
 
 pub mod agent;
+pub mod authority;
 pub mod cli;
 pub mod config;
 pub mod ctl;

@@ -120,14 +120,27 @@ impl Routing {
     pub async fn apply(&self, plan: &Plan) -> Result<Applied> {
         let mut out = Applied::default();
         enable_forwarding()?;
-        // Addresses.
+        // Addresses: the ones no longer wanted go first (an authority switch
+        // replaces a segment's address with another in the same network;
+        // removing a primary address would take the secondaries with it).
         let mut ours_wanted: BTreeSet<(u32, Ipv4Addr, u8)> = BTreeSet::new();
+        let mut to_add = Vec::new();
         for w in &plan.addresses {
             let Some(idx) = self.ifindex(&w.ifname).await? else {
                 out.missing.push(w.ifname.clone());
                 continue;
             };
+            promote_secondaries(&w.ifname);
             ours_wanted.insert((idx, w.addr.addr(), w.addr.prefix_len()));
+            to_add.push((idx, w));
+        }
+        for (idx, addr, len, msg) in self.addresses(None).await? {
+            if is_ours_addr(&msg) && !ours_wanted.contains(&(idx, addr, len)) {
+                self.handle.address().del(msg).execute().await.with_context(|| format!("removing {addr}/{len}"))?;
+                out.removed.push(format!("address {addr}/{len} (ifindex {idx})"));
+            }
+        }
+        for (idx, w) in to_add {
             let present = self.addresses(Some(idx)).await?;
             if present.iter().any(|(_, a, l, _)| *a == w.addr.addr() && *l == w.addr.prefix_len()) {
                 continue;
@@ -137,12 +150,6 @@ impl Routing {
             req.execute().await.with_context(|| format!("adding {} to {}", w.addr, w.ifname))?;
             let _ = self.handle.link().set(rtnetlink::LinkUnspec::new_with_index(idx).up().build()).execute().await;
             out.added.push(format!("address {} dev {}", w.addr, w.ifname));
-        }
-        for (idx, addr, len, msg) in self.addresses(None).await? {
-            if is_ours_addr(&msg) && !ours_wanted.contains(&(idx, addr, len)) {
-                self.handle.address().del(msg).execute().await.with_context(|| format!("removing {addr}/{len}"))?;
-                out.removed.push(format!("address {addr}/{len} (ifindex {idx})"));
-            }
         }
         // Routes.
         let present = self.our_routes().await?;
@@ -352,6 +359,17 @@ pub fn watch_links(names: Vec<String>) -> Result<tokio::sync::mpsc::Receiver<Lin
 }
 
 /// IPv4 forwarding in this network namespace.
+/// Removing an interface's primary address keeps its other addresses
+/// (someone else's included) instead of deleting them with it.
+fn promote_secondaries(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/promote_secondaries");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "1") {
+        if let Err(e) = std::fs::write(&path, "1") {
+            warn!("routing: cannot set {path}: {e}");
+        }
+    }
+}
+
 fn enable_forwarding() -> Result<()> {
     let path = "/proc/sys/net/ipv4/ip_forward";
     let now = std::fs::read_to_string(path).context("reading net.ipv4.ip_forward")?;

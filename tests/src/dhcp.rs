@@ -269,6 +269,9 @@ impl Lab {
 pub struct Captured {
     /// The DHCP payload.
     pub payload: Vec<u8>,
+    /// The sender's MAC address and UDP source port.
+    pub src_mac: [u8; 6],
+    pub sport: u16,
 }
 
 /// The UDP payloads of every IPv4/UDP frame in a pcap file.
@@ -298,7 +301,9 @@ pub fn pcap_udp_payloads(bytes: &[u8]) -> Result<Vec<Captured>> {
         let ihl = usize::from(frame[14] & 0x0f) * 4;
         let udp = 14 + ihl;
         if let Some(p) = frame.get(udp + 8..) {
-            out.push(Captured { payload: p.to_vec() });
+            let src_mac = frame[6..12].try_into().expect("6 bytes");
+            let sport = u16::from_be_bytes([frame[udp], frame[udp + 1]]);
+            out.push(Captured { payload: p.to_vec(), src_mac, sport });
         }
     }
     Ok(out)

@@ -192,7 +192,7 @@ fn pinned_maps_of_another_schema_version_are_refused() {
     let ours = format!("uses version {}", coresvc_maps_schema::SCHEMA_VERSION);
     assert!(msg.contains("schema version 99") && msg.contains(&ours), "{msg}");
     assert!(msg.contains("coresvc unpin"), "says how to recover: {msg}");
-    assert!(!xdp_attached(&lab, "mgmt0"), "nothing attached after a refusal");
+    assert!(!xdp_attached(&lab, "mgmt0"), "nothing attached after a refusal:\n{}", lab.log_tail(40));
 }
 
 #[test]

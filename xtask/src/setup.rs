@@ -30,6 +30,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
             "bpftool",
             "iproute2",
             "iputils-ping",
+            "iputils-arping",
             "ethtool",
             "tcpdump",
             "nftables",

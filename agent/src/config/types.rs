@@ -335,6 +335,13 @@ pub struct DhcpSection {
     #[serde(rename = "option")]
     pub options: Vec<DhcpOption>,
     pub pxe: Pxe,
+    /// Before serving a segment in bootstrap mode (and before taking its
+    /// gateway address), listen this long for another DHCP server's answer
+    /// to a probe, and for ARP answers for the address; 0 skips the probes.
+    pub probe_wait_ms: u32,
+    /// While serving, probe for other DHCP servers this often (their
+    /// broadcast answers to clients are heard at any time).
+    pub watch_interval: Duration,
 }
 
 impl Default for DhcpSection {
@@ -349,6 +356,8 @@ impl Default for DhcpSection {
             hosts: Vec::new(),
             options: Vec::new(),
             pxe: Pxe::default(),
+            probe_wait_ms: 3000,
+            watch_interval: Duration(60),
         }
     }
 }

@@ -544,6 +544,15 @@ impl<'a> Validator<'a> {
 
     fn dhcp(&mut self) {
         let c = self.c;
+        if c.dhcp.probe_wait_ms > 30_000 {
+            self.err(
+                cfg_path!("dhcp", "probe_wait_ms"),
+                format!("{} ms is more than 30 s; a few seconds is plenty (0 skips the probe)", c.dhcp.probe_wait_ms),
+            );
+        }
+        if c.dhcp.watch_interval.secs() == 0 {
+            self.err(cfg_path!("dhcp", "watch_interval"), "must be at least 1s");
+        }
         let seg_names = self.segment_names();
         let mut ranges: Vec<(usize, u32, u32)> = Vec::new();
         for (pi, p) in c.dhcp.pools.iter().enumerate() {

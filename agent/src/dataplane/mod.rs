@@ -365,6 +365,29 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The segments' addresses changed (an authority switch): the
+    /// interfaces' entries and the gateway's local addresses follow.
+    pub fn set_addresses(&mut self, cfg: &Config, plan: &crate::routing::Plan) -> Result<()> {
+        let uplink_found = self.specs.iter().find(|s| s.role == Role::Uplink).and_then(|s| s.address);
+        let uplink_planned = cfg.uplink.as_ref().is_some_and(|u| u.address.is_some());
+        let found = if uplink_planned { None } else { uplink_found };
+        self.specs = interfaces(cfg, plan, found);
+        let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
+            BpfHashMap::try_from(self.ebpf.map_mut(schema::IFACES.name).ok_or_else(|| anyhow!("no IFACES map"))?)?;
+        for a in self.attached.values_mut() {
+            if let Some(spec) = self.specs.iter().find(|s| s.name == a.spec.name) {
+                a.spec = spec.clone();
+                if let Ok(mut info) = ifaces.get(&a.ifindex, 0) {
+                    info.ipv4 = spec.address.map(|x| x.addr().octets()).unwrap_or_default();
+                    info.prefix_len = spec.address.map(|x| x.prefix_len()).unwrap_or(0);
+                    ifaces.insert(a.ifindex, info, 0)?;
+                }
+            }
+        }
+        drop(ifaces);
+        self.set_local_addrs(plan.addresses.iter().map(|a| a.addr.addr()).chain(found.map(|a| a.addr())).collect())
+    }
+
     /// Applies a changed configuration's settings and firewall rules.
     pub fn reconfigure(&mut self, cfg: &Config, compiled: Vec<rules::Compiled>) -> Result<()> {
         self.write_settings(cfg)?;

@@ -91,7 +91,11 @@ pub fn compile(cfg: &Config) -> Result<Vec<Compiled>, CompileError> {
     let mut d = |name: &str, rule: Rule| out.push(Compiled { name: format!("default:{name}"), rule, prefixes: vec![] });
     match fw.to_gateway {
         GatewayPolicy::Services => {
-            for (what, p, port) in [("dns", 17, 53), ("dns-tcp", 6, 53), ("dhcp", 17, 67), ("tftp", 17, 69)] {
+            // Port 68: other DHCP servers' answers, which coresvc watches for
+            // (exclusive activation, authority.rs).
+            for (what, p, port) in
+                [("dns", 17, 53), ("dns-tcp", 6, 53), ("dhcp", 17, 67), ("dhcp-replies", 17, 68), ("tftp", 17, 69)]
+            {
                 d(&format!("gateway-{what}"), row(ZONE_ANY_SEGMENT, ZONE_GATEWAY, p, port, port, ACTION_ALLOW));
             }
             d("gateway-ping", row(ZONE_ANY_SEGMENT, ZONE_GATEWAY, 1, 0, u16::MAX, ACTION_ALLOW));

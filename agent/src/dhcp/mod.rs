@@ -78,8 +78,14 @@ struct JournalStats {
 
 /// Work for the commit thread, in state-machine order.
 enum Job {
-    Commit { records: Vec<LeaseRecord>, reply: Option<Reply>, effects: Vec<Effect> },
+    Commit {
+        records: Vec<LeaseRecord>,
+        reply: Option<Reply>,
+        effects: Vec<Effect>,
+    },
     Compact(Vec<LeaseRecord>),
+    /// Make everything queued durable, then end (the service stops).
+    Stop,
 }
 
 struct Core {
@@ -113,6 +119,7 @@ pub struct Dhcp {
     journal_path: std::path::PathBuf,
     stats: Arc<JournalStats>,
     tasks: Vec<JoinHandle<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn unix_now() -> u64 {
@@ -122,8 +129,9 @@ pub fn unix_now() -> u64 {
 impl Dhcp {
     /// Opens the lease journal and serves every segment that has a pool or
     /// static hosts, unless DHCP is disabled or the authority mode is
-    /// production (dedicated infrastructure answers then).
-    pub fn start(cfg: &Config, dns: Option<Arc<Dns>>) -> Result<Option<Dhcp>> {
+    /// production (dedicated infrastructure answers then). Segments named in
+    /// `refused` are not served (another authority answers there).
+    pub fn start(cfg: &Config, dns: Option<Arc<Dns>>, refused: &[String]) -> Result<Option<Dhcp>> {
         if !cfg.dhcp.enabled {
             info!("dhcp: disabled in the configuration");
             return Ok(None);
@@ -137,7 +145,10 @@ impl Dhcp {
         let n = records.len();
         let mut server = Server::new(cfg, records);
         server.expire(now);
-        let served: Vec<usize> = (0..server.segments.len()).filter(|&i| server.segments[i].served).collect();
+        let served: Vec<usize> = (0..server.segments.len())
+            .filter(|&i| server.segments[i].served)
+            .filter(|&i| !refused.iter().any(|r| cfg.segments.get(i).is_some_and(|s| &s.name == r)))
+            .collect();
         if served.is_empty() {
             info!("dhcp: no segment has a pool or static hosts; not serving");
             return Ok(None);
@@ -164,18 +175,21 @@ impl Dhcp {
         stats.bytes.store(journal.len(), Ordering::Relaxed);
         let journal_path = journal.path().to_path_buf();
         let (jobs, rx) = mpsc::channel();
-        {
+        let committer = {
             let (sender, stats) = (sender.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("dhcp-journal".into())
                 .spawn(move || committer(journal, rx, &sender, dns.as_deref(), &stats))
-                .context("dhcp: starting the journal thread")?;
-        }
+                .context("dhcp: starting the journal thread")?
+        };
         let core = Arc::new(Mutex::new(Core { server, jobs, since_compaction: 0 }));
         let mut tasks = Vec::new();
         let interfaces = recv.iter().map(|(_, i, _)| i.clone()).collect();
         for (seg, iface, sock) in recv {
             let (core, sender) = (core.clone(), sender.clone());
+            // coresvc's own probes for other servers (authority.rs) come from
+            // this interface's MAC: not a client.
+            let own_mac = crate::authority::iface_mac(&iface).ok();
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 1500];
                 loop {
@@ -186,6 +200,9 @@ impl Dhcp {
                             continue;
                         }
                     };
+                    if n >= 34 && buf[2] == 6 && own_mac.is_some_and(|m| buf[28..34] == m) {
+                        continue;
+                    }
                     let reply = core.lock().expect("dhcp lock").handle(seg, &buf[..n], unix_now());
                     if let Some(r) = reply {
                         sender.send(&r);
@@ -211,7 +228,7 @@ impl Dhcp {
             "dhcp: serving on {}",
             served.iter().map(|&i| sender.sockets[&i].1.as_str()).collect::<Vec<_>>().join(", ")
         );
-        Ok(Some(Dhcp { core, interfaces, journal_path, stats, tasks }))
+        Ok(Some(Dhcp { core, interfaces, journal_path, stats, tasks, committer: Some(committer) }))
     }
 
     pub fn status(&self) -> DhcpStatus {
@@ -232,14 +249,26 @@ impl Dhcp {
         }
     }
 
+    /// The interfaces served.
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
+    }
+
     pub fn leases(&self) -> Vec<LeaseInfo> {
         self.core.lock().expect("dhcp lock").server.list()
     }
 
-    pub fn stop(self) {
-        for t in self.tasks {
+    /// Stops serving; returns once every lease granted so far is durable
+    /// (the journal can be opened again at once).
+    pub fn stop(mut self) {
+        for t in self.tasks.drain(..) {
             t.abort();
         }
+        let _ = self.core.lock().expect("dhcp lock").jobs.send(Job::Stop);
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+        info!("dhcp: stopped");
     }
 }
 
@@ -382,6 +411,10 @@ fn committer(mut journal: Journal, rx: mpsc::Receiver<Job>, sender: &Sender, dns
                         }
                         Err(e) => error!("dhcp: compaction failed, the journal keeps growing: {e}"),
                     }
+                }
+                Job::Stop => {
+                    flush(&mut journal, &mut records, &mut done);
+                    return;
                 }
             }
             if records.len() >= 8192 {

@@ -53,7 +53,7 @@ pub struct Dns {
     dynamic: Mutex<BTreeMap<Name, Ipv4Addr>>,
     moves_path: PathBuf,
     listen: Vec<SocketAddr>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// `coresvc status`'s DNS part.
@@ -131,7 +131,7 @@ impl Dns {
             dynamic: Mutex::new(BTreeMap::new()),
             moves_path,
             listen: Vec::new(),
-            tasks: Vec::new(),
+            tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -143,7 +143,8 @@ impl Dns {
         };
         for s in &cfg.segments {
             let addr = SocketAddr::new(s.gateway.into(), 53);
-            self.tasks.extend(server::serve(addr, self.resolver.clone(), tcp.clone())?);
+            let tasks = server::serve(addr, self.resolver.clone(), tcp.clone())?;
+            self.tasks.get_mut().expect("dns tasks lock").extend(tasks);
             self.listen.push(addr);
         }
         info!(
@@ -290,10 +291,12 @@ impl Dns {
         Ok(())
     }
 
-    pub fn stop(self) {
-        for t in self.tasks {
+    /// Closes the sockets (the service stays shared with DHCP until it stops too).
+    pub fn stop(&self) {
+        for t in self.tasks.lock().expect("dns tasks lock").drain(..) {
             t.abort();
         }
+        info!("dns: stopped");
     }
 }
 
