@@ -220,6 +220,28 @@ impl Agent {
         Ok(done)
     }
 
+    /// `coresvc status`: everything in one view.
+    fn status(&self) -> Result<ctl::Status> {
+        let services = self.services.read().expect("services lock");
+        let dp = self.dataplane.lock().expect("dataplane lock");
+        let dp = dp.as_ref().ok_or_else(|| anyhow::anyhow!("the dataplane is shutting down"))?;
+        let d = dp.status().context("reading counters")?;
+        Ok(ctl::Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config: self.config_path.clone(),
+            authority: self.config().agent.authority,
+            dataplane: d,
+            dns: services.dns.as_ref().map(|d| d.status()),
+            routing: self.plan.read().expect("plan lock").clone(),
+            dhcp: services.dhcp.as_ref().map(|d| d.status()),
+            refused: services.refused.clone(),
+            foreign_dhcp: services.watcher.as_ref().map(|w| w.sightings()).unwrap_or_default(),
+            tftp: self.tftp.as_ref().map(Tftp::status),
+        })
+    }
+
     fn dns(&self) -> Result<Arc<crate::dns::Dns>, Response> {
         self.services.read().expect("services lock").dns.clone().ok_or_else(|| Response::Error {
             message: "DNS is not running (disabled in the configuration, or production mode)".into(),
@@ -352,33 +374,24 @@ impl Agent {
     }
 }
 
+impl crate::metrics::Source for Agent {
+    fn scrape(&self) -> Result<String> {
+        let status = self.status()?;
+        let rules = match self.dataplane.lock().expect("dataplane lock").as_ref() {
+            Some(dp) => dp.rules_status(&self.config())?,
+            None => Vec::new(),
+        };
+        Ok(crate::metrics::render(&status, &rules))
+    }
+}
+
 impl ctl::Handler for Agent {
     async fn handle(&self, req: Request) -> Response {
         match req {
-            Request::Status => {
-                let services = self.services.read().expect("services lock");
-                let dp = self.dataplane.lock().expect("dataplane lock");
-                let Some(dp) = dp.as_ref() else {
-                    return Response::Error { message: "the dataplane is shutting down".into() };
-                };
-                match dp.status() {
-                    Ok(d) => Response::Status(Box::new(ctl::Status {
-                        version: env!("CARGO_PKG_VERSION").to_string(),
-                        pid: std::process::id(),
-                        uptime_secs: self.started.elapsed().as_secs(),
-                        config: self.config_path.clone(),
-                        authority: self.config().agent.authority,
-                        dataplane: d,
-                        dns: services.dns.as_ref().map(|d| d.status()),
-                        routing: self.plan.read().expect("plan lock").clone(),
-                        dhcp: services.dhcp.as_ref().map(|d| d.status()),
-                        refused: services.refused.clone(),
-                        foreign_dhcp: services.watcher.as_ref().map(|w| w.sightings()).unwrap_or_default(),
-                        tftp: self.tftp.as_ref().map(Tftp::status),
-                    })),
-                    Err(e) => Response::Error { message: format!("reading counters: {e:#}") },
-                }
-            }
+            Request::Status => match self.status() {
+                Ok(st) => Response::Status(Box::new(st)),
+                Err(e) => Response::Error { message: format!("{e:#}") },
+            },
             Request::Rules => match self.dataplane.lock().expect("dataplane lock").as_ref() {
                 Some(dp) => match dp.rules_status(&self.config()) {
                     Ok(rules) => Response::Rules { rules },
@@ -411,6 +424,19 @@ impl ctl::Handler for Agent {
                 Ok(changes) => Response::Reloaded { changes },
                 Err(e) => Response::Error { message: format!("{e:#}") },
             },
+            Request::DnsCache => match self.dns() {
+                Ok(dns) => Response::Cache { entries: dns.resolver.cache.list(std::time::Instant::now()) },
+                Err(r) => r,
+            },
+            Request::DnsFlush => match self.dns() {
+                Ok(dns) => {
+                    let entries = dns.resolver.cache.len();
+                    dns.resolver.cache.clear();
+                    info!("dns: cache flushed ({entries} entries)");
+                    Response::Flushed { entries }
+                }
+                Err(r) => r,
+            },
             Request::Authority { mode } => match self.switch(mode).await {
                 Ok(steps) => Response::Switched { steps },
                 Err(e) => Response::Error { message: format!("{e:#}") },
@@ -442,6 +468,10 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     // The control socket first: it refuses to start a second agent on the
     // same socket before that one's dataplane is touched.
     let listener = ctl::bind(&config.agent.control_socket).await?;
+    let metrics_listener = match config.agent.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let level = dataplane::aya_level(&config.agent.log);
     // Addresses, routes and forwarding first: the interfaces' addresses are
     // the "gateway" zone of the firewall.
@@ -526,6 +556,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         services: std::sync::RwLock::new(services),
         tftp,
     });
+    let metrics = metrics_listener.map(|l| crate::metrics::serve(l, agent.clone()));
     let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     let gc = tokio::spawn(conntrack_gc(agent.clone()));
     let names: Vec<String> = dataplane::interfaces(&config, &plan, None).into_iter().map(|i| i.name).collect();
@@ -548,6 +579,9 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         }
     }
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     gc.abort();
     links.abort();
     let _ = std::fs::remove_file(&config.agent.control_socket);

@@ -26,6 +26,22 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum DnsCmd {
+    /// Cached answers (forwarded names), with their remaining lifetime.
+    Cache {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Empty the cache (forwarded answers are asked again).
+    Flush {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum ModeArg {
     Bootstrap,
@@ -85,6 +101,9 @@ pub enum Cmd {
     /// DNS zones: reload zone files, export zones.
     #[command(subcommand)]
     Zone(ZoneCmd),
+    /// The DNS cache: list or flush it.
+    #[command(subcommand)]
+    Dns(DnsCmd),
     /// Benchmark and lab helpers (sink, bare redirect, frame blaster).
     #[command(subcommand, hide = true)]
     Devtool(crate::devtool::Devtool),
@@ -215,6 +234,38 @@ pub fn main(cli: Cli) -> Result<()> {
                 } else {
                     print!("{}", render_status(&s));
                 }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Dns(DnsCmd::Cache { target, json }) => match call(&target, &Request::DnsCache)? {
+            Response::Cache { entries } => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&entries)?);
+                } else {
+                    println!(
+                        "{:<48} {:<7} {:<3} {:<9} {:>7} {:>10}",
+                        "NAME", "TYPE", "DO", "RCODE", "ANSWERS", "EXPIRES"
+                    );
+                    for e in entries {
+                        println!(
+                            "{:<48} {:<7} {:<3} {:<9} {:>7} {:>9}s",
+                            e.name,
+                            e.qtype,
+                            if e.dnssec_ok { "yes" } else { "no" },
+                            e.rcode,
+                            e.answers,
+                            e.expires_in_secs
+                        );
+                    }
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Cmd::Dns(DnsCmd::Flush { target }) => match call(&target, &Request::DnsFlush)? {
+            Response::Flushed { entries } => {
+                println!("flushed {entries} cached answer(s)");
                 Ok(())
             }
             other => unexpected(other),

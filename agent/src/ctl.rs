@@ -42,6 +42,10 @@ pub enum Request {
     Flows,
     /// The DHCP leases.
     Leases,
+    /// The DNS cache's entries.
+    DnsCache,
+    /// Empty the DNS cache.
+    DnsFlush,
     /// Switch the authority mode live.
     Authority {
         mode: crate::config::AuthorityMode,
@@ -71,6 +75,12 @@ pub enum Response {
     },
     Leases {
         leases: Vec<crate::dhcp::server::LeaseInfo>,
+    },
+    Cache {
+        entries: Vec<crate::dns::cache::CachedAnswer>,
+    },
+    Flushed {
+        entries: usize,
     },
     /// The steps an authority switch took.
     Switched {

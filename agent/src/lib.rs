@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod devtool;
 pub mod dhcp;
 pub mod dns;
+pub mod metrics;
 pub mod netns;
 pub mod routing;
 pub mod tftp;

@@ -326,6 +326,17 @@ fn forwarding_caching_and_per_domain_forwarders() {
     let before = dns_counter(&lab, "upstream_queries");
     ask(&lab, "nope.mgmt.deevnet.net", "A");
     assert_eq!(dns_counter(&lab, "upstream_queries"), before);
+    // The cache is visible and can be flushed.
+    let out = lab.coresvc(["dns", "cache", "--json"]).unwrap();
+    let cached: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = cached.as_array().unwrap().iter().find(|e| e["name"] == "www.example.org.").expect("cached");
+    assert_eq!((entry["qtype"].as_str(), entry["rcode"].as_str()), (Some("A"), Some("No Error")), "{entry}");
+    assert!(entry["expires_in_secs"].as_u64().unwrap() > 0);
+    let out = lab.coresvc(["dns", "flush"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("flushed "), "{out:?}");
+    let before = dns_counter(&lab, "upstream_queries");
+    ask(&lab, "www.example.org", "A");
+    assert_eq!(dns_counter(&lab, "upstream_queries"), before + 1, "asked upstream again after the flush");
 }
 
 #[test]

@@ -138,6 +138,33 @@ impl Cache {
     pub fn clear(&self) {
         self.inner.lock().expect("cache lock").clear();
     }
+
+    /// The live entries, most recently used first (`coresvc dns cache`).
+    pub fn list(&self, now: Instant) -> Vec<CachedAnswer> {
+        let c = self.inner.lock().expect("cache lock");
+        c.iter()
+            .filter(|(_, e)| e.expires > now)
+            .map(|(k, e)| CachedAnswer {
+                name: k.name.to_string(),
+                qtype: k.qtype.to_string(),
+                dnssec_ok: k.dnssec_ok,
+                rcode: e.rcode.to_string(),
+                answers: e.answers.len(),
+                expires_in_secs: e.expires.saturating_duration_since(now).as_secs(),
+            })
+            .collect()
+    }
+}
+
+/// One cached answer, as `coresvc dns cache` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CachedAnswer {
+    pub name: String,
+    pub qtype: String,
+    pub dnssec_ok: bool,
+    pub rcode: String,
+    pub answers: usize,
+    pub expires_in_secs: u64,
 }
 
 #[cfg(test)]
