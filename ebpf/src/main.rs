@@ -254,6 +254,9 @@ fn postrouting(ctx: &mut TcContext) {
     if p.later_fragment {
         return;
     }
+    if settings.nat_addr != [0; 4] && parse::is_icmp_error(&p) && icmp_error_out(ctx, settings, &p) {
+        return;
+    }
     if maps::is_local(p.saddr) {
         track_local(ctx, settings, &p);
         return;
@@ -269,6 +272,28 @@ fn postrouting(ctx: &mut TcContext) {
             let _ = nat::tc_rewrite(ctx, &p, true, addr, port);
         }
     }
+}
+
+/// An ICMP error about a translated connection, leaving towards the
+/// outside (from an inside host, or from the gateway about a packet it had
+/// already translated): the outside host must see the addresses it used.
+#[inline(always)]
+fn icmp_error_out(ctx: &TcContext, settings: &Settings, p: &parse::Ip4) -> bool {
+    let Some((qs, qsp, qd, qdp, qproto)) = parse::icmp_inner(ctx, p) else { return false };
+    let t = conntrack::tuple_of(qs, qsp, qd, qdp, qproto);
+    let Some(e) = conntrack::lookup(&t, conntrack::now()) else { return false };
+    let from_orig = conntrack::from_orig(e, &t);
+    // SAFETY: a live entry pointer.
+    let (kind, snat_port, dnat_port) = unsafe { ((*e).nat_kind, (*e).snat_port, (*e).dnat_port) };
+    let port = match (kind, from_orig) {
+        // The quoted packet came from outside to a forwarded port.
+        (NAT_DNAT, true) => dnat_port,
+        // The quoted packet was an answer to a masqueraded inside host.
+        (NAT_SNAT, false) => snat_port,
+        _ => return false,
+    };
+    let _ = nat::tc_icmp_error_out(ctx, p, settings.nat_addr, port);
+    true
 }
 
 #[inline(always)]

@@ -108,30 +108,55 @@ pub fn tc_rewrite(ctx: &mut TcContext, p: &Ip4, src: bool, addr: [u8; 4], port: 
 
 /// Translates an ICMP error arriving for the outside address back to the
 /// inside host: the outer destination becomes `inside`, and the quoted
-/// packet's source (which left as `nat_addr:op`) becomes `inside:iport`,
-/// with every checksum involved fixed (outer IP, quoted IP, quoted UDP,
-/// quoted ICMP echo, the error's own ICMP checksum).
+/// packet's source (which left as `nat_addr:op`) becomes `inside:iport`.
 #[inline(always)]
 pub fn xdp_icmp_error_in(ctx: &XdpContext, p: &Ip4, inside: [u8; 4], iport: u16) -> Option<()> {
-    let ip = ptr_at_mut::<[u8; 20], XdpContext>(ctx, L3)?;
+    icmp_error_rewrite(ctx, p, false, inside, iport)
+}
+
+/// Translates an ICMP error leaving through the uplink about a translated
+/// connection: the outer source and the quoted packet's destination become
+/// `nat_addr:port` (what the outside host sent to), so no inside address
+/// leaks and the error reaches the right socket.
+#[inline(always)]
+pub fn tc_icmp_error_out(ctx: &TcContext, p: &Ip4, nat_addr: [u8; 4], port: u16) -> Option<()> {
+    icmp_error_rewrite(ctx, p, true, nat_addr, port)
+}
+
+/// The ICMP error rewrite both ways, with every checksum involved fixed
+/// incrementally (outer IP, quoted IP, quoted UDP/TCP/echo checksums when
+/// quoted, the error's own ICMP checksum: ICMP has no checksum offload).
+/// Inbound (`outbound == false`): outer destination and quoted source;
+/// outbound: outer source and quoted destination.
+#[inline(always)]
+fn icmp_error_rewrite<C: crate::packet::Bounds>(
+    ctx: &C,
+    p: &Ip4,
+    outbound: bool,
+    addr: [u8; 4],
+    port: u16,
+) -> Option<()> {
+    let ip = ptr_at_mut::<[u8; 20], C>(ctx, L3)?;
     let l4 = L3 + (p.ihl & 0x3c);
     // The error header (8) + quoted IP header (20) + quoted L4 (8).
-    let m = ptr_at_mut::<[u8; 36], XdpContext>(ctx, l4)?;
+    let m = ptr_at_mut::<[u8; 36], C>(ctx, l4)?;
     // SAFETY: both checked by ptr_at_mut.
     let (ip, m) = unsafe { (&mut *ip, &mut *m) };
-    let new_a = u32::from_be_bytes(inside);
-    // Outer destination.
-    let old_dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-    ip[16..20].copy_from_slice(&inside);
-    let c = checksum::update32(u16::from_be_bytes([ip[10], ip[11]]), old_dst, new_a);
+    let new_a = u32::from_be_bytes(addr);
+    // Outer address.
+    let o = if outbound { 12 } else { 16 };
+    let old_outer = u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
+    ip[o..o + 4].copy_from_slice(&addr);
+    let c = checksum::update32(u16::from_be_bytes([ip[10], ip[11]]), old_outer, new_a);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     // The quoted packet: IP header at 8, its L4 at 28.
     let mut icmp_c = u16::from_be_bytes([m[2], m[3]]);
-    let q_src = u32::from_be_bytes([m[20], m[21], m[22], m[23]]);
-    m[20..24].copy_from_slice(&inside);
-    icmp_c = checksum::update32(icmp_c, q_src, new_a);
+    let qa = if outbound { 24 } else { 20 };
+    let q_old = u32::from_be_bytes([m[qa], m[qa + 1], m[qa + 2], m[qa + 3]]);
+    m[qa..qa + 4].copy_from_slice(&addr);
+    icmp_c = checksum::update32(icmp_c, q_old, new_a);
     let q_ipc_old = u16::from_be_bytes([m[18], m[19]]);
-    let q_ipc = checksum::update32(q_ipc_old, q_src, new_a);
+    let q_ipc = checksum::update32(q_ipc_old, q_old, new_a);
     m[18..20].copy_from_slice(&q_ipc.to_be_bytes());
     icmp_c = checksum::update16(icmp_c, q_ipc_old, q_ipc);
     let q_proto = m[17];
@@ -141,35 +166,39 @@ pub fn xdp_icmp_error_in(ctx: &XdpContext, p: &Ip4, inside: [u8; 4], iport: u16)
         m[2..4].copy_from_slice(&icmp_c.to_be_bytes());
         return Some(());
     }
+    let side = if outbound { 2 } else { 0 };
     let (port_off, csum_off, pseudo) = match q_proto {
         // The TCP checksum lies beyond the 8 quoted bytes every error
         // carries; it is fixed below when the quote reaches it.
-        ipproto::TCP => (28, None, true),
-        ipproto::UDP => (28, Some(34), true),
-        // A quoted echo request: its identifier, and its checksum.
+        ipproto::TCP => (28 + side, None, true),
+        ipproto::UDP => (28 + side, Some(34), true),
+        // A quoted echo: its identifier, and its checksum.
         ipproto::ICMP => (32, Some(30), false),
-        _ => return Some(()),
+        _ => {
+            m[2..4].copy_from_slice(&icmp_c.to_be_bytes());
+            return Some(());
+        }
     };
     let old_port = u16::from_be_bytes([m[port_off], m[port_off + 1]]);
-    m[port_off..port_off + 2].copy_from_slice(&iport.to_be_bytes());
-    icmp_c = checksum::update16(icmp_c, old_port, iport);
+    m[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());
+    icmp_c = checksum::update16(icmp_c, old_port, port);
     if let Some(co) = csum_off {
         let old_c = u16::from_be_bytes([m[co], m[co + 1]]);
         if !(q_proto == ipproto::UDP && old_c == 0) {
-            let mut nc = checksum::update16(old_c, old_port, iport);
+            let mut nc = checksum::update16(old_c, old_port, port);
             if pseudo {
-                nc = checksum::update32(nc, q_src, new_a);
+                nc = checksum::update32(nc, q_old, new_a);
             }
             m[co..co + 2].copy_from_slice(&nc.to_be_bytes());
             icmp_c = checksum::update16(icmp_c, old_c, nc);
         }
     }
     if q_proto == ipproto::TCP {
-        if let Some(tc) = ptr_at_mut::<[u8; 2], XdpContext>(ctx, l4 + 44) {
+        if let Some(tc) = ptr_at_mut::<[u8; 2], C>(ctx, l4 + 44) {
             // SAFETY: checked by ptr_at_mut.
             let tc = unsafe { &mut *tc };
             let old_c = u16::from_be_bytes(*tc);
-            let nc = checksum::update32(checksum::update16(old_c, old_port, iport), q_src, new_a);
+            let nc = checksum::update32(checksum::update16(old_c, old_port, port), q_old, new_a);
             *tc = nc.to_be_bytes();
             icmp_c = checksum::update16(icmp_c, old_c, nc);
         }

@@ -325,3 +325,50 @@ fn a_datagram_no_longer_than_its_header_is_translated() {
         assert_eq!(parse(&out).dst, c);
     });
 }
+
+#[test]
+fn icmp_errors_from_inside_about_translated_flows_leave_with_the_outside_addresses() {
+    in_fib_ns(|| {
+        let mut fw = nat_fw(20000, 32767, &[(7071, 17, "10.10.0.10", 7001)], 1024);
+        let (mgmt, dvnt, up) = (fw.mgmt, fw.dvnt, fw.up);
+        // A datagram to a forwarded port nobody listens on: the inside host
+        // answers port unreachable, quoting the datagram as it got it.
+        let (_, fwd) = fw.xdp(up, &frame_udp(UPSTREAM_MAC, "192.0.2.1", 40000, "192.0.2.2", 7071));
+        let unreachable = frames::ipv4(
+            PROV_MAC,
+            GW,
+            ip("10.10.0.10"),
+            ip("192.0.2.1"),
+            1,
+            64,
+            0,
+            &frames::icmp(3, 3, [0; 4], &fwd[frames::IP..]),
+        );
+        assert_eq!(fw.xdp(mgmt, &unreachable).0, PASS, "related to a tracked flow");
+        let e = parse(&fw.egress_out(&unreachable).1);
+        assert_eq!((e.src, e.dst), (ip("192.0.2.2"), ip("192.0.2.1")), "no inside address leaves");
+        let q = e.inner.unwrap();
+        assert_eq!((q.src, q.sport, q.dst, q.dport), (ip("192.0.2.1"), 40000, ip("192.0.2.2"), 7071));
+        assert_eq!(q.l4_ok, Some(true));
+
+        // A masqueraded client refusing an answer (its socket closed).
+        let q = frame_udp(CLIENT_MAC, "10.20.0.50", 21000, "192.0.2.1", 53);
+        assert_eq!(fw.xdp(dvnt, &q).0, PASS);
+        let (_, answer) = fw.xdp(up, &frame_udp(UPSTREAM_MAC, "192.0.2.1", 53, "192.0.2.2", 21000));
+        let refusal = frames::ipv4(
+            CLIENT_MAC,
+            GW,
+            ip("10.20.0.50"),
+            ip("192.0.2.1"),
+            1,
+            64,
+            0,
+            &frames::icmp(3, 3, [0; 4], &answer[frames::IP..]),
+        );
+        assert_eq!(fw.xdp(dvnt, &refusal).0, PASS);
+        let e = parse(&fw.egress_out(&refusal).1);
+        assert_eq!(e.src, ip("192.0.2.2"));
+        let q = e.inner.unwrap();
+        assert_eq!((q.src, q.sport, q.dst, q.dport), (ip("192.0.2.1"), 53, ip("192.0.2.2"), 21000));
+    });
+}
