@@ -169,6 +169,12 @@ impl Agent {
         {
             restart.push("dataplane.conntrack_max / xdp_mode");
         }
+        if serde_json::to_string(&cur.tftp).ok() != serde_json::to_string(&next.tftp).ok() {
+            restart.push("[tftp]");
+        }
+        if cur.agent.metrics_listen != next.agent.metrics_listen {
+            restart.push("agent.metrics_listen");
+        }
         if !restart.is_empty() {
             anyhow::bail!("not reloaded, nothing changed: these changes need a restart: {}", restart.join(", "));
         }
