@@ -15,6 +15,7 @@
 pub mod dhcp;
 pub mod dns;
 pub mod frames;
+pub mod pxe;
 pub mod raw;
 pub mod servers;
 pub mod topology;
