@@ -215,6 +215,9 @@ impl Lab {
         if let Some(mac) = &l.mac {
             run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "address", mac]))?;
         }
+        if let Some(mac) = &l.gw_mac {
+            run(Command::new("ip").args(["-n", &gw, "link", "set", &l.gw_iface, "address", mac]))?;
+        }
         run(Command::new("ip").args(["-n", &gw, "link", "set", &l.gw_iface, "up"]))?;
         if let Some(a) = &l.address {
             run(Command::new("ip").args(["-n", &ns, "addr", "add", a, "dev", &l.iface]))?;

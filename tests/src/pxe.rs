@@ -49,41 +49,68 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// and unpacked the initramfs it was served.
 pub const INIT_MARKER: &str = "coresvc-pxe-guest: init from the served initramfs is running";
 
-/// Everything the boot needs and that is missing here, as one sentence
+/// What [`fill_boot_root`] needs and is missing here, as one sentence
 /// naming what installs it; `None` when all is in place.
-pub fn missing_prerequisites(uefi: bool) -> Option<String> {
-    let mut missing = Vec::new();
-    if Command::new(QEMU).arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
-        missing.push(format!("{QEMU} (package qemu-system-x86)"));
-    }
-    for (p, what) in [
+pub fn missing_boot_files() -> Option<String> {
+    let missing = missing_files(&[
         (guest_kernel(), "the guest kernel"),
         (guest_busybox(), "the guest's busybox"),
         (Path::new(IPXE_DIR).join("ipxe.efi"), "iPXE (package ipxe)"),
+        (Path::new(IPXE_DIR).join("undionly.kpxe"), "iPXE (package ipxe)"),
+    ]);
+    (!missing.is_empty()).then(|| format!("missing: {}; `cargo xtask setup` installs them", missing.join(", ")))
+}
+
+/// Everything a qemu guest's boot needs and is missing here (boot files,
+/// qemu, iPXE's ROMs, OVMF for `uefi`); `None` when all is in place.
+pub fn missing_prerequisites(uefi: bool) -> Option<String> {
+    let mut files = vec![
+        (guest_kernel(), "the guest kernel"),
+        (guest_busybox(), "the guest's busybox"),
+        (Path::new(IPXE_DIR).join("ipxe.efi"), "iPXE (package ipxe)"),
+        (Path::new(IPXE_DIR).join("undionly.kpxe"), "iPXE (package ipxe)"),
         (PathBuf::from("/usr/lib/ipxe/qemu/efi-virtio.rom"), "iPXE's qemu ROMs (package ipxe-qemu)"),
-    ] {
-        if !p.is_file() {
-            missing.push(format!("{what} at {}", p.display()));
-        }
+    ];
+    if uefi {
+        files.push((PathBuf::from(OVMF_CODE), "OVMF (package ovmf)"));
     }
-    if uefi && !Path::new(OVMF_CODE).is_file() {
-        missing.push(format!("OVMF at {OVMF_CODE} (package ovmf)"));
+    let mut missing = missing_files(&files);
+    if Command::new(QEMU).arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        missing.push(format!("{QEMU} (package qemu-system-x86)"));
     }
     (!missing.is_empty()).then(|| format!("missing: {}; `cargo xtask setup` installs them", missing.join(", ")))
 }
 
+fn missing_files(files: &[(PathBuf, &str)]) -> Vec<String> {
+    files.iter().filter(|(p, _)| !p.is_file()).map(|(p, what)| format!("{what} at {}", p.display())).collect()
+}
+
+/// What the guest's init does after printing [`INIT_MARKER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEnd {
+    /// Powers the machine off, so qemu exits by itself (the test).
+    PowerOff,
+    /// Mounts /proc and /sys and gives a shell on the console (the Vagrant
+    /// lab's substrate hosts: `virsh console` to look around).
+    Shell,
+}
+
 /// An initramfs (newc cpio, uncompressed) holding `/init` (a busybox shell
 /// script), `/bin/busybox` and the `/dev/console` node the kernel opens for
-/// init. The script prints [`INIT_MARKER`] and `extra` lines, then powers
-/// the machine off, so qemu exits by itself.
-pub fn initramfs(busybox: &[u8], extra: &str) -> Vec<u8> {
-    let init = format!(
-        "#!/bin/busybox sh\n\
-         /bin/busybox echo\n\
-         /bin/busybox echo '{INIT_MARKER}'\n\
-         {extra}\n\
-         /bin/busybox poweroff -f\n"
-    );
+/// init. The script prints [`INIT_MARKER`], then does what `end` says.
+pub fn initramfs(busybox: &[u8], end: GuestEnd) -> Vec<u8> {
+    let then = match end {
+        GuestEnd::PowerOff => "/bin/busybox poweroff -f\n",
+        GuestEnd::Shell => {
+            "/bin/busybox mkdir -p /proc /sys /sbin /usr/bin /usr/sbin\n\
+             /bin/busybox --install -s\n\
+             mount -t proc proc /proc\n\
+             mount -t sysfs sysfs /sys\n\
+             echo 'busybox shell; poweroff -f ends it'\n\
+             exec sh\n"
+        }
+    };
+    let init = format!("#!/bin/busybox sh\n/bin/busybox echo\n/bin/busybox echo '{INIT_MARKER}'\n{then}");
     let mut w = Cpio::default();
     w.entry("dev", 0o040_755, (0, 0), &[]);
     w.entry("dev/console", 0o020_600, (5, 1), &[]);
@@ -131,7 +158,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -165,7 +192,7 @@ pub fn ipxe_script(token: &str) -> String {
 /// (`undionly.kpxe`, `ipxe.efi`), the script `boot.ipxe`, the kernel
 /// `vmlinuz` and `initramfs.cpio`. Files are copied: TFTP serves only
 /// what is beneath its root.
-pub fn fill_boot_root(root: &Path, token: &str) -> Result<()> {
+pub fn fill_boot_root(root: &Path, token: &str, end: GuestEnd) -> Result<()> {
     fs::create_dir_all(root)?;
     for f in ["undionly.kpxe", "ipxe.efi"] {
         let from = Path::new(IPXE_DIR).join(f);
@@ -173,7 +200,7 @@ pub fn fill_boot_root(root: &Path, token: &str) -> Result<()> {
     }
     fs::copy(guest_kernel(), root.join("vmlinuz")).context("copying the guest kernel")?;
     let busybox = fs::read(guest_busybox()).context("reading the guest's busybox")?;
-    fs::write(root.join("initramfs.cpio"), initramfs(&busybox, ""))?;
+    fs::write(root.join("initramfs.cpio"), initramfs(&busybox, end))?;
     fs::write(root.join("boot.ipxe"), ipxe_script(token))?;
     Ok(())
 }
@@ -379,7 +406,7 @@ mod tests {
 
     #[test]
     fn initramfs_is_a_newc_archive_ending_in_a_trailer() {
-        let a = initramfs(b"BUSYBOX", "");
+        let a = initramfs(b"BUSYBOX", GuestEnd::PowerOff);
         assert!(a.starts_with(b"070701"));
         assert_eq!(a.len() % 4, 0);
         let text = String::from_utf8_lossy(&a);

@@ -36,7 +36,7 @@ fn token() -> String {
 fn lab_serving_boot_files(token: &str) -> Lab {
     let mut lab = Lab::for_test().expect("lab up");
     let dir = lab.paths.run_dir.clone();
-    pxe::fill_boot_root(&dir.join("tftp"), token).expect("boot files");
+    pxe::fill_boot_root(&dir.join("tftp"), token, pxe::GuestEnd::PowerOff).expect("boot files");
     let text = fs::read_to_string(coresvc_lab::default_config()).unwrap();
     let script = "ipxe_script = \"http://artifacts.mgmt.deevnet.net/boot.ipxe\"";
     assert!(text.contains(script), "examples/coresvc.toml changed: update this test");
