@@ -11,8 +11,11 @@
 //! served `ipxe.efi`, chainloads it, and iPXE then asks again and gets the
 //! script: PXE → iPXE → script → kernel and initramfs.
 //!
-//! qemu runs under TCG by default (`CORESVC_PXE_ACCEL=kvm` tries KVM): the
-//! field notes saw Debian 12's iPXE ROM reset under KVM.
+//! qemu runs under TCG (software emulation) by default; `CORESVC_PXE_ACCEL=kvm`
+//! tries KVM. Under this machine's nested KVM neither firmware got far:
+//! SeaBIOS' iPXE ROM stopped at its "Press Ctrl-B" prompt and OVMF printed
+//! nothing in 240 s, while under TCG each boot takes about half a minute
+//! (most of it iPXE configuring its NIC).
 
 use std::{fs, net::Ipv4Addr, time::Duration};
 

@@ -27,7 +27,7 @@ for pair in "$@"; do
     name=${pair%%=*}
     mac=${pair#*=}
     printf '[Match]\nMACAddress=%s\n\n[Link]\nName=%s\n' "$mac" "$name" >"/etc/systemd/network/10-coresvc-$name.link"
-    current=$(ip -o link | awk -v mac="$mac" 'index($0, "link/ether " mac " ") { sub(/:$/, "", $2); print $2 }')
+    current=$(ip -o link | awk -v mac="$mac" 'index($0, "link/ether " mac " ") { sub(/:$/, "", $2); sub(/@.*$/, "", $2); print $2 }')
     if [ -z "$current" ]; then
         echo "no NIC has MAC $mac (for $name)" >&2
         exit 1
