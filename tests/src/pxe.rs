@@ -172,12 +172,11 @@ impl Cpio {
 /// The iPXE script coresvc serves: it echoes the guest's address, its DHCP
 /// server and its TFTP server (one short line: consoles wrap at 80 columns),
 /// then fetches kernel and initramfs by TFTP from the server the script came
-/// from, and boots with a kernel command line carrying `token` and
-/// `initrd=` (under UEFI the kernel's EFI stub loads the initramfs itself,
-/// from iPXE's file system, by that name: this iPXE predates the LoadFile2
-/// initrd protocol)
-/// (the kernel prints its command line, so the console shows that this
-/// script, and not another, booted it).
+/// from and boots. The kernel command line carries `token` (the kernel
+/// prints its command line, so the console shows that this script, and not
+/// another, booted it) and `initrd=`: under UEFI the kernel's EFI stub loads
+/// the initramfs itself, by that name, from iPXE's file system (this iPXE
+/// predates the LoadFile2 initrd protocol).
 pub fn ipxe_script(token: &str) -> String {
     format!(
         "#!ipxe\n\
@@ -219,8 +218,8 @@ pub enum Firmware {
 /// How qemu runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
-    /// Software emulation: slower, and what the field notes saw work with
-    /// Debian 12's iPXE ROM.
+    /// Software emulation: what works here (under nested KVM, SeaBIOS'
+    /// iPXE ROM stalled at its prompt and OVMF printed nothing).
     Tcg,
     Kvm,
 }
@@ -233,6 +232,13 @@ impl Accel {
             _ => Accel::Tcg,
         }
     }
+}
+
+/// Prints a progress line of a boot on stderr, also while the test harness
+/// captures test output (a boot takes a while; its steps show as they come).
+pub fn progress(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "pxe: {msg}");
 }
 
 /// A diskless qemu guest on a tap device in a lab node's namespace. Dropping
@@ -350,7 +356,7 @@ impl Guest {
         loop {
             let text = self.console_text();
             while next < steps.len() && text.contains(steps[next].1) {
-                eprintln!("[{:>5.1}s] {}", start.elapsed().as_secs_f64(), steps[next].0);
+                progress(&format!("{} [{:>5.1}s] {}", self.mac, start.elapsed().as_secs_f64(), steps[next].0));
                 next += 1;
             }
             if next == steps.len() {

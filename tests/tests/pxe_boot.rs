@@ -75,7 +75,7 @@ fn boots(fw: Firmware, mac: &str, steps: &[(&str, &str)]) {
     let lab = lab_serving_boot_files(&token);
     lab.tap_on_segment("dvnt-client", "tap0").expect("tap on dvnt");
     let accel = Accel::from_env();
-    eprintln!("booting a diskless {fw:?} guest ({mac}) on dvnt under {accel:?}");
+    pxe::progress(&format!("booting a diskless {fw:?} guest ({mac}) on dvnt under {accel:?}"));
     let mut guest: Guest = lab.boot_guest("dvnt-client", "tap0", mac, fw, accel).expect("qemu");
     let cmdline = format!("coresvc.boot={token}");
     let mut all: Vec<(&str, &str)> = steps.to_vec();
@@ -95,7 +95,7 @@ fn boots(fw: Firmware, mac: &str, steps: &[(&str, &str)]) {
     }
     let st = guest.wait_exit(Duration::from_secs(60)).expect("the guest powers off");
     assert!(st.success(), "qemu: {st}: {}", guest.qemu_stderr());
-    eprintln!("the guest powered itself off");
+    pxe::progress(&format!("{mac} powered itself off"));
 
     // The server's side of the same boot.
     let console = guest.console_text();
@@ -126,7 +126,7 @@ fn boots(fw: Firmware, mac: &str, steps: &[(&str, &str)]) {
     assert!(tftp["completed"].as_u64().unwrap() >= files.len() as u64, "{tftp:#}");
     let kernel_len = fs::metadata(pxe::guest_kernel()).unwrap().len();
     assert!(tftp["bytes_sent"].as_u64().unwrap() >= kernel_len, "the whole kernel was sent: {tftp:#}");
-    eprintln!("coresvc: lease {addr} for {mac}; TFTP transfers completed: {}", files.join(", "));
+    pxe::progress(&format!("coresvc: lease {addr} for {mac}; TFTP transfers completed: {}", files.join(", ")));
 }
 
 #[test]
