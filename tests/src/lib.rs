@@ -15,6 +15,7 @@
 pub mod dhcp;
 pub mod dns;
 pub mod frames;
+pub mod pxe;
 pub mod raw;
 pub mod servers;
 pub mod topology;
@@ -213,6 +214,9 @@ impl Lab {
         ]))?;
         if let Some(mac) = &l.mac {
             run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "address", mac]))?;
+        }
+        if let Some(mac) = &l.gw_mac {
+            run(Command::new("ip").args(["-n", &gw, "link", "set", &l.gw_iface, "address", mac]))?;
         }
         run(Command::new("ip").args(["-n", &gw, "link", "set", &l.gw_iface, "up"]))?;
         if let Some(a) = &l.address {

@@ -28,6 +28,8 @@ pub struct Link {
     /// The coresvc segment (or `uplink`) this link is.
     pub segment: String,
     pub gw_iface: String,
+    /// The MAC of the gateway's end.
+    pub gw_mac: Option<String>,
     pub node: String,
     pub iface: String,
     pub mac: Option<String>,

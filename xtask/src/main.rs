@@ -49,6 +49,17 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Run a fuzz target (cargo-fuzz, libFuzzer) for a while.
     Fuzz(fuzz::FuzzArgs),
+    /// Fill a TFTP root with what a diskless guest needs to boot from
+    /// coresvc: iPXE (undionly.kpxe, ipxe.efi), the iPXE script boot.ipxe,
+    /// Debian's kernel (vmlinuz) and a busybox initramfs (initramfs.cpio).
+    /// The PXE boot test makes the same files.
+    PxeRoot {
+        /// The TFTP root (`[tftp] root` of the configuration).
+        dir: PathBuf,
+        /// The guest's init gives a shell instead of powering off.
+        #[arg(long)]
+        shell: bool,
+    },
 }
 
 fn main() {
@@ -73,6 +84,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Lab(c) => lab::main(c),
         Cmd::Bench(b) => bench::main(b),
         Cmd::Fuzz(f) => fuzz::main(f),
+        Cmd::PxeRoot { dir, shell } => pxe_root(&dir, shell),
     }
 }
 
@@ -96,6 +108,17 @@ pub fn build_release() -> Result<PathBuf> {
     step("build", "cargo build --release -p coresvc");
     cmd_status(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "coresvc"]))?;
     Ok(release_bin())
+}
+
+fn pxe_root(dir: &std::path::Path, shell: bool) -> Result<()> {
+    use coresvc_lab::pxe::{GuestEnd, fill_boot_root, missing_boot_files};
+    if let Some(missing) = missing_boot_files() {
+        anyhow::bail!("cannot make the boot files: {missing}");
+    }
+    let end = if shell { GuestEnd::Shell } else { GuestEnd::PowerOff };
+    fill_boot_root(dir, "pxe-root", end)?;
+    step("pxe-root", &format!("{}: undionly.kpxe ipxe.efi boot.ipxe vmlinuz initramfs.cpio", dir.display()));
+    Ok(())
 }
 
 fn run_host(args: &[String]) -> Result<()> {

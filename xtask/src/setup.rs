@@ -4,7 +4,8 @@
 //! 1. Debian packages for the lab, the tests and the benchmarks;
 //! 2. the nightly toolchain's `rust-src` (for `-Z build-std=core`);
 //! 3. `bpf-linker`, built against the nightly toolchain's own LLVM;
-//! 4. bpffs mounted at /sys/fs/bpf.
+//! 4. bpffs mounted at /sys/fs/bpf;
+//! 5. the PXE guest's kernel and busybox, from Debian packages.
 
 use std::{
     fs,
@@ -48,7 +49,30 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     ("DHCP peers", &["kea-dhcp4-server"]),
     ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),
     ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools", "traceroute"]),
+    // A real firmware client: a diskless qemu guest that PXE boots from
+    // coresvc (SeaBIOS with iPXE's ROMs, or OVMF's own PXE chaining iPXE).
+    ("PXE boot test", &["qemu-system-x86", "ipxe-qemu", "ipxe", "ovmf"]),
+    // `vagrant validate` of vagrant/Vagrantfile (libvirt provider checked by
+    // the plugin); ruby runs the Vagrantfile for the topology check.
+    ("Vagrant lab checks", &["vagrant", "vagrant-libvirt", "ruby"]),
 ];
+
+/// Of DEBIAN_PACKAGES, those installed from `<release>-backports` on Debian
+/// 12: this machine kind ships qemu-utils 10 from bookworm-backports, whose
+/// Breaks on qemu-system-common (<< 8.0) make apt remove it for Debian 12's
+/// qemu 7.2; the backported qemu-system-x86 matches it (and brings a newer
+/// SeaBIOS). Elsewhere they come from the release like the others.
+const FROM_BACKPORTS_ON_BOOKWORM: &[&str] = &["qemu-system-x86"];
+
+/// The apt source for bookworm-backports, written when no source names it.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/coresvc-bookworm-backports.sources";
+
+/// The guest kernel's package: the cloud flavour (few drivers, boots fast
+/// under emulation); a metapackage naming the current versioned one.
+const GUEST_KERNEL_META: &str = "linux-image-cloud-amd64";
+/// A statically linked busybox: the guest's init (the package is only
+/// downloaded and unpacked, never installed: it conflicts with busybox).
+const GUEST_BUSYBOX_PKG: &str = "busybox-static";
 
 pub fn run(opts: &SetupOpts) -> Result<()> {
     if !is_root() {
@@ -61,7 +85,8 @@ pub fn run(opts: &SetupOpts) -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
-    step("setup", "done: toolchain, packages and bpffs are in place");
+    pxe_guest()?;
+    step("setup", "done: toolchain, packages, bpffs and the PXE guest are in place");
     Ok(())
 }
 
@@ -99,14 +124,31 @@ fn debian_packages(opts: &SetupOpts) -> Result<()> {
             .context("writing /usr/sbin/policy-rc.d")?;
         set_mode(policy, 0o755)?;
     }
+    let backports = if debian_codename().as_deref() == Some("bookworm") {
+        missing.iter().copied().filter(|p| FROM_BACKPORTS_ON_BOOKWORM.contains(p)).collect()
+    } else {
+        Vec::new()
+    };
     let result = (|| -> Result<()> {
+        if !backports.is_empty() {
+            backports_source()?;
+        }
         let mut update = Command::new("apt-get");
         update.args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive");
         cmd_status(&mut update).context("apt-get update")?;
+        if !backports.is_empty() {
+            let mut install = Command::new("apt-get");
+            install
+                .args(["install", "-y", "-q", "--no-install-recommends", "-t", "bookworm-backports"])
+                .args(&backports)
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            cmd_status(&mut install).context("apt-get install -t bookworm-backports")?;
+        }
+        let rest: Vec<&str> = missing.iter().copied().filter(|p| !backports.contains(p)).collect();
         let mut install = Command::new("apt-get");
         install
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
+            .args(&rest)
             .env("DEBIAN_FRONTEND", "noninteractive");
         cmd_status(&mut install).context("apt-get install")
     })();
@@ -119,6 +161,36 @@ fn debian_packages(opts: &SetupOpts) -> Result<()> {
         bail!("apt-get finished but these packages are still missing: {}", still.join(" "));
     }
     Ok(())
+}
+
+/// `VERSION_CODENAME` of /etc/os-release.
+fn debian_codename() -> Option<String> {
+    let text = fs::read_to_string("/etc/os-release").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"').to_string())
+}
+
+/// Adds Debian's bookworm-backports to apt's sources unless a source names it
+/// already. Backports have a low priority: only packages asked for with
+/// `-t bookworm-backports` come from there.
+fn backports_source() -> Result<()> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    if files.iter().any(|f| fs::read_to_string(f).is_ok_and(|t| t.contains("bookworm-backports"))) {
+        return Ok(());
+    }
+    step("packages", &format!("adding bookworm-backports to apt's sources ({BACKPORTS_SOURCE})"));
+    fs::write(
+        BACKPORTS_SOURCE,
+        "# written by cargo xtask setup: qemu-system-x86 matching the machine's qemu-utils\n\
+         Types: deb\n\
+         URIs: http://deb.debian.org/debian\n\
+         Suites: bookworm-backports\n\
+         Components: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .with_context(|| format!("writing {BACKPORTS_SOURCE}"))
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
@@ -277,4 +349,79 @@ fn bpffs() -> Result<()> {
     step("bpffs", "mounting bpffs at /sys/fs/bpf");
     fs::create_dir_all("/sys/fs/bpf").ok();
     cmd_status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// The PXE boot test's guest files in [`coresvc_lab::pxe::GUEST_CACHE`]:
+/// Debian's cloud kernel (`vmlinuz`) and static busybox (`busybox`), each
+/// downloaded as a Debian package (`apt-get download`, nothing installed)
+/// and unpacked; a stamp names the packages. Present files are kept.
+fn pxe_guest() -> Result<()> {
+    let dir = Path::new(coresvc_lab::pxe::GUEST_CACHE);
+    let stamp = dir.join("stamp");
+    let kernel = coresvc_lab::pxe::guest_kernel();
+    let busybox = coresvc_lab::pxe::guest_busybox();
+    if kernel.is_file() && busybox.is_file() && stamp.is_file() {
+        let what = fs::read_to_string(&stamp).unwrap_or_default();
+        step("pxe guest", &format!("present in {}: {}", dir.display(), what.trim().replace('\n', ", ")));
+        return Ok(());
+    }
+    let kernel_pkg = match guest_kernel_package() {
+        Ok(p) => p,
+        Err(_) => {
+            // An apt that never ran `update` knows no packages yet.
+            cmd_status(Command::new("apt-get").args(["update", "-q"]))?;
+            guest_kernel_package()?
+        }
+    };
+    step("pxe guest", &format!("downloading {kernel_pkg} and {GUEST_BUSYBOX_PKG} into {}", dir.display()));
+    let dl = dir.join("download");
+    let _ = fs::remove_dir_all(&dl);
+    fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+    cmd_status(
+        Command::new("apt-get")
+            .current_dir(&dl)
+            // The download directory is root's: apt's sandbox user cannot write it.
+            .args(["-q", "-o", "APT::Sandbox::User=root", "download", &kernel_pkg, GUEST_BUSYBOX_PKG]),
+    )?;
+    let deb = |prefix: &str| -> Result<PathBuf> {
+        fs::read_dir(&dl)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{prefix}_"))))
+            .with_context(|| format!("apt-get download left no {prefix}_*.deb in {}", dl.display()))
+    };
+    let version = kernel_pkg.trim_start_matches("linux-image-");
+    extract(&deb(&kernel_pkg)?, &format!("./boot/vmlinuz-{version}"), &kernel)?;
+    extract(&deb(GUEST_BUSYBOX_PKG)?, "./bin/busybox", &busybox)?;
+    set_mode(&busybox, 0o755)?;
+    let names: Vec<String> =
+        fs::read_dir(&dl)?.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect();
+    fs::write(&stamp, names.join("\n") + "\n")?;
+    fs::remove_dir_all(&dl)?;
+    step("pxe guest", &format!("{} and {} ready", kernel.display(), busybox.display()));
+    Ok(())
+}
+
+/// The versioned kernel package the metapackage depends on.
+fn guest_kernel_package() -> Result<String> {
+    let out = cmd_output(Command::new("apt-cache").args(["depends", "--important", GUEST_KERNEL_META]))?;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+        .with_context(|| format!("apt-cache depends {GUEST_KERNEL_META} names no linux-image package"))
+}
+
+/// Writes the member `member` of the Debian package `deb` to `to`.
+fn extract(deb: &Path, member: &str, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("part");
+    let script = "dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - \"$2\" > \"$3\"";
+    cmd_status(Command::new("sh").args(["-ec", script, "extract"]).arg(deb).arg(member).arg(&tmp))
+        .with_context(|| format!("extracting {member} from {}", deb.display()))?;
+    if fs::metadata(&tmp)?.len() == 0 {
+        bail!("{member} of {} is empty", deb.display());
+    }
+    fs::rename(&tmp, to)?;
+    Ok(())
 }
