@@ -248,7 +248,10 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         });
     }
     // Services: each starts only if the configuration and the authority mode ask for it.
-    let dns = crate::dns::Dns::start(&config)?.map(Arc::new);
+    // DNS fills the XDP answer cache in the maps the dataplane pinned.
+    let xdp_cache = crate::dns::xdp::XdpCache::open(&config.agent.pin_dir, config.dns_cache_on())?;
+    let dns = crate::dns::Dns::start(&config, Some(xdp_cache))?.map(Arc::new);
+    dp.set_dns_serving(dns.is_some(), &config)?;
     let overrides = overrides.clone();
     // DHCP: leases from the state directory; client names go into DNS.
     let dhcp = crate::dhcp::Dhcp::start(&config, dns.clone())?;
