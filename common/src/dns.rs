@@ -145,13 +145,14 @@ impl QueryBuf {
         u64::from_le(unsafe { (self.bytes.as_ptr() as *const u64).add(k).read() })
     }
 
-    /// Zeroes the buffer in place.
+    /// Zeroes the buffer in place, a word at a time (volatile: otherwise the
+    /// compiler makes it a call to `memset`, which on BPF is a byte loop).
     #[inline(always)]
     pub fn clear(&mut self) {
         let mut k = 0;
         while k < BUF_WORDS {
             // SAFETY: as in `word`.
-            unsafe { (self.bytes.as_mut_ptr() as *mut u64).add(k).write(0) };
+            unsafe { (self.bytes.as_mut_ptr() as *mut u64).add(k).write_volatile(0) };
             k += 1;
         }
     }

@@ -120,8 +120,7 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
     let scratch = DNS_SCRATCH.get_ptr_mut(0).ok_or(counter::NO_ROOM)?;
     // SAFETY: this CPU's slot, used by this program run only.
     let (key, buf, headers) = unsafe { &mut *scratch }.split();
-    // SAFETY: ptr_at checked DNS_AT (= DNS_QUERY_HEADERS) bytes.
-    *headers = unsafe { *h.cast::<[u8; DNS_AT]>() };
+    copy_headers(h, headers);
     buf.clear();
     // SAFETY: the buffer holds QUERY_MAX bytes from MSG_AT; len <= QUERY_MAX.
     let rc = unsafe {
@@ -324,6 +323,21 @@ fn current(e: &DnsAnswer) -> bool {
         i += 1;
     }
     true
+}
+
+/// Copies the query's first DNS_AT (42) bytes, checked by the caller, in
+/// words (volatile: a plain copy becomes a call to `memmove`, a byte loop).
+#[inline(always)]
+fn copy_headers(h: *const u8, to: &mut [u8; DNS_AT]) {
+    let dst = to.as_mut_ptr();
+    let mut i = 0;
+    while i + 8 <= DNS_AT {
+        // SAFETY: both ranges hold DNS_AT bytes; unaligned access is fine.
+        unsafe { dst.add(i).cast::<u64>().write_volatile(h.add(i).cast::<u64>().read_unaligned()) };
+        i += 8;
+    }
+    // SAFETY: as above (the last two bytes).
+    unsafe { dst.add(i).cast::<u16>().write_volatile(h.add(i).cast::<u16>().read_unaligned()) };
 }
 
 /// The source (host order) is a host of the segment, not the gateway.
