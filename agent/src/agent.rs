@@ -76,7 +76,9 @@ impl Services {
         refused: Vec<crate::authority::SegmentProbe>,
         plan: &crate::routing::Plan,
     ) -> Result<Services> {
-        let dns = crate::dns::Dns::start(cfg)?.map(Arc::new);
+        // DNS fills the XDP answer cache in the maps the dataplane pinned.
+        let xdp_cache = crate::dns::xdp::XdpCache::open(&cfg.agent.pin_dir, cfg.dns_cache_on())?;
+        let dns = crate::dns::Dns::start(cfg, Some(xdp_cache))?.map(Arc::new);
         let skip: Vec<String> = refused.iter().map(|p| p.segment.clone()).collect();
         let dhcp = match crate::dhcp::Dhcp::start(cfg, dns.clone(), &skip) {
             Ok(d) => d,
@@ -275,6 +277,11 @@ impl Agent {
         };
         match to {
             AuthorityMode::Production => {
+                // The fast path stops answering first, then the agent's services.
+                if let Some(dp) = self.dataplane.lock().expect("dataplane lock").as_mut() {
+                    dp.set_dns_serving(false, &next)?;
+                    log(&mut steps, "dns: XDP answer cache off".to_string());
+                }
                 let stopped = self.services.write().expect("services lock").stop();
                 for s in stopped {
                     log(&mut steps, s);
@@ -341,6 +348,12 @@ impl Agent {
                 }
                 if let Some(d) = &services.dhcp {
                     log(&mut steps, format!("dhcp: serving on {}", d.interfaces().join(", ")));
+                }
+                if let Some(dp) = self.dataplane.lock().expect("dataplane lock").as_mut() {
+                    dp.set_dns_serving(services.dns.is_some(), &next)?;
+                    if services.dns.is_some() && next.dns_cache_on() {
+                        log(&mut steps, "dns: XDP answer cache on".to_string());
+                    }
                 }
                 *self.services.write().expect("services lock") = services;
                 authority::persist(&next.agent.state_dir, to)?;
@@ -431,16 +444,17 @@ impl ctl::Handler for Agent {
                 Err(e) => Response::Error { message: format!("{e:#}") },
             },
             Request::DnsCache => match self.dns() {
-                Ok(dns) => Response::Cache { entries: dns.resolver.cache.list(std::time::Instant::now()) },
+                Ok(dns) => Response::Cache { entries: dns.resolver.cache.list(crate::dns::cache::now_ns()) },
                 Err(r) => r,
             },
             Request::DnsFlush => match self.dns() {
-                Ok(dns) => {
-                    let entries = dns.resolver.cache.len();
-                    dns.resolver.cache.clear();
-                    info!("dns: cache flushed ({entries} entries)");
-                    Response::Flushed { entries }
-                }
+                Ok(dns) => match dns.flush() {
+                    Ok(entries) => {
+                        info!("dns: cache flushed ({entries} entries; XDP answer cache invalidated)");
+                        Response::Flushed { entries }
+                    }
+                    Err(e) => Response::Error { message: format!("{e:#}") },
+                },
                 Err(r) => r,
             },
             Request::Authority { mode } => match self.switch(mode).await {
@@ -540,6 +554,8 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
             return Err(e);
         }
     };
+    // The programs answer from the DNS cache only while the DNS service runs.
+    dp.set_dns_serving(services.dns.is_some(), &config)?;
     // ---- services, after the dataplane is up -------------------------------
     // TFTP (issue 5): boot files on the segments, while the authority mode allows.
     let tftp = match Tftp::start(&config, config.agent.authority) {

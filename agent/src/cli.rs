@@ -548,6 +548,7 @@ pub fn render_status(s: &ctl::Status) -> String {
             let _ = writeln!(o, "         moved {svc} -> {to}");
         }
     }
+    render_dns_cache(&mut o, &d.dns_cache, s.dns.as_ref().and_then(|d| d.xdp_cache.as_ref()));
     let fw = &d.firewall;
     let _ = writeln!(o);
     let _ = writeln!(
@@ -586,6 +587,36 @@ pub fn render_status(s: &ctl::Status) -> String {
         render_tftp(&mut o, t);
     }
     o
+}
+
+/// The XDP answer cache: per segment hits, misses and passes by reason.
+fn render_dns_cache(
+    o: &mut String,
+    c: &crate::dataplane::DnsCacheStatus,
+    service: Option<&crate::dns::XdpCacheStatus>,
+) {
+    use std::fmt::Write as _;
+    let entries = service.map(|x| format!(", {} entries (epoch {})", x.entries, x.epoch)).unwrap_or_default();
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "dns xdp  answer cache {}{entries}",
+        if c.answering { "answering" } else { "off (dataplane.dns_cache, or DNS not serving)" }
+    );
+    for seg in &c.segments {
+        let passes: Vec<String> =
+            seg.passes.iter().filter(|(_, n)| **n > 0).map(|(reason, n)| format!("{reason} {n}")).collect();
+        let _ = writeln!(
+            o,
+            "         segment {:<10} hits {}, misses {}, expired {}, invalidated {}; passed: {}",
+            seg.segment,
+            seg.hits,
+            seg.misses,
+            seg.expired,
+            seg.invalidated,
+            if passes.is_empty() { "none".to_string() } else { passes.join(", ") }
+        );
+    }
 }
 
 fn render_dhcp(o: &mut String, d: &crate::dhcp::DhcpStatus) {

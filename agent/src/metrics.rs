@@ -136,6 +136,31 @@ pub fn render(s: &Status, rules: &[RuleStatus]) -> String {
         d.firewall.generation,
     );
     o.single("coresvc_nat_bindings", "gauge", "masquerade bindings (inside endpoint <-> outside port)", d.nat.bindings);
+    o.single(
+        "coresvc_dns_xdp_answering",
+        "gauge",
+        "1 while the segment programs answer from the XDP DNS cache",
+        u8::from(d.dns_cache.answering),
+    );
+    o.family(
+        "coresvc_dns_xdp_total",
+        "counter",
+        "XDP DNS answer cache per segment: hits, misses, expired, invalidated",
+    );
+    o.family("coresvc_dns_xdp_passes_total", "counter", "queries the XDP DNS cache passed to the agent, by reason");
+    for c in &d.dns_cache.segments {
+        for (result, n) in [("hit", c.hits), ("miss", c.misses), ("expired", c.expired), ("invalidated", c.invalidated)]
+        {
+            o.sample("coresvc_dns_xdp_total", &[("segment", c.segment.as_str()), ("result", result)], n);
+        }
+        for (reason, n) in &c.passes {
+            o.sample(
+                "coresvc_dns_xdp_passes_total",
+                &[("segment", c.segment.as_str()), ("reason", reason.as_str())],
+                n,
+            );
+        }
+    }
     o.family("coresvc_firewall_rule_packets_total", "counter", "packets matched per firewall rule (active bank)");
     o.family("coresvc_firewall_rule_bytes_total", "counter", "bytes matched per firewall rule (active bank)");
     for r in rules {

@@ -8,5 +8,6 @@
 
 pub mod checksum;
 pub mod conntrack;
+pub mod dns;
 pub mod firewall;
 pub mod proto;

@@ -1,6 +1,6 @@
 //! Programs for benchmarks and lab experiments, never loaded by the agent's
-//! data path: a counting sink (IPv4 UDP) and a bare forwarding redirect (the
-//! lab's limit).
+//! data path: a counting sink (IPv4 UDP), a bare forwarding redirect and a
+//! bare DNS reflector (the lab's limits).
 #![no_std]
 #![no_main]
 
@@ -92,6 +92,29 @@ fn try_redirect(ctx: &XdpContext) -> Option<u32> {
     eth[6..12].copy_from_slice(&f.smac);
     // SAFETY: no preconditions.
     Some(unsafe { bpf_redirect(f.ifindex, 0) } as u32)
+}
+
+/// The least an XDP DNS responder can do: every IPv4 UDP frame to port 53
+/// goes back where it came from, MAC and IP addresses and ports swapped
+/// (the checksums stay valid: swapping does not change the sums). Nothing
+/// is parsed, looked up or built.
+#[xdp]
+pub fn reflect(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 42 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let f = unsafe { &mut *(start as *mut [u8; 42]) };
+    if f[12] != 0x08 || f[13] != 0x00 || f[14] != 0x45 || f[23] != 17 || f[36] != 0 || f[37] != 53 {
+        return xdp_action::XDP_PASS;
+    }
+    for (a, b) in
+        [(0, 6), (1, 7), (2, 8), (3, 9), (4, 10), (5, 11), (26, 30), (27, 31), (28, 32), (29, 33), (34, 36), (35, 37)]
+    {
+        f.swap(a, b);
+    }
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

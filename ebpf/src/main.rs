@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod counters;
+mod dns;
 mod firewall;
 mod forward;
 mod ipv4;
@@ -24,27 +25,27 @@ use coresvc_common::{
     proto::{icmp, ipproto, port},
 };
 use coresvc_maps_schema::{
-    CT_SELF_RULE, CtEntry, IFACE_F_NAT, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT, NO_RULE,
-    SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, Settings, reason,
+    CT_SELF_RULE, CtEntry, IFACE_F_NAT, IfaceInfo, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT, NO_RULE, ROLE_SEGMENT,
+    SETTINGS_F_DNS_CACHE, SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, Settings, reason,
 };
 
 use crate::packet::frame_len;
 
-/// XDP on every segment interface.
+/// XDP on every segment interface (with the DNS answer cache).
 #[xdp]
 pub fn segment_ingress(ctx: XdpContext) -> u32 {
-    ingress(&ctx)
+    ingress::<true>(&ctx)
 }
 
 /// XDP on the uplink.
 #[xdp]
 pub fn uplink_ingress(ctx: XdpContext) -> u32 {
-    ingress(&ctx)
+    ingress::<false>(&ctx)
 }
 
 #[inline(always)]
-fn ingress(ctx: &XdpContext) -> u32 {
-    let verdict = match process(ctx) {
+fn ingress<const SEGMENT: bool>(ctx: &XdpContext) -> u32 {
+    let verdict = match decide::<SEGMENT>(ctx) {
         Ok(v) => v,
         Err(reason) => {
             counters::count_drop(ctx, reason);
@@ -57,12 +58,29 @@ fn ingress(ctx: &XdpContext) -> u32 {
 
 /// Decides what happens to a frame: `Ok(action)`, or `Err(reason)` to drop.
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Result<u32, u32> {
-    const PASS: u32 = xdp_action::XDP_PASS;
-    let Some(settings) = maps::settings() else { return Ok(PASS) };
-    let ifindex = ctx.ingress_ifindex() as u32;
+fn decide<const SEGMENT: bool>(ctx: &XdpContext) -> Result<u32, u32> {
+    let Some(settings) = maps::settings() else { return Ok(xdp_action::XDP_PASS) };
     // Only interfaces the agent configured get more than counting.
-    let Some(iface) = maps::iface(ifindex) else { return Ok(PASS) };
+    let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else { return Ok(xdp_action::XDP_PASS) };
+    // Queries to a segment's DNS service that the cache can answer (it
+    // checks the headers it relies on itself). Like all traffic to the
+    // gateway they are judged by the firewall packet by packet (the cache
+    // asks it too) and never tracked.
+    if SEGMENT && settings.flags & SETTINGS_F_DNS_CACHE != 0 && iface.role == ROLE_SEGMENT {
+        if let Some(v) = dns::answer(ctx, settings, &iface) {
+            return Ok(v);
+        }
+    }
+    process(ctx, settings, &iface)
+}
+
+/// Everything but the DNS cache. A function of its own (a BPF subprogram),
+/// so its stack frame and the cache's are never both on the stack.
+#[inline(never)]
+fn process(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo) -> Result<u32, u32> {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let iface = *iface;
     if settings.flags & SETTINGS_F_DROP_INVALID_IPV4 != 0 {
         ipv4::check(ctx)?;
     }

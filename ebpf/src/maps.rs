@@ -3,11 +3,12 @@
 //! checks the built object against the schema.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     macros::btf_map,
 };
 use coresvc_maps_schema::{
-    self as schema, CtEntry, CtKey, IfVerdict, IfaceInfo, NatBind, NatKey, PacketCount, PrefixData, Rule, Settings,
+    self as schema, CtEntry, CtKey, DnsAnswer, DnsKey, DnsScratch, DnsStats, IfVerdict, IfaceInfo, NatBind, NatKey,
+    PacketCount, PrefixData, Rule, Settings,
 };
 
 #[btf_map]
@@ -43,6 +44,18 @@ pub static NAT_BIND: HashMap<NatKey, NatBind, { schema::NAT_BIND.max_entries as 
 
 #[btf_map]
 pub static NAT_FWD: HashMap<NatKey, NatBind, { schema::NAT_FWD.max_entries as usize }> = HashMap::new();
+
+#[btf_map]
+pub static DNS_CACHE: LruHashMap<DnsKey, DnsAnswer, { schema::DNS_CACHE.max_entries as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static DNS_EPOCHS: Array<u64, { schema::DNS_EPOCHS.max_entries as usize }> = Array::new();
+
+#[btf_map]
+pub static DNS_STATS: PerCpuArray<DnsStats, { schema::DNS_STATS.max_entries as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static DNS_SCRATCH: PerCpuArray<DnsScratch, { schema::DNS_SCRATCH.max_entries as usize }> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn settings() -> Option<&'static Settings> {

@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
 /// agent that finds pinned maps.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The default bpffs directory holding the pins of one coresvc instance.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
@@ -30,6 +30,7 @@ pub enum MapKind {
     Array = 2,
     PerCpuHash = 5,
     PerCpuArray = 6,
+    LruHash = 9,
     LpmTrie = 11,
 }
 
@@ -93,6 +94,8 @@ pub const SETTINGS_F_DROP_INVALID_IPV4: u32 = 1 << 0;
 pub const SETTINGS_F_FIREWALL: u32 = 1 << 1;
 /// Forward packets of established connections from XDP.
 pub const SETTINGS_F_FAST_FORWARD: u32 = 1 << 2;
+/// Answer DNS queries on the segments from [`DNS_CACHE`] (XDP_TX).
+pub const SETTINGS_F_DNS_CACHE: u32 = 1 << 3;
 
 pub const SETTINGS: MapSpec = MapSpec {
     name: "SETTINGS",
@@ -469,6 +472,259 @@ pub const NAT_FWD: MapSpec = MapSpec {
     doc: "port forwards: outside port -> inside host and port",
 };
 
+// ---------------------------------------------------------------- DNS cache
+
+/// Bytes of cached sections (everything after the question) at most.
+pub const DNS_MAX_SECTIONS: usize = 496;
+/// TTL fields of one answer that age (records from upstream) at most.
+pub const DNS_MAX_AGING: usize = 16;
+/// Epochs an answer depends on at most (the catalog's and its zones').
+pub const DNS_MAX_ZONES: usize = 4;
+/// Whole answers (DNS message) the agent caches at most: never truncated
+/// for any client (RFC 1035 §4.2.1).
+pub const DNS_MAX_ANSWER: usize = 512;
+
+/// Key of [`DNS_CACHE`]: the question as `coresvc_common::dns::parse_query`
+/// computes it, on both sides. Aligned to 8 so the name is filled in words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DnsKey {
+    /// The question name in wire format, ASCII lower-cased, zero after
+    /// `name_len` bytes.
+    pub name: [u8; coresvc_common::dns::MAX_NAME],
+    /// Host order.
+    pub qtype: u16,
+    pub qclass: u16,
+    /// `coresvc_common::dns::KEY_F_*` (EDNS present, DO).
+    pub flags: u8,
+    pub name_len: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<DnsKey>() == 72);
+
+impl Default for DnsKey {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+impl DnsKey {
+    /// The name as the little-endian words `coresvc_common::dns` works in.
+    pub fn name_words(&mut self) -> &mut [u64; coresvc_common::dns::NAME_WORDS] {
+        // SAFETY: `name` is the first field of an 8-aligned struct and holds
+        // exactly NAME_WORDS words; every bit pattern is a valid u64.
+        unsafe { &mut *(self.name.as_mut_ptr() as *mut [u64; coresvc_common::dns::NAME_WORDS]) }
+    }
+}
+
+/// Value of [`DNS_CACHE`]: the agent's answer to the key's question, minus
+/// what the program takes from the query (ID, RD, CD and the question as
+/// received).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DnsAnswer {
+    /// CLOCK_MONOTONIC ns: never served at or after this.
+    pub expires_ns: u64,
+    /// CLOCK_MONOTONIC ns the aging TTLs were stored at; served TTLs are
+    /// the stored ones minus the whole seconds since (never below 0).
+    pub stored_ns: u64,
+    /// Valid while `epochs[i] == DNS_EPOCHS[slots[i]]` for `i < zones`
+    /// (slot 0, the catalog's epoch, always first).
+    pub epochs: [u64; DNS_MAX_ZONES],
+    pub slots: [u8; DNS_MAX_ZONES],
+    pub zones: u8,
+    /// How many entries of `ttl_at` are used.
+    pub aging: u8,
+    /// DNS header bytes 2 and 3 (QR, opcode, AA, RA, rcode) without RD and
+    /// CD, which come from the query.
+    pub flags: [u8; 2],
+    /// ANCOUNT, NSCOUNT, ARCOUNT (network order).
+    pub counts: [u8; 6],
+    pub sections_len: u16,
+    /// RFC 1071 sum of `sections[..sections_len]` (as stored, laid out from
+    /// an even offset).
+    pub sections_sum: u16,
+    pub _pad: [u8; 6],
+    /// Offsets in `sections` of the TTL fields that age.
+    pub ttl_at: [u16; DNS_MAX_AGING],
+    /// The answer, authority and additional sections, compressed against a
+    /// question at message offset 12.
+    pub sections: [u8; DNS_MAX_SECTIONS],
+}
+const _: () = assert!(size_of::<DnsAnswer>() == 600);
+
+/// Slots of [`DNS_EPOCHS`]: 0 is the catalog's, `1 + i` zone `i`'s.
+pub const DNS_EPOCH_SLOTS: u32 = 256;
+
+/// Per-segment counters of the cache (per CPU). Field `n` is counter `n` of
+/// [`dns_counter`]; numbers are never reused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DnsStats {
+    /// Answered from the cache (XDP_TX).
+    pub hits: u64,
+    /// Cacheable queries without an entry.
+    pub misses: u64,
+    /// Entries found past their expiry.
+    pub expired: u64,
+    /// Entries found whose data changed since (an epoch moved on).
+    pub invalidated: u64,
+    pub pass_not_query: u64,
+    pub pass_counts: u64,
+    pub pass_malformed: u64,
+    pub pass_too_long: u64,
+    pub pass_edns: u64,
+    pub pass_ip: u64,
+    pub pass_checksum: u64,
+    pub pass_source: u64,
+    pub pass_tcp: u64,
+    pub pass_firewall: u64,
+    pub pass_no_room: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(size_of::<DnsStats>() == 8 * dns_counter::COUNT as usize);
+
+impl DnsStats {
+    pub fn add(&mut self, o: &Self) {
+        let a: &mut [u64; dns_counter::COUNT as usize] = bytemuck::cast_mut(self);
+        let b: &[u64; dns_counter::COUNT as usize] = bytemuck::cast_ref(o);
+        for (x, y) in a.iter_mut().zip(b) {
+            *x = x.wrapping_add(*y);
+        }
+    }
+
+    /// Counter `n` of [`dns_counter`].
+    pub fn get(&self, n: u32) -> u64 {
+        let a: &[u64; dns_counter::COUNT as usize] = bytemuck::cast_ref(self);
+        a.get(n as usize).copied().unwrap_or(0)
+    }
+}
+
+/// Counter numbers of [`DnsStats`] (its field order). Passes go to the agent.
+pub mod dns_counter {
+    pub const HITS: u32 = 0;
+    pub const MISSES: u32 = 1;
+    pub const EXPIRED: u32 = 2;
+    pub const INVALIDATED: u32 = 3;
+    /// A response, another opcode than QUERY, or TC set.
+    pub const NOT_QUERY: u32 = 4;
+    /// Not exactly one question and nothing but an OPT besides.
+    pub const COUNTS: u32 = 5;
+    /// Truncated, bad label, compression pointer in the question, bad lengths.
+    pub const MALFORMED: u32 = 6;
+    /// A name or query longer than the program handles.
+    pub const TOO_LONG: u32 = 7;
+    /// EDNS the cache does not answer (version, Client Subnet, ...).
+    pub const EDNS: u32 = 8;
+    /// IP options or a fragment.
+    pub const IP: u32 = 9;
+    /// A bad IPv4 header or UDP checksum (the stack drops it).
+    pub const CHECKSUM: u32 = 10;
+    /// From outside the segment, or not unicast to the gateway.
+    pub const SOURCE: u32 = 11;
+    /// DNS over TCP.
+    pub const TCP: u32 = 12;
+    /// The firewall does not allow it (the normal path drops it).
+    pub const FIREWALL: u32 = 13;
+    /// The answer did not fit the frame.
+    pub const NO_ROOM: u32 = 14;
+    pub const COUNT: u32 = 16;
+}
+
+/// Names of the counters of [`DnsStats`], by number.
+pub const DNS_COUNTER_NAMES: &[(u32, &str)] = &[
+    (dns_counter::HITS, "hits"),
+    (dns_counter::MISSES, "misses"),
+    (dns_counter::EXPIRED, "expired"),
+    (dns_counter::INVALIDATED, "invalidated"),
+    (dns_counter::NOT_QUERY, "not-query"),
+    (dns_counter::COUNTS, "counts"),
+    (dns_counter::MALFORMED, "malformed"),
+    (dns_counter::TOO_LONG, "too-long"),
+    (dns_counter::EDNS, "edns"),
+    (dns_counter::IP, "ip-options-or-fragment"),
+    (dns_counter::CHECKSUM, "bad-checksum"),
+    (dns_counter::SOURCE, "not-from-segment"),
+    (dns_counter::TCP, "tcp"),
+    (dns_counter::FIREWALL, "firewall"),
+    (dns_counter::NO_ROOM, "no-room"),
+];
+
+/// The answer cache: questions the agent answered (local data and
+/// forwarded answers), answered again by XDP on the segments. The agent
+/// writes; the programs only read (LRU order aside).
+pub const DNS_CACHE: MapSpec = MapSpec {
+    name: "DNS_CACHE",
+    pin: "dns_cache",
+    kind: MapKind::LruHash,
+    key_size: size_of::<DnsKey>() as u32,
+    value_size: size_of::<DnsAnswer>() as u32,
+    max_entries: 4096,
+    doc: "DNS answer cache: question -> the agent's answer, its expiry and epochs",
+};
+
+/// Epochs of the DNS data: a change to a zone gives it a new epoch (a
+/// reload gives the catalog one), which invalidates every cached answer
+/// that depended on it in one write. Values are never reused.
+pub const DNS_EPOCHS: MapSpec = MapSpec {
+    name: "DNS_EPOCHS",
+    pin: "dns_epochs",
+    kind: MapKind::Array,
+    key_size: 4,
+    value_size: 8,
+    max_entries: DNS_EPOCH_SLOTS,
+    doc: "DNS data epochs: slot 0 the catalog's, 1 + i zone i's",
+};
+
+/// Counters of the answer cache per segment (index = segment index).
+pub const DNS_STATS: MapSpec = MapSpec {
+    name: "DNS_STATS",
+    pin: "dns_stats",
+    kind: MapKind::PerCpuArray,
+    key_size: 4,
+    value_size: size_of::<DnsStats>() as u32,
+    max_entries: 64,
+    doc: "DNS cache hits, misses and passes by reason, per segment, per CPU",
+};
+
+/// The program's working memory for one query (too big for the BPF stack):
+/// the query as loaded (`coresvc_common::dns::QueryBuf`'s layout), the key,
+/// and the query's Ethernet, IPv4 and UDP headers (the answer is rebuilt
+/// from them when the frame had to grow at its head).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DnsScratch {
+    pub key: DnsKey,
+    pub query: [u8; coresvc_common::dns::BUF_LEN],
+    pub headers: [u8; DNS_QUERY_HEADERS],
+    pub _pad: [u8; 6],
+}
+/// Ethernet (14), IPv4 without options (20) and UDP (8) header bytes.
+pub const DNS_QUERY_HEADERS: usize = 42;
+const _: () = assert!(size_of::<DnsScratch>() == 72 + coresvc_common::dns::BUF_LEN + 48);
+const _: () = assert!(core::mem::offset_of!(DnsScratch, query) % 8 == 0);
+
+impl DnsScratch {
+    /// The key, the query buffer in the type the parser takes, and the headers.
+    pub fn split(&mut self) -> (&mut DnsKey, &mut coresvc_common::dns::QueryBuf, &mut [u8; DNS_QUERY_HEADERS]) {
+        // SAFETY: QueryBuf is a repr(C, align(8)) wrapper of [u8; BUF_LEN];
+        // `query` is 8-aligned (asserted above) and of that size.
+        let q = unsafe { &mut *(self.query.as_mut_ptr() as *mut coresvc_common::dns::QueryBuf) };
+        (&mut self.key, q, &mut self.headers)
+    }
+}
+
+/// Per-CPU working memory of the DNS cache (nothing is kept in it).
+pub const DNS_SCRATCH: MapSpec = MapSpec {
+    name: "DNS_SCRATCH",
+    pin: "dns_scratch",
+    kind: MapKind::PerCpuArray,
+    key_size: 4,
+    value_size: size_of::<DnsScratch>() as u32,
+    max_entries: 1,
+    doc: "per-CPU working memory of the DNS cache (one query at a time)",
+};
+
 /// Every map of the schema, in creation order.
 pub const ALL_MAPS: &[MapSpec] = &[
     SETTINGS,
@@ -482,6 +738,10 @@ pub const ALL_MAPS: &[MapSpec] = &[
     CONNTRACK,
     NAT_BIND,
     NAT_FWD,
+    DNS_CACHE,
+    DNS_EPOCHS,
+    DNS_STATS,
+    DNS_SCRATCH,
 ];
 
 /// Maps whose size comes from the configuration (checked against it, not
@@ -498,7 +758,22 @@ pub mod programs {
     pub const EGRESS: &str = "egress";
 }
 
-pod!(Settings, IfaceInfo, IfVerdict, PacketCount, Rule, PrefixData, CtKey, CtEntry, NatKey, NatBind);
+pod!(
+    Settings,
+    IfaceInfo,
+    IfVerdict,
+    PacketCount,
+    Rule,
+    PrefixData,
+    CtKey,
+    CtEntry,
+    NatKey,
+    NatBind,
+    DnsKey,
+    DnsAnswer,
+    DnsStats,
+    DnsScratch
+);
 
 #[cfg(test)]
 mod tests {
@@ -520,6 +795,20 @@ mod tests {
                 assert_ne!(a.name, b.name);
                 assert_ne!(a.pin, b.pin);
             }
+        }
+    }
+
+    #[test]
+    fn dns_counters_are_the_fields_in_order() {
+        let mut s = DnsStats::default();
+        s.pass_no_room = 7;
+        s.hits = 1;
+        assert_eq!(s.get(dns_counter::NO_ROOM), 7);
+        assert_eq!(s.get(dns_counter::HITS), 1);
+        assert_eq!(core::mem::offset_of!(DnsStats, pass_tcp), 8 * dns_counter::TCP as usize);
+        assert_eq!(core::mem::offset_of!(DnsStats, pass_source), 8 * dns_counter::SOURCE as usize);
+        for (i, (n, _)) in DNS_COUNTER_NAMES.iter().enumerate() {
+            assert_eq!(*n, i as u32);
         }
     }
 

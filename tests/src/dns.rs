@@ -12,6 +12,73 @@ use serde_json::Value;
 
 use crate::Lab;
 
+/// Extra zone data for the tests, appended to the built-in configuration (it
+/// lands in the last zone, dvntm.deevnet.net, and in a test zone with every
+/// record type: chains, wildcards, a delegation).
+pub const EXTRA_ZONES: &str = r#"
+[[zone.record]]
+name = "big"
+type = "TXT"
+data = '"0123456789012345678901234567890123456789012345678901234567890123456789"'
+
+[[zone]]
+name = "ref.deevnet.net"
+role = "site"
+ttl = 120
+[zone.soa]
+serial = 2026112501
+minimum = 60
+[[zone.host]]
+name = "ns"
+addresses = ["10.20.0.1"]
+[[zone.host]]
+name = "web"
+addresses = ["10.20.0.80", "10.20.0.81", "fd00::80"]
+[[zone.host]]
+name = "mail"
+addresses = ["10.20.0.25"]
+[[zone.host]]
+name = "deep.a.b"
+addresses = ["10.20.0.90"]
+[[zone.service]]
+name = "www"
+target = "web"
+[[zone.service]]
+name = "chain"
+target = "www"
+[[zone.service]]
+name = "outside"
+target = "www.example.org."
+[[zone.record]]
+name = "@"
+type = "MX"
+data = "10 mail"
+[[zone.record]]
+name = "_http._tcp"
+type = "SRV"
+data = "0 5 80 web"
+[[zone.record]]
+name = "@"
+type = "TXT"
+data = '"v=spf1 -all" "second string"'
+[[zone.record]]
+name = "*.wild"
+type = "A"
+data = "10.20.0.99"
+[[zone.record]]
+name = "sub"
+type = "NS"
+data = "ns.sub"
+[[zone.record]]
+name = "ns.sub"
+type = "A"
+data = "10.20.0.53"
+[[zone.record]]
+name = "@"
+type = "CAA"
+data = '0 issue "letsencrypt.org"'
+"#;
+
 /// One resource record as kdig reports it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rr {

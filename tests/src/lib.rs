@@ -19,6 +19,7 @@ pub mod pxe;
 pub mod raw;
 pub mod servers;
 pub mod topology;
+pub mod xdp_pass;
 
 use std::{
     fs,
@@ -223,8 +224,10 @@ impl Lab {
             run(Command::new("ip").args(["-n", &ns, "addr", "add", a, "dev", &l.iface]))?;
         }
         run(Command::new("ip").args(["-n", &ns, "link", "set", &l.iface, "up"]))?;
-        // See topology.toml: NAPI for redirected frames, full checksums.
+        // See topology.toml: NAPI for redirected frames, full checksums, and
+        // an XDP program to receive frames the gateway sends back with XDP_TX.
         run(&mut self.cmd_in(&ns, ["ethtool", "-K", &l.iface, "tx", "off", "gro", "on"]))?;
+        xdp_pass::attach(&ns, &l.iface)?;
         if let Some(via) = &l.via {
             run(Command::new("ip").args(["-n", &ns, "route", "add", "default", "via", via]))?;
         }

@@ -27,7 +27,7 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     let (lab, _) =
         lab_with(|s| s.replace("# metrics_listen = \"127.0.0.1:9464\"", "metrics_listen = \"127.0.0.1:9477\""));
     let dig = |name: &str| lab.exec("dvnt-client", ["dig", "+short", "@10.20.0.1", name]).unwrap();
-    dig("artifacts.dvnt.deevnet.net");
+    dig("no-such-host.dvnt.deevnet.net");
     let (body, code) = scrape(&lab, "/metrics");
     assert_eq!(code, "200", "{body}");
     // Every sample belongs to a declared family, and parses.
@@ -57,10 +57,18 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     assert!(m.keys().any(|k| k.starts_with("coresvc_drops_total{reason=\"firewall-deny\"")));
     assert!(m.contains_key("coresvc_dhcp_pool_size{segment=\"dvnt\"}"), "{body}");
     assert!(m.contains_key("coresvc_tftp_completed_total"), "{body}");
-    // Counters count.
+    assert_eq!(get("coresvc_dns_xdp_answering"), 1.0);
+    let hits =
+        |m: &std::collections::BTreeMap<String, f64>| m["coresvc_dns_xdp_total{segment=\"dvnt\",result=\"hit\"}"];
+    let h1 = hits(&m);
+    // Counters count: the agent answers a new question, the XDP cache the
+    // same question again.
     dig("artifacts.dvnt.deevnet.net");
     let m2 = coresvc::metrics::parse(&scrape(&lab, "/metrics").0).unwrap();
     assert!(m2["coresvc_dns_queries_udp_total"] > q1);
+    dig("artifacts.dvnt.deevnet.net");
+    let m3 = coresvc::metrics::parse(&scrape(&lab, "/metrics").0).unwrap();
+    assert!(hits(&m3) > h1, "the XDP cache answered the repeated question");
     assert_eq!(scrape(&lab, "/nothing").1, "404");
 }
 

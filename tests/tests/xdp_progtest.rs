@@ -182,6 +182,7 @@ fn object_matches_the_schema() {
             | aya::maps::Map::HashMap(d)
             | aya::maps::Map::PerCpuArray(d)
             | aya::maps::Map::PerCpuHashMap(d)
+            | aya::maps::Map::LruHashMap(d)
             | aya::maps::Map::LpmTrie(d) => d.info().unwrap(),
             other => panic!("{}: unexpected map kind {other:?}", spec.name),
         };
@@ -193,5 +194,19 @@ fn object_matches_the_schema() {
     let names: Vec<&str> = ebpf.maps().map(|(n, _)| n).filter(|n| !n.starts_with('.') && *n != "AYA_LOGS").collect();
     for n in names {
         assert!(schema::ALL_MAPS.iter().any(|m| m.name == n), "map {n} is in the object but not in maps-schema");
+    }
+}
+
+/// The kernel verifies at most a million instructions per program; the
+/// segment program (with the DNS cache) must stay well below, so that a
+/// change that makes it much harder to verify fails here and not at a
+/// customer's load. Not a timing: the count is the verifier's own.
+#[test]
+fn programs_leave_verifier_headroom() {
+    let mut ebpf = coresvc::dataplane::load(None, aya_log::Level::Error, 1024).unwrap();
+    for name in [schema::programs::SEGMENT_INGRESS, schema::programs::UPLINK_INGRESS, schema::programs::EGRESS] {
+        let info = ebpf.program_mut(name).unwrap().info().unwrap();
+        let n = info.verified_instruction_count().expect("the kernel reports verified instructions");
+        assert!(n < 700_000, "{name}: {n} instructions verified, close to the kernel's limit of 1000000");
     }
 }

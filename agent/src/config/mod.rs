@@ -128,6 +128,12 @@ fn render_problems(file: &str, problems: &[LocatedProblem]) -> String {
 }
 
 impl Config {
+    /// True when the XDP answer cache is wanted (`dataplane.dns_cache` not
+    /// false, DNS enabled); it answers only while the DNS service runs.
+    pub fn dns_cache_on(&self) -> bool {
+        self.dataplane.dns_cache != Some(false) && self.dns.enabled
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =

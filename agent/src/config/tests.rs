@@ -388,3 +388,18 @@ fn zone_file_errors_are_reported_by_check() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_one(&ps, "zone[2].file", &["bad.zone"]);
 }
+
+#[test]
+fn dns_cache_needs_dns() {
+    let ps = problems("[dataplane]\ndns_cache = true\n[dns]\nenabled = false\n");
+    assert_one(&ps, "dataplane.dns_cache", &["dns.enabled is false", "dataplane.dns_cache = false"]);
+    // Off, or left to the default, is fine without DNS; the default follows DNS.
+    assert!(problems("[dataplane]\ndns_cache = false\n[dns]\nenabled = false\n").is_empty());
+    let text = format!("{BASE}[dns]\nenabled = false\n");
+    assert!(!Config::parse_str(&text, "t.toml").unwrap().dns_cache_on());
+    assert!(Config::parse_str(BASE, "t.toml").unwrap().dns_cache_on());
+    let text = format!("{BASE}[dataplane]\ndns_cache = false\n");
+    assert!(!Config::parse_str(&text, "t.toml").unwrap().dns_cache_on());
+    let e = Config::parse_str(&format!("{BASE}[dataplane]\ndns_cache = \"yes\"\n"), "t.toml").unwrap_err();
+    assert!(e.to_string().contains("expected a boolean"), "{e}");
+}

@@ -91,8 +91,11 @@ pub struct DataplaneSection {
     /// Drop IPv4 packets the kernel would drop anyway (bad header, checksum),
     /// counting the reason, before they cost the stack anything.
     pub drop_invalid_ipv4: bool,
-    /// Answer cached DNS questions from XDP.
-    pub dns_cache: bool,
+    /// Answer repeated DNS questions from the segments' XDP programs with the
+    /// DNS service's own answers. Absent: on whenever DNS serves; `false`:
+    /// off (every query goes to the DNS service); `true`: on, and DNS must
+    /// be enabled.
+    pub dns_cache: Option<bool>,
     /// Forward established flows from XDP.
     pub fast_forward: bool,
     /// Size of the connection-tracking table.
@@ -104,7 +107,7 @@ impl Default for DataplaneSection {
         Self {
             xdp_mode: XdpMode::Auto,
             drop_invalid_ipv4: true,
-            dns_cache: true,
+            dns_cache: None,
             fast_forward: true,
             conntrack_max: 65536,
         }

@@ -536,6 +536,13 @@ impl<'a> Validator<'a> {
         if c.dns.cache_size == 0 {
             self.err(cfg_path!("dns", "cache_size"), "the cache needs at least one entry; use e.g. 10000");
         }
+        if c.dataplane.dns_cache == Some(true) && !c.dns.enabled {
+            self.err(
+                cfg_path!("dataplane", "dns_cache"),
+                "the XDP answer cache answers with the DNS service's data, and dns.enabled is false; \
+                 set dataplane.dns_cache = false (or remove it), or enable DNS",
+            );
+        }
     }
 
     fn segment_index(&self, name: &str) -> Option<usize> {

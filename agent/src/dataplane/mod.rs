@@ -23,8 +23,8 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use coresvc_maps_schema::{
-    self as schema, ATTACH_GENERIC, ATTACH_NATIVE, IfVerdict, IfaceInfo, PacketCount, ROLE_SEGMENT, ROLE_UPLINK,
-    RULES_PER_BANK, Settings,
+    self as schema, ATTACH_GENERIC, ATTACH_NATIVE, DnsStats, IfVerdict, IfaceInfo, PacketCount, ROLE_SEGMENT,
+    ROLE_UPLINK, RULES_PER_BANK, Settings,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -208,6 +208,9 @@ pub struct Dataplane {
     /// Kept alive for the programs' log map; polled by the agent.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub adopted_maps: bool,
+    /// The DNS service runs and fills the XDP answer cache: the programs
+    /// may answer from it (with `dataplane.dns_cache`).
+    dns_serving: bool,
 }
 
 impl Dataplane {
@@ -243,6 +246,7 @@ impl Dataplane {
             rules: Vec::new(),
             logger,
             adopted_maps: existing == pins::Existing::Compatible,
+            dns_serving: false,
         };
         dp.write_settings(cfg)?;
         dp.set_local_addrs(
@@ -287,6 +291,9 @@ impl Dataplane {
         }
         if cfg.dataplane.fast_forward {
             flags |= schema::SETTINGS_F_FAST_FORWARD;
+        }
+        if self.dns_serving && cfg.dns_cache_on() {
+            flags |= schema::SETTINGS_F_DNS_CACHE;
         }
         let mut settings: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(&schema::SETTINGS)?)?;
         // Adopted maps keep their rule banks and generation.
@@ -386,6 +393,13 @@ impl Dataplane {
         }
         drop(ifaces);
         self.set_local_addrs(plan.addresses.iter().map(|a| a.addr.addr()).chain(found.map(|a| a.addr())).collect())
+    }
+
+    /// Tells the programs whether the DNS service runs (and fills the answer
+    /// cache): they answer from it only then, and when `cfg` wants it.
+    pub fn set_dns_serving(&mut self, on: bool, cfg: &Config) -> Result<()> {
+        self.dns_serving = on;
+        self.write_settings(cfg)
     }
 
     /// Applies a changed configuration's settings and firewall rules.
@@ -532,6 +546,15 @@ impl Dataplane {
             drop_reasons.push(DropReason { reason: *n, name: name.to_string(), packets: c.packets, bytes: c.bytes });
         }
         let s = self.settings()?;
+        let dns_stats: PerCpuArray<&MapData, DnsStats> = PerCpuArray::try_from(self.map(&schema::DNS_STATS)?)?;
+        let mut dns_segments = Vec::new();
+        for a in self.specs.iter().filter_map(|s| self.attached.get(&s.name)).filter(|a| a.spec.role == Role::Segment) {
+            let mut total = DnsStats::default();
+            for c in dns_stats.get(&a.spec.segment_index, 0)?.iter() {
+                total.add(c);
+            }
+            dns_segments.push(DnsSegmentCounters::new(a.spec.segment.clone().unwrap_or_default(), &total));
+        }
         Ok(DataplaneStatus {
             pin_dir: self.pin_dir.clone(),
             schema_version: schema::SCHEMA_VERSION,
@@ -552,6 +575,10 @@ impl Dataplane {
                 port_min: s.nat_port_min,
                 port_max: s.nat_port_max,
                 bindings: self.binding_count()?,
+            },
+            dns_cache: DnsCacheStatus {
+                answering: s.flags & schema::SETTINGS_F_DNS_CACHE != 0,
+                segments: dns_segments,
             },
         })
     }
@@ -607,6 +634,47 @@ pub struct DataplaneStatus {
     pub drop_reasons: Vec<DropReason>,
     pub firewall: FirewallStatus,
     pub nat: NatStatus,
+    #[serde(default)]
+    pub dns_cache: DnsCacheStatus,
+}
+
+/// The XDP DNS answer cache as the programs see it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DnsCacheStatus {
+    /// The segment programs answer from the cache.
+    pub answering: bool,
+    pub segments: Vec<DnsSegmentCounters>,
+}
+
+/// One segment's cache counters (summed over CPUs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsSegmentCounters {
+    pub segment: String,
+    pub hits: u64,
+    pub misses: u64,
+    pub expired: u64,
+    pub invalidated: u64,
+    /// Queries passed to the DNS service, by reason (`schema::DNS_COUNTER_NAMES`).
+    pub passes: BTreeMap<String, u64>,
+}
+
+impl DnsSegmentCounters {
+    pub fn new(segment: String, s: &DnsStats) -> Self {
+        use schema::dns_counter as c;
+        let passes = schema::DNS_COUNTER_NAMES
+            .iter()
+            .filter(|(n, _)| *n >= c::NOT_QUERY)
+            .map(|(n, name)| (name.to_string(), s.get(*n)))
+            .collect();
+        DnsSegmentCounters {
+            segment,
+            hits: s.get(c::HITS),
+            misses: s.get(c::MISSES),
+            expired: s.get(c::EXPIRED),
+            invalidated: s.get(c::INVALIDATED),
+            passes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

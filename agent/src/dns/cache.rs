@@ -1,12 +1,13 @@
 //! The answer cache for forwarded names: TTLs respected (with caps), negative
 //! answers cached per RFC 2308, bounded in entries (least recently used
 //! first out).
+//!
+//! Time is CLOCK_MONOTONIC in nanoseconds ([`now_ns`]), the clock of the XDP
+//! programs (`bpf_ktime_get_ns`): an entry's `stored_ns` and `expires_ns` go
+//! into the XDP answer cache unchanged, so both age TTLs and expire entries
+//! at the same instants.
 
-use std::{
-    num::NonZeroUsize,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{num::NonZeroUsize, sync::Mutex, time::Duration};
 
 use hickory_proto::{
     op::ResponseCode,
@@ -28,6 +29,14 @@ impl Key {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the cache and of the XDP
+/// programs.
+pub fn now_ns() -> u64 {
+    crate::dataplane::flows::monotonic_ns()
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
 /// An upstream answer as cached.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -35,20 +44,28 @@ pub struct Entry {
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
     pub additionals: Vec<Record>,
-    stored: Instant,
-    expires: Instant,
+    /// When the TTLs were stored (they age from here) and when the entry
+    /// expires, CLOCK_MONOTONIC ns.
+    pub stored_ns: u64,
+    pub expires_ns: u64,
 }
 
 impl Entry {
     pub fn new(rcode: ResponseCode, answers: Vec<Record>, authorities: Vec<Record>, additionals: Vec<Record>) -> Self {
-        let now = Instant::now();
-        Entry { rcode, answers, authorities, additionals, stored: now, expires: now }
+        let now = now_ns();
+        Entry { rcode, answers, authorities, additionals, stored_ns: now, expires_ns: now }
+    }
+
+    /// Whole seconds the entry has been in the cache at `now` (what every
+    /// TTL is lowered by when it is served).
+    pub fn age_secs(&self, now: u64) -> u32 {
+        (now.saturating_sub(self.stored_ns) / NS_PER_SEC).min(u64::from(u32::MAX)) as u32
     }
 
     /// The entry as served at `now`: every TTL lowered by the time it spent
     /// in the cache, so no answer outlives its source's TTL.
-    pub fn aged(&self, now: Instant) -> Entry {
-        let age = now.saturating_duration_since(self.stored).as_secs() as u32;
+    pub fn aged(&self, now: u64) -> Entry {
+        let age = self.age_secs(now);
         let fix = |rs: &[Record]| -> Vec<Record> {
             rs.iter()
                 .map(|r| {
@@ -63,8 +80,8 @@ impl Entry {
             answers: fix(&self.answers),
             authorities: fix(&self.authorities),
             additionals: fix(&self.additionals),
-            stored: self.stored,
-            expires: self.expires,
+            stored_ns: self.stored_ns,
+            expires_ns: self.expires_ns,
         }
     }
 }
@@ -81,11 +98,12 @@ impl Cache {
         Cache { inner: Mutex::new(lru::LruCache::new(cap)), max_ttl, max_negative_ttl }
     }
 
-    /// A live entry for `key`, aged to `now`.
-    pub fn get(&self, key: &Key, now: Instant) -> Option<Entry> {
+    /// A live entry for `key` at `now` (ns), as stored: [`Entry::aged`]
+    /// gives the TTLs to serve.
+    pub fn get(&self, key: &Key, now: u64) -> Option<Entry> {
         let mut c = self.inner.lock().expect("cache lock");
         match c.get(key) {
-            Some(e) if e.expires > now => Some(e.aged(now)),
+            Some(e) if e.expires_ns > now => Some(e.clone()),
             Some(_) => {
                 c.pop(key);
                 None
@@ -96,14 +114,14 @@ impl Cache {
 
     /// Stores an upstream answer for as long as its TTLs allow (capped). Returns
     /// the lifetime chosen, or `None` when the answer is not cacheable.
-    pub fn put(&self, key: Key, mut entry: Entry, now: Instant) -> Option<Duration> {
+    pub fn put(&self, key: Key, mut entry: Entry, now: u64) -> Option<Duration> {
         let ttl = self.lifetime(&entry)?;
         // Cap every record's TTL so served answers never exceed the cap.
         for r in entry.answers.iter_mut().chain(entry.authorities.iter_mut()).chain(entry.additionals.iter_mut()) {
             r.ttl = r.ttl.min(ttl);
         }
-        entry.stored = now;
-        entry.expires = now + Duration::from_secs(u64::from(ttl));
+        entry.stored_ns = now;
+        entry.expires_ns = now + u64::from(ttl) * NS_PER_SEC;
         self.inner.lock().expect("cache lock").put(key, entry);
         Some(Duration::from_secs(u64::from(ttl)))
     }
@@ -127,6 +145,11 @@ impl Cache {
         (ttl > 0).then_some(ttl)
     }
 
+    /// The cap on cached TTLs (seconds).
+    pub fn max_ttl(&self) -> u32 {
+        self.max_ttl
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().expect("cache lock").len()
     }
@@ -140,17 +163,17 @@ impl Cache {
     }
 
     /// The live entries, most recently used first (`coresvc dns cache`).
-    pub fn list(&self, now: Instant) -> Vec<CachedAnswer> {
+    pub fn list(&self, now_ns: u64) -> Vec<CachedAnswer> {
         let c = self.inner.lock().expect("cache lock");
         c.iter()
-            .filter(|(_, e)| e.expires > now)
+            .filter(|(_, e)| e.expires_ns > now_ns)
             .map(|(k, e)| CachedAnswer {
                 name: k.name.to_string(),
                 qtype: k.qtype.to_string(),
                 dnssec_ok: k.dnssec_ok,
                 rcode: e.rcode.to_string(),
                 answers: e.answers.len(),
-                expires_in_secs: e.expires.saturating_duration_since(now).as_secs(),
+                expires_in_secs: (e.expires_ns - now_ns) / NS_PER_SEC,
             })
             .collect()
     }
@@ -195,14 +218,18 @@ mod tests {
     fn ttls_decrease_and_entries_expire() {
         let c = Cache::new(10, 86400, 3600);
         let k = Key::new(&n("WWW.example.org."), RecordType::A, false);
-        let t0 = Instant::now();
+        let t0 = now_ns();
         assert_eq!(
             c.put(k.clone(), Entry::new(ResponseCode::NoError, vec![a(100)], vec![], vec![]), t0),
             Some(Duration::from_secs(100))
         );
-        let e = c.get(&Key::new(&n("www.EXAMPLE.org."), RecordType::A, false), t0 + Duration::from_secs(30)).unwrap();
-        assert_eq!(e.answers[0].ttl, 70);
-        assert!(c.get(&k, t0 + Duration::from_secs(100)).is_none());
+        let t30 = t0 + 30 * NS_PER_SEC + 999_999_999;
+        let e = c.get(&Key::new(&n("www.EXAMPLE.org."), RecordType::A, false), t30).unwrap();
+        assert_eq!(e.answers[0].ttl, 100, "stored as received");
+        assert_eq!(e.age_secs(t30), 30, "whole seconds");
+        assert_eq!(e.aged(t30).answers[0].ttl, 70);
+        assert_eq!(e.expires_ns, t0 + 100 * NS_PER_SEC);
+        assert!(c.get(&k, t0 + 100 * NS_PER_SEC).is_none());
         assert!(c.is_empty(), "expired entries are removed");
     }
 
@@ -210,7 +237,7 @@ mod tests {
     fn ttl_cap_applies_to_served_records() {
         let c = Cache::new(10, 60, 3600);
         let k = Key::new(&n("www.example.org."), RecordType::A, false);
-        let t0 = Instant::now();
+        let t0 = now_ns();
         c.put(k.clone(), Entry::new(ResponseCode::NoError, vec![a(86400)], vec![], vec![]), t0);
         assert_eq!(c.get(&k, t0).unwrap().answers[0].ttl, 60);
     }
@@ -219,16 +246,16 @@ mod tests {
     fn negative_answers_use_the_soa_minimum() {
         let c = Cache::new(10, 86400, 3600);
         let k = Key::new(&n("nope.example.org."), RecordType::A, false);
-        let got = c.put(k, Entry::new(ResponseCode::NXDomain, vec![], vec![soa(900, 120)], vec![]), Instant::now());
+        let got = c.put(k, Entry::new(ResponseCode::NXDomain, vec![], vec![soa(900, 120)], vec![]), now_ns());
         assert_eq!(got, Some(Duration::from_secs(120)));
         let k = Key::new(&n("nope2.example.org."), RecordType::A, false);
         assert_eq!(
-            c.put(k, Entry::new(ResponseCode::NXDomain, vec![], vec![], vec![]), Instant::now()),
+            c.put(k, Entry::new(ResponseCode::NXDomain, vec![], vec![], vec![]), now_ns()),
             None,
             "no SOA: not cached"
         );
         let k = Key::new(&n("x.example.org."), RecordType::A, false);
-        assert_eq!(c.put(k, Entry::new(ResponseCode::ServFail, vec![], vec![], vec![]), Instant::now()), None);
+        assert_eq!(c.put(k, Entry::new(ResponseCode::ServFail, vec![], vec![], vec![]), now_ns()), None);
     }
 
     #[test]
@@ -236,7 +263,7 @@ mod tests {
         let c = Cache::new(2, 86400, 3600);
         for i in 0..5 {
             let k = Key::new(&n(&format!("h{i}.example.org.")), RecordType::A, false);
-            c.put(k, Entry::new(ResponseCode::NoError, vec![a(100)], vec![], vec![]), Instant::now());
+            c.put(k, Entry::new(ResponseCode::NoError, vec![a(100)], vec![], vec![]), now_ns());
         }
         assert_eq!(c.len(), 2);
     }

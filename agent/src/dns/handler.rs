@@ -7,23 +7,31 @@
 //! answer (unknown types get NODATA/NXDOMAIN, unknown opcodes NOTIMP, EDNS
 //! versions above 0 BADVERS); malformed queries get FORMERR when the header
 //! can be read and are dropped otherwise; responses are never answered.
+//!
+//! Answers are encoded with the question lower-cased (names compress
+//! against it whatever case the client used) and the question then put back
+//! as asked: everything after the question depends only on the lower-cased
+//! question, which is what lets the XDP cache answer every case variant
+//! with one entry. Forwarded records are stored with their TTLs as received
+//! and lowered by patching the encoded TTL fields, as the XDP cache does.
 
 use std::{
     net::IpAddr,
-    sync::{Arc, RwLock},
-    time::Instant,
+    sync::{Arc, OnceLock, RwLock},
 };
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, ResponseCode},
-    rr::{DNSClass, Name, Record, RecordType},
+    rr::{DNSClass, Name, RData, Record, RecordType},
 };
 use ipnet::IpNet;
 
 use super::{
-    cache::{Cache, Entry, Key},
+    cache::{Cache, Entry, Key, now_ns},
     forward::{EDNS_PAYLOAD, Forwarder},
     stats::Stats,
+    wire,
+    xdp::{self, Epoch, XKey, XdpCache},
     zone::{Answer as LocalAnswer, Catalog},
 };
 
@@ -55,6 +63,45 @@ pub struct Pending {
     target: Name,
     qtype: RecordType,
     dnssec_ok: bool,
+    /// The catalog the local part came from (its epochs go with the answer
+    /// into the XDP cache).
+    catalog: Arc<Catalog>,
+    xkey: Option<XKey>,
+}
+
+/// An answer's records and flags.
+struct Content {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+}
+
+impl Content {
+    fn empty(rcode: ResponseCode) -> Self {
+        Content { rcode, authoritative: false, answers: vec![], authorities: vec![], additionals: vec![] }
+    }
+
+    fn local(l: LocalAnswer) -> Self {
+        Content {
+            rcode: l.rcode,
+            authoritative: l.authoritative,
+            answers: l.answers,
+            authorities: l.authorities,
+            additionals: l.additionals,
+        }
+    }
+}
+
+/// Where an answer's data came from: what ages and what it depends on.
+struct Source<'a> {
+    /// The data epochs it depends on (`None`: not for the XDP cache).
+    epochs: Option<Vec<Epoch>>,
+    /// Records from this index on (answer, authority, additional order)
+    /// came from `upstream`; the ones before are local data.
+    local: usize,
+    upstream: Option<&'a Entry>,
 }
 
 pub struct Resolver {
@@ -64,6 +111,8 @@ pub struct Resolver {
     pub stats: Arc<Stats>,
     /// Clients allowed to ask: the segments' networks.
     clients: Vec<IpNet>,
+    /// The XDP answer cache, when the dataplane has one.
+    xdp: OnceLock<Arc<XdpCache>>,
 }
 
 impl Resolver {
@@ -74,7 +123,17 @@ impl Resolver {
             cache,
             stats,
             clients,
+            xdp: OnceLock::new(),
         }
+    }
+
+    /// Fills the XDP answer cache with this resolver's answers from now on.
+    pub fn set_xdp(&self, x: Arc<XdpCache>) {
+        let _ = self.xdp.set(x);
+    }
+
+    pub fn xdp(&self) -> Option<&Arc<XdpCache>> {
+        self.xdp.get()
     }
 
     /// A resolver for `cfg`'s zones with no upstreams and no sockets (for
@@ -125,71 +184,52 @@ impl Resolver {
             Ok(m) => m,
             Err(_) => return Step::Reply(self.header_only(bytes, ResponseCode::FormErr)),
         };
+        let refuse = |rcode| Step::Reply(self.reply(&request, transport, Content::empty(rcode), None, None));
         let opcode = request.metadata.op_code;
         if opcode != OpCode::Query {
-            return Step::Reply(self.reply(&request, transport, ResponseCode::NotImp, false, vec![], vec![], vec![]));
+            return refuse(ResponseCode::NotImp);
         }
         if request.queries.len() != 1 {
-            return Step::Reply(self.reply(&request, transport, ResponseCode::FormErr, false, vec![], vec![], vec![]));
+            return refuse(ResponseCode::FormErr);
         }
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 §6.1.3.
-            return Step::Reply(self.reply(&request, transport, ResponseCode::BADVERS, false, vec![], vec![], vec![]));
+            return refuse(ResponseCode::BADVERS);
         }
         if !self.allowed(client) {
-            return Step::Reply(self.reply(&request, transport, ResponseCode::Refused, false, vec![], vec![], vec![]));
+            return refuse(ResponseCode::Refused);
         }
         let q = &request.queries[0];
         let (qname, qtype) = (q.name().clone(), q.query_type());
         if q.query_class() != DNSClass::IN {
-            return Step::Reply(self.reply(&request, transport, ResponseCode::Refused, false, vec![], vec![], vec![]));
+            return refuse(ResponseCode::Refused);
         }
         match qtype {
             // Zone transfers are not offered (RFC 5936 §2.2.1: refuse).
-            RecordType::AXFR | RecordType::IXFR => {
-                return Step::Reply(self.reply(
-                    &request,
-                    transport,
-                    ResponseCode::Refused,
-                    false,
-                    vec![],
-                    vec![],
-                    vec![],
-                ));
-            }
+            RecordType::AXFR | RecordType::IXFR => return refuse(ResponseCode::Refused),
             // Meta-types that cannot be asked for.
-            RecordType::OPT | RecordType::TSIG => {
-                return Step::Reply(self.reply(
-                    &request,
-                    transport,
-                    ResponseCode::FormErr,
-                    false,
-                    vec![],
-                    vec![],
-                    vec![],
-                ));
-            }
+            RecordType::OPT | RecordType::TSIG => return refuse(ResponseCode::FormErr),
             _ => {}
         }
+        // The XDP cache's key, when this answer may go into it.
+        let xkey = match (transport, self.xdp()) {
+            (Transport::Udp, Some(x)) if x.enabled() => xdp::key_of(bytes),
+            _ => None,
+        };
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         let catalog = self.catalog();
+        let now = now_ns();
         if let Some(local) = catalog.lookup(&qname, qtype) {
             s.inc(&s.authoritative);
+            let epochs = epochs_of(&catalog, &qname, &local.answers);
             let Some(target) = local.external.clone() else {
-                return Step::Reply(self.reply(
-                    &request,
-                    transport,
-                    local.rcode,
-                    local.authoritative,
-                    local.answers,
-                    local.authorities,
-                    local.additionals,
-                ));
+                let src = Source { epochs, local: usize::MAX, upstream: None };
+                return Step::Reply(self.reply(&request, transport, Content::local(local), Some(src), xkey.as_ref()));
             };
             // The chain left the local zones: the rest comes from upstream.
-            if let Some(e) = self.cache.get(&Key::new(&target, qtype, dnssec_ok), Instant::now()) {
+            if let Some(e) = self.cache.get(&Key::new(&target, qtype, dnssec_ok), now) {
                 s.inc(&s.cache_hits);
-                return Step::Reply(self.chain_reply(&request, transport, local, &e));
+                return Step::Reply(self.chain_reply(&request, transport, local, &e, epochs, xkey.as_ref()));
             }
             s.inc(&s.cache_misses);
             return Step::Forward(Box::new(Pending {
@@ -199,22 +239,26 @@ impl Resolver {
                 target,
                 qtype,
                 dnssec_ok,
+                catalog,
+                xkey,
             }));
         }
-        if let Some(e) = self.cache.get(&Key::new(&qname, qtype, dnssec_ok), Instant::now()) {
+        if let Some(e) = self.cache.get(&Key::new(&qname, qtype, dnssec_ok), now) {
             s.inc(&s.cache_hits);
-            return Step::Reply(self.reply(
-                &request,
-                transport,
-                e.rcode,
-                false,
-                e.answers,
-                e.authorities,
-                e.additionals,
-            ));
+            let src = Source { epochs: Some(vec![(0, catalog.epoch)]), local: 0, upstream: Some(&e) };
+            return Step::Reply(self.reply(&request, transport, upstream_content(&e), Some(src), xkey.as_ref()));
         }
         s.inc(&s.cache_misses);
-        Step::Forward(Box::new(Pending { request, transport, local: None, target: qname, qtype, dnssec_ok }))
+        Step::Forward(Box::new(Pending {
+            request,
+            transport,
+            local: None,
+            target: qname,
+            qtype,
+            dnssec_ok,
+            catalog,
+            xkey,
+        }))
     }
 
     /// Completes a [`Step::Forward`].
@@ -228,59 +272,87 @@ impl Resolver {
                     m.authorities.clone(),
                     m.additionals.clone(),
                 );
-                self.cache.put(Key::new(&p.target, p.qtype, p.dnssec_ok), entry.clone(), Instant::now());
+                // Answered as stored (TTLs capped), so that this answer and the
+                // cache's later ones agree. Not cacheable: expired at once, so
+                // not for the XDP cache either.
+                let key = Key::new(&p.target, p.qtype, p.dnssec_ok);
+                let now = now_ns();
+                let stored = match self.cache.put(key.clone(), entry.clone(), now) {
+                    Some(_) => self.cache.get(&key, now).unwrap_or(entry),
+                    None => entry,
+                };
                 match p.local {
-                    Some(local) => self.chain_reply(&p.request, p.transport, local, &entry),
-                    None => self.reply(
-                        &p.request,
-                        p.transport,
-                        entry.rcode,
-                        false,
-                        entry.answers,
-                        entry.authorities,
-                        entry.additionals,
-                    ),
+                    Some(local) => {
+                        let qname = p.request.queries[0].name().clone();
+                        let epochs = epochs_of(&p.catalog, &qname, &local.answers);
+                        self.chain_reply(&p.request, p.transport, local, &stored, epochs, p.xkey.as_ref())
+                    }
+                    None => {
+                        let src =
+                            Source { epochs: Some(vec![(0, p.catalog.epoch)]), local: 0, upstream: Some(&stored) };
+                        self.reply(&p.request, p.transport, upstream_content(&stored), Some(src), p.xkey.as_ref())
+                    }
                 }
             }
             Err(_) => {
                 let (answers, aa) = p.local.map(|l| (l.answers, l.authoritative)).unwrap_or_default();
-                self.reply(&p.request, p.transport, ResponseCode::ServFail, aa, answers, vec![], vec![])
+                let c = Content { authoritative: aa, answers, ..Content::empty(ResponseCode::ServFail) };
+                self.reply(&p.request, p.transport, c, None, None)
             }
         }
     }
 
     /// The local part of a chain followed by the upstream's answer for its target.
-    fn chain_reply(&self, req: &Message, t: Transport, local: LocalAnswer, up: &Entry) -> Vec<u8> {
+    fn chain_reply(
+        &self,
+        req: &Message,
+        t: Transport,
+        local: LocalAnswer,
+        up: &Entry,
+        epochs: Option<Vec<Epoch>>,
+        xkey: Option<&XKey>,
+    ) -> Vec<u8> {
+        let local_records = local.answers.len();
         let mut answers = local.answers;
         answers.extend(up.answers.iter().cloned());
-        self.reply(req, t, up.rcode, local.authoritative, answers, up.authorities.clone(), up.additionals.clone())
+        let c = Content {
+            rcode: up.rcode,
+            authoritative: local.authoritative,
+            answers,
+            authorities: up.authorities.clone(),
+            additionals: up.additionals.clone(),
+        };
+        self.reply(req, t, c, Some(Source { epochs, local: local_records, upstream: Some(up) }), xkey)
     }
 
     /// Builds a response to `req`: the question echoed as received, RD and CD
     /// copied, RA set (coresvc recurses for clients), EDNS answered with our
-    /// payload size, truncated to the client's UDP limit.
-    #[allow(clippy::too_many_arguments)]
+    /// payload size, truncated to the client's UDP limit. With a `src`, the
+    /// records from upstream are aged and the answer goes into the XDP
+    /// cache under `xkey`.
     fn reply(
         &self,
         req: &Message,
         transport: Transport,
-        rcode: ResponseCode,
-        authoritative: bool,
-        answers: Vec<Record>,
-        authorities: Vec<Record>,
-        additionals: Vec<Record>,
+        c: Content,
+        src: Option<Source<'_>>,
+        xkey: Option<&XKey>,
     ) -> Vec<u8> {
+        let rcode = c.rcode;
         let mut m = Message::response(req.metadata.id, req.metadata.op_code);
         m.metadata.message_type = MessageType::Response;
-        m.metadata.authoritative = authoritative;
+        m.metadata.authoritative = c.authoritative;
         m.metadata.recursion_desired = req.metadata.recursion_desired;
         m.metadata.recursion_available = true;
         m.metadata.checking_disabled = req.metadata.checking_disabled;
         m.metadata.response_code = rcode;
         m.queries = req.queries.clone();
-        m.answers = answers;
-        m.authorities = authorities;
-        m.additionals = additionals;
+        if let [q] = m.queries.as_mut_slice() {
+            q.set_name(q.name().to_lowercase());
+        }
+        m.answers = c.answers;
+        m.authorities = c.authorities;
+        m.additionals = c.additionals;
         let limit = match (&req.edns, transport) {
             (_, Transport::Tcp) => usize::from(u16::MAX),
             (Some(e), Transport::Udp) => usize::from(e.max_payload().clamp(512, EDNS_PAYLOAD)),
@@ -293,7 +365,7 @@ impl Resolver {
             m.set_edns(ours);
         }
         self.account(rcode);
-        let bytes = match m.to_vec() {
+        let mut bytes = match m.to_vec() {
             Ok(b) => b,
             Err(_) => {
                 self.stats.inc(&self.stats.servfail);
@@ -301,12 +373,54 @@ impl Resolver {
             }
         };
         if bytes.len() <= limit {
+            restore_question(&mut bytes, req);
+            if let Some(src) = src {
+                self.age_and_fill(&mut bytes, &src, xkey);
+            }
             return bytes;
         }
         // Too big for UDP: header, question and OPT with TC set (RFC 2181 §9);
         // the client retries over TCP.
         self.stats.inc(&self.stats.truncated);
-        m.truncate().to_vec().unwrap_or_else(|_| self.header_only_for(req, ResponseCode::ServFail))
+        let mut t = m.truncate().to_vec().unwrap_or_else(|_| self.header_only_for(req, ResponseCode::ServFail));
+        restore_question(&mut t, req);
+        t
+    }
+
+    /// Lowers the TTLs of the records from upstream by their age in the
+    /// cache, and stores the answer (with them as stored) in the XDP cache.
+    fn age_and_fill(&self, bytes: &mut [u8], src: &Source<'_>, xkey: Option<&XKey>) {
+        let fill = xkey.zip(self.xdp()).filter(|(_, x)| x.enabled());
+        if src.upstream.is_none() && fill.is_none() {
+            return;
+        }
+        let Some(rrs) = wire::records(bytes) else { return };
+        let aging: Vec<usize> = match src.upstream {
+            Some(_) => rrs
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| *i >= src.local && r.rtype != wire::TYPE_OPT)
+                .map(|(_, r)| r.ttl_at)
+                .collect(),
+            None => Vec::new(),
+        };
+        let now = now_ns();
+        if let (Some((k, x)), Some(epochs)) = (fill, &src.epochs) {
+            let lifetime = match src.upstream {
+                Some(e) => Some((e.stored_ns, e.expires_ns)),
+                // Local data: as long as its smallest TTL (and the cap),
+                // unless it changes first (epochs).
+                None => local_lifetime(bytes, &rrs, self.cache.max_ttl()).map(|secs| (now, now + secs * 1_000_000_000)),
+            };
+            if let Some((stored, expires)) = lifetime.filter(|(_, exp)| *exp > now) {
+                if let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs) {
+                    x.insert(&k.key, &entry);
+                }
+            }
+        }
+        if let Some(e) = src.upstream {
+            wire::age(bytes, &aging, e.age_secs(now));
+        }
     }
 
     fn account(&self, rcode: ResponseCode) {
@@ -341,12 +455,66 @@ impl Resolver {
     }
 }
 
+/// An upstream answer's records as stored (the reply ages them).
+fn upstream_content(e: &Entry) -> Content {
+    Content {
+        rcode: e.rcode,
+        authoritative: false,
+        answers: e.answers.clone(),
+        authorities: e.authorities.clone(),
+        additionals: e.additionals.clone(),
+    }
+}
+
+/// Puts the question's name back as the client sent it (the message was
+/// encoded with it lower-cased; same length, not compressed: it is the
+/// first name).
+fn restore_question(bytes: &mut [u8], req: &Message) {
+    if let [q] = req.queries.as_slice() {
+        if let Ok(name) = hickory_proto::serialize::binary::BinEncodable::to_bytes(q.name()) {
+            if let Some(dst) = bytes.get_mut(12..12 + name.len()) {
+                dst.copy_from_slice(&name);
+            }
+        }
+    }
+}
+
+/// The epochs a local answer depends on: the catalog's, and those of the
+/// zones of the question and of every CNAME target in `answers`. `None`
+/// when there are more than the XDP cache keeps.
+fn epochs_of(catalog: &Catalog, qname: &Name, answers: &[Record]) -> Option<Vec<Epoch>> {
+    let mut v = vec![(0, catalog.epoch)];
+    let targets = answers.iter().filter_map(|r| match &r.data {
+        RData::CNAME(t) => Some(&t.0),
+        _ => None,
+    });
+    for name in std::iter::once(qname).chain(targets) {
+        if let Some(i) = catalog.zone_index(name) {
+            let e = (xdp::zone_slot(i)?, catalog.zone_epochs.get(i).copied()?);
+            if !v.contains(&e) {
+                v.push(e);
+            }
+        }
+    }
+    (v.len() <= coresvc_maps_schema::DNS_MAX_ZONES).then_some(v)
+}
+
+/// Seconds local data may stay in the XDP cache: its smallest TTL, at most
+/// `cap`; `None` for a TTL of 0 (not to be cached).
+fn local_lifetime(bytes: &[u8], rrs: &[wire::RrAt], cap: u32) -> Option<u64> {
+    let min = rrs
+        .iter()
+        .filter(|r| r.rtype != wire::TYPE_OPT)
+        .filter_map(|r| bytes.get(r.ttl_at..r.ttl_at + 4))
+        .map(|f| u32::from_be_bytes([f[0], f[1], f[2], f[3]]))
+        .min()?
+        .min(cap);
+    (min > 0).then_some(u64::from(min))
+}
+
 #[cfg(test)]
 mod tests {
-    use hickory_proto::{
-        op::Query,
-        rr::{RData, rdata::TXT},
-    };
+    use hickory_proto::{op::Query, rr::rdata::TXT};
     use rand::{Rng as _, SeedableRng as _};
 
     use super::*;
@@ -477,6 +645,98 @@ mod tests {
         let r = resolver();
         let b = query("www.example.org.", RecordType::A, None).to_vec().unwrap();
         assert!(matches!(r.handle(&b, CLIENT, Transport::Udp), Step::Forward(_)));
+    }
+
+    /// What the XDP cache relies on: an answer's bytes after the question
+    /// depend on the question's name only up to case.
+    #[test]
+    fn answers_after_the_question_do_not_depend_on_its_case() {
+        let r = resolver();
+        for (lower, mixed, t) in [
+            ("artifacts.dvntm.deevnet.net.", "ArtiFacts.DvNtM.deevnet.NET.", RecordType::A),
+            ("mgmt.deevnet.net.", "MGMT.deevnet.net.", RecordType::TXT),
+            ("nope.mgmt.deevnet.net.", "NoPe.mgmt.deevnet.net.", RecordType::A),
+            ("_http._tcp.dvntm.deevnet.net.", "_HTTP._tcp.DVNTM.deevnet.net.", RecordType::SRV),
+            ("10.0.10.10.in-addr.arpa.", "10.0.10.10.IN-ADDR.arpa.", RecordType::PTR),
+        ] {
+            for edns in [None, Some(1232)] {
+                let bytes = |name: &str| match r.handle(&query(name, t, edns).to_vec().unwrap(), CLIENT, Transport::Udp)
+                {
+                    Step::Reply(b) => b,
+                    other => panic!("{other:?}"),
+                };
+                let (a, b) = (bytes(lower), bytes(mixed));
+                let qlen = Name::from_ascii(lower).unwrap().len() + 1 + 4;
+                assert_eq!(a.len(), b.len(), "{mixed}");
+                assert_eq!(a[..12], b[..12], "{mixed}: header");
+                assert_eq!(a[12 + qlen..], b[12 + qlen..], "{mixed}: everything after the question");
+                let back = Message::from_vec(&b).unwrap();
+                assert_eq!(back.queries[0].name().to_string(), mixed, "the question as asked");
+            }
+        }
+    }
+
+    /// The XDP cache's key parser (common code, also run by the program)
+    /// accepts only queries hickory reads the same way: one question whose
+    /// lower-cased name, type and class are the key's, with EDNS and DO as
+    /// the key says.
+    #[test]
+    fn the_cache_key_parser_agrees_with_hickory() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xcace);
+        let seeds: Vec<Vec<u8>> = [
+            query("ArtiFacts.dvntm.deevnet.net.", RecordType::A, Some(1232)),
+            query("www.Example.org.", RecordType::AAAA, None),
+            query("x.", RecordType::MX, Some(512)),
+        ]
+        .iter()
+        .map(|m| m.to_vec().unwrap())
+        .collect();
+        let mut accepted = 0;
+        for i in 0..30_000 {
+            let mut b = seeds[i % seeds.len()].clone();
+            for _ in 0..rng.random_range(0..4) {
+                let at = rng.random_range(0..b.len());
+                match rng.random_range(0..4) {
+                    0 => b[at] = rng.random(),
+                    1 => b[at] ^= 0x20,
+                    2 => b.truncate(at.max(1)),
+                    _ => b.insert(at, rng.random()),
+                }
+            }
+            let Some(k) = super::xdp::key_of(&b) else { continue };
+            accepted += 1;
+            let m = Message::from_vec(&b).unwrap_or_else(|e| panic!("accepted {b:02x?}, hickory: {e}"));
+            assert_eq!(m.metadata.message_type, MessageType::Query);
+            assert_eq!(m.metadata.op_code, OpCode::Query);
+            assert_eq!(m.queries.len(), 1);
+            let q = &m.queries[0];
+            let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&q.name().to_lowercase()).unwrap();
+            assert_eq!(&k.key.name[..usize::from(k.key.name_len)], wire.as_slice(), "{b:02x?}");
+            assert_eq!((k.key.qtype, k.key.qclass), (u16::from(q.query_type()), u16::from(q.query_class())));
+            assert_eq!(m.edns.is_some(), k.key.flags & coresvc_common::dns::KEY_F_EDNS != 0);
+            assert_eq!(
+                m.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+                k.key.flags & coresvc_common::dns::KEY_F_DO != 0
+            );
+            assert_eq!(m.edns.as_ref().map_or(0, |e| e.version()), 0);
+        }
+        assert!(accepted > 5_000, "the mutations left enough valid queries ({accepted})");
+    }
+
+    /// Forwarded records age by the whole seconds they spent in the cache.
+    #[test]
+    fn cached_upstream_answers_age() {
+        let r = resolver();
+        let name = Name::from_ascii("www.example.org.").unwrap();
+        let rec = Record::from_rdata(name.clone(), 300, RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 80)));
+        let entry = Entry::new(ResponseCode::NoError, vec![rec], vec![], vec![]);
+        let stored = now_ns() - 30 * 1_000_000_000 - 1;
+        r.cache.put(Key::new(&name, RecordType::A, false), entry, stored);
+        for edns in [None, Some(1232)] {
+            let a = ask(&r, &query("WWW.example.org.", RecordType::A, edns), Transport::Udp);
+            assert_eq!(a.answers[0].ttl, 270, "300 - 30");
+            assert!(!a.metadata.authoritative);
+        }
     }
 
     /// Random and mutated queries through the real query path: nothing

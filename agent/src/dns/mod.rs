@@ -5,6 +5,12 @@
 //! Live changes: `coresvc service move` repoints a service (persisted in the
 //! state directory and applied again at start), `coresvc zone reload` re-reads
 //! zone files; both swap in a new catalog atomically and refuse bad data.
+//!
+//! Every change (those two, DHCP registrations, reloads) goes through
+//! [`Dns::publish`], one at a time: the new catalog gets new epochs for what
+//! changed, is swapped in, and the epochs are written to the XDP answer
+//! cache before the change returns, so no cached answer of the old data is
+//! served after it (see `xdp`).
 
 pub mod build;
 pub mod cache;
@@ -12,6 +18,8 @@ pub mod forward;
 pub mod handler;
 pub mod server;
 pub mod stats;
+pub mod wire;
+pub mod xdp;
 pub mod zone;
 
 use std::{
@@ -19,7 +27,10 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -37,6 +48,7 @@ use self::{
     forward::Forwarder,
     handler::Resolver,
     stats::{Snapshot, Stats},
+    xdp::{Epoch, XdpCache},
     zone::Catalog,
 };
 use crate::config::{AuthorityMode, Config};
@@ -51,6 +63,11 @@ pub struct Dns {
     moves: Mutex<BTreeMap<String, String>>,
     /// Names registered by DHCP clients: FQDN → address.
     dynamic: Mutex<BTreeMap<Name, Ipv4Addr>>,
+    /// Held while a change reads, changes and publishes the catalog: one
+    /// change at a time, none lost.
+    changing: Mutex<()>,
+    /// The last epoch handed out; never reused (see `xdp`).
+    epoch: AtomicU64,
     moves_path: PathBuf,
     listen: Vec<SocketAddr>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -64,6 +81,27 @@ pub struct DnsStatus {
     pub cache_entries: usize,
     pub service_moves: BTreeMap<String, String>,
     pub counters: Snapshot,
+    /// The XDP answer cache as the service sees it (absent without a dataplane).
+    #[serde(default)]
+    pub xdp_cache: Option<XdpCacheStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct XdpCacheStatus {
+    /// Filled and answering (`dataplane.dns_cache`).
+    pub enabled: bool,
+    /// Entries in the map, current or waiting to be reused.
+    pub entries: usize,
+    /// The catalog's epoch (entries of older ones are never served).
+    pub epoch: u64,
+}
+
+/// What a change to the zone data touched.
+enum Changed {
+    /// Everything (a rebuild: zones may have come or gone).
+    All,
+    /// The zones containing these names.
+    Names(Vec<Name>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,7 +138,8 @@ fn user_name(s: &str, zone: Option<&Name>) -> Result<Name> {
 impl Dns {
     /// Builds the zones and starts serving, unless DNS is disabled or the
     /// authority mode is production (dedicated infrastructure answers then).
-    pub fn start(cfg: &Config) -> Result<Option<Dns>> {
+    /// With `xdp`, its answers go into the XDP answer cache.
+    pub fn start(cfg: &Config, xdp: Option<XdpCache>) -> Result<Option<Dns>> {
         if !cfg.dns.enabled {
             info!("dns: disabled in the configuration");
             return Ok(None);
@@ -110,8 +149,72 @@ impl Dns {
             return Ok(None);
         }
         let mut dns = Dns::new(cfg)?;
+        if let Some(x) = xdp {
+            dns.attach_xdp(Arc::new(x))?;
+        }
         dns.serve(cfg)?;
         Ok(Some(dns))
+    }
+
+    /// Fills `x` from now on. Epochs continue above any in its map, and the
+    /// catalog gets new ones: entries of a previous run are never served.
+    pub fn attach_xdp(&self, x: Arc<XdpCache>) -> Result<()> {
+        self.epoch.fetch_max(x.max_epoch(), Ordering::SeqCst);
+        self.resolver.set_xdp(x);
+        let _one = self.changing.lock().expect("changing lock");
+        self.publish((*self.resolver.catalog()).clone(), Changed::All)
+    }
+
+    /// `coresvc dns flush`: empties the forwarder's cache and invalidates
+    /// every entry of the XDP answer cache (new epochs) before it returns.
+    /// Returns how many entries the agent's cache held.
+    pub fn flush(&self) -> Result<usize> {
+        let _one = self.changing.lock().expect("changing lock");
+        let entries = self.resolver.cache.len();
+        self.resolver.cache.clear();
+        self.publish((*self.resolver.catalog()).clone(), Changed::All)?;
+        Ok(entries)
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Gives `catalog` new epochs for what `changed`, swaps it in, then
+    /// writes the epochs to the XDP cache (the catalog's first, so entries
+    /// of older catalogs are invalid before anything else is written).
+    /// Called with `changing` held.
+    fn publish(&self, mut catalog: Catalog, changed: Changed) -> Result<()> {
+        let mut writes: Vec<Epoch> = Vec::new();
+        let bump = |catalog: &mut Catalog, i: usize, writes: &mut Vec<Epoch>| {
+            let e = self.next_epoch();
+            catalog.zone_epochs[i] = e;
+            if let Some(slot) = xdp::zone_slot(i) {
+                writes.push((slot, e));
+            }
+        };
+        match changed {
+            Changed::All => {
+                catalog.epoch = self.next_epoch();
+                writes.push((0, catalog.epoch));
+                for i in 0..catalog.zone_epochs.len() {
+                    bump(&mut catalog, i, &mut writes);
+                }
+            }
+            Changed::Names(names) => {
+                let mut zones: Vec<usize> = names.iter().filter_map(|n| catalog.zone_index(n)).collect();
+                zones.sort_unstable();
+                zones.dedup();
+                for i in zones {
+                    bump(&mut catalog, i, &mut writes);
+                }
+            }
+        }
+        self.resolver.set_catalog(catalog);
+        if let Some(x) = self.resolver.xdp() {
+            x.write_epochs(&writes).context("invalidating the XDP answer cache")?;
+        }
+        Ok(())
     }
 
     /// The service's state (zones, cache, forwarder) without sockets.
@@ -129,6 +232,8 @@ impl Dns {
             config: Mutex::new(cfg.clone()),
             moves: Mutex::new(moves),
             dynamic: Mutex::new(BTreeMap::new()),
+            changing: Mutex::new(()),
+            epoch: AtomicU64::new(0),
             moves_path,
             listen: Vec::new(),
             tasks: Mutex::new(Vec::new()),
@@ -171,6 +276,11 @@ impl Dns {
             cache_entries: self.resolver.cache.len(),
             service_moves: self.moves.lock().expect("moves lock").clone(),
             counters: self.resolver.stats.snapshot(),
+            xdp_cache: self.resolver.xdp().map(|x| XdpCacheStatus {
+                enabled: x.enabled(),
+                entries: x.entries(),
+                epoch: catalog.epoch,
+            }),
         }
     }
 
@@ -182,6 +292,7 @@ impl Dns {
     /// Repoints `service` (a CNAME in a local zone) to `host`. Every query
     /// after this returns sees the new target.
     pub fn service_move(&self, service: &str, host: &str) -> Result<Moved> {
+        let _one = self.changing.lock().expect("changing lock");
         let catalog = self.resolver.catalog();
         let svc = user_name(service, None)?;
         let zone = catalog.zone_for(&svc).ok_or_else(|| anyhow!("{svc} is not in a local zone"))?;
@@ -206,7 +317,7 @@ impl Dns {
             save_moves(&self.moves_path, &new_moves)?;
             *moves = new_moves;
         }
-        self.resolver.set_catalog(next);
+        self.publish(next, Changed::Names(vec![svc.clone()]))?;
         info!(service = %svc, from = %old, to = %target, "dns: service moved");
         Ok(Moved { service: svc.to_string(), from: old.to_string(), to: target.to_string() })
     }
@@ -217,6 +328,7 @@ impl Dns {
     /// static data (a host, service or record) or by another address.
     /// Registering the same name and address again is a no-op.
     pub fn register(&self, zone: &str, hostname: &str, addr: Ipv4Addr) -> Result<Name, RegisterError> {
+        let _one = self.changing.lock().expect("changing lock");
         let mut dynamic = self.dynamic.lock().expect("dynamic lock");
         let origin = build::name(zone).map_err(|e| RegisterError::BadName(e.to_string()))?;
         let fqdn = Name::from_ascii(hostname)
@@ -240,13 +352,16 @@ impl Dns {
         }
         add_registration(&mut catalog, &fqdn, addr).map_err(|e| RegisterError::BadName(format!("{e:#}")))?;
         dynamic.insert(fqdn.clone(), addr);
-        self.resolver.set_catalog(catalog);
+        if let Err(e) = self.publish(catalog, Changed::Names(vec![fqdn.clone(), build::ptr_name(addr)])) {
+            warn!(name = %fqdn, "dns: {e:#}");
+        }
         info!(name = %fqdn, %addr, "dns: registered");
         Ok(fqdn)
     }
 
     /// Removes a registration made by [`Dns::register`] (release, expiry).
     pub fn unregister(&self, fqdn: &Name, addr: Ipv4Addr) {
+        let _one = self.changing.lock().expect("changing lock");
         let mut dynamic = self.dynamic.lock().expect("dynamic lock");
         if dynamic.get(fqdn) != Some(&addr) {
             return;
@@ -254,7 +369,9 @@ impl Dns {
         dynamic.remove(fqdn);
         let mut catalog = (*self.resolver.catalog()).clone();
         remove_registration(&mut catalog, fqdn, addr);
-        self.resolver.set_catalog(catalog);
+        if let Err(e) = self.publish(catalog, Changed::Names(vec![fqdn.clone(), build::ptr_name(addr)])) {
+            warn!(name = %fqdn, "dns: {e:#}");
+        }
         info!(name = %fqdn, %addr, "dns: unregistered");
     }
 
@@ -272,12 +389,16 @@ impl Dns {
     /// new zones do not build.
     pub fn reconfigure(&self, cfg: &Config) -> Result<()> {
         self.rebuild(cfg)?;
+        if let Some(x) = self.resolver.xdp() {
+            x.set_enabled(cfg.dns_cache_on());
+        }
         self.resolver.set_forwarder(forwarder_for(cfg, self.resolver.stats.clone()));
         *self.config.lock().expect("config lock") = cfg.clone();
         Ok(())
     }
 
     fn rebuild(&self, cfg: &Config) -> Result<()> {
+        let _one = self.changing.lock().expect("changing lock");
         let moves = self.moves.lock().expect("moves lock").clone();
         let mut catalog = build_with_moves(cfg, &moves)?;
         // Registrations stay: they belong to live leases.
@@ -287,8 +408,8 @@ impl Dns {
                 let _ = add_registration(&mut catalog, name, *addr);
             }
         }
-        self.resolver.set_catalog(catalog);
-        Ok(())
+        drop(dynamic);
+        self.publish(catalog, Changed::All)
     }
 
     /// Closes the sockets (the service stays shared with DHCP until it stops too).

@@ -333,6 +333,13 @@ pub struct Answer {
 pub struct Catalog {
     /// Longest apex first, so the first match is the closest zone.
     zones: Vec<Arc<Zone>>,
+    /// Versions of the data for the XDP answer cache (assigned by
+    /// `dns::Dns` before a catalog is published; never reused): `epoch` for
+    /// the zone list as a whole (a rebuild gets a new one), `zone_epochs[i]`
+    /// for zone `i` (any change to it gets a new one). An answer cached from
+    /// this catalog is valid while the epochs it depended on are in force.
+    pub epoch: u64,
+    pub zone_epochs: Vec<u64>,
 }
 
 /// CNAME chains longer than this are cut (and loops with them).
@@ -341,7 +348,14 @@ const MAX_CHAIN: usize = 12;
 impl Catalog {
     pub fn new(mut zones: Vec<Zone>) -> Self {
         zones.sort_by(|a, b| b.origin.num_labels().cmp(&a.origin.num_labels()).then_with(|| a.origin.cmp(&b.origin)));
-        Catalog { zones: zones.into_iter().map(Arc::new).collect() }
+        let zone_epochs = vec![0; zones.len()];
+        Catalog { zones: zones.into_iter().map(Arc::new).collect(), epoch: 0, zone_epochs }
+    }
+
+    /// The index (in [`Catalog::zones`] order) of the closest local zone
+    /// containing `name`.
+    pub fn zone_index(&self, name: &Name) -> Option<usize> {
+        self.zones.iter().position(|z| z.origin.zone_of(name))
     }
 
     pub fn zones(&self) -> impl Iterator<Item = &Zone> {

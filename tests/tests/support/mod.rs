@@ -145,13 +145,19 @@ impl Fw {
 
     /// Runs the XDP program on `frame` arriving on `ifindex`: (verdict, output).
     pub fn xdp(&mut self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self.ebpf.program_mut(schema::programs::SEGMENT_INGRESS).unwrap().try_into().unwrap();
+        self.xdp_prog(schema::programs::SEGMENT_INGRESS, ifindex, frame)
+    }
+
+    /// Runs XDP program `prog` on `frame` arriving on `ifindex`: (verdict, output).
+    pub fn xdp_prog(&mut self, prog: &str, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let mut ctx = Vec::new();
         for v in [0u32, frame.len() as u32, 0, ifindex, 0, 0] {
             ctx.extend_from_slice(&v.to_ne_bytes());
         }
-        let mut out = vec![0u8; frame.len() + 256];
+        // Room for frames the program grows (DNS answers).
+        let mut out = vec![0u8; frame.len() + 2048];
         let mut o = TestRunOptions::new();
         o.data_in = Some(frame);
         o.data_out = Some(&mut out);
@@ -224,6 +230,29 @@ impl Fw {
         let m: BpfHashMap<&MapData, CtKey, CtEntry> =
             BpfHashMap::try_from(self.ebpf.map("CONNTRACK").unwrap()).unwrap();
         m.iter().map(|r| r.unwrap()).collect()
+    }
+
+    /// Sets or clears `SETTINGS_F_*` bits.
+    pub fn set_flag(&mut self, flag: u32, on: bool) {
+        let mut s: Array<&mut MapData, Settings> = Array::try_from(self.ebpf.map_mut("SETTINGS").unwrap()).unwrap();
+        let mut v = s.get(&0, 0).unwrap();
+        if on {
+            v.flags |= flag;
+        } else {
+            v.flags &= !flag;
+        }
+        s.set(0, v, 0).unwrap();
+    }
+
+    /// The DNS cache counters of segment `segment` (summed over CPUs).
+    pub fn dns_stats(&self, segment: u32) -> schema::DnsStats {
+        let m: PerCpuArray<&MapData, schema::DnsStats> =
+            PerCpuArray::try_from(self.ebpf.map("DNS_STATS").unwrap()).unwrap();
+        let mut total = schema::DnsStats::default();
+        for c in m.get(&segment, 0).unwrap().iter() {
+            total.add(c);
+        }
+        total
     }
 
     pub fn drops(&self, reason: u32) -> u64 {

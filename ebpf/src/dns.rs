@@ -1,0 +1,417 @@
+//! The DNS answer cache on the segments: a query for a question the agent
+//! answered before is answered here, in place, with XDP_TX.
+//!
+//! Only UDP to the segment's own address (its DNS service) on port 53, from
+//! a host on the segment, is looked at. The query must be one the agent
+//! would answer exactly like the cached answer: `coresvc_common::dns::
+//! parse_query` decides that and computes the key, the same code the agent
+//! uses when it fills the cache. The answer is the query's Ethernet, IPv4
+//! and UDP headers turned around, a DNS header with the query's ID, RD and
+//! CD, the question bytes exactly as received, and the cached sections
+//! (TTLs of forwarded records aged by the seconds since they were stored).
+//! Everything else passes to the stack, counted by reason. Nothing is
+//! written to the frame before the last check has passed.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    cty::c_void,
+    helpers::{
+        bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
+use coresvc_common::{
+    checksum,
+    dns::{self, MSG_AT, Pass, QUERY_MAX},
+    firewall::{Flow, ZONE_GATEWAY},
+    proto::{eth, ipproto, ipv4, port},
+};
+use coresvc_maps_schema::{
+    DNS_MAX_AGING, DNS_MAX_SECTIONS, DNS_MAX_ZONES, DnsAnswer, IfaceInfo, SETTINGS_F_FIREWALL, Settings,
+    dns_counter as counter,
+};
+
+use crate::{
+    firewall,
+    maps::{DNS_CACHE, DNS_EPOCHS, DNS_SCRATCH, DNS_STATS},
+    packet::{frame_len, ptr_at, ptr_at_mut},
+};
+
+/// Offsets in a frame without VLAN tags or IP options.
+const L3: usize = eth::HDR_LEN;
+const L4: usize = L3 + ipv4::MIN_HDR_LEN;
+const DNS_AT: usize = L4 + 8;
+/// The answer's IPv4 TTL (Linux's default, as the agent's answers have).
+const TTL: u8 = 64;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// `Some(verdict)` when the query was answered (or the frame could not be
+/// restored), `None` to continue with the normal path. A function of its
+/// own (a BPF subprogram): its stack frame is separate from the rest of the
+/// ingress path's.
+#[inline(never)]
+pub fn answer(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo) -> Option<u32> {
+    // Every UDP or TCP frame is at least this long.
+    let h = ptr_at::<[u8; DNS_AT], XdpContext>(ctx, 0)? as *const u8;
+    if rd16(h, eth::ETHERTYPE) != eth::P_IPV4 || rd32(h, L3 + ipv4::DST) != u32::from_ne_bytes(iface.ipv4) {
+        return None;
+    }
+    // SAFETY (all reads of `h`): ptr_at checked DNS_AT bytes.
+    let (ver_ihl, proto) = unsafe { (*h.add(L3), *h.add(L3 + ipv4::PROTO)) };
+    let frag = rd16(h, L3 + ipv4::FRAG);
+    // (A later fragment has no ports to tell DNS by.)
+    if ver_ihl >> 4 != 4 || (proto != ipproto::UDP && proto != ipproto::TCP) || frag & ipv4::FRAG_OFFSET_MASK != 0 {
+        return None;
+    }
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    let ports = ptr_at::<[u8; 4], XdpContext>(ctx, L3 + (ihl & 0x3c))?;
+    if ihl < ipv4::MIN_HDR_LEN || rd16(ports as *const u8, 2) != port::DNS {
+        return None;
+    }
+    let seg = iface.segment;
+    let c = if proto == ipproto::TCP {
+        counter::TCP
+    } else if ihl != ipv4::MIN_HDR_LEN || frag & ipv4::FRAG_MF != 0 {
+        counter::IP
+    } else {
+        match serve(ctx, settings, iface, seg) {
+            Ok(v) => return Some(v),
+            Err(c) => c,
+        }
+    };
+    count(seg, c);
+    None
+}
+
+/// Checks, looks up and answers a UDP query to the segment's address, port
+/// 53 (IHL 5, not a fragment). `Err(counter)`: the frame is untouched and
+/// continues on the normal path.
+#[inline(always)]
+fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> Result<u32, u32> {
+    let h = ptr_at::<[u8; DNS_AT], XdpContext>(ctx, 0).ok_or(counter::MALFORMED)?;
+    // SAFETY: ptr_at checked the bounds.
+    if !checksum::ipv4_header_valid(unsafe { &*(h as *const u8).add(L3).cast::<[u8; 20]>() }) {
+        return Err(counter::CHECKSUM);
+    }
+    let h = h as *const u8;
+    let tot_len = usize::from(rd16(h, L3 + ipv4::TOT_LEN));
+    let frame = frame_len(ctx);
+    let udp_len = usize::from(rd16(h, L4 + 4));
+    if tot_len < ipv4::MIN_HDR_LEN + 8 || L3 + tot_len > frame || udp_len != tot_len - ipv4::MIN_HDR_LEN {
+        return Err(counter::MALFORMED);
+    }
+    // A unicast frame from a host of the segment (the agent serves the
+    // segments' networks only; broadcasts get no answer from here).
+    let saddr = u32::from_be(rd32(h, L3 + ipv4::SRC));
+    // SAFETY: within the checked bytes.
+    if unsafe { *h.add(eth::DST) } & 1 != 0 || !on_segment(iface, saddr) {
+        return Err(counter::SOURCE);
+    }
+    let sport = rd16(h, L4);
+    let len = udp_len - 8;
+    if sport == 0 || len < dns::HDR_LEN {
+        return Err(counter::MALFORMED);
+    }
+    if len > QUERY_MAX {
+        return Err(counter::TOO_LONG);
+    }
+    // The stack drops a datagram with a bad checksum: so does the cache.
+    let csum = rd16(h, L4 + 6);
+    let scratch = DNS_SCRATCH.get_ptr_mut(0).ok_or(counter::NO_ROOM)?;
+    // SAFETY: this CPU's slot, used by this program run only.
+    let (key, buf, headers) = unsafe { &mut *scratch }.split();
+    copy_headers(h, headers);
+    buf.clear();
+    // SAFETY: the buffer holds QUERY_MAX bytes from MSG_AT; len <= QUERY_MAX.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            DNS_AT as u32,
+            buf.bytes.as_mut_ptr().add(MSG_AT) as *mut c_void,
+            (len as u32).clamp(1, QUERY_MAX as u32),
+        )
+    };
+    if rc != 0 {
+        return Err(counter::MALFORMED);
+    }
+    if csum != 0 {
+        let daddr = u32::from_be_bytes(iface.ipv4);
+        let mut s = addr_sum(saddr) + addr_sum(daddr) + u32::from(ipproto::UDP) + 2 * udp_len as u32;
+        s += u32::from(sport) + u32::from(port::DNS) + u32::from(csum) + u32::from(buf.sum());
+        if checksum::fold(s) != 0xffff {
+            return Err(counter::CHECKSUM);
+        }
+    }
+    let q = dns::parse_query(buf, len, key.name_words(), &BpfLoop).map_err(pass_counter)?;
+    key.qtype = q.qtype;
+    key.qclass = q.qclass;
+    key.flags = q.flags;
+    key.name_len = q.name_len as u8;
+    key._pad = [0; 2];
+    // SAFETY: the entry is only read, and copied into the frame below.
+    let e: &DnsAnswer = unsafe { DNS_CACHE.get(&*key) }.ok_or(counter::MISSES)?;
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= e.expires_ns {
+        return Err(counter::EXPIRED);
+    }
+    if !current(e) {
+        return Err(counter::INVALIDATED);
+    }
+    let slen = usize::from(e.sections_len);
+    if slen == 0 || slen > DNS_MAX_SECTIONS {
+        return Err(counter::MISSES);
+    }
+    if settings.flags & SETTINGS_F_FIREWALL != 0 {
+        // Traffic to the gateway is judged packet by packet: this one too.
+        let flow = Flow { from: firewall::zone_of(iface), to: ZONE_GATEWAY, proto: ipproto::UDP, dport: port::DNS };
+        let (slot, allow) = firewall::evaluate(settings, &flow, iface.ipv4);
+        if !allow {
+            return Err(counter::FIREWALL);
+        }
+        firewall::count(slot, frame as u64);
+    }
+    let qlen = q.question_len();
+    let delta = (DNS_AT + dns::HDR_LEN + qlen + slen) as i32 - frame as i32;
+    // The frame grows at its head (drivers keep 256 bytes there for XDP;
+    // tailroom can be short: a veth's frames, small skbs), else at its
+    // tail; it shrinks at its tail. The answer is written whole either way.
+    // On failure the frame is unchanged.
+    // SAFETY: no preconditions.
+    let sized =
+        unsafe { (delta > 0 && bpf_xdp_adjust_head(ctx.ctx, -delta) == 0) || bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 };
+    if !sized {
+        return Err(counter::NO_ROOM);
+    }
+    // From here on the frame is changed: never back to the normal path.
+    Ok(build(ctx, e, seg, now, (u32::from(q.question_sum) << 16) | qlen as u32))
+}
+
+/// Writes the whole answer into the frame (already of the answer's
+/// length) from the query kept in DNS_SCRATCH and the entry `e`.
+/// `question` is the question's sum (high half) and length. A subprogram of
+/// its own (its stack frame is not the caller's).
+#[inline(never)]
+fn build(ctx: &XdpContext, e: &DnsAnswer, seg: u32, now: u64, question: u32) -> u32 {
+    let qlen = ((question & 0xff) as usize).clamp(5, dns::MAX_NAME + 4);
+    let slen = usize::from(e.sections_len).clamp(1, DNS_MAX_SECTIONS);
+    let sections_at = DNS_AT + dns::HDR_LEN + qlen;
+    let Some(scratch) = DNS_SCRATCH.get_ptr(0) else { return unwritten(seg) };
+    // SAFETY: this CPU's slot, filled by `serve` for this frame.
+    let scratch = unsafe { &*scratch };
+    // SAFETY: `qlen` bytes of the loaded question and `slen` bytes of the
+    // entry's sections (both within their map values); the helper checks
+    // the frame's bounds.
+    let rc = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            (DNS_AT + dns::HDR_LEN) as u32,
+            scratch.query.as_ptr().add(MSG_AT + dns::HDR_LEN) as *mut c_void,
+            qlen as u32,
+        ) | bpf_xdp_store_bytes(ctx.ctx, sections_at as u32, e.sections.as_ptr() as *mut c_void, slen as u32)
+    };
+    let f = ptr_at_mut::<[u8; DNS_AT + dns::HDR_LEN], XdpContext>(ctx, 0);
+    let (0, Some(f)) = (rc, f) else { return unwritten(seg) };
+    let sections_sum = age_ttls(ctx, e, sections_at, slen, now);
+    // SAFETY: ptr_at_mut checked the bounds; nothing else refers to the frame.
+    let f = unsafe { &mut *f };
+    let q = &scratch.headers;
+    // Ethernet: back to the sender.
+    f[eth::DST..eth::DST + 6].copy_from_slice(&q[eth::SRC..eth::SRC + 6]);
+    f[eth::SRC..eth::SRC + 6].copy_from_slice(&q[eth::DST..eth::DST + 6]);
+    f[eth::ETHERTYPE..eth::ETHERTYPE + 2].copy_from_slice(&eth::P_IPV4.to_be_bytes());
+    // IPv4: the query's identification; don't fragment and TTL as Linux
+    // sends the agent's answers; addresses swapped.
+    let udp_len = (8 + dns::HDR_LEN + qlen + slen) as u16;
+    let mut ip = [0u8; 20];
+    ip[ipv4::VER_IHL] = 0x45;
+    ip[ipv4::TOT_LEN..ipv4::TOT_LEN + 2].copy_from_slice(&(udp_len + 20).to_be_bytes());
+    ip[ipv4::ID..ipv4::ID + 2].copy_from_slice(&q[L3 + ipv4::ID..L3 + ipv4::ID + 2]);
+    ip[ipv4::FRAG] = 0x40;
+    ip[ipv4::TTL] = TTL;
+    ip[ipv4::PROTO] = ipproto::UDP;
+    ip[ipv4::SRC..ipv4::SRC + 4].copy_from_slice(&q[L3 + ipv4::DST..L3 + ipv4::DST + 4]);
+    ip[ipv4::DST..ipv4::DST + 4].copy_from_slice(&q[L3 + ipv4::SRC..L3 + ipv4::SRC + 4]);
+    let ipc = checksum::ipv4_header_checksum(&ip);
+    ip[ipv4::CSUM..ipv4::CSUM + 2].copy_from_slice(&ipc.to_be_bytes());
+    f[L3..L4].copy_from_slice(&ip);
+    // UDP: ports swapped; DNS: the query's ID, RD and CD with the cached
+    // flags and counts.
+    let client_port = u16::from_be_bytes([q[L4], q[L4 + 1]]);
+    let m = &scratch.query;
+    let hdr = dns::answer_header([m[MSG_AT], m[MSG_AT + 1], m[MSG_AT + 2], m[MSG_AT + 3]], e.flags, e.counts);
+    let server = [ip[ipv4::SRC], ip[ipv4::SRC + 1], ip[ipv4::SRC + 2], ip[ipv4::SRC + 3]];
+    let client = [ip[ipv4::DST], ip[ipv4::DST + 1], ip[ipv4::DST + 2], ip[ipv4::DST + 3]];
+    let c = dns::answer_checksum(
+        server,
+        client,
+        port::DNS,
+        client_port,
+        udp_len,
+        &hdr,
+        (question >> 16) as u16,
+        qlen,
+        sections_sum,
+    );
+    let udp = &mut f[L4..DNS_AT];
+    udp[0..2].copy_from_slice(&port::DNS.to_be_bytes());
+    udp[2..4].copy_from_slice(&client_port.to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f[DNS_AT..DNS_AT + dns::HDR_LEN].copy_from_slice(&hdr);
+    count(seg, counter::HITS);
+    xdp_action::XDP_TX
+}
+
+/// The frame was resized but the answer could not be written (cannot
+/// happen: it was sized for it). Its IPv4 length no longer matches the
+/// frame, so the stack drops it.
+#[inline(always)]
+fn unwritten(seg: u32) -> u32 {
+    count(seg, counter::NO_ROOM);
+    xdp_action::XDP_PASS
+}
+
+/// Lowers the TTLs of forwarded records by the whole seconds since they
+/// were stored (as the agent does); returns the sections' sum afterwards.
+#[inline(always)]
+fn age_ttls(ctx: &XdpContext, e: &DnsAnswer, sections_at: usize, slen: usize, now: u64) -> u16 {
+    let mut sum = e.sections_sum;
+    let n = usize::from(e.aging);
+    let age = now.saturating_sub(e.stored_ns) / NS_PER_SEC;
+    if n == 0 || age == 0 {
+        return sum;
+    }
+    let age = age.min(u64::from(u32::MAX)) as u32;
+    let mut i = 0;
+    while i < DNS_MAX_AGING {
+        if i >= n {
+            break;
+        }
+        let at = usize::from(e.ttl_at[i]);
+        if at + 4 <= slen {
+            if let Some(old) = e.sections.get(at..at + 4) {
+                let old = u32::from_be_bytes([old[0], old[1], old[2], old[3]]);
+                let new = old.saturating_sub(age);
+                if let Some(p) = ptr_at_mut::<[u8; 4], XdpContext>(ctx, sections_at + (at & 0x1ff)) {
+                    // SAFETY: ptr_at_mut checked the bounds.
+                    unsafe { *p = new.to_be_bytes() };
+                    sum = dns::sum_replace32(sum, at, old, new);
+                }
+            }
+        }
+        i += 1;
+    }
+    sum
+}
+
+/// True while every epoch the entry depends on is still in force.
+#[inline(always)]
+fn current(e: &DnsAnswer) -> bool {
+    let n = usize::from(e.zones);
+    if n == 0 || n > DNS_MAX_ZONES {
+        return false;
+    }
+    let mut i = 0;
+    while i < DNS_MAX_ZONES {
+        if i < n {
+            match DNS_EPOCHS.get(u32::from(e.slots[i])) {
+                Some(v) if *v == e.epochs[i] => {}
+                _ => return false,
+            }
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Copies the query's first DNS_AT (42) bytes, checked by the caller, in
+/// words (volatile: a plain copy becomes a call to `memmove`, a byte loop).
+#[inline(always)]
+fn copy_headers(h: *const u8, to: &mut [u8; DNS_AT]) {
+    let dst = to.as_mut_ptr();
+    let mut i = 0;
+    while i + 8 <= DNS_AT {
+        // SAFETY: both ranges hold DNS_AT bytes; unaligned access is fine.
+        unsafe { dst.add(i).cast::<u64>().write_volatile(h.add(i).cast::<u64>().read_unaligned()) };
+        i += 8;
+    }
+    // SAFETY: as above (the last two bytes).
+    unsafe { dst.add(i).cast::<u16>().write_volatile(h.add(i).cast::<u16>().read_unaligned()) };
+}
+
+/// The source (host order) is a host of the segment, not the gateway.
+#[inline(always)]
+fn on_segment(iface: &IfaceInfo, saddr: u32) -> bool {
+    let plen = u32::from(iface.prefix_len);
+    let own = u32::from_be_bytes(iface.ipv4);
+    if plen == 0 || plen > 32 || saddr == own {
+        return false;
+    }
+    let mask = if plen == 32 { u32::MAX } else { !(u32::MAX >> plen) };
+    (saddr ^ own) & mask == 0
+}
+
+/// An address's (host order) two 16-bit words, summed.
+#[inline(always)]
+fn addr_sum(a: u32) -> u32 {
+    (a >> 16) + (a & 0xffff)
+}
+
+/// The big-endian u16 at `p + off` (bounds checked by the caller).
+#[inline(always)]
+fn rd16(p: *const u8, off: usize) -> u16 {
+    // SAFETY: the caller checked the bounds; unaligned reads are fine.
+    u16::from_be(unsafe { p.add(off).cast::<u16>().read_unaligned() })
+}
+
+/// The four bytes at `p + off` as a u32 in memory order (bounds checked by
+/// the caller).
+#[inline(always)]
+fn rd32(p: *const u8, off: usize) -> u32 {
+    // SAFETY: the caller checked the bounds; unaligned reads are fine.
+    unsafe { p.add(off).cast::<u32>().read_unaligned() }
+}
+
+#[inline(always)]
+fn pass_counter(p: Pass) -> u32 {
+    match p {
+        Pass::NotQuery => counter::NOT_QUERY,
+        Pass::Counts => counter::COUNTS,
+        Pass::Malformed => counter::MALFORMED,
+        Pass::TooLong => counter::TOO_LONG,
+        Pass::Edns => counter::EDNS,
+    }
+}
+
+/// [`dns::Steps`] in `bpf_loop`: the verifier checks a loop body once.
+struct BpfLoop;
+
+impl dns::Steps for BpfLoop {
+    #[inline(always)]
+    fn run<F: FnMut(usize) -> bool>(&self, n: usize, mut body: F) {
+        #[inline(never)]
+        extern "C" fn step<F: FnMut(usize) -> bool>(i: u64, ctx: *mut c_void) -> i64 {
+            // SAFETY: `ctx` is the closure on `run`'s stack, alive for the call.
+            let f = unsafe { &mut *(ctx as *mut F) };
+            if f(i as usize) { 0 } else { 1 }
+        }
+        // SAFETY: bpf_loop calls `step` with a pointer to `body`, which
+        // outlives the call.
+        unsafe {
+            bpf_loop(n as u32, step::<F> as *mut c_void, (&mut body as *mut F).cast(), 0);
+        }
+    }
+}
+
+/// Counts one event of the segment (per CPU).
+#[inline(always)]
+fn count(seg: u32, c: u32) {
+    if let Some(s) = DNS_STATS.get_ptr_mut(seg & 63) {
+        // SAFETY: a per-CPU slot; `c` indexes one of its u64 counters.
+        unsafe {
+            let p = (s as *mut u64).add((c & (counter::COUNT - 1)) as usize);
+            *p += 1;
+        }
+    }
+}
