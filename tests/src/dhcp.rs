@@ -1,6 +1,7 @@
 //! DHCP helpers for the lab tests: the real clients (dhclient, udhcpc,
 //! dhcpcd) with private state files and a hook script that records every
-//! event, and a pcap reader for DHCP replies captured with tcpdump.
+//! event, a pcap reader for DHCP replies captured with tcpdump, and load
+//! from perfdhcp in the background.
 //!
 //! Every client runs in the foreground as a child of the test and is killed
 //! when its [`Client`] is dropped, so no daemon outlives a test.
@@ -8,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -307,4 +308,77 @@ pub fn pcap_udp_payloads(bytes: &[u8]) -> Result<Vec<Captured>> {
         }
     }
     Ok(out)
+}
+
+/// Every DHCPACK that hands out an address in a pcap file: (address, the
+/// client's hardware address as `aa:bb:cc:dd:ee:ff`).
+pub fn acks_in(pcap: &Path) -> Result<Vec<(Ipv4Addr, String)>> {
+    use dhcproto::{
+        Decodable as _, Decoder,
+        v4::{Message, MessageType},
+    };
+    let bytes = std::fs::read(pcap).unwrap_or_default();
+    Ok(pcap_udp_payloads(&bytes)?
+        .into_iter()
+        .filter_map(|c| Message::decode(&mut Decoder::new(&c.payload)).ok())
+        .filter(|m| m.opts().msg_type() == Some(MessageType::Ack) && !m.yiaddr().is_unspecified())
+        .map(|m| (m.yiaddr(), m.chaddr().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")))
+        .collect())
+}
+
+/// A command running in the background in a lab node, killed when dropped.
+pub struct Background(Child);
+
+impl Background {
+    /// SIGINT (tcpdump and perfdhcp finish their output), then waits up to
+    /// five seconds before the kill.
+    pub fn interrupt(self) {
+        // SAFETY: kill(2) on our child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let mut me = self;
+        for _ in 0..50 {
+            if me.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Lab {
+    /// tcpdump on `node`'s eth0 writing every DHCP server reply it sees to
+    /// `file`; capturing when this returns.
+    pub fn capture_dhcp_replies(&self, node: &str, file: &Path) -> Result<Background> {
+        let c = self
+            .cmd(node, ["tcpdump", "-i", "eth0", "-U", "-n", "-s", "600", "-w"])
+            .arg(file)
+            .arg("udp and src port 67")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("tcpdump (installed by cargo xtask setup)")?;
+        std::thread::sleep(Duration::from_millis(800));
+        Ok(Background(c))
+    }
+
+    /// perfdhcp from `node`'s eth0 against `server`: `rate` four-way
+    /// exchanges per second from random client MACs (seeded), until
+    /// interrupted.
+    pub fn perfdhcp_load(&self, node: &str, server: &str, rate: u32, seed: u32) -> Result<Background> {
+        let (rate, seed) = (rate.to_string(), seed.to_string());
+        let c = self
+            .cmd(node, ["perfdhcp", "-4", "-l", "eth0", "-r", &rate, "-R", "3000", "-p", "60", "-s", &seed, server])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("perfdhcp (package kea-admin, installed by cargo xtask setup)")?;
+        Ok(Background(c))
+    }
 }

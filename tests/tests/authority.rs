@@ -180,6 +180,7 @@ fn authority_switches_live_both_ways_and_two_dhcp_servers_never_answer_together(
     // To production: coresvc stops serving and releases the gateway address.
     let steps = coresvc_ok(&lab, &["authority", "production"]);
     for want in [
+        "dns: XDP answer cache off",
         "dhcp: stopped",
         "dns: stopped",
         "released address 10.20.0.1/24",
@@ -191,6 +192,7 @@ fn authority_switches_live_both_ways_and_two_dhcp_servers_never_answer_together(
     let s = lab.status_json().unwrap();
     assert_eq!(s["authority"], "production");
     assert!(s["dhcp"].is_null() && s["dns"].is_null(), "{:#}", s);
+    assert_eq!(s["dataplane"]["dns_cache"]["answering"], false, "the fast-path DNS cache is off");
     assert!(!gw_has(&lab, "10.20.0.1") && gw_has(&lab, "10.20.0.2"));
     // The production infrastructure takes the gateway address and serves.
     ip(&["-n", &infra.ns, "addr", "del", "10.20.0.3/24", "dev", "eth0"]);
@@ -225,9 +227,14 @@ fn authority_switches_live_both_ways_and_two_dhcp_servers_never_answer_together(
     infra.stop_dnsmasq();
     ip(&["-n", &infra.ns, "addr", "del", "10.20.0.1/24", "dev", "eth0"]);
     let steps = coresvc_ok(&lab, &["authority", "bootstrap"]);
-    for want in
-        ["no other DHCP server", "took address 10.20.0.1/24", "dhcp: serving", "dns: serving", "persisted bootstrap"]
-    {
+    for want in [
+        "no other DHCP server",
+        "took address 10.20.0.1/24",
+        "dhcp: serving",
+        "dns: serving",
+        "dns: XDP answer cache on",
+        "persisted bootstrap",
+    ] {
         assert!(steps.contains(want), "step {want:?} missing:\n{steps}");
     }
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -238,6 +245,7 @@ fn authority_switches_live_both_ways_and_two_dhcp_servers_never_answer_together(
         assert!(Instant::now() < deadline, "no lease from coresvc after the switch back");
     }
     assert_eq!(dig(&lab, "artifacts.dvnt.deevnet.net"), ours, "coresvc's answer again");
+    assert_eq!(lab.status_json().unwrap()["dataplane"]["dns_cache"]["answering"], true);
     stop.store(true, Ordering::Relaxed);
     asker.join().unwrap();
     std::thread::sleep(Duration::from_millis(500));

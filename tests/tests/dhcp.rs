@@ -5,12 +5,10 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, UdpSocket},
-    path::PathBuf,
-    process::Stdio,
     time::Duration,
 };
 
-use coresvc_lab::{AgentOpts, Lab, dhcp::pcap_udp_payloads, raw::in_netns};
+use coresvc_lab::{AgentOpts, Lab, dhcp::acks_in, raw::in_netns};
 use dhcproto::{
     Decodable as _, Decoder, Encodable as _, Encoder,
     v4::{DhcpOption, Message, MessageType, OptionCode, relay},
@@ -425,78 +423,25 @@ fn perfdhcp_runs_thousands_of_four_way_exchanges() {
     assert!(table.lines().filter(|l| l.contains(" bound ") && l.ends_with(" dvnt")).count() >= 1000, "{table}");
 }
 
-/// Every ACK in a capture: (address, client hardware address).
-fn acks_in(pcap: &PathBuf) -> Vec<(Ipv4Addr, String)> {
-    let bytes = std::fs::read(pcap).unwrap_or_default();
-    pcap_udp_payloads(&bytes)
-        .unwrap()
-        .into_iter()
-        .filter_map(|c| Message::decode(&mut Decoder::new(&c.payload)).ok())
-        .filter(|m| m.opts().msg_type() == Some(MessageType::Ack) && !m.yiaddr().is_unspecified())
-        .map(|m| (m.yiaddr(), m.chaddr().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")))
-        .collect()
-}
-
-struct Bg(std::process::Child);
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn capture(lab: &Lab, file: &PathBuf) -> Bg {
-    let c = lab
-        .cmd("dvnt-client", ["tcpdump", "-i", "eth0", "-U", "-n", "-s", "600", "-w"])
-        .arg(file)
-        .arg("udp and src port 67")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump (installed by cargo xtask setup)");
-    std::thread::sleep(Duration::from_millis(800));
-    Bg(c)
-}
-
-fn stop(mut bg: Bg) {
-    // SIGINT: tcpdump and perfdhcp finish their output.
-    unsafe { libc::kill(bg.0.id() as i32, libc::SIGINT) };
-    for _ in 0..50 {
-        if bg.0.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(bg);
-}
-
 #[test]
 fn kill_9_under_perfdhcp_load_loses_no_acked_lease_and_never_gives_an_address_twice() {
     let mut lab = lab_with(wide_pool);
     let cfg = lab.paths.run_dir.join("coresvc.toml");
     let mut acked = Vec::new();
-    for (round, seed) in [(1, "11"), (2, "22")] {
+    for (round, seed) in [(1, 11), (2, 22)] {
         let pcap = lab.paths.run_dir.join(format!("acks-{round}.pcap"));
-        let tcpdump = capture(&lab, &pcap);
-        let load = Bg(lab
-            .cmd(
-                "dvnt-client",
-                ["perfdhcp", "-4", "-l", "eth0", "-r", "400", "-R", "3000", "-p", "20", "-s", seed, "10.20.0.1"],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap());
+        let tcpdump = lab.capture_dhcp_replies("dvnt-client", &pcap).unwrap();
+        let load = lab.perfdhcp_load("dvnt-client", "10.20.0.1", 400, seed).unwrap();
         std::thread::sleep(Duration::from_millis(2500));
         if round == 1 {
             // In the middle of the load: no clean shutdown, no flush.
             lab.stop_agent(libc::SIGKILL, Duration::from_secs(5)).unwrap();
             std::thread::sleep(Duration::from_millis(300));
         }
-        stop(load);
+        load.interrupt();
         std::thread::sleep(Duration::from_millis(300));
-        stop(tcpdump);
-        let got = acks_in(&pcap);
+        tcpdump.interrupt();
+        let got = acks_in(&pcap).unwrap();
         assert!(got.len() > 100, "round {round}: only {} ACKs captured", got.len());
         acked.extend(got);
         if round == 1 {
