@@ -413,12 +413,20 @@ fn changes_invalidate_entries_before_they_return() {
         assert_eq!(ask(&mut s, "box1.dvnt.deevnet.net.", RecordType::A).0, TX);
         s.dns.unregister(&Name::from_ascii("box1.dvnt.deevnet.net.").unwrap(), ip(CLIENT));
         assert_eq!(ask(&mut s, "box1.dvnt.deevnet.net.", RecordType::A).0, PASS);
-        // A zone reload (or configuration reload): everything goes.
+        // A reload that changes nothing keeps every entry; one that changes
+        // a zone invalidates that zone's entries only.
         fill(&mut s, "box1.dvnt.deevnet.net.", RecordType::A);
         s.dns.zone_reload().unwrap();
         for (n, t) in [("ref.deevnet.net.", RecordType::TXT), ("box1.dvnt.deevnet.net.", RecordType::A)] {
-            assert_eq!(ask(&mut s, n, t).0, PASS, "{n} after a reload");
+            assert_eq!(ask(&mut s, n, t).0, TX, "{n} after a reload that changed nothing");
         }
+        let mut changed =
+            config(&format!("{LARGE}\n[[zone.record]]\nname = \"new\"\ntype = \"A\"\ndata = \"10.0.0.9\"\n"));
+        let _ = std::fs::remove_dir_all(&changed.agent.state_dir);
+        changed.agent.state_dir = s.cfg.agent.state_dir.clone();
+        s.dns.reconfigure(&changed).unwrap();
+        assert_eq!(ask(&mut s, "ref.deevnet.net.", RecordType::TXT).0, PASS, "the changed zone's entries go");
+        assert_eq!(ask(&mut s, "box1.dvnt.deevnet.net.", RecordType::A).0, TX, "another zone's stay");
         // Expiry: an entry is never served at or after it.
         fill(&mut s, "ref.deevnet.net.", RecordType::TXT);
         let xdp = s.dns.resolver.xdp().unwrap().clone();

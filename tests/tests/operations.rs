@@ -73,7 +73,7 @@ fn metrics_are_served_in_the_prometheus_text_format() {
 }
 
 #[test]
-fn reload_applies_dhcp_and_nat_changes_and_keeps_every_lease() {
+fn reload_applies_dhcp_zone_and_nat_changes_keeping_leases_and_valid_cached_answers() {
     let (mut lab, cfg) = lab_with(|s| s);
     let mut c = lab.udhcpc("dvnt-client", "before", &[]).unwrap();
     let first = c.wait_for(&["bound"], 1, Duration::from_secs(15)).unwrap();
@@ -97,7 +97,20 @@ fn reload_applies_dhcp_and_nat_changes_and_keeps_every_lease() {
     );
     assert!(err.contains("nothing was changed"), "{err}");
 
-    // A static mapping for this client and a port forward.
+    // An answer in the XDP cache, from a zone the change leaves alone.
+    let dig = |name: &str| {
+        let out = lab.exec("dvnt-client", ["dig", "+short", "@10.20.0.1", name]).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let xdp_hits = |lab: &Lab| {
+        let st = lab.status_json().unwrap();
+        let segs = st["dataplane"]["dns_cache"]["segments"].as_array().cloned().unwrap_or_default();
+        segs.iter().find(|s| s["segment"] == "dvnt").map(|s| s["hits"].as_u64().unwrap()).unwrap()
+    };
+    let mgmt = dig("provisioner-01.mgmt.deevnet.net");
+    assert_eq!(dig("provisioner-01.mgmt.deevnet.net"), mgmt);
+
+    // A static mapping for this client (a name in the dvnt zone) and a port forward.
     let edited = text.clone()
         + "\n[[dhcp.host]]\nmac = \"02:00:00:14:00:32\"\naddress = \"10.20.0.77\"\nhostname = \"dvnt-fixed\"\n\
            \n[[nat.forward]]\nproto = \"tcp\"\nport = 7070\nto = \"10.10.0.10:7000\"\n";
@@ -106,6 +119,12 @@ fn reload_applies_dhcp_and_nat_changes_and_keeps_every_lease() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("dhcp: serving the new pools, hosts and options"), "{said}");
+    // The changed zone answers with the new data at once; the cached answer
+    // from the unchanged zone is still served by XDP.
+    assert_eq!(dig("dvnt-fixed.dvnt.deevnet.net"), "10.20.0.77");
+    let hits = xdp_hits(&lab);
+    assert_eq!(dig("provisioner-01.mgmt.deevnet.net"), mgmt);
+    assert_eq!(xdp_hits(&lab), hits + 1, "the still valid cached answer was kept");
     // The lease of before is still there; the client now gets its fixed address.
     assert!(leases(&lab).iter().any(|l| l["address"] == first.to_string()), "no lease lost");
     let mut c = lab.udhcpc("dvnt-client", "after", &[]).unwrap();

@@ -102,6 +102,21 @@ enum Changed {
     All,
     /// The zones containing these names.
     Names(Vec<Name>),
+    /// These zones (indices in the catalog), the zone list unchanged.
+    Zones(Vec<usize>),
+}
+
+/// What a rebuild changed, `new` against `old`: with the same zones (apexes
+/// in the same order) only those whose data differ, and `new` carries on
+/// the epochs of `old` (answers from unchanged zones, and forwarded ones,
+/// stay valid in the XDP cache); otherwise everything.
+fn diff(old: &Catalog, new: &mut Catalog) -> Changed {
+    if !old.zones().map(|z| &z.origin).eq(new.zones().map(|z| &z.origin)) {
+        return Changed::All;
+    }
+    new.epoch = old.epoch;
+    new.zone_epochs.clone_from(&old.zone_epochs);
+    Changed::Zones(old.zones().zip(new.zones()).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +213,11 @@ impl Dns {
                 catalog.epoch = self.next_epoch();
                 writes.push((0, catalog.epoch));
                 for i in 0..catalog.zone_epochs.len() {
+                    bump(&mut catalog, i, &mut writes);
+                }
+            }
+            Changed::Zones(zones) => {
+                for i in zones {
                     bump(&mut catalog, i, &mut writes);
                 }
             }
@@ -409,7 +429,8 @@ impl Dns {
             }
         }
         drop(dynamic);
-        self.publish(catalog, Changed::All)
+        let changed = diff(&self.resolver.catalog(), &mut catalog);
+        self.publish(catalog, changed)
     }
 
     /// Closes the sockets (the service stays shared with DHCP until it stops too).

@@ -33,7 +33,7 @@ pub enum ZoneKind {
 }
 
 /// The RRsets at one owner name, ordered by type number (ANY returns the first).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Node {
     pub rrsets: BTreeMap<u16, Vec<Record>>,
 }
@@ -47,7 +47,7 @@ impl Node {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Zone {
     /// The apex, lower case, fully qualified.
     pub origin: Name,
