@@ -1,7 +1,9 @@
 //! `coresvc run`: the long-running agent. Loads the configuration, brings up
-//! the dataplane, serves the control socket, and on SIGINT/SIGTERM detaches
-//! cleanly (maps stay pinned for the next start). On SIGKILL the pinned links
-//! keep the programs running until a new agent adopts them.
+//! the dataplane, serves the control socket. On SIGINT/SIGTERM it stops its
+//! services (leases durable) and, with `agent.on_stop = "keep"` (the
+//! default), leaves the programs attached through their pinned links, as
+//! after SIGKILL: they keep forwarding until a new agent adopts them. With
+//! `"detach"` it detaches them. Maps always stay pinned for the next start.
 
 use std::{
     path::PathBuf,
@@ -610,10 +612,19 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     // Leases durable before the process ends.
     let _ = agent.services.write().expect("services lock").stop();
     let dp = agent.dataplane.lock().expect("dataplane lock").take();
-    if let Some(dp) = dp {
-        dp.detach();
-    } else {
-        error!("dataplane already gone at shutdown");
+    let on_stop = agent.config().agent.on_stop;
+    match dp {
+        Some(dp) if on_stop == crate::config::OnStop::Detach => dp.detach(),
+        Some(dp) => {
+            // The pinned links hold the programs: closing our handles at exit
+            // changes nothing for them (as after a crash).
+            std::mem::forget(dp);
+            info!(
+                "programs stay attached (agent.on_stop = \"keep\"): forwarding, NAT and cached DNS answers go on \
+                 until the next start adopts them; `coresvc unpin` takes them down"
+            );
+        }
+        None => error!("dataplane already gone at shutdown"),
     }
     info!("stopped; maps stay pinned in {}", config.agent.pin_dir.display());
     Ok(())

@@ -162,11 +162,27 @@ fn kill_9_keeps_the_programs_running_and_a_restart_adopts_maps_and_links() {
     assert!(packets(&s, "mgmt0", "pass") >= while_dead, "counters carried over");
     assert!(lab.log().contains("adopted pinned link"), "{}", lab.log_tail(20));
 
-    // A clean stop detaches every program; the maps stay pinned.
+    // A clean stop (agent.on_stop = "keep", the default) leaves the
+    // programs attached and counting, as a crash does; the next start adopts.
+    let st = lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap().unwrap();
+    assert!(st.success(), "clean exit: {st}");
+    assert!(lab.log().contains("programs stay attached"), "{}", lab.log_tail(10));
+    for l in ["mgmt0", "dvnt0", "dvntm0", "up0"] {
+        assert!(xdp_attached(&lab, l), "{l} lost XDP at a clean stop with on_stop = keep");
+    }
+    let stopped = bpftool_packets(&lab.paths.pin_dir, ifindex, 2);
+    ping(&lab, "provisioner", "10.20.0.50", 3);
+    assert!(bpftool_packets(&lab.paths.pin_dir, ifindex, 2) >= stopped + 3, "counted while stopped");
+    let cfg = lab.config_with("detach.toml", |s| s.replace("on_stop = \"keep\"", "on_stop = \"detach\"")).unwrap();
+    lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
+    assert_eq!(iface(&lab.status_json().unwrap(), "mgmt0")["adopted"], true);
+
+    // With on_stop = "detach" a clean stop detaches every program; the maps
+    // stay pinned.
     let st = lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap().unwrap();
     assert!(st.success(), "clean exit: {st}");
     for l in ["mgmt0", "dvnt0", "dvntm0", "up0"] {
-        assert!(!xdp_attached(&lab, l), "{l} still has XDP after a clean stop");
+        assert!(!xdp_attached(&lab, l), "{l} still has XDP after a clean stop with on_stop = detach");
     }
     assert!(lab.paths.pin_dir.join("if_stats").exists());
     for sub in ["links/xdp", "links/tc-egress"] {
@@ -187,12 +203,25 @@ fn pinned_maps_of_another_schema_version_are_refused() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log_before = lab.log().len();
     let err = lab.start_agent(&AgentOpts::new(coresvc_lab::default_config())).unwrap_err();
     let msg = format!("{err:#}");
     let ours = format!("uses version {}", coresvc_maps_schema::SCHEMA_VERSION);
     assert!(msg.contains("schema version 99") && msg.contains(&ours), "{msg}");
     assert!(msg.contains("coresvc unpin"), "says how to recover: {msg}");
-    assert!(!xdp_attached(&lab, "mgmt0"), "nothing attached after a refusal:\n{}", lab.log_tail(40));
+    // Nothing changed: the programs of the stopped agent (on_stop = keep)
+    // are still the ones attached, with no link of the refused start.
+    assert!(xdp_attached(&lab, "mgmt0"), "the earlier programs were left alone:\n{}", lab.log_tail(40));
+    let refused_run = &lab.log()[log_before..];
+    assert!(!refused_run.contains("attached"), "the refused start attached nothing:\n{refused_run}");
+    // The way out the message names takes the data path down.
+    let out = Command::new(coresvc_lab::agent_bin().unwrap())
+        .args(["unpin", "--pin-dir"])
+        .arg(&lab.paths.pin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!xdp_attached(&lab, "mgmt0"), "unpin detaches the programs");
 }
 
 #[test]

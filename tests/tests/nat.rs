@@ -204,15 +204,15 @@ fn port_forwards_reach_inside_hosts_from_the_uplink_and_from_the_segments() {
 }
 
 #[test]
-fn a_long_transfer_through_the_nat_survives_kill_9_and_restart() {
+fn a_long_transfer_through_the_nat_survives_kill_9_and_a_clean_restart() {
     let (mut lab, cfg) = lab_with(|s| s);
     let www = lab.paths.run_dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let size = 24 * 1024 * 1024;
+    let size = 32 * 1024 * 1024;
     std::fs::write(www.join("big"), (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).unwrap();
     let _http = lab.http_server("upstream", "192.0.2.1", 80, &www).unwrap();
 
-    // About 6 s at 4 MB/s.
+    // About 8 s at 4 MB/s.
     let curl = lab
         .cmd(
             "dvnt-client",
@@ -229,6 +229,13 @@ fn a_long_transfer_through_the_nat_survives_kill_9_and_restart() {
     std::thread::sleep(Duration::from_secs(1));
     lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
     let down_for = dead.elapsed();
+    // And a clean restart (systemctl restart: SIGTERM, then start): the
+    // programs stay attached meanwhile (agent.on_stop = "keep").
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap().unwrap();
+    assert!(st.success(), "clean exit: {st}");
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
     let out = curl.wait_with_output().unwrap();
     assert!(out.status.success(), "curl: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), size.to_string(), "the whole file arrived");

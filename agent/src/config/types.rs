@@ -56,6 +56,8 @@ pub struct AgentSection {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The authority mode on first start; later starts use the persisted one.
     pub authority: AuthorityMode,
+    /// What a clean stop (SIGTERM, SIGINT) does with the programs.
+    pub on_stop: OnStop,
 }
 
 impl Default for AgentSection {
@@ -67,8 +69,22 @@ impl Default for AgentSection {
             log: "info".to_string(),
             metrics_listen: None,
             authority: AuthorityMode::Bootstrap,
+            on_stop: OnStop::Keep,
         }
     }
+}
+
+/// What a clean stop of the agent does with the data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// The programs stay attached through their pinned links and keep
+    /// forwarding, translating and answering cached DNS questions, as after
+    /// a crash; the next start adopts them (a restart without an outage).
+    /// `coresvc unpin` takes them down.
+    Keep,
+    /// The programs are detached (the maps stay pinned).
+    Detach,
 }
 
 /// The seed's operational modes (§3).
