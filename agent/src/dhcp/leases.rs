@@ -159,8 +159,18 @@ impl Table {
         }
         if let Some(c) = &lease.client {
             // The client's previous address (if another) stays remembered
-            // as its lease, but the client now points here.
-            self.by_client.insert((lease.segment, c.clone()), lease.addr);
+            // as its lease, but the client now points here; except that an
+            // offer leaves it pointing at a bound lease elsewhere, so that
+            // the REQUEST which takes the offer finds and frees that one.
+            let k = (lease.segment, c.clone());
+            let bound_elsewhere =
+                lease.state == State::Offered
+                    && self.by_client.get(&k).and_then(|a| self.by_addr.get(a)).is_some_and(|l| {
+                        l.addr != lease.addr && l.state == State::Bound && l.client.as_ref() == Some(c)
+                    });
+            if !bound_elsewhere {
+                self.by_client.insert(k, lease.addr);
+            }
         }
         self.by_addr.insert(lease.addr, lease);
     }

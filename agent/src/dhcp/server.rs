@@ -73,6 +73,9 @@ pub struct Counters {
     pub informs: u64,
     /// Clients that got no offer because their segment's pools are full.
     pub pool_exhausted: u64,
+    /// Static hosts served from the pool because another client still
+    /// holds their address (a lease from before the host was configured).
+    pub static_conflicts: u64,
     /// Dropped requests by reason.
     pub drops: BTreeMap<String, u64>,
 }
@@ -137,6 +140,7 @@ pub struct Segment {
     /// Has a pool or static hosts.
     pub served: bool,
     last_exhausted_log: Option<u64>,
+    last_conflict_log: Option<u64>,
 }
 
 struct StaticHost {
@@ -218,6 +222,7 @@ impl Server {
                 pool_of_range: Vec::new(),
                 served: false,
                 last_exhausted_log: None,
+                last_conflict_log: None,
             })
             .collect();
         for (pi, p) in cfg.dhcp.pools.iter().enumerate() {
@@ -459,6 +464,32 @@ impl Server {
         s.ranges.iter().position(|r| r.contains(a)).map(|i| s.pool_of_range[i])
     }
 
+    /// Does a client other than `key` hold `a` (an offer or a lease in
+    /// force), or is it quarantined? Then a static host cannot have it yet.
+    fn held_by_other(&self, key: &ClientKey, a: Ipv4Addr, now: u64) -> bool {
+        self.leases.get(a).is_some_and(|l| (l.active(now) && l.client.as_ref() != Some(key)) || l.quarantined(now))
+    }
+
+    /// The static address of this client, unless another client still holds
+    /// it: never one address for two clients. Counted and logged then.
+    fn static_addr(&mut self, req: &Request, now: u64) -> Option<Ipv4Addr> {
+        let a = self.host_for(req)?.addr;
+        if !self.held_by_other(&req.key, a, now) {
+            return Some(a);
+        }
+        self.counters.static_conflicts += 1;
+        let s = &mut self.segments[req.segment];
+        if s.last_conflict_log.is_none_or(|t| now >= t + 10) {
+            s.last_conflict_log = Some(now);
+            warn!(
+                segment = %s.name, address = %a,
+                "dhcp: a static host's address is still leased to another client; serving the host from the pool \
+                 until that lease ends (counted as static_conflicts)"
+            );
+        }
+        None
+    }
+
     /// May a dynamic client `key` have `a` on `segment`?
     fn dynamic_ok(&self, segment: usize, key: &ClientKey, a: Ipv4Addr, now: u64) -> bool {
         if self.pool_of(segment, a).is_none() || self.excluded.contains(&a) {
@@ -475,8 +506,8 @@ impl Server {
     /// last) address, else the one it asks for, else a free one.
     fn discover(&mut self, req: Request, now: u64) -> Outcome {
         let seg = req.segment;
-        let addr = if let Some(h) = self.host_for(&req) {
-            h.addr
+        let addr = if let Some(a) = self.static_addr(&req, now) {
+            a
         } else {
             let own = self.leases.of_client(seg, &req.key).map(|l| l.addr);
             let pick = own
@@ -554,13 +585,17 @@ impl Server {
         if !self.segments[seg].net.contains(&addr) {
             return self.nak(&req, "address is not on the client's segment");
         }
-        let is_static = match self.host_for(&req) {
-            Some(h) if h.addr != addr => return self.nak(&req, "not the host's static address"),
-            Some(_) => true,
-            None if !self.dynamic_ok(seg, &req.key, addr, now) => {
+        let is_static = match (self.host_for(&req).map(|h| h.addr), self.static_addr(&req, now)) {
+            (Some(h), Some(_)) if h != addr => return self.nak(&req, "not the host's static address"),
+            (Some(_), Some(_)) => true,
+            // The static address is held by another client: served from the pool meanwhile.
+            (Some(h), None) if h == addr => {
+                return self.nak(&req, "the host's static address is still leased to another client");
+            }
+            (_, _) if !self.dynamic_ok(seg, &req.key, addr, now) => {
                 return self.nak(&req, "address is not available to this client");
             }
-            None => false,
+            (_, _) => false,
         };
         let lease_time = self.lease_time(&req, addr);
         let mut out = Outcome::default();

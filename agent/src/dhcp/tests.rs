@@ -203,6 +203,43 @@ fn static_hosts_by_mac_and_by_client_id() {
 }
 
 #[test]
+fn a_static_address_still_leased_to_another_client_is_never_given_twice() {
+    // A client leases an address; then the configuration makes that address
+    // another host's static one (a reload, or a restart with the journal).
+    let mut s = server();
+    let (taken, _) = dora(&mut s, DVNT, mac(1), T0);
+    let mut cfg = config();
+    cfg.dhcp.hosts.push(crate::config::DhcpHost {
+        mac: Some(crate::config::MacAddr(mac(9))),
+        client_id: None,
+        address: taken,
+        hostname: Some("fixed".into()),
+        lease_time: None,
+        pxe: None,
+    });
+    let mut s = Server::new(&cfg, s.snapshot());
+    // The host is served from the pool meanwhile, counted; asking for its
+    // static address is refused.
+    let (a, _) = dora(&mut s, DVNT, mac(9), T0 + 10);
+    assert_ne!(a, taken);
+    assert!(s.counters.static_conflicts >= 1);
+    let mut r = msg(MessageType::Request, mac(9));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(taken));
+    assert_eq!(kind(&run(&mut s, DVNT, &r, T0 + 10).1.unwrap()), MessageType::Nak);
+    // The holder's renewal is refused (the address is reserved now, as Kea
+    // does); it starts over and gets a pool address, which frees the old one.
+    let mut renew = msg(MessageType::Request, mac(1));
+    renew.set_ciaddr(taken);
+    assert_eq!(kind(&run(&mut s, DVNT, &renew, T0 + 20).1.unwrap()), MessageType::Nak);
+    let (b, _) = dora(&mut s, DVNT, mac(1), T0 + 21);
+    assert_ne!(b, taken);
+    assert_ne!(b, a);
+    // Then the host gets its static address.
+    let (a, _) = dora(&mut s, DVNT, mac(9), T0 + 40);
+    assert_eq!(a, taken);
+}
+
+#[test]
 fn init_reboot_renewing_and_rebinding() {
     let mut s = server();
     let (a, _) = dora(&mut s, DVNT, mac(1), T0);
