@@ -336,6 +336,38 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuild_keeps_unchanged_zones_with_their_serials_and_raises_changed_ones() {
+        let old = build(&example(), 100).unwrap();
+        let mut same = build(&example(), 200).unwrap();
+        assert_eq!(same.carry_over(&old), Some(vec![]), "nothing changed");
+        assert!(same.zones().all(|z| z.serial() == 100), "serials kept");
+        let mut cfg = example();
+        cfg.zones[0].hosts.push(config::Host {
+            name: "new".into(),
+            addresses: vec!["10.10.0.99".parse().unwrap()],
+            ttl: None,
+        });
+        let origin = cfg.zones[0].name.trim_end_matches('.').to_lowercase();
+        let mut next = build(&cfg, 50).unwrap();
+        let changed = next.carry_over(&old).unwrap();
+        let zones: Vec<&Zone> = next.zones().collect();
+        assert!(!changed.is_empty());
+        for (i, z) in zones.iter().enumerate() {
+            // The zone with the host and its reverse zone changed.
+            if changed.contains(&i) {
+                assert_eq!(z.serial(), 101, "{}: above the old serial", z.origin);
+            } else {
+                assert_eq!(z.serial(), 100, "{}", z.origin);
+            }
+        }
+        assert!(changed.iter().any(|&i| zones[i].origin.to_string().trim_end_matches('.') == origin), "{changed:?}");
+        assert!(changed.len() <= 2, "{changed:?}");
+        // Another zone list: everything is new.
+        cfg.zones.pop();
+        assert_eq!(build(&cfg, 300).unwrap().carry_over(&old), None);
+    }
+
+    #[test]
     fn example_config_builds_the_seed_chain() {
         let c = build(&example(), 7).unwrap();
         let a = c.lookup(&n("artifacts.dvntm.deevnet.net."), RecordType::A).unwrap();

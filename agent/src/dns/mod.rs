@@ -106,17 +106,15 @@ enum Changed {
     Zones(Vec<usize>),
 }
 
-/// What a rebuild changed, `new` against `old`: with the same zones (apexes
-/// in the same order) only those whose data differ, and `new` carries on
-/// the epochs of `old` (answers from unchanged zones, and forwarded ones,
-/// stay valid in the XDP cache); otherwise everything.
+/// What a rebuild changed, `new` against `old`: with the same zones only
+/// those whose data differ (the others are carried over, serials and epochs
+/// included, so their answers and forwarded ones stay valid in the XDP
+/// cache); otherwise everything.
 fn diff(old: &Catalog, new: &mut Catalog) -> Changed {
-    if !old.zones().map(|z| &z.origin).eq(new.zones().map(|z| &z.origin)) {
-        return Changed::All;
+    match new.carry_over(old) {
+        Some(zones) => Changed::Zones(zones),
+        None => Changed::All,
     }
-    new.epoch = old.epoch;
-    new.zone_epochs.clone_from(&old.zone_epochs);
-    Changed::Zones(old.zones().zip(new.zones()).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -167,6 +167,16 @@ impl Zone {
         &self.nodes[&self.apex()].get(RecordType::SOA).expect("finish() checked the SOA")[0]
     }
 
+    /// The same data as `other`, the SOA serial aside.
+    pub fn same_data(&self, other: &Zone) -> bool {
+        if self.serial() == other.serial() {
+            return self == other;
+        }
+        let mut o = other.clone();
+        o.set_serial(self.serial());
+        *self == o
+    }
+
     /// The SOA for a negative answer: its TTL is the smaller of the SOA's TTL
     /// and its MINIMUM field (RFC 2308 §3).
     pub fn negative_soa(&self) -> Record {
@@ -356,6 +366,32 @@ impl Catalog {
     /// containing `name`.
     pub fn zone_index(&self, name: &Name) -> Option<usize> {
         self.zones.iter().position(|z| z.origin.zone_of(name))
+    }
+
+    /// After a rebuild: when `old` has the same zones (apexes, in order),
+    /// every zone whose data did not change is `old`'s, serial included
+    /// (nothing changed for secondaries or caches), a zone that changed gets
+    /// a serial above `old`'s (RFC 1982), and the epochs carry on. Returns
+    /// the indices of the zones that changed; `None` when the zone lists
+    /// differ.
+    pub fn carry_over(&mut self, old: &Catalog) -> Option<Vec<usize>> {
+        if !old.zones.iter().map(|z| &z.origin).eq(self.zones.iter().map(|z| &z.origin)) {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for (i, (o, n)) in old.zones.iter().zip(self.zones.iter_mut()).enumerate() {
+            if o.same_data(n) {
+                *n = o.clone();
+            } else {
+                changed.push(i);
+                if (n.serial().wrapping_sub(o.serial()) as i32) <= 0 {
+                    Arc::make_mut(n).set_serial(o.serial().wrapping_add(1));
+                }
+            }
+        }
+        self.epoch = old.epoch;
+        self.zone_epochs.clone_from(&old.zone_epochs);
+        Some(changed)
     }
 
     pub fn zones(&self) -> impl Iterator<Item = &Zone> {
