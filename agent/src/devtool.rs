@@ -59,8 +59,9 @@ pub enum Devtool {
         iface: String,
     },
     /// The segment program's cost per DNS answer from the cache (and per
-    /// query passed on with the cache off, and the reflector's per frame),
-    /// from BPF_PROG_TEST_RUN, one run per call; print JSON.
+    /// query passed on with the cache off, the reflector's per frame
+    /// and an empty program's), from BPF_PROG_TEST_RUN, one run per call
+    /// (medians); print JSON.
     DnsCost {
         #[arg(long)]
         netns: Option<String>,
@@ -188,9 +189,16 @@ struct DnsCost {
     pass_ns_median: f64,
     /// The bare reflector's nanoseconds per frame, measured the same way.
     reflect_ns_median: f64,
+    /// An empty program (XDP_PASS) measured the same way: the part of every
+    /// figure above that is the measurement's own (clock reads).
+    empty_ns_median: f64,
     /// Per question: (name, type, median ns per answer).
     questions: Vec<(String, String, f64)>,
 }
+
+/// XDP verdicts (`enum xdp_action`).
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
 /// Median and mean of `v` (ns).
 fn stats(mut v: Vec<u64>) -> (f64, f64) {
@@ -227,8 +235,14 @@ fn map<'e>(e: &'e mut Ebpf, m: &schema::MapSpec) -> Result<&'e mut aya::maps::Ma
     e.map_mut(m.name).ok_or_else(|| anyhow!("no map {}", m.name))
 }
 
-/// Runs `prog` on `frame` `runs` times; the durations (ns), each run's
-/// verdict checked against `want`.
+/// Runs `prog` on `frame` `runs` times, one run per call; the durations
+/// (ns), each run's verdict checked against `want`.
+///
+/// Not BPF_PROG_TEST_RUN's `repeat`: its runs share one buffer, so every
+/// run after the first would see the answer the first one wrote (the
+/// segment program then passes it) instead of the query. A single run's
+/// duration includes the kernel's two clock reads around it; the empty
+/// program's median (`DnsCost::empty_ns_median`) is that share.
 fn time_runs(prog: &mut Xdp, frame: &[u8], runs: u32, want: u32) -> Result<Vec<u64>> {
     let mut out = vec![0u8; frame.len() + 2048];
     let mut v = Vec::with_capacity(runs as usize);
@@ -236,11 +250,8 @@ fn time_runs(prog: &mut Xdp, frame: &[u8], runs: u32, want: u32) -> Result<Vec<u
         let mut o = TestRunOptions::new();
         o.data_in = Some(frame);
         o.data_out = Some(&mut out);
-        if let Some(n) = std::env::var("TMP_REPEAT").ok().and_then(|v| v.parse().ok()) {
-            o.repeat = n;
-        }
         let r = prog.test_run(o).context("BPF_PROG_TEST_RUN")?;
-        if r.return_value != want && std::env::var_os("TMP_REPEAT").is_none() {
+        if r.return_value != want {
             bail!("verdict {} where {want} was expected", r.return_value);
         }
         v.push(r.duration.as_nanos() as u64);
@@ -273,7 +284,7 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
     let mut ebpf = dataplane::load(None, aya_log::Level::Error, 1024)?;
     let lo = dataplane::ifindex("lo").context("no loopback")?;
     let flags = schema::SETTINGS_F_DROP_INVALID_IPV4
-        | if std::env::var_os("TMP_NOFW").is_some() { 0 } else { schema::SETTINGS_F_FIREWALL }
+        | schema::SETTINGS_F_FIREWALL
         | schema::SETTINGS_F_FAST_FORWARD
         | schema::SETTINGS_F_DNS_CACHE;
     let mut settings: Array<&mut MapData, Settings> = Array::try_from(map(&mut ebpf, &schema::SETTINGS)?)?;
@@ -305,10 +316,6 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         m.add_query(Query::query(Name::from_ascii(name)?, rtype));
         let payload = m.to_vec()?;
         // The agent answers once: that fills the cache.
-        if std::env::var_os("TMP_MISS").is_some() {
-            frames.push((name.to_string(), t.to_string(), udp_frame(client, seg.gateway, 40000, 53, &payload)));
-            continue;
-        }
         match dns.resolver.handle(&payload, IpAddr::V4(client), Transport::Udp) {
             Step::Reply(_) => {}
             _ => bail!("{name} {t} is not answered from local data"),
@@ -319,7 +326,7 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         ebpf.program_mut(schema::programs::SEGMENT_INGRESS).ok_or_else(|| anyhow!("no segment program"))?.try_into()?;
     let (mut answers, mut questions) = (Vec::new(), Vec::new());
     for (name, t, f) in &frames {
-        let v = time_runs(prog, f, runs, if std::env::var_os("TMP_MISS").is_some() { 2 } else { 3 })?;
+        let v = time_runs(prog, f, runs, XDP_TX)?;
         questions.push((name.clone(), t.clone(), stats(v.clone()).0));
         answers.extend(v);
     }
@@ -329,14 +336,20 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         ebpf.program_mut(schema::programs::SEGMENT_INGRESS).ok_or_else(|| anyhow!("no segment program"))?.try_into()?;
     let mut passes = Vec::new();
     for (_, _, f) in &frames {
-        passes.extend(time_runs(prog, f, runs, 2)?);
+        passes.extend(time_runs(prog, f, runs, XDP_PASS)?);
     }
     let mut tools = object(None)?;
     let reflect: &mut Xdp = tools.program_mut("reflect").ok_or_else(|| anyhow!("no reflect program"))?.try_into()?;
     reflect.load()?;
     let mut reflected = Vec::new();
     for (_, _, f) in &frames {
-        reflected.extend(time_runs(reflect, f, runs, 3)?);
+        reflected.extend(time_runs(reflect, f, runs, XDP_TX)?);
+    }
+    let empty: &mut Xdp = tools.program_mut("pass").ok_or_else(|| anyhow!("no pass program"))?.try_into()?;
+    empty.load()?;
+    let mut nothing = Vec::new();
+    for (_, _, f) in &frames {
+        nothing.extend(time_runs(empty, f, runs, XDP_PASS)?);
     }
     let _ = std::fs::remove_dir_all(&state);
     let (answer_ns_median, answer_ns_mean) = stats(answers);
@@ -346,6 +359,7 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         answer_ns_mean,
         pass_ns_median: stats(passes).0,
         reflect_ns_median: stats(reflected).0,
+        empty_ns_median: stats(nothing).0,
         questions,
     })
 }
