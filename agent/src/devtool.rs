@@ -208,26 +208,11 @@ fn stats(mut v: Vec<u64>) -> (f64, f64) {
     (median, mean)
 }
 
-/// An Ethernet + IPv4 + UDP frame (checksums complete).
-fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    use coresvc_common::checksum;
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let udp_len = (8 + payload.len()) as u16;
-    f.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
-    f[16..18].copy_from_slice(&(udp_len + 20).to_be_bytes());
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    let c = checksum::checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&udp_len.to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    let mut sum = checksum::add_bytes(0, &f[26..34]);
-    sum += 17 + u32::from(udp_len);
-    let c = !checksum::fold(checksum::add_bytes(sum, &f[34..]));
-    f[40..42].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+/// An Ethernet + IPv4 + UDP frame to port 53 (checksums complete).
+fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, msg: &[u8]) -> Vec<u8> {
+    let mut f = vec![0; coresvc_common::dns::FRAME_DNS + msg.len()];
+    let n = coresvc_common::dns::query_frame(&mut f, src.octets(), dst.octets(), sport, msg);
+    f.truncate(n.unwrap_or(0));
     f
 }
 
@@ -320,7 +305,7 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
             Step::Reply(_) => {}
             _ => bail!("{name} {t} is not answered from local data"),
         }
-        frames.push((name.to_string(), t.to_string(), udp_frame(client, seg.gateway, 40000, 53, &payload)));
+        frames.push((name.to_string(), t.to_string(), udp_frame(client, seg.gateway, 40000, &payload)));
     }
     let prog: &mut Xdp =
         ebpf.program_mut(schema::programs::SEGMENT_INGRESS).ok_or_else(|| anyhow!("no segment program"))?.try_into()?;
