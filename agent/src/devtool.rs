@@ -59,8 +59,9 @@ pub enum Devtool {
         iface: String,
     },
     /// The segment program's cost per DNS answer from the cache (and per
-    /// query passed on with the cache off, and the reflector's per frame),
-    /// from BPF_PROG_TEST_RUN, one run per call; print JSON.
+    /// query passed on with the cache off, the reflector's per frame
+    /// and an empty program's), from BPF_PROG_TEST_RUN, one run per call
+    /// (medians); print JSON.
     DnsCost {
         #[arg(long)]
         netns: Option<String>,
@@ -188,9 +189,16 @@ struct DnsCost {
     pass_ns_median: f64,
     /// The bare reflector's nanoseconds per frame, measured the same way.
     reflect_ns_median: f64,
+    /// An empty program (XDP_PASS) measured the same way: the part of every
+    /// figure above that is the measurement's own (clock reads).
+    empty_ns_median: f64,
     /// Per question: (name, type, median ns per answer).
     questions: Vec<(String, String, f64)>,
 }
+
+/// XDP verdicts (`enum xdp_action`).
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
 /// Median and mean of `v` (ns).
 fn stats(mut v: Vec<u64>) -> (f64, f64) {
@@ -200,26 +208,11 @@ fn stats(mut v: Vec<u64>) -> (f64, f64) {
     (median, mean)
 }
 
-/// An Ethernet + IPv4 + UDP frame (checksums complete).
-fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    use coresvc_common::checksum;
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let udp_len = (8 + payload.len()) as u16;
-    f.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
-    f[16..18].copy_from_slice(&(udp_len + 20).to_be_bytes());
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    let c = checksum::checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&udp_len.to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    let mut sum = checksum::add_bytes(0, &f[26..34]);
-    sum += 17 + u32::from(udp_len);
-    let c = !checksum::fold(checksum::add_bytes(sum, &f[34..]));
-    f[40..42].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+/// An Ethernet + IPv4 + UDP frame to port 53 (checksums complete).
+fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, msg: &[u8]) -> Vec<u8> {
+    let mut f = vec![0; coresvc_common::dns::FRAME_DNS + msg.len()];
+    let n = coresvc_common::dns::query_frame(&mut f, src.octets(), dst.octets(), sport, msg);
+    f.truncate(n.unwrap_or(0));
     f
 }
 
@@ -227,8 +220,14 @@ fn map<'e>(e: &'e mut Ebpf, m: &schema::MapSpec) -> Result<&'e mut aya::maps::Ma
     e.map_mut(m.name).ok_or_else(|| anyhow!("no map {}", m.name))
 }
 
-/// Runs `prog` on `frame` `runs` times; the durations (ns), each run's
-/// verdict checked against `want`.
+/// Runs `prog` on `frame` `runs` times, one run per call; the durations
+/// (ns), each run's verdict checked against `want`.
+///
+/// Not BPF_PROG_TEST_RUN's `repeat`: its runs share one buffer, so every
+/// run after the first would see the answer the first one wrote (the
+/// segment program then passes it) instead of the query. A single run's
+/// duration includes the kernel's two clock reads around it; the empty
+/// program's median (`DnsCost::empty_ns_median`) is that share.
 fn time_runs(prog: &mut Xdp, frame: &[u8], runs: u32, want: u32) -> Result<Vec<u64>> {
     let mut out = vec![0u8; frame.len() + 2048];
     let mut v = Vec::with_capacity(runs as usize);
@@ -236,11 +235,8 @@ fn time_runs(prog: &mut Xdp, frame: &[u8], runs: u32, want: u32) -> Result<Vec<u
         let mut o = TestRunOptions::new();
         o.data_in = Some(frame);
         o.data_out = Some(&mut out);
-        if let Some(n) = std::env::var("TMP_REPEAT").ok().and_then(|v| v.parse().ok()) {
-            o.repeat = n;
-        }
         let r = prog.test_run(o).context("BPF_PROG_TEST_RUN")?;
-        if r.return_value != want && std::env::var_os("TMP_REPEAT").is_none() {
+        if r.return_value != want {
             bail!("verdict {} where {want} was expected", r.return_value);
         }
         v.push(r.duration.as_nanos() as u64);
@@ -273,7 +269,7 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
     let mut ebpf = dataplane::load(None, aya_log::Level::Error, 1024)?;
     let lo = dataplane::ifindex("lo").context("no loopback")?;
     let flags = schema::SETTINGS_F_DROP_INVALID_IPV4
-        | if std::env::var_os("TMP_NOFW").is_some() { 0 } else { schema::SETTINGS_F_FIREWALL }
+        | schema::SETTINGS_F_FIREWALL
         | schema::SETTINGS_F_FAST_FORWARD
         | schema::SETTINGS_F_DNS_CACHE;
     let mut settings: Array<&mut MapData, Settings> = Array::try_from(map(&mut ebpf, &schema::SETTINGS)?)?;
@@ -305,21 +301,17 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         m.add_query(Query::query(Name::from_ascii(name)?, rtype));
         let payload = m.to_vec()?;
         // The agent answers once: that fills the cache.
-        if std::env::var_os("TMP_MISS").is_some() {
-            frames.push((name.to_string(), t.to_string(), udp_frame(client, seg.gateway, 40000, 53, &payload)));
-            continue;
-        }
         match dns.resolver.handle(&payload, IpAddr::V4(client), Transport::Udp) {
             Step::Reply(_) => {}
             _ => bail!("{name} {t} is not answered from local data"),
         }
-        frames.push((name.to_string(), t.to_string(), udp_frame(client, seg.gateway, 40000, 53, &payload)));
+        frames.push((name.to_string(), t.to_string(), udp_frame(client, seg.gateway, 40000, &payload)));
     }
     let prog: &mut Xdp =
         ebpf.program_mut(schema::programs::SEGMENT_INGRESS).ok_or_else(|| anyhow!("no segment program"))?.try_into()?;
     let (mut answers, mut questions) = (Vec::new(), Vec::new());
     for (name, t, f) in &frames {
-        let v = time_runs(prog, f, runs, if std::env::var_os("TMP_MISS").is_some() { 2 } else { 3 })?;
+        let v = time_runs(prog, f, runs, XDP_TX)?;
         questions.push((name.clone(), t.clone(), stats(v.clone()).0));
         answers.extend(v);
     }
@@ -329,14 +321,20 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         ebpf.program_mut(schema::programs::SEGMENT_INGRESS).ok_or_else(|| anyhow!("no segment program"))?.try_into()?;
     let mut passes = Vec::new();
     for (_, _, f) in &frames {
-        passes.extend(time_runs(prog, f, runs, 2)?);
+        passes.extend(time_runs(prog, f, runs, XDP_PASS)?);
     }
     let mut tools = object(None)?;
     let reflect: &mut Xdp = tools.program_mut("reflect").ok_or_else(|| anyhow!("no reflect program"))?.try_into()?;
     reflect.load()?;
     let mut reflected = Vec::new();
     for (_, _, f) in &frames {
-        reflected.extend(time_runs(reflect, f, runs, 3)?);
+        reflected.extend(time_runs(reflect, f, runs, XDP_TX)?);
+    }
+    let empty: &mut Xdp = tools.program_mut("pass").ok_or_else(|| anyhow!("no pass program"))?.try_into()?;
+    empty.load()?;
+    let mut nothing = Vec::new();
+    for (_, _, f) in &frames {
+        nothing.extend(time_runs(empty, f, runs, XDP_PASS)?);
     }
     let _ = std::fs::remove_dir_all(&state);
     let (answer_ns_median, answer_ns_mean) = stats(answers);
@@ -346,6 +344,7 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         answer_ns_mean,
         pass_ns_median: stats(passes).0,
         reflect_ns_median: stats(reflected).0,
+        empty_ns_median: stats(nothing).0,
         questions,
     })
 }

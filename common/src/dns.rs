@@ -99,8 +99,10 @@ pub enum Pass {
     Edns,
 }
 
-/// A query as the program loads it: [`MSG_AT`] zero bytes, the message,
-/// zeros after it (checksums and the key rely on the zeros).
+/// A query as the parser takes it: the message from byte [`MSG_AT`].
+/// [`parse_query`] reads nothing before the message and nothing past its
+/// length (in the program's [`FrameBuf`] the UDP header comes before it,
+/// and whatever an earlier query left after it).
 #[repr(C, align(8))]
 #[derive(Clone)]
 pub struct QueryBuf {
@@ -144,31 +146,6 @@ impl QueryBuf {
         // SAFETY: the buffer is 8-aligned and holds BUF_WORDS words.
         u64::from_le(unsafe { (self.bytes.as_ptr() as *const u64).add(k).read() })
     }
-
-    /// Zeroes the buffer in place, a word at a time (volatile: otherwise the
-    /// compiler makes it a call to `memset`, which on BPF is a byte loop).
-    #[inline(always)]
-    pub fn clear(&mut self) {
-        let mut k = 0;
-        while k < BUF_WORDS {
-            // SAFETY: as in `word`.
-            unsafe { (self.bytes.as_mut_ptr() as *mut u64).add(k).write_volatile(0) };
-            k += 1;
-        }
-    }
-
-    /// The RFC 1071 sum (folded, not complemented) of the message: the lead
-    /// is an even number of zero bytes, so the buffer sums like the message.
-    #[inline(always)]
-    pub fn sum(&self) -> u16 {
-        let mut acc: u64 = 0;
-        let mut k = 0;
-        while k < BUF_WORDS {
-            acc += add_halves(self.word(k));
-            k += 1;
-        }
-        le_sum_to_be(acc)
-    }
 }
 
 /// A query the cache may answer. Its key's name is written to the caller's
@@ -209,13 +186,20 @@ fn add_halves(w: u64) -> u64 {
     (w & 0xffff_ffff) + (w >> 32)
 }
 
+/// Folds a sum of little-endian 16-bit words to 16 bits, still in
+/// little-endian terms: a field computed from it is stored as it is.
+#[inline(always)]
+fn fold_le(mut acc: u64) -> u16 {
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    checksum::fold(acc as u32)
+}
+
 /// Folds a sum of little-endian 32-bit halves to the big-endian 16-bit sum
 /// (RFC 1071 §2(B): byte order only swaps the result).
 #[inline(always)]
-fn le_sum_to_be(mut acc: u64) -> u16 {
-    acc = (acc & 0xffff_ffff) + (acc >> 32);
-    acc = (acc & 0xffff_ffff) + (acc >> 32);
-    checksum::fold(acc as u32).swap_bytes()
+fn le_sum_to_be(acc: u64) -> u16 {
+    fold_le(acc).swap_bytes()
 }
 
 /// Lower-cases the ASCII letters of eight bytes at once (bytes >= 0x80 and
@@ -320,13 +304,18 @@ pub fn parse_query<S: Steps>(
     // The name, zeroed past its end, summed as received (with type and
     // class, which start on an odd offset when the name's length is odd),
     // then lower-cased.
+    // Words past the name's end are zero without being read.
     let mut acc: u64 = 0;
     let mut k = 0;
     while k < NAME_WORDS {
-        // Message offset 12 is buffer offset 16: word 2.
-        let w = mask_word(buf.word(2 + k), k, name_len);
-        acc += add_halves(w);
-        name[k] = lower_word(w);
+        if k * 8 < name_len {
+            // Message offset 12 is buffer offset 16: word 2.
+            let w = mask_word(buf.word(2 + k), k, name_len);
+            acc += add_halves(w);
+            name[k] = lower_word(w);
+        } else {
+            name[k] = 0;
+        }
         k += 1;
     }
     let tail = checksum::fold(u32::from(qtype) + u32::from(qclass));
@@ -400,57 +389,201 @@ fn parse_opt<S: Steps>(buf: &QueryBuf, at: usize, len: usize, steps: &S) -> Resu
     }
 }
 
-/// The answer's DNS header: the query's ID, RD and CD (`query` is the
-/// query's first four bytes), the cached flags (QR, AA, RA, the rcode) and
-/// section counts.
-#[inline(always)]
-pub fn answer_header(query: [u8; 4], flags: [u8; 2], counts: [u8; 6]) -> [u8; HDR_LEN] {
-    [
-        query[0],
-        query[1],
-        flags[0] | (query[2] & FLAG_RD),
-        flags[1] | (query[3] & FLAG_CD),
-        0,
-        1,
-        counts[0],
-        counts[1],
-        counts[2],
-        counts[3],
-        counts[4],
-        counts[5],
-    ]
+/// Where frame byte 0 sits in a [`FrameBuf`]: two bytes in, so that the
+/// IPv4 header starts on a word and every field the program reads or writes
+/// lies within one aligned word.
+pub const FRAME_AT: usize = 2;
+/// Ethernet, IPv4 without options and UDP: where the DNS message starts.
+pub const FRAME_DNS: usize = 42;
+/// Where the [`QueryBuf`] view of a [`FrameBuf`] starts: its message is the
+/// frame's.
+const FRAME_QUERY_AT: usize = FRAME_AT + FRAME_DNS - MSG_AT;
+/// A [`FrameBuf`]'s size: room for the headers and the longest query, and
+/// for the whole [`QueryBuf`] view.
+pub const FRAME_BUF_LEN: usize = FRAME_QUERY_AT + BUF_LEN;
+const FRAME_WORDS: usize = FRAME_BUF_LEN / 8;
+const _: () = assert!(FRAME_QUERY_AT % 8 == 0 && FRAME_BUF_LEN % 8 == 0);
+const _: () = assert!(FRAME_AT + FRAME_DNS + QUERY_MAX <= FRAME_BUF_LEN);
+/// Header bytes of an answer up to its question: the frame's headers and
+/// the DNS header.
+pub const ANSWER_HEADERS: usize = FRAME_DNS + HDR_LEN;
+
+/// A frame as the program loads it (Ethernet, IPv4 without options, UDP,
+/// a DNS query) from [`FRAME_AT`] on: the words are (frame offsets)
+/// 0: -, destination MAC; 1: source MAC, EtherType; 2: version, TOS,
+/// length, ID, fragment; 3: TTL, protocol, checksum, source address;
+/// 4: destination address, ports; 5: UDP length and checksum, DNS ID and
+/// flags; 6: DNS counts; 7 on: the question. Bytes past the frame's end
+/// are whatever an earlier frame left there: nothing here reads them.
+#[repr(C, align(8))]
+#[derive(Clone)]
+pub struct FrameBuf {
+    pub bytes: [u8; FRAME_BUF_LEN],
 }
 
-/// The UDP checksum of an answer: pseudo header (RFC 768), the UDP header
-/// and a payload of the header `hdr`, a question of `question_len` bytes
-/// summing to `question_sum`, then the cached sections summing to
-/// `sections_sum` (as if they started on an even offset). Never 0.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub fn answer_checksum(
-    saddr: [u8; 4],
-    daddr: [u8; 4],
-    sport: u16,
-    dport: u16,
-    udp_len: u16,
-    hdr: &[u8; HDR_LEN],
-    question_sum: u16,
-    question_len: usize,
-    sections_sum: u16,
-) -> u16 {
-    let mut s: u32 = 0;
-    s += u32::from(u16::from_be_bytes([saddr[0], saddr[1]])) + u32::from(u16::from_be_bytes([saddr[2], saddr[3]]));
-    s += u32::from(u16::from_be_bytes([daddr[0], daddr[1]])) + u32::from(u16::from_be_bytes([daddr[2], daddr[3]]));
-    s += 17 + 2 * u32::from(udp_len) + u32::from(sport) + u32::from(dport);
-    let mut i = 0;
-    while i < HDR_LEN {
-        s += u32::from(u16::from_be_bytes([hdr[i], hdr[i + 1]]));
-        i += 2;
+impl Default for FrameBuf {
+    fn default() -> Self {
+        FrameBuf { bytes: [0; FRAME_BUF_LEN] }
     }
-    s += u32::from(question_sum);
-    s += u32::from(if question_len & 1 == 1 { sections_sum.swap_bytes() } else { sections_sum });
-    let c = !checksum::fold(s);
-    if c == 0 { 0xffff } else { c }
+}
+
+impl FrameBuf {
+    /// Word `k` (little-endian).
+    #[inline(always)]
+    fn w(&self, k: usize) -> u64 {
+        if k >= FRAME_WORDS {
+            return 0;
+        }
+        // SAFETY: the buffer is 8-aligned and holds FRAME_WORDS words.
+        u64::from_le(unsafe { (self.bytes.as_ptr() as *const u64).add(k).read() })
+    }
+
+    #[inline(always)]
+    fn set(&mut self, k: usize, v: u64) {
+        if k < FRAME_WORDS {
+            // SAFETY: as in `w`.
+            unsafe { (self.bytes.as_mut_ptr() as *mut u64).add(k).write(v.to_le()) };
+        }
+    }
+
+    /// The DNS message as the parser takes it.
+    #[inline(always)]
+    pub fn query(&self) -> &QueryBuf {
+        // SAFETY: QueryBuf is a repr(C, align(8)) wrapper of [u8; BUF_LEN];
+        // FRAME_QUERY_AT is a multiple of 8 and the buffer holds BUF_LEN
+        // bytes from it (asserted above).
+        unsafe { &*(self.bytes.as_ptr().add(FRAME_QUERY_AT) as *const QueryBuf) }
+    }
+
+    /// The Ethernet destination is a group address (broadcast, multicast).
+    #[inline(always)]
+    pub fn to_group(&self) -> bool {
+        (self.w(0) >> 16) & 1 != 0
+    }
+
+    /// The IPv4 source address, host order.
+    #[inline(always)]
+    pub fn saddr(&self) -> u32 {
+        ((self.w(3) >> 32) as u32).swap_bytes()
+    }
+
+    /// The UDP source port, host order.
+    #[inline(always)]
+    pub fn sport(&self) -> u16 {
+        ((self.w(4) >> 32) as u16).swap_bytes()
+    }
+
+    /// The IPv4 header (20 bytes, no options) sums to 0xffff.
+    #[inline(always)]
+    pub fn ipv4_header_ok(&self) -> bool {
+        fold_le(add_halves(self.w(2)) + add_halves(self.w(3)) + (self.w(4) & 0xffff_ffff)) == 0xffff
+    }
+
+    /// The UDP checksum of a datagram with a DNS message of `msg_len` bytes
+    /// is absent (0) or right (RFC 768: pseudo header, header, data).
+    #[inline(always)]
+    pub fn udp_checksum_ok(&self, msg_len: usize) -> bool {
+        if (self.w(5) >> 16) & 0xffff == 0 {
+            return true;
+        }
+        let end = FRAME_AT + FRAME_DNS + msg_len;
+        let udp_len = (8 + msg_len) as u16;
+        // Source address; destination address and ports; from the UDP
+        // length on, the words up to the end, the last one cut there.
+        let mut acc = (self.w(3) >> 32) + add_halves(self.w(4));
+        acc += u64::from(17u16.swap_bytes()) + u64::from(udp_len.swap_bytes());
+        let mut k = 5;
+        while k < FRAME_WORDS {
+            if k * 8 >= end {
+                break;
+            }
+            acc += add_halves(mask_word(self.w(k), k, end));
+            k += 1;
+        }
+        fold_le(acc) == 0xffff
+    }
+
+    /// Turns the query into its answer's headers in place: Ethernet and
+    /// IPv4 addresses and UDP ports swapped, the query's IPv4 ID, DF and TTL
+    /// 64 (as Linux sends the agent's answers), the DNS header with the
+    /// query's ID, RD and CD, the answer's `flags` (QR, AA, RA, rcode) and
+    /// section `counts`, both checksums. The question stays as received.
+    /// The answer's first [`ANSWER_HEADERS`] + `question_len` bytes are then
+    /// at [`FRAME_AT`]; `sections_len` bytes summing to `sections_sum` (laid
+    /// out from an even offset) follow them in the frame.
+    #[inline(always)]
+    pub fn turn_around(
+        &mut self,
+        flags: [u8; 2],
+        counts: [u8; 6],
+        question_sum: u16,
+        question_len: usize,
+        sections_len: usize,
+        sections_sum: u16,
+    ) {
+        let (w0, w1, w2, w3, w4, w5) = (self.w(0), self.w(1), self.w(2), self.w(3), self.w(4), self.w(5));
+        const MAC: u64 = 0xffff_ffff_ffff;
+        self.set(0, (w0 & 0xffff) | ((w1 & MAC) << 16));
+        self.set(1, (w0 >> 16) | (u64::from(0x0800u16.swap_bytes()) << 48));
+        let udp_len = (8 + HDR_LEN + question_len + sections_len) as u16;
+        // Version 4, IHL 5, TOS 0; length; the query's ID; DF.
+        let ip0 = 0x45 | (u64::from((udp_len + 20).swap_bytes()) << 16) | (w2 & 0xffff_0000_0000) | (0x40 << 48);
+        // TTL, UDP, checksum 0 for now, the query's destination as source.
+        let mut ip1 = 64 | (17 << 8) | ((w4 & 0xffff_ffff) << 32);
+        // The query's source as destination; port 53 to the query's port.
+        let ports = (w3 >> 32) | (u64::from(53u16.swap_bytes()) << 32) | (((w4 >> 32) & 0xffff) << 48);
+        ip1 |= u64::from(!fold_le(add_halves(ip0) + add_halves(ip1) + (ports & 0xffff_ffff))) << 16;
+        let rd_cd = (u64::from(FLAG_RD) << 48) | (u64::from(FLAG_CD) << 56);
+        let dns_flags = (u64::from(flags[0]) << 48) | (u64::from(flags[1]) << 56);
+        let mut udp = u64::from(udp_len.swap_bytes()) | (w5 & 0xffff_0000_0000) | (w5 & rd_cd) | dns_flags;
+        let c = counts;
+        let dns_counts = u64::from_le_bytes([0, 1, c[0], c[1], c[2], c[3], c[4], c[5]]);
+        // The sections follow the question: on an odd offset after an odd
+        // question, which swaps their bytes within the 16-bit words.
+        let sections = if question_len & 1 == 1 { sections_sum } else { sections_sum.swap_bytes() };
+        let acc = (ip1 >> 32)
+            + add_halves(ports)
+            + add_halves(udp)
+            + add_halves(dns_counts)
+            + u64::from(17u16.swap_bytes())
+            + u64::from(udp_len.swap_bytes())
+            + u64::from(question_sum.swap_bytes())
+            + u64::from(sections);
+        let c = !fold_le(acc);
+        udp |= u64::from(if c == 0 { 0xffff } else { c }) << 16;
+        self.set(2, ip0);
+        self.set(3, ip1);
+        self.set(4, ports);
+        self.set(5, udp);
+        self.set(6, dns_counts);
+    }
+}
+
+/// Writes a query frame to `out`: Ethernet (02:00:00:00:00:02 to
+/// 02:00:00:00:00:01), IPv4 from `src` to `dst` (ID 0x1234, DF, TTL 64),
+/// UDP from `sport` to port 53, the DNS message `msg`; checksums complete.
+/// Returns its length, or `None` when `out` is too short. For tests and
+/// `coresvc devtool dns-cost`.
+pub fn query_frame(out: &mut [u8], src: [u8; 4], dst: [u8; 4], sport: u16, msg: &[u8]) -> Option<usize> {
+    let n = FRAME_DNS + msg.len();
+    let f = out.get_mut(..n)?;
+    let udp_len = (8 + msg.len()) as u16;
+    f[..14].copy_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0]);
+    f[14..26].copy_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
+    f[16..18].copy_from_slice(&(udp_len + 20).to_be_bytes());
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    let c = checksum::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&53u16.to_be_bytes());
+    f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    f[40..42].copy_from_slice(&[0, 0]);
+    f[42..].copy_from_slice(msg);
+    let sum = checksum::add_bytes(0, &f[26..34]) + 17 + u32::from(udp_len);
+    let c = !checksum::fold(checksum::add_bytes(sum, &f[34..]));
+    f[40..42].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+    Some(n)
 }
 
 /// The sum of `bytes` laid out from an even offset (the cached sections).
@@ -573,8 +706,6 @@ mod tests {
             let want = checksum::fold(checksum::add_bytes(0, &q[12..]));
             assert_eq!(p.question_sum, want, "{name}");
             assert_eq!(p.question_len(), q.len() - 12);
-            let b = QueryBuf::from_msg(&q).unwrap();
-            assert_eq!(b.sum(), checksum::fold(checksum::add_bytes(0, &q)), "{name}");
         }
     }
 
@@ -670,29 +801,102 @@ mod tests {
         assert_eq!(parse(&query(".", 2, None)).unwrap().name_len, 1, "the root");
     }
 
+    /// A query frame around `msg` from `src`:`sport` to `dst` (the UDP
+    /// checksum left out when `udp_csum` is false).
+    fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, msg: &[u8], udp_csum: bool) -> Vec<u8> {
+        let mut f = vec![0; FRAME_DNS + msg.len()];
+        query_frame(&mut f, src, dst, sport, msg).unwrap();
+        assert_eq!(udp_checksum(&f), u16::from_be_bytes([f[40], f[41]]));
+        if !udp_csum {
+            f[40..42].copy_from_slice(&[0, 0]);
+        }
+        f
+    }
+
+    /// The UDP checksum of `f` as it should be (its own field taken as 0).
+    fn udp_checksum(f: &[u8]) -> u16 {
+        let mut pseudo = f[26..34].to_vec();
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&f[38..40]);
+        let mut udp = f[34..].to_vec();
+        udp[6..8].copy_from_slice(&[0, 0]);
+        let c = !checksum::fold(checksum::add_bytes(checksum::add_bytes(0, &pseudo), &udp));
+        if c == 0 { 0xffff } else { c }
+    }
+
+    /// `f` loaded as the program loads it, over a buffer that holds an
+    /// earlier frame's bytes.
+    fn loaded(f: &[u8]) -> FrameBuf {
+        let mut b = FrameBuf { bytes: [0xa5; FRAME_BUF_LEN] };
+        b.bytes[FRAME_AT..FRAME_AT + f.len()].copy_from_slice(f);
+        b
+    }
+
     #[test]
-    fn answer_checksum_matches_a_full_computation() {
-        let q = query("Provisioner-01.mgmt.deevnet.net", 1, None);
-        let p = parse(&q).unwrap();
-        for sections in [&[0xc0u8, 0x0c, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 10, 10, 0, 10][..], &[1, 2, 3][..]] {
-            let hdr = answer_header([q[0], q[1], q[2], q[3] | 0x10], [0x84, 0x80], [0, 1, 0, 0, 0, 0]);
-            assert_eq!(&hdr[..4], &[0xab, 0xcd, 0x85, 0x90]);
-            let mut udp = vec![0, 53, 0x9c, 0x40, 0, 0, 0, 0];
-            udp.extend_from_slice(&hdr);
-            udp.extend_from_slice(&q[12..]);
-            udp.extend_from_slice(sections);
-            let len = udp.len() as u16;
-            udp[4..6].copy_from_slice(&len.to_be_bytes());
-            let (s, d) = ([10, 20, 0, 1], [10, 20, 0, 50]);
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&s);
-            pseudo.extend_from_slice(&d);
-            pseudo.extend_from_slice(&[0, 17]);
-            pseudo.extend_from_slice(&len.to_be_bytes());
-            let want = !checksum::fold(checksum::add_bytes(checksum::add_bytes(0, &pseudo), &udp));
-            let got =
-                answer_checksum(s, d, 53, 40000, len, &hdr, p.question_sum, p.question_len(), sections_sum(sections));
-            assert_eq!(got, want);
+    fn frame_checks_read_the_right_fields() {
+        let (c, g) = ([10, 20, 0, 50], [10, 20, 0, 1]);
+        for name in ["a", "ab", "Provisioner-01.mgmt.deevnet.net"] {
+            for csum in [true, false] {
+                let q = query(name, 1, None);
+                let f = frame(c, g, 40000, &q, csum);
+                let b = loaded(&f);
+                assert!(b.ipv4_header_ok() && b.udp_checksum_ok(q.len()), "{name}");
+                assert_eq!((b.saddr(), b.sport(), b.to_group()), (0x0a14_0032, 40000, false));
+                assert_eq!(parse(&q), parse_query(b.query(), q.len(), &mut [0; NAME_WORDS], &Plain));
+                let mut bad = f.clone();
+                bad[25] ^= 1;
+                assert!(!loaded(&bad).ipv4_header_ok());
+                let mut bad = f.clone();
+                *bad.last_mut().unwrap() ^= 0x10;
+                assert_eq!(loaded(&bad).udp_checksum_ok(q.len()), !csum, "{name}: a changed byte");
+                bad[0] = 0xff;
+                assert!(loaded(&bad).to_group());
+            }
+        }
+    }
+
+    #[test]
+    fn turn_around_builds_the_answer_headers() {
+        let (c, g) = ([10, 20, 0, 50], [10, 20, 0, 1]);
+        for name in ["Provisioner-01.mgmt.deevnet.net", "ab.c"] {
+            let mut q = query(name, 1, None);
+            q[3] |= 0x10; // CD
+            let p = parse(&q).unwrap();
+            let f = frame(c, g, 40000, &q, true);
+            for sections in [&[0xc0u8, 0x0c, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 10, 10, 0, 10][..], &[1, 2, 3][..]] {
+                let mut b = loaded(&f);
+                let counts = [0, 1, 0, 0, 0, 0];
+                b.turn_around(
+                    [0x84, 0x80],
+                    counts,
+                    p.question_sum,
+                    p.question_len(),
+                    sections.len(),
+                    sections_sum(sections),
+                );
+                let n = ANSWER_HEADERS + p.question_len();
+                let mut got = b.bytes[FRAME_AT..FRAME_AT + n].to_vec();
+                got.extend_from_slice(sections);
+                // The same answer, byte by byte.
+                let mut want = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
+                let udp_len = (8 + 12 + p.question_len() + sections.len()) as u16;
+                want.extend_from_slice(&[0x45, 0]);
+                want.extend_from_slice(&(udp_len + 20).to_be_bytes());
+                want.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
+                want.extend_from_slice(&g);
+                want.extend_from_slice(&c);
+                let ipc = checksum::checksum(&want[14..34]);
+                want[24..26].copy_from_slice(&ipc.to_be_bytes());
+                want.extend_from_slice(&53u16.to_be_bytes());
+                want.extend_from_slice(&40000u16.to_be_bytes());
+                want.extend_from_slice(&udp_len.to_be_bytes());
+                want.extend_from_slice(&[0, 0, 0xab, 0xcd, 0x85, 0x90, 0, 1, 0, 1, 0, 0, 0, 0]);
+                want.extend_from_slice(&q[12..]);
+                want.extend_from_slice(sections);
+                let uc = udp_checksum(&want);
+                want[40..42].copy_from_slice(&uc.to_be_bytes());
+                assert_eq!(got, want, "{name}, {} bytes of sections", sections.len());
+            }
         }
     }
 

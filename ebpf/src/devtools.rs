@@ -1,6 +1,7 @@
 //! Programs for benchmarks and lab experiments, never loaded by the agent's
 //! data path: a counting sink (IPv4 UDP), a bare forwarding redirect and a
-//! bare DNS reflector (the lab's limits).
+//! bare DNS reflector (the lab's limits), and an empty program (what a
+//! BPF_PROG_TEST_RUN measurement costs by itself).
 #![no_std]
 #![no_main]
 
@@ -115,6 +116,13 @@ pub fn reflect(ctx: XdpContext) -> u32 {
         f.swap(a, b);
     }
     xdp_action::XDP_TX
+}
+
+/// Does nothing: `coresvc devtool dns-cost` times it to know the share of
+/// the measurement itself in every figure.
+#[xdp]
+pub fn pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

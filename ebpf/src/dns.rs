@@ -21,8 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use coresvc_common::{
-    checksum,
-    dns::{self, MSG_AT, Pass, QUERY_MAX},
+    dns::{self, ANSWER_HEADERS, FRAME_AT, Pass, QUERY_MAX},
     firewall::{Flow, ZONE_GATEWAY},
     proto::{eth, ipproto, ipv4, port},
 };
@@ -41,8 +40,6 @@ use crate::{
 const L3: usize = eth::HDR_LEN;
 const L4: usize = L3 + ipv4::MIN_HDR_LEN;
 const DNS_AT: usize = L4 + 8;
-/// The answer's IPv4 TTL (Linux's default, as the agent's answers have).
-const TTL: u8 = 64;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// `Some(verdict)` when the query was answered (or the frame could not be
@@ -86,63 +83,52 @@ pub fn answer(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo) -> Optio
 /// Checks, looks up and answers a UDP query to the segment's address, port
 /// 53 (IHL 5, not a fragment). `Err(counter)`: the frame is untouched and
 /// continues on the normal path.
+///
+/// The frame is loaded into DNS_SCRATCH with one helper call, two bytes in,
+/// so that every header field is read (and the answer's headers written)
+/// in aligned words instead of byte by byte.
 #[inline(always)]
 fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> Result<u32, u32> {
-    let h = ptr_at::<[u8; DNS_AT], XdpContext>(ctx, 0).ok_or(counter::MALFORMED)?;
-    // SAFETY: ptr_at checked the bounds.
-    if !checksum::ipv4_header_valid(unsafe { &*(h as *const u8).add(L3).cast::<[u8; 20]>() }) {
-        return Err(counter::CHECKSUM);
-    }
-    let h = h as *const u8;
+    let h = ptr_at::<[u8; DNS_AT], XdpContext>(ctx, 0).ok_or(counter::MALFORMED)? as *const u8;
     let tot_len = usize::from(rd16(h, L3 + ipv4::TOT_LEN));
     let frame = frame_len(ctx);
     let udp_len = usize::from(rd16(h, L4 + 4));
     if tot_len < ipv4::MIN_HDR_LEN + 8 || L3 + tot_len > frame || udp_len != tot_len - ipv4::MIN_HDR_LEN {
         return Err(counter::MALFORMED);
     }
-    // A unicast frame from a host of the segment (the agent serves the
-    // segments' networks only; broadcasts get no answer from here).
-    let saddr = u32::from_be(rd32(h, L3 + ipv4::SRC));
-    // SAFETY: within the checked bytes.
-    if unsafe { *h.add(eth::DST) } & 1 != 0 || !on_segment(iface, saddr) {
-        return Err(counter::SOURCE);
-    }
-    let sport = rd16(h, L4);
     let len = udp_len - 8;
-    if sport == 0 || len < dns::HDR_LEN {
+    if len < dns::HDR_LEN {
         return Err(counter::MALFORMED);
     }
     if len > QUERY_MAX {
         return Err(counter::TOO_LONG);
     }
-    // The stack drops a datagram with a bad checksum: so does the cache.
-    let csum = rd16(h, L4 + 6);
     let scratch = DNS_SCRATCH.get_ptr_mut(0).ok_or(counter::NO_ROOM)?;
     // SAFETY: this CPU's slot, used by this program run only.
-    let (key, buf, headers) = unsafe { &mut *scratch }.split();
-    copy_headers(h, headers);
-    buf.clear();
-    // SAFETY: the buffer holds QUERY_MAX bytes from MSG_AT; len <= QUERY_MAX.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            DNS_AT as u32,
-            buf.bytes.as_mut_ptr().add(MSG_AT) as *mut c_void,
-            (len as u32).clamp(1, QUERY_MAX as u32),
-        )
-    };
+    let (key, f) = unsafe { &mut *scratch }.split();
+    let n = bounded((DNS_AT + len) as u32, (DNS_AT + QUERY_MAX) as u32).ok_or(counter::TOO_LONG)?;
+    // SAFETY: the buffer holds FRAME_BUF_LEN bytes, at least DNS_AT +
+    // QUERY_MAX from FRAME_AT.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, f.bytes.as_mut_ptr().add(FRAME_AT) as *mut c_void, n) };
     if rc != 0 {
         return Err(counter::MALFORMED);
     }
-    if csum != 0 {
-        let daddr = u32::from_be_bytes(iface.ipv4);
-        let mut s = addr_sum(saddr) + addr_sum(daddr) + u32::from(ipproto::UDP) + 2 * udp_len as u32;
-        s += u32::from(sport) + u32::from(port::DNS) + u32::from(csum) + u32::from(buf.sum());
-        if checksum::fold(s) != 0xffff {
-            return Err(counter::CHECKSUM);
-        }
+    if !f.ipv4_header_ok() {
+        return Err(counter::CHECKSUM);
     }
-    let q = dns::parse_query(buf, len, key.name_words(), &BpfLoop).map_err(pass_counter)?;
+    // A unicast frame from a host of the segment (the agent serves the
+    // segments' networks only; broadcasts get no answer from here).
+    if f.to_group() || !on_segment(iface, f.saddr()) {
+        return Err(counter::SOURCE);
+    }
+    if f.sport() == 0 {
+        return Err(counter::MALFORMED);
+    }
+    // The stack drops a datagram with a bad checksum: so does the cache.
+    if !f.udp_checksum_ok(len) {
+        return Err(counter::CHECKSUM);
+    }
+    let q = dns::parse_query(f.query(), len, key.name_words(), &BpfLoop).map_err(pass_counter)?;
     key.qtype = q.qtype;
     key.qclass = q.qclass;
     key.flags = q.flags;
@@ -172,7 +158,7 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
         firewall::count(slot, frame as u64);
     }
     let qlen = q.question_len();
-    let delta = (DNS_AT + dns::HDR_LEN + qlen + slen) as i32 - frame as i32;
+    let delta = (ANSWER_HEADERS + qlen + slen) as i32 - frame as i32;
     // The frame grows at its head (drivers keep 256 bytes there for XDP;
     // tailroom can be short: a veth's frames, small skbs), else at its
     // tail; it shrinks at its tail. The answer is written whole either way.
@@ -188,77 +174,35 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
 }
 
 /// Writes the whole answer into the frame (already of the answer's
-/// length) from the query kept in DNS_SCRATCH and the entry `e`.
-/// `question` is the question's sum (high half) and length. A subprogram of
-/// its own (its stack frame is not the caller's).
+/// length): the entry `e`'s sections, then the headers and the question
+/// from the query kept in DNS_SCRATCH, turned around. `question` is the
+/// question's sum (high half) and length. A subprogram of its own (its
+/// stack frame is not the caller's).
 #[inline(never)]
 fn build(ctx: &XdpContext, e: &DnsAnswer, seg: u32, now: u64, question: u32) -> u32 {
     let qlen = ((question & 0xff) as usize).clamp(5, dns::MAX_NAME + 4);
     let slen = usize::from(e.sections_len).clamp(1, DNS_MAX_SECTIONS);
-    let sections_at = DNS_AT + dns::HDR_LEN + qlen;
-    let Some(scratch) = DNS_SCRATCH.get_ptr(0) else { return unwritten(seg) };
+    let sections_at = ANSWER_HEADERS + qlen;
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return unwritten(seg) };
     // SAFETY: this CPU's slot, filled by `serve` for this frame.
-    let scratch = unsafe { &*scratch };
-    // SAFETY: `qlen` bytes of the loaded question and `slen` bytes of the
-    // entry's sections (both within their map values); the helper checks
-    // the frame's bounds.
-    let rc = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            (DNS_AT + dns::HDR_LEN) as u32,
-            scratch.query.as_ptr().add(MSG_AT + dns::HDR_LEN) as *mut c_void,
-            qlen as u32,
-        ) | bpf_xdp_store_bytes(ctx.ctx, sections_at as u32, e.sections.as_ptr() as *mut c_void, slen as u32)
-    };
-    let f = ptr_at_mut::<[u8; DNS_AT + dns::HDR_LEN], XdpContext>(ctx, 0);
-    let (0, Some(f)) = (rc, f) else { return unwritten(seg) };
+    let (_, f) = unsafe { &mut *scratch }.split();
+    // SAFETY: `slen` bytes of the entry's sections (within the map value);
+    // the helper checks the frame's bounds.
+    let rc =
+        unsafe { bpf_xdp_store_bytes(ctx.ctx, sections_at as u32, e.sections.as_ptr() as *mut c_void, slen as u32) };
+    if rc != 0 {
+        return unwritten(seg);
+    }
     let sections_sum = age_ttls(ctx, e, sections_at, slen, now);
-    // SAFETY: ptr_at_mut checked the bounds; nothing else refers to the frame.
-    let f = unsafe { &mut *f };
-    let q = &scratch.headers;
-    // Ethernet: back to the sender.
-    f[eth::DST..eth::DST + 6].copy_from_slice(&q[eth::SRC..eth::SRC + 6]);
-    f[eth::SRC..eth::SRC + 6].copy_from_slice(&q[eth::DST..eth::DST + 6]);
-    f[eth::ETHERTYPE..eth::ETHERTYPE + 2].copy_from_slice(&eth::P_IPV4.to_be_bytes());
-    // IPv4: the query's identification; don't fragment and TTL as Linux
-    // sends the agent's answers; addresses swapped.
-    let udp_len = (8 + dns::HDR_LEN + qlen + slen) as u16;
-    let mut ip = [0u8; 20];
-    ip[ipv4::VER_IHL] = 0x45;
-    ip[ipv4::TOT_LEN..ipv4::TOT_LEN + 2].copy_from_slice(&(udp_len + 20).to_be_bytes());
-    ip[ipv4::ID..ipv4::ID + 2].copy_from_slice(&q[L3 + ipv4::ID..L3 + ipv4::ID + 2]);
-    ip[ipv4::FRAG] = 0x40;
-    ip[ipv4::TTL] = TTL;
-    ip[ipv4::PROTO] = ipproto::UDP;
-    ip[ipv4::SRC..ipv4::SRC + 4].copy_from_slice(&q[L3 + ipv4::DST..L3 + ipv4::DST + 4]);
-    ip[ipv4::DST..ipv4::DST + 4].copy_from_slice(&q[L3 + ipv4::SRC..L3 + ipv4::SRC + 4]);
-    let ipc = checksum::ipv4_header_checksum(&ip);
-    ip[ipv4::CSUM..ipv4::CSUM + 2].copy_from_slice(&ipc.to_be_bytes());
-    f[L3..L4].copy_from_slice(&ip);
-    // UDP: ports swapped; DNS: the query's ID, RD and CD with the cached
-    // flags and counts.
-    let client_port = u16::from_be_bytes([q[L4], q[L4 + 1]]);
-    let m = &scratch.query;
-    let hdr = dns::answer_header([m[MSG_AT], m[MSG_AT + 1], m[MSG_AT + 2], m[MSG_AT + 3]], e.flags, e.counts);
-    let server = [ip[ipv4::SRC], ip[ipv4::SRC + 1], ip[ipv4::SRC + 2], ip[ipv4::SRC + 3]];
-    let client = [ip[ipv4::DST], ip[ipv4::DST + 1], ip[ipv4::DST + 2], ip[ipv4::DST + 3]];
-    let c = dns::answer_checksum(
-        server,
-        client,
-        port::DNS,
-        client_port,
-        udp_len,
-        &hdr,
-        (question >> 16) as u16,
-        qlen,
-        sections_sum,
-    );
-    let udp = &mut f[L4..DNS_AT];
-    udp[0..2].copy_from_slice(&port::DNS.to_be_bytes());
-    udp[2..4].copy_from_slice(&client_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    f[DNS_AT..DNS_AT + dns::HDR_LEN].copy_from_slice(&hdr);
+    f.turn_around(e.flags, e.counts, (question >> 16) as u16, qlen, slen, sections_sum);
+    // SAFETY: the headers and the question (at most ANSWER_HEADERS +
+    // MAX_NAME + 4 bytes) lie within the buffer from FRAME_AT.
+    let rc = unsafe {
+        bpf_xdp_store_bytes(ctx.ctx, 0, f.bytes.as_mut_ptr().add(FRAME_AT) as *mut c_void, sections_at as u32)
+    };
+    if rc != 0 {
+        return unwritten(seg);
+    }
     count(seg, counter::HITS);
     xdp_action::XDP_TX
 }
@@ -325,21 +269,6 @@ fn current(e: &DnsAnswer) -> bool {
     true
 }
 
-/// Copies the query's first DNS_AT (42) bytes, checked by the caller, in
-/// words (volatile: a plain copy becomes a call to `memmove`, a byte loop).
-#[inline(always)]
-fn copy_headers(h: *const u8, to: &mut [u8; DNS_AT]) {
-    let dst = to.as_mut_ptr();
-    let mut i = 0;
-    while i + 8 <= DNS_AT {
-        // SAFETY: both ranges hold DNS_AT bytes; unaligned access is fine.
-        unsafe { dst.add(i).cast::<u64>().write_volatile(h.add(i).cast::<u64>().read_unaligned()) };
-        i += 8;
-    }
-    // SAFETY: as above (the last two bytes).
-    unsafe { dst.add(i).cast::<u16>().write_volatile(h.add(i).cast::<u16>().read_unaligned()) };
-}
-
 /// The source (host order) is a host of the segment, not the gateway.
 #[inline(always)]
 fn on_segment(iface: &IfaceInfo, saddr: u32) -> bool {
@@ -352,10 +281,15 @@ fn on_segment(iface: &IfaceInfo, saddr: u32) -> bool {
     (saddr ^ own) & mask == 0
 }
 
-/// An address's (host order) two 16-bit words, summed.
+/// `v` if it is 1 to `max`, checked where the verifier sees it: a length
+/// the compiler knows to be in range from earlier checks would otherwise
+/// reach a helper without them (they were made on another register).
 #[inline(always)]
-fn addr_sum(a: u32) -> u32 {
-    (a >> 16) + (a & 0xffff)
+fn bounded(v: u32, max: u32) -> Option<u32> {
+    // SAFETY: a plain read of a local (volatile: the compiler cannot skip
+    // the comparison below, nor compare another copy of the value).
+    let v = unsafe { core::ptr::read_volatile(&v) };
+    if v == 0 || v > max { None } else { Some(v) }
 }
 
 /// The big-endian u16 at `p + off` (bounds checked by the caller).

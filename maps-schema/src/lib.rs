@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
 /// agent that finds pinned maps.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The default bpffs directory holding the pins of one coresvc instance.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
@@ -688,29 +688,25 @@ pub const DNS_STATS: MapSpec = MapSpec {
 };
 
 /// The program's working memory for one query (too big for the BPF stack):
-/// the query as loaded (`coresvc_common::dns::QueryBuf`'s layout), the key,
-/// and the query's Ethernet, IPv4 and UDP headers (the answer is rebuilt
-/// from them when the frame had to grow at its head).
+/// the key, and the query frame as loaded (`coresvc_common::dns::FrameBuf`'s
+/// layout), which becomes the answer's headers.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct DnsScratch {
     pub key: DnsKey,
-    pub query: [u8; coresvc_common::dns::BUF_LEN],
-    pub headers: [u8; DNS_QUERY_HEADERS],
-    pub _pad: [u8; 6],
+    pub frame: [u8; coresvc_common::dns::FRAME_BUF_LEN],
 }
-/// Ethernet (14), IPv4 without options (20) and UDP (8) header bytes.
-pub const DNS_QUERY_HEADERS: usize = 42;
-const _: () = assert!(size_of::<DnsScratch>() == 72 + coresvc_common::dns::BUF_LEN + 48);
-const _: () = assert!(core::mem::offset_of!(DnsScratch, query) % 8 == 0);
+const _: () = assert!(size_of::<DnsScratch>() == 72 + coresvc_common::dns::FRAME_BUF_LEN);
+const _: () = assert!(core::mem::offset_of!(DnsScratch, frame) % 8 == 0);
 
 impl DnsScratch {
-    /// The key, the query buffer in the type the parser takes, and the headers.
-    pub fn split(&mut self) -> (&mut DnsKey, &mut coresvc_common::dns::QueryBuf, &mut [u8; DNS_QUERY_HEADERS]) {
-        // SAFETY: QueryBuf is a repr(C, align(8)) wrapper of [u8; BUF_LEN];
-        // `query` is 8-aligned (asserted above) and of that size.
-        let q = unsafe { &mut *(self.query.as_mut_ptr() as *mut coresvc_common::dns::QueryBuf) };
-        (&mut self.key, q, &mut self.headers)
+    /// The key and the frame buffer in the type that reads it.
+    pub fn split(&mut self) -> (&mut DnsKey, &mut coresvc_common::dns::FrameBuf) {
+        // SAFETY: FrameBuf is a repr(C, align(8)) wrapper of
+        // [u8; FRAME_BUF_LEN]; `frame` is 8-aligned (asserted above) and of
+        // that size.
+        let f = unsafe { &mut *(self.frame.as_mut_ptr() as *mut coresvc_common::dns::FrameBuf) };
+        (&mut self.key, f)
     }
 }
 

@@ -23,7 +23,10 @@ pub struct BenchArgs {
 
 /// (name, what it compares)
 const BENCHES: &[(&str, &str)] = &[
-    ("dns", "dnsperf queries/s: coresvc's DNS (agent path) vs dnsmasq, same records"),
+    (
+        "dns",
+        "dnsperf queries/s (agent path vs dnsmasq) and a kxdpgun flood: XDP answer cache vs agent vs dnsmasq vs bare XDP reflector, plus the cost per answer",
+    ),
     ("forward", "64-byte UDP pps and iperf3 TCP through the gateway: coresvc vs kernel+nftables vs bare XDP redirect"),
     (
         "nat",
