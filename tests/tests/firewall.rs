@@ -208,12 +208,18 @@ fn reload_swaps_rules_and_keeps_connections_that_are_still_allowed() {
         .collect();
     assert_eq!(ports, ["443"], "{r:#}");
     // What the client's socket had already received still drains into the
-    // file (on a busy machine that takes a while): wait until it stops.
+    // file (curl's rate limit paces it): wait until the socket's receive
+    // queue is empty and the file stopped growing.
+    let recv_q = || {
+        let out = lab.exec("dvnt-client", ["ss", "-Htn", "state", "established", "dst", "10.10.0.10"]).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace().next().and_then(|q| q.parse::<u64>().ok()).unwrap_or(0)
+    };
     let mut stalled_at = size(&dst2);
-    for _ in 0..30 {
+    for _ in 0..60 {
         std::thread::sleep(Duration::from_secs(1));
         let now = size(&dst2);
-        if now == stalled_at {
+        if now == stalled_at && recv_q() == 0 {
             break;
         }
         stalled_at = now;
