@@ -100,6 +100,17 @@ fn attach(ebpf: &mut Ebpf, prog: &str, iface: &str) -> Result<()> {
     if p.fd().is_err() {
         p.load()?;
     }
+    if p.attach(iface, XdpMode::Driver).is_ok() || p.attach(iface, XdpMode::Skb).is_ok() {
+        return Ok(());
+    }
+    // The lab's nodes run a pass program attached by netlink (for XDP_TX
+    // frames from the gateway): a devtool takes the interface over.
+    let off = std::process::Command::new("ip").args(["link", "set", "dev", iface, "xdp", "off"]).status();
+    if !off.is_ok_and(|s| s.success()) {
+        bail!(
+            "attaching {prog} to {iface}: another XDP program is attached and `ip link set dev {iface} xdp off` failed"
+        );
+    }
     if p.attach(iface, XdpMode::Driver).is_err() {
         p.attach(iface, XdpMode::Skb).with_context(|| format!("attaching {prog} to {iface}"))?;
     }
