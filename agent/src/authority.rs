@@ -248,10 +248,11 @@ fn dhcp_probe(iface: &str, mac: [u8; 6], ours: &[Ipv4Addr], wait: Duration) -> R
             Err(e) => return Err(e).context("authority: receiving DHCP answers"),
         };
         let std::net::SocketAddr::V4(from) = from else { continue };
-        if let Some((_, _, server)) = server_reply(&buf[..n]) {
-            if !ours.contains(&server) && !ours.contains(from.ip()) {
-                found.push(Finding::DhcpServer { server, from: *from.ip() });
-            }
+        if let Some((_, _, server)) = server_reply(&buf[..n])
+            && !ours.contains(&server)
+            && !ours.contains(from.ip())
+        {
+            found.push(Finding::DhcpServer { server, from: *from.ip() });
         }
     }
     Ok(found)

@@ -363,10 +363,10 @@ pub fn watch_links(names: Vec<String>) -> Result<tokio::sync::mpsc::Receiver<Lin
 /// (someone else's included) instead of deleting them with it.
 fn promote_secondaries(ifname: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{ifname}/promote_secondaries");
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "1") {
-        if let Err(e) = std::fs::write(&path, "1") {
-            warn!("routing: cannot set {path}: {e}");
-        }
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "1")
+        && let Err(e) = std::fs::write(&path, "1")
+    {
+        warn!("routing: cannot set {path}: {e}");
     }
 }
 

@@ -51,7 +51,7 @@ pub struct Flow {
 fn zone_matches(rule: u16, zone: u16) -> bool {
     rule == ZONE_ANY
         || rule == zone
-        || (rule == ZONE_ANY_SEGMENT && zone >= ZONE_SEGMENT0 && zone < ZONE_SEGMENT0 + MAX_SEGMENTS)
+        || (rule == ZONE_ANY_SEGMENT && (ZONE_SEGMENT0..ZONE_SEGMENT0 + MAX_SEGMENTS).contains(&zone))
 }
 
 /// True when `r` matches `f`; `in_prefixes` answers whether the flow's

@@ -796,9 +796,7 @@ mod tests {
 
     #[test]
     fn dns_counters_are_the_fields_in_order() {
-        let mut s = DnsStats::default();
-        s.pass_no_room = 7;
-        s.hits = 1;
+        let s = DnsStats { pass_no_room: 7, hits: 1, ..Default::default() };
         assert_eq!(s.get(dns_counter::NO_ROOM), 7);
         assert_eq!(s.get(dns_counter::HITS), 1);
         assert_eq!(core::mem::offset_of!(DnsStats, pass_tcp), 8 * dns_counter::TCP as usize);

@@ -327,11 +327,11 @@ impl Lab {
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
-            if let Some(child) = self.agent.as_mut() {
-                if let Some(st) = child.try_wait()? {
-                    self.agent = None;
-                    bail!("coresvc exited during start-up ({st}):\n{}", self.log_tail(40));
-                }
+            if let Some(child) = self.agent.as_mut()
+                && let Some(st) = child.try_wait()?
+            {
+                self.agent = None;
+                bail!("coresvc exited during start-up ({st}):\n{}", self.log_tail(40));
             }
             if self.status_json().is_ok() {
                 return Ok(());
@@ -450,17 +450,17 @@ impl Lab {
         let mut errors = Vec::new();
         if self.agent.is_some() {
             let _ = self.stop_agent(libc::SIGTERM, Duration::from_secs(5));
-        } else if let Ok(pid) = fs::read_to_string(&self.paths.pid_file) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                stop_pid(pid, Duration::from_secs(5));
-            }
+        } else if let Ok(pid) = fs::read_to_string(&self.paths.pid_file)
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            stop_pid(pid, Duration::from_secs(5));
         }
         for n in &self.topo.nodes {
             let ns = self.ns(&n.name);
-            if Path::new("/run/netns").join(&ns).exists() {
-                if let Err(e) = run(Command::new("ip").args(["netns", "del", &ns])) {
-                    errors.push(format!("{e:#}"));
-                }
+            if Path::new("/run/netns").join(&ns).exists()
+                && let Err(e) = run(Command::new("ip").args(["netns", "del", &ns]))
+            {
+                errors.push(format!("{e:#}"));
             }
             let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
         }

@@ -569,7 +569,9 @@ fn xdp_counter(lab: &Lab, segment: &str, field: &str) -> u64 {
 
 /// A reply's content for comparing a cached answer with the first one:
 /// rcode, flags and the sections without TTLs.
-fn content(r: &Reply) -> (String, bool, bool, Vec<(String, String, String)>, Vec<(String, String, String)>) {
+type Rrs = Vec<(String, String, String)>;
+
+fn content(r: &Reply) -> (String, bool, bool, Rrs, Rrs) {
     let strip = |v: &[Rr]| {
         let mut v: Vec<_> = v.iter().map(|r| (r.name.clone(), r.rtype.clone(), r.rdata.clone())).collect();
         v.sort();

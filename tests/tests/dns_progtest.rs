@@ -108,8 +108,8 @@ struct Opt {
 
 fn query(id: u16, name: &str, t: RecordType, edns: Option<Opt>) -> Vec<u8> {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = id % 2 == 0;
-    m.metadata.checking_disabled = id % 3 == 0;
+    m.metadata.recursion_desired = id.is_multiple_of(2);
+    m.metadata.checking_disabled = id.is_multiple_of(3);
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
     if let Some(o) = edns {
         let mut e = Edns::new();
@@ -126,7 +126,10 @@ fn query(id: u16, name: &str, t: RecordType, edns: Option<Opt>) -> Vec<u8> {
 
 /// `name` with the case of some letters flipped (a 0x20 client).
 fn mix_case(name: &str, seed: usize) -> String {
-    name.chars().enumerate().map(|(i, c)| if (i + seed) % 3 == 0 { c.to_ascii_uppercase() } else { c }).collect()
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| if (i + seed).is_multiple_of(3) { c.to_ascii_uppercase() } else { c })
+        .collect()
 }
 
 /// An answer sent by the program: headers turned around, every checksum

@@ -209,7 +209,8 @@ fn icmp_errors_about_masqueraded_flows_reach_the_inside_host_translated() {
         let ping = echo(CLIENT_MAC, "10.20.0.50", "192.0.2.1", 9, false);
         assert_eq!(fw.xdp(dvnt, &ping).0, PASS);
         let (_, ping_out) = fw.egress_out(&ping);
-        let cases: [(&str, u8, u8, [u8; 4], &[u8], u16); 5] = [
+        type Case<'a> = (&'a str, u8, u8, [u8; 4], &'a [u8], u16);
+        let cases: [Case; 5] = [
             ("time exceeded (traceroute hop)", 11, 0, [0; 4], &probe_out, 40000),
             ("port unreachable (traceroute end)", 3, 3, [0; 4], &probe_out, 40000),
             ("fragmentation needed (path MTU)", 3, 4, [0, 0, 0x05, 0x78], &syn_out, 21000),

@@ -79,7 +79,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         Some("forward") => forward::run(&BenchLab::new()?, args.seconds),
         Some("nat") => nat::run(&BenchLab::new()?, args.seconds),
         Some("dhcp") => dhcp::run(&BenchLab::new()?, args.seconds),
-        Some(n) if n == "tftp" => tftp::run(),
+        Some("tftp") => tftp::run(),
         Some(n) => bail!("no benchmark named {n:?}; `cargo xtask bench` lists them"),
     }
 }

@@ -136,6 +136,9 @@ fn test(filter: Option<String>) -> Result<()> {
     step("test", "cargo fmt --check");
     cmd_status(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))
         .map_err(|e| e.context("code is not formatted: run `cargo fmt --all`"))?;
+    step("test", "cargo clippy --all-targets -- -D warnings");
+    cmd_status(Command::new("cargo").current_dir(&root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+        .map_err(|e| e.context("clippy found problems"))?;
     // The integration tests run the real binary: build it first.
     step("test", "cargo build -p coresvc (the binary the lab tests run)");
     cmd_status(Command::new("cargo").current_dir(&root).args(["build", "-p", "coresvc", "--bins"]))?;

@@ -83,6 +83,7 @@ pub fn run(opts: &SetupOpts) -> Result<()> {
     }
     debian_packages(opts)?;
     rust_src()?;
+    lint_components()?;
     bpf_linker()?;
     bpffs()?;
     pxe_guest()?;
@@ -233,6 +234,20 @@ fn rust_src() -> Result<()> {
     }
     step("rust", "adding rust-src to the nightly toolchain");
     cmd_status(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// rustfmt and clippy for the toolchain that builds the workspace: `cargo
+/// xtask test` checks formatting and lints first.
+fn lint_components() -> Result<()> {
+    let installed = cmd_output(rustup().args(["component", "list", "--installed"])).context("rustup component list")?;
+    let missing: Vec<&str> =
+        ["rustfmt", "clippy"].into_iter().filter(|c| !installed.lines().any(|l| l.starts_with(c))).collect();
+    if missing.is_empty() {
+        step("rust", "rustfmt and clippy present");
+        return Ok(());
+    }
+    step("rust", &format!("adding {}", missing.join(" ")));
+    cmd_status(rustup().args(["component", "add"]).args(&missing))
 }
 
 /// What bpf-linker must be built against: the nightly rustc's LLVM.

@@ -36,10 +36,10 @@ fn span_of(root: &Item, path: &[PathSeg]) -> Option<usize> {
         let next = match seg {
             PathSeg::Key(k) => {
                 // Prefer the key's own position: it is where a reader looks.
-                if let Some(t) = item.as_table_like() {
-                    if let Some((key, _)) = t.get_key_value(k) {
-                        best = key.span().map(|s| s.start).or(best);
-                    }
+                if let Some(t) = item.as_table_like()
+                    && let Some((key, _)) = t.get_key_value(k)
+                {
+                    best = key.span().map(|s| s.start).or(best);
                 }
                 item.get(k.as_str())
             }

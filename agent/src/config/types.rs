@@ -700,7 +700,7 @@ impl FromStr for HexBytes {
     fn from_str(s: &str) -> Result<Self, String> {
         let digits: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
         let bad = || format!("{s:?} is not hex bytes: use pairs of hex digits like 01:02:aa or 0102aa");
-        if digits.is_empty() || digits.len() % 2 != 0 {
+        if digits.is_empty() || !digits.len().is_multiple_of(2) {
             return Err(bad());
         }
         (0..digits.len())

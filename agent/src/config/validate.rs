@@ -180,19 +180,19 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            if let Some(z) = &s.zone {
-                if !c.zones.iter().any(|zone| zone.name.eq_ignore_ascii_case(z)) {
-                    let zones: Vec<&str> = c.zones.iter().map(|z| z.name.as_str()).collect();
-                    self.err(
-                        cfg_path!("segment", i, "zone"),
-                        format!("zone {z:?} is not defined; use {}", Self::one_of(&zones)),
-                    );
-                }
+            if let Some(z) = &s.zone
+                && !c.zones.iter().any(|zone| zone.name.eq_ignore_ascii_case(z))
+            {
+                let zones: Vec<&str> = c.zones.iter().map(|z| z.name.as_str()).collect();
+                self.err(
+                    cfg_path!("segment", i, "zone"),
+                    format!("zone {z:?} is not defined; use {}", Self::one_of(&zones)),
+                );
             }
-            if let Some(mtu) = s.mtu {
-                if !(576..=9216).contains(&mtu) {
-                    self.err(cfg_path!("segment", i, "mtu"), format!("{mtu} is not a usable MTU: use 576 to 9216"));
-                }
+            if let Some(mtu) = s.mtu
+                && !(576..=9216).contains(&mtu)
+            {
+                self.err(cfg_path!("segment", i, "mtu"), format!("{mtu} is not a usable MTU: use 576 to 9216"));
             }
         }
         // Overlaps, pairwise.
@@ -239,15 +239,13 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            if let Some(gw) = up.gateway {
-                if !net.contains(&gw) || gw == addr.addr() {
-                    self.err(
-                        cfg_path!("uplink", "gateway"),
-                        format!(
-                            "{gw} is not another host of the uplink network {net}; use the upstream router's address"
-                        ),
-                    );
-                }
+            if let Some(gw) = up.gateway
+                && (!net.contains(&gw) || gw == addr.addr())
+            {
+                self.err(
+                    cfg_path!("uplink", "gateway"),
+                    format!("{gw} is not another host of the uplink network {net}; use the upstream router's address"),
+                );
             }
         }
     }
@@ -303,16 +301,16 @@ impl<'a> Validator<'a> {
             if let Some(j) = zone_names.insert(apex.clone(), zi) {
                 self.err(cfg_path!("zone", zi, "name"), format!("zone {apex} is already defined as zone[{j}]"));
             }
-            if z.role == ZoneRole::Site {
-                if let Some((mi, m)) = mgmt_apexes.iter().find(|(_, m)| in_zone(&apex, m)) {
-                    self.err(
-                        cfg_path!("zone", zi, "name"),
-                        format!(
-                            "site zone {apex} lies inside the management zone {m} (zone[{mi}]); site zones must not \
+            if z.role == ZoneRole::Site
+                && let Some((mi, m)) = mgmt_apexes.iter().find(|(_, m)| in_zone(&apex, m))
+            {
+                self.err(
+                    cfg_path!("zone", zi, "name"),
+                    format!(
+                        "site zone {apex} lies inside the management zone {m} (zone[{mi}]); site zones must not \
                              define management-plane records (seed §2.3)"
-                        ),
-                    );
-                }
+                    ),
+                );
             }
             if let Some(f) = &z.file {
                 let p = c.resolve_path(f);
@@ -353,16 +351,16 @@ impl<'a> Validator<'a> {
                     return;
                 }
                 let full = fqdn(name, &apex);
-                if z.role == ZoneRole::Site {
-                    if let Some((mi, m)) = mgmt_apexes.iter().find(|(_, m)| in_zone(&full, m)) {
-                        v.err(
+                if z.role == ZoneRole::Site
+                    && let Some((mi, m)) = mgmt_apexes.iter().find(|(_, m)| in_zone(&full, m))
+                {
+                    v.err(
                             path.clone(),
                             format!(
                                 "{full} is a management-plane name ({m}, zone[{mi}]); a site zone must not define \
                                  management-plane records (seed §2.3): define it in zone[{mi}] and alias it with a service"
                             ),
                         );
-                    }
                 }
                 match owners.get(&full) {
                     Some((other_kind, other_path)) if exclusive || *other_kind != "record" => {
@@ -593,16 +591,16 @@ impl<'a> Validator<'a> {
                 }
             }
             for (what, a) in [("gateway", Some(s.gateway)), ("reserved address", s.reserved)] {
-                if let Some(a) = a {
-                    if (start..=end).contains(&u32::from(a)) {
-                        self.err(
-                            cfg_path!("dhcp", "pool", pi),
-                            format!(
-                                "the pool {}-{} contains segment {:?}'s {what} {a}; shrink the pool so it excludes {a}",
-                                p.start, p.end, s.name
-                            ),
-                        );
-                    }
+                if let Some(a) = a
+                    && (start..=end).contains(&u32::from(a))
+                {
+                    self.err(
+                        cfg_path!("dhcp", "pool", pi),
+                        format!(
+                            "the pool {}-{} contains segment {:?}'s {what} {a}; shrink the pool so it excludes {a}",
+                            p.start, p.end, s.name
+                        ),
+                    );
                 }
             }
             for &(pj, a, b) in &ranges {
@@ -644,21 +642,21 @@ impl<'a> Validator<'a> {
             if h.mac.is_none() && h.client_id.is_none() {
                 self.err(cfg_path!("dhcp", "host", hi), "a static host needs `mac` or `client_id` to be recognised");
             }
-            if let Some(mac) = h.mac {
-                if let Some(j) = macs.insert(mac, hi) {
-                    self.err(
-                        cfg_path!("dhcp", "host", hi, "mac"),
-                        format!("MAC {mac} is already used by dhcp.host[{j}]; each MAC maps to one address"),
-                    );
-                }
+            if let Some(mac) = h.mac
+                && let Some(j) = macs.insert(mac, hi)
+            {
+                self.err(
+                    cfg_path!("dhcp", "host", hi, "mac"),
+                    format!("MAC {mac} is already used by dhcp.host[{j}]; each MAC maps to one address"),
+                );
             }
-            if let Some(cid) = &h.client_id {
-                if let Some(j) = cids.insert(cid.clone(), hi) {
-                    self.err(
-                        cfg_path!("dhcp", "host", hi, "client_id"),
-                        format!("client id {cid} is already used by dhcp.host[{j}]"),
-                    );
-                }
+            if let Some(cid) = &h.client_id
+                && let Some(j) = cids.insert(cid.clone(), hi)
+            {
+                self.err(
+                    cfg_path!("dhcp", "host", hi, "client_id"),
+                    format!("client id {cid} is already used by dhcp.host[{j}]"),
+                );
             }
             if let Some(j) = addrs.insert(h.address, hi) {
                 self.err(

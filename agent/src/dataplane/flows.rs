@@ -181,10 +181,11 @@ impl Dataplane {
         let mut n = 0;
         for k in dead {
             // Re-check: a packet may have revived it since the scan.
-            if let Ok(e) = ct.get(&k, 0) {
-                if now.saturating_sub(e.last_ns) > ct::timeout_ns(k.proto, e.state) && ct.remove(&k).is_ok() {
-                    n += 1;
-                }
+            if let Ok(e) = ct.get(&k, 0)
+                && now.saturating_sub(e.last_ns) > ct::timeout_ns(k.proto, e.state)
+                && ct.remove(&k).is_ok()
+            {
+                n += 1;
             }
         }
         Ok(n)

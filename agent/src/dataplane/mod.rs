@@ -301,7 +301,6 @@ impl Dataplane {
         s.schema_version = schema::SCHEMA_VERSION;
         s.flags = flags;
         settings.set(0, s, 0)?;
-        drop(settings);
         let nat_addr = self.nat_addr(cfg);
         let mut settings: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(&schema::SETTINGS)?)?;
         let mut s = settings.get(&0, 0)?;
@@ -309,7 +308,6 @@ impl Dataplane {
         s.nat_port_min = cfg.nat.port_min;
         s.nat_port_max = cfg.nat.port_max;
         settings.set(0, s, 0)?;
-        drop(settings);
         self.write_forwards(cfg, nat_addr)
     }
 
@@ -391,7 +389,7 @@ impl Dataplane {
                 }
             }
         }
-        drop(ifaces);
+        let _ = ifaces;
         self.set_local_addrs(plan.addresses.iter().map(|a| a.addr.addr()).chain(found.map(|a| a.addr())).collect())
     }
 
@@ -445,10 +443,10 @@ impl Dataplane {
     /// Forgets an interface that disappeared (its links died with it).
     pub fn forget_iface(&mut self, name: &str) {
         if let Some(a) = self.attached.remove(name) {
-            if let Ok(m) = self.map_mut(&schema::IFACES) {
-                if let Ok(mut ifaces) = BpfHashMap::<&mut MapData, u32, IfaceInfo>::try_from(m) {
-                    let _ = ifaces.remove(&a.ifindex);
-                }
+            if let Ok(m) = self.map_mut(&schema::IFACES)
+                && let Ok(mut ifaces) = BpfHashMap::<&mut MapData, u32, IfaceInfo>::try_from(m)
+            {
+                let _ = ifaces.remove(&a.ifindex);
             }
             warn!(interface = %name, "interface is gone; its programs will be attached again when it returns");
         }

@@ -267,10 +267,10 @@ fn reverse_zones(cfg: &Config, forward: &[Zone], serial: u32, errors: &mut Vec<B
         for node in z.nodes.values() {
             if let Some(set) = node.get(RecordType::A) {
                 for r in set {
-                    if let RData::A(a) = &r.data {
-                        if !r.name.is_wildcard() {
-                            addr_names.insert((a.0, r.name.clone()));
-                        }
+                    if let RData::A(a) = &r.data
+                        && !r.name.is_wildcard()
+                    {
+                        addr_names.insert((a.0, r.name.clone()));
                     }
                 }
             }

@@ -83,12 +83,12 @@ impl Forwarder {
                 }
             }
         };
-        if let Some(rx) = rx.as_mut() {
-            if let Ok(a) = rx.recv().await {
-                return a;
-            }
-            // The leader went away without an answer: ask ourselves.
+        if let Some(rx) = rx.as_mut()
+            && let Ok(a) = rx.recv().await
+        {
+            return a;
         }
+        // The leader went away without an answer: ask ourselves.
         let answer: Answer = Arc::new(self.resolve_uncoalesced(name, qtype, dnssec_ok).await);
         let mut inflight = self.inflight.lock().expect("inflight lock");
         // Removed and sent under the lock: a follower either subscribed

@@ -412,10 +412,10 @@ impl Resolver {
                 // unless it changes first (epochs).
                 None => local_lifetime(bytes, &rrs, self.cache.max_ttl()).map(|secs| (now, now + secs * 1_000_000_000)),
             };
-            if let Some((stored, expires)) = lifetime.filter(|(_, exp)| *exp > now) {
-                if let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs) {
-                    x.insert(&k.key, &entry);
-                }
+            if let Some((stored, expires)) = lifetime.filter(|(_, exp)| *exp > now)
+                && let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs)
+            {
+                x.insert(&k.key, &entry);
             }
         }
         if let Some(e) = src.upstream {
@@ -470,12 +470,11 @@ fn upstream_content(e: &Entry) -> Content {
 /// encoded with it lower-cased; same length, not compressed: it is the
 /// first name).
 fn restore_question(bytes: &mut [u8], req: &Message) {
-    if let [q] = req.queries.as_slice() {
-        if let Ok(name) = hickory_proto::serialize::binary::BinEncodable::to_bytes(q.name()) {
-            if let Some(dst) = bytes.get_mut(12..12 + name.len()) {
-                dst.copy_from_slice(&name);
-            }
-        }
+    if let [q] = req.queries.as_slice()
+        && let Ok(name) = hickory_proto::serialize::binary::BinEncodable::to_bytes(q.name())
+        && let Some(dst) = bytes.get_mut(12..12 + name.len())
+    {
+        dst.copy_from_slice(&name);
     }
 }
 

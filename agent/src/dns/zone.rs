@@ -197,10 +197,10 @@ impl Zone {
     /// Sets the SOA serial (after a change).
     pub fn set_serial(&mut self, serial: u32) {
         let apex = self.apex();
-        if let Some(set) = self.nodes.get_mut(&apex).and_then(|n| n.rrsets.get_mut(&u16::from(RecordType::SOA))) {
-            if let Some(RData::SOA(s)) = set.first_mut().map(|r| &mut r.data) {
-                s.serial = serial;
-            }
+        if let Some(set) = self.nodes.get_mut(&apex).and_then(|n| n.rrsets.get_mut(&u16::from(RecordType::SOA)))
+            && let Some(RData::SOA(s)) = set.first_mut().map(|r| &mut r.data)
+        {
+            s.serial = serial;
         }
     }
 
@@ -438,10 +438,10 @@ impl Catalog {
                     let ns = zone.nodes[&cut].get(RecordType::NS).cloned().unwrap_or_default();
                     let cut_name: Name = (&cut).into();
                     for r in &ns {
-                        if let RData::NS(t) = &r.data {
-                            if cut_name.zone_of(&t.0) {
-                                ans.additionals.extend(zone.addresses_of(&t.0));
-                            }
+                        if let RData::NS(t) = &r.data
+                            && cut_name.zone_of(&t.0)
+                        {
+                            ans.additionals.extend(zone.addresses_of(&t.0));
                         }
                     }
                     ans.authorities = ns;
