@@ -12,7 +12,11 @@
 //!   block (an ACK inside the window means the client missed the next one);
 //! * an ACK that does not advance (a duplicate) never sends anything: the
 //!   Sorcerer's Apprentice cure of RFC 1123 §4.2.3.1; only the timer
-//!   retransmits, at most `retries` times in a row;
+//!   retransmits, at most `retries` times in a row. The one exception is a
+//!   client asking again after a timeout of ours passed without progress
+//!   (atftp repeats its ACK after 5 s, long after fast retransmissions may
+//!   all have been lost): its repeated ACK buys one retransmission, at once,
+//!   and keeps the transfer from being given up;
 //! * not an amplifier: until the client acknowledges something, one packet
 //!   (the OACK, or DATA block 1 without options) goes to its address and is
 //!   never repeated; the client repeats its request, or its ACK, when one is
@@ -414,6 +418,12 @@ impl Transfer {
                 // the range is at most a window (< 65536) long.
                 let d = u64::from(wire.wrapping_sub(self.acked as u16));
                 if d == 0 {
+                    if self.retries > 0 {
+                        // Recovery: the client is alive and still missing the window.
+                        self.retries = self.retries.min(self.max_retries.saturating_sub(1));
+                        self.quiet_since = Some(now);
+                        self.deadline = Some(now);
+                    }
                     return Received::Duplicate;
                 }
                 if d > self.highest_sent - self.acked {

@@ -206,6 +206,35 @@ fn timeouts_retransmit_the_window_a_bounded_number_of_times() {
 }
 
 #[test]
+fn a_repeated_ack_after_the_retries_buys_one_retransmission() {
+    // The fast retransmissions were all lost; atftp asks again after 5 s.
+    let params = Params { retries: 2, ..Default::default() };
+    let mut h = Harness::new(file(5000), &[("windowsize", "2")], Mode::Octet, params);
+    h.drain();
+    h.recv(&ack(0));
+    h.drain();
+    h.recv(&ack(1));
+    h.drain();
+    h.expire();
+    h.drain();
+    h.expire();
+    h.drain();
+    // Retries spent: waiting for the long deadline. The client asks again.
+    h.now += Duration::from_secs(1);
+    assert_eq!(h.recv(&ack(1)), Received::Duplicate);
+    h.expire();
+    assert_eq!(h.drain().iter().map(|p| data_block(p).0).collect::<Vec<_>>(), [2, 3], "retransmitted at once");
+    assert!(h.t.outcome().is_none(), "not given up while the client asks");
+    // Each repeated ACK buys one retransmission, no more.
+    assert!(h.drain().is_empty());
+    assert_eq!(h.recv(&ack(1)), Received::Duplicate);
+    h.expire();
+    assert_eq!(h.drain().len(), 2);
+    h.recv(&ack(3));
+    assert_eq!(h.drain().iter().map(|p| data_block(p).0).collect::<Vec<_>>(), [4, 5]);
+}
+
+#[test]
 fn progress_resets_the_retry_count() {
     let params = Params { retries: 2, ..Default::default() };
     let mut h = Harness::new(file(512 * 10), &[("blksize", "512")], Mode::Octet, params);
