@@ -184,14 +184,21 @@ fn block_numbers_roll_over_after_65535() {
     assert_eq!(h.t.outcome(), Some(&Outcome::Completed));
 }
 
-#[test]
-fn timeouts_retransmit_the_window_a_bounded_number_of_times() {
-    let params = Params { retries: 3, ..Default::default() };
+/// A window-2 transfer of 5000 bytes whose client acknowledged block 1
+/// (blocks 2 and 3 are due).
+fn window_of_two_after_ack_1(retries: u32) -> Harness {
+    let params = Params { retries, ..Default::default() };
     let mut h = Harness::new(file(5000), &[("windowsize", "2")], Mode::Octet, params);
     h.drain();
     h.recv(&ack(0));
     assert_eq!(h.drain().len(), 2);
     h.recv(&ack(1));
+    h
+}
+
+#[test]
+fn timeouts_retransmit_the_window_a_bounded_number_of_times() {
+    let mut h = window_of_two_after_ack_1(3);
     assert_eq!(h.drain().iter().map(|p| data_block(p).0).collect::<Vec<_>>(), [2, 3]);
     let quiet = h.now;
     for _ in 0..3 {
@@ -208,12 +215,7 @@ fn timeouts_retransmit_the_window_a_bounded_number_of_times() {
 #[test]
 fn a_repeated_ack_after_the_retries_buys_one_retransmission() {
     // The fast retransmissions were all lost; atftp asks again after 5 s.
-    let params = Params { retries: 2, ..Default::default() };
-    let mut h = Harness::new(file(5000), &[("windowsize", "2")], Mode::Octet, params);
-    h.drain();
-    h.recv(&ack(0));
-    h.drain();
-    h.recv(&ack(1));
+    let mut h = window_of_two_after_ack_1(2);
     h.drain();
     h.expire();
     h.drain();
