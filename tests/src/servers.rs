@@ -24,7 +24,44 @@ impl Drop for Server {
     }
 }
 
+/// A download in progress (curl from a node at a limited rate), and the
+/// server it comes from.
+pub struct Download {
+    pub curl: Child,
+    pub size: usize,
+    _server: Server,
+}
+
+impl Download {
+    /// Waits for curl; the bytes it received, or why it failed.
+    pub fn finish(self) -> Result<usize> {
+        let out = self.curl.wait_with_output()?;
+        if !out.status.success() {
+            bail!("curl: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    }
+}
+
 impl Lab {
+    /// A file of `size` bytes served over HTTP from the upstream node
+    /// (192.0.2.1:80), being downloaded by curl on `node` at `rate` (curl's
+    /// `--limit-rate`, e.g. "4M"): a long TCP connection through the gateway.
+    pub fn slow_download(&self, node: &str, size: usize, rate: &str) -> Result<Download> {
+        let www = self.paths.run_dir.join("www");
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(www.join("big"), (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())?;
+        let server = self.http_server("upstream", "192.0.2.1", 80, &www)?;
+        let curl = self
+            .cmd(node, ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", "--limit-rate", rate])
+            .args(["--max-time", "120", "http://192.0.2.1/big"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting curl")?;
+        Ok(Download { curl, size, _server: server })
+    }
+
     /// `python3 -m http.server` on `node`, serving `dir` on `addr:port`.
     pub fn http_server(&self, node: &str, addr: &str, port: u16, dir: &Path) -> Result<Server> {
         let child = self

@@ -5,7 +5,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -206,23 +206,8 @@ fn port_forwards_reach_inside_hosts_from_the_uplink_and_from_the_segments() {
 #[test]
 fn a_long_transfer_through_the_nat_survives_kill_9_and_a_clean_restart() {
     let (mut lab, cfg) = lab_with(|s| s);
-    let www = lab.paths.run_dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let size = 32 * 1024 * 1024;
-    std::fs::write(www.join("big"), (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).unwrap();
-    let _http = lab.http_server("upstream", "192.0.2.1", 80, &www).unwrap();
-
     // About 8 s at 4 MB/s.
-    let curl = lab
-        .cmd(
-            "dvnt-client",
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", "--limit-rate", "4M", "--max-time", "60"],
-        )
-        .arg("http://192.0.2.1/big")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let download = lab.slow_download("dvnt-client", 32 << 20, "4M").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     lab.stop_agent(libc::SIGKILL, Duration::from_secs(5)).unwrap();
     let dead = Instant::now();
@@ -236,9 +221,8 @@ fn a_long_transfer_through_the_nat_survives_kill_9_and_a_clean_restart() {
     assert!(st.success(), "clean exit: {st}");
     std::thread::sleep(Duration::from_secs(1));
     lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
-    let out = curl.wait_with_output().unwrap();
-    assert!(out.status.success(), "curl: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), size.to_string(), "the whole file arrived");
+    let size = download.size;
+    assert_eq!(download.finish().unwrap(), size, "the whole file arrived");
     let s = lab.status_json().unwrap();
     assert_eq!(s["dataplane"]["adopted_maps"], true);
     eprintln!("coresvc was down for {down_for:?} during the transfer");

@@ -7,7 +7,6 @@
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -54,21 +53,7 @@ fn kill_9_under_dns_dhcp_and_tcp_load_keeps_answering_forwarding_and_every_lease
     lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
 
     // TCP: a long download through the NAT from the upstream node.
-    let www = lab.paths.run_dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let size = 32 * 1024 * 1024;
-    std::fs::write(www.join("big"), (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).unwrap();
-    let _http = lab.http_server("upstream", "192.0.2.1", 80, &www).unwrap();
-    let curl = lab
-        .cmd(
-            "dvntm-client",
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", "--limit-rate", "4M", "--max-time", "90"],
-        )
-        .arg("http://192.0.2.1/big")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let download = lab.slow_download("dvntm-client", 32 << 20, "4M").unwrap();
 
     // DNS: questions the agent answered once, so the XDP cache holds them.
     let names = ["artifacts.dvntm.deevnet.net", "provisioner-01.mgmt.deevnet.net", "nothing-here.dvnt.deevnet.net"];
@@ -109,9 +94,8 @@ fn kill_9_under_dns_dhcp_and_tcp_load_keeps_answering_forwarding_and_every_lease
     tcpdump.interrupt();
 
     // The download went on while the agent was dead and completes.
-    let out = curl.wait_with_output().unwrap();
-    assert!(out.status.success(), "curl: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), size.to_string(), "the whole file arrived");
+    let size = download.size;
+    assert_eq!(download.finish().unwrap(), size, "the whole file arrived");
 
     // The restarted agent adopted the maps and links.
     let st = lab.status_json().unwrap();
