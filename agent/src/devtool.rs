@@ -100,7 +100,8 @@ fn attach(ebpf: &mut Ebpf, prog: &str, iface: &str) -> Result<()> {
     if p.fd().is_err() {
         p.load()?;
     }
-    if p.attach(iface, XdpMode::Driver).is_ok() || p.attach(iface, XdpMode::Skb).is_ok() {
+    let attach_any = |p: &mut Xdp| p.attach(iface, XdpMode::Driver).or_else(|_| p.attach(iface, XdpMode::Skb));
+    if attach_any(p).is_ok() {
         return Ok(());
     }
     // The lab's nodes run a pass program attached by netlink (for XDP_TX
@@ -111,9 +112,7 @@ fn attach(ebpf: &mut Ebpf, prog: &str, iface: &str) -> Result<()> {
             "attaching {prog} to {iface}: another XDP program is attached and `ip link set dev {iface} xdp off` failed"
         );
     }
-    if p.attach(iface, XdpMode::Driver).is_err() {
-        p.attach(iface, XdpMode::Skb).with_context(|| format!("attaching {prog} to {iface}"))?;
-    }
+    attach_any(p).with_context(|| format!("attaching {prog} to {iface}"))?;
     Ok(())
 }
 

@@ -326,6 +326,35 @@ pub fn acks_in(pcap: &Path) -> Result<Vec<(Ipv4Addr, String)>> {
         .collect())
 }
 
+/// Checks `acked` (from [`acks_in`]) against the agent's lease store: no
+/// address was ACKed to two clients, and each is in the store with the
+/// client's MAC (and bound, with `bound`). Panics naming the first that
+/// is not.
+pub fn assert_acks_kept(lab: &Lab, acked: &[(Ipv4Addr, String)], bound: bool) {
+    let out = lab.coresvc(["leases", "--json"]).expect("coresvc leases");
+    assert!(out.status.success(), "coresvc leases: {}", String::from_utf8_lossy(&out.stderr));
+    let leases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("leases JSON");
+    let store: std::collections::HashMap<&str, &serde_json::Value> = leases
+        .as_array()
+        .expect("a list of leases")
+        .iter()
+        .map(|l| (l["address"].as_str().expect("an address"), l))
+        .collect();
+    let mut owner: std::collections::HashMap<Ipv4Addr, &str> = std::collections::HashMap::new();
+    for (addr, mac) in acked {
+        // Never two clients for one address, across a crash.
+        if let Some(prev) = owner.insert(*addr, mac) {
+            assert_eq!(prev, mac, "{addr} was ACKed to {prev} and to {mac}");
+        }
+        let l =
+            store.get(addr.to_string().as_str()).unwrap_or_else(|| panic!("ACKed {addr} ({mac}) is not in the store"));
+        assert_eq!(l["mac"].as_str(), Some(mac.as_str()), "{l}");
+        if bound {
+            assert_eq!(l["state"], "bound", "{l}");
+        }
+    }
+}
+
 /// A command running in the background in a lab node, killed when dropped.
 pub struct Background(Child);
 

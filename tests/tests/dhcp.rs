@@ -8,7 +8,11 @@ use std::{
     time::Duration,
 };
 
-use coresvc_lab::{AgentOpts, Lab, dhcp::acks_in, raw::in_netns};
+use coresvc_lab::{
+    AgentOpts, Lab,
+    dhcp::{acks_in, assert_acks_kept},
+    raw::in_netns,
+};
 use dhcproto::{
     Decodable as _, Decoder, Encodable as _, Encoder,
     v4::{DhcpOption, Message, MessageType, OptionCode, relay},
@@ -448,17 +452,6 @@ fn kill_9_under_perfdhcp_load_loses_no_acked_lease_and_never_gives_an_address_tw
             lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
         }
     }
-    let store: HashMap<String, Value> =
-        leases(&lab).into_iter().map(|l| (l["address"].as_str().unwrap().to_string(), l)).collect();
-    let mut owner: HashMap<Ipv4Addr, String> = HashMap::new();
-    for (addr, mac) in &acked {
-        // Never two clients for one address, across the crash.
-        if let Some(prev) = owner.insert(*addr, mac.clone()) {
-            assert_eq!(&prev, mac, "{addr} was ACKed to {prev} and to {mac}");
-        }
-        let l = store.get(&addr.to_string()).unwrap_or_else(|| panic!("ACKed {addr} ({mac}) is not in the store"));
-        assert_eq!(l["mac"].as_str(), Some(mac.as_str()), "{l}");
-        assert_eq!(l["state"], "bound", "{l}");
-    }
+    assert_acks_kept(&lab, &acked, true);
     assert!(lab.log().contains("leases from"), "{}", lab.log_tail(20));
 }

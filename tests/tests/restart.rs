@@ -4,13 +4,12 @@
 //! restarted agent adopts the pinned maps and links, and no lease that was
 //! ACKed is lost.
 
-use std::{
-    collections::HashMap,
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use coresvc_lab::{AgentOpts, Lab, dhcp::acks_in};
+use coresvc_lab::{
+    AgentOpts, Lab,
+    dhcp::{acks_in, assert_acks_kept},
+};
 use serde_json::Value;
 
 const GW_DVNT: &str = "10.20.0.1";
@@ -106,22 +105,7 @@ fn kill_9_under_dns_dhcp_and_tcp_load_keeps_answering_forwarding_and_every_lease
     // was given to two clients.
     let acked = acks_in(&pcap).unwrap();
     assert!(acked.len() > 100, "only {} ACKs captured", acked.len());
-    let out = lab.coresvc(["leases", "--json"]).unwrap();
-    let store: HashMap<String, Value> = serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| (l["address"].as_str().unwrap().to_string(), l.clone()))
-        .collect();
-    let mut owner: HashMap<Ipv4Addr, &str> = HashMap::new();
-    for (addr, mac) in &acked {
-        if let Some(prev) = owner.insert(*addr, mac) {
-            assert_eq!(prev, mac, "{addr} was ACKed to {prev} and to {mac}");
-        }
-        let l = store.get(&addr.to_string()).unwrap_or_else(|| panic!("ACKed {addr} ({mac}) is not in the store"));
-        assert_eq!(l["mac"].as_str(), Some(mac.as_str()), "{l}");
-    }
+    assert_acks_kept(&lab, &acked, false);
 
     // DNS after the restart: the agent answers, then the cache again.
     for (name, want) in names.iter().zip(&first) {

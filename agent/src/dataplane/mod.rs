@@ -389,7 +389,6 @@ impl Dataplane {
                 }
             }
         }
-        let _ = ifaces;
         self.set_local_addrs(plan.addresses.iter().map(|a| a.addr.addr()).chain(found.map(|a| a.addr())).collect())
     }
 

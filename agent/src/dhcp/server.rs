@@ -479,8 +479,7 @@ impl Server {
         }
         self.counters.static_conflicts += 1;
         let s = &mut self.segments[req.segment];
-        if s.last_conflict_log.is_none_or(|t| now >= t + 10) {
-            s.last_conflict_log = Some(now);
+        if log_due(&mut s.last_conflict_log, now) {
             warn!(
                 segment = %s.name, address = %a,
                 "dhcp: a static host's address is still leased to another client; serving the host from the pool \
@@ -523,8 +522,7 @@ impl Server {
             let Some(a) = pick else {
                 self.counters.pool_exhausted += 1;
                 let s = &mut self.segments[seg];
-                if s.last_exhausted_log.is_none_or(|t| now >= t + 10) {
-                    s.last_exhausted_log = Some(now);
+                if log_due(&mut s.last_exhausted_log, now) {
                     warn!(segment = %s.name, "dhcp: pool exhausted, no address to offer (counted as pool_exhausted)");
                 }
                 return Outcome::default();
@@ -585,17 +583,20 @@ impl Server {
         if !self.segments[seg].net.contains(&addr) {
             return self.nak(&req, "address is not on the client's segment");
         }
-        let is_static = match (self.host_for(&req).map(|h| h.addr), self.static_addr(&req, now)) {
-            (Some(h), Some(_)) if h != addr => return self.nak(&req, "not the host's static address"),
-            (Some(_), Some(_)) => true,
-            // The static address is held by another client: served from the pool meanwhile.
-            (Some(h), None) if h == addr => {
+        // A static host whose address another client still holds is served
+        // from the pool meanwhile (see `static_addr`).
+        let is_static = match self.host_for(&req).map(|h| h.addr) {
+            Some(h) if h == addr && self.held_by_other(&req.key, h, now) => {
                 return self.nak(&req, "the host's static address is still leased to another client");
             }
-            (_, _) if !self.dynamic_ok(seg, &req.key, addr, now) => {
+            Some(h) if h == addr => true,
+            Some(h) if !self.held_by_other(&req.key, h, now) => {
+                return self.nak(&req, "not the host's static address");
+            }
+            _ if !self.dynamic_ok(seg, &req.key, addr, now) => {
                 return self.nak(&req, "address is not available to this client");
             }
-            (_, _) => false,
+            _ => false,
         };
         let lease_time = self.lease_time(&req, addr);
         let mut out = Outcome::default();
@@ -922,4 +923,14 @@ fn fit(m: &Message, q: &Message) -> Vec<u8> {
     let mut m = m.clone();
     m.opts_mut().retain(|c, _| options::ESSENTIAL.contains(&u8::from(*c)) || requested(q, u8::from(*c)));
     encode(&m)
+}
+
+/// Rate limit for repeated warnings: true (and `last` moved to `now`) at
+/// most once every ten seconds.
+fn log_due(last: &mut Option<u64>, now: u64) -> bool {
+    if last.is_some_and(|t| now < t + 10) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }

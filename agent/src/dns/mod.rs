@@ -106,17 +106,6 @@ enum Changed {
     Zones(Vec<usize>),
 }
 
-/// What a rebuild changed, `new` against `old`: with the same zones only
-/// those whose data differ (the others are carried over, serials and epochs
-/// included, so their answers and forwarded ones stay valid in the XDP
-/// cache); otherwise everything.
-fn diff(old: &Catalog, new: &mut Catalog) -> Changed {
-    match new.carry_over(old) {
-        Some(zones) => Changed::Zones(zones),
-        None => Changed::All,
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ZoneStatus {
     pub name: String,
@@ -174,6 +163,11 @@ impl Dns {
     pub fn attach_xdp(&self, x: Arc<XdpCache>) -> Result<()> {
         self.epoch.fetch_max(x.max_epoch(), Ordering::SeqCst);
         self.resolver.set_xdp(x);
+        self.renew_all()
+    }
+
+    /// New epochs for everything in force: every XDP cache entry is invalid.
+    fn renew_all(&self) -> Result<()> {
         let _one = self.changing.lock().expect("changing lock");
         self.publish((*self.resolver.catalog()).clone(), Changed::All)
     }
@@ -182,10 +176,9 @@ impl Dns {
     /// every entry of the XDP answer cache (new epochs) before it returns.
     /// Returns how many entries the agent's cache held.
     pub fn flush(&self) -> Result<usize> {
-        let _one = self.changing.lock().expect("changing lock");
         let entries = self.resolver.cache.len();
         self.resolver.cache.clear();
-        self.publish((*self.resolver.catalog()).clone(), Changed::All)?;
+        self.renew_all()?;
         Ok(entries)
     }
 
@@ -206,27 +199,22 @@ impl Dns {
                 writes.push((slot, e));
             }
         };
-        match changed {
+        let zones: Vec<usize> = match changed {
             Changed::All => {
                 catalog.epoch = self.next_epoch();
                 writes.push((0, catalog.epoch));
-                for i in 0..catalog.zone_epochs.len() {
-                    bump(&mut catalog, i, &mut writes);
-                }
+                (0..catalog.zone_epochs.len()).collect()
             }
-            Changed::Zones(zones) => {
-                for i in zones {
-                    bump(&mut catalog, i, &mut writes);
-                }
-            }
+            Changed::Zones(zones) => zones,
             Changed::Names(names) => {
                 let mut zones: Vec<usize> = names.iter().filter_map(|n| catalog.zone_index(n)).collect();
                 zones.sort_unstable();
                 zones.dedup();
-                for i in zones {
-                    bump(&mut catalog, i, &mut writes);
-                }
+                zones
             }
+        };
+        for i in zones {
+            bump(&mut catalog, i, &mut writes);
         }
         self.resolver.set_catalog(catalog);
         if let Some(x) = self.resolver.xdp() {
@@ -427,7 +415,12 @@ impl Dns {
             }
         }
         drop(dynamic);
-        let changed = diff(&self.resolver.catalog(), &mut catalog);
+        // Unchanged zones carry over (serials and epochs): their answers, and
+        // forwarded ones, stay valid in the XDP cache.
+        let changed = match catalog.carry_over(&self.resolver.catalog()) {
+            Some(zones) => Changed::Zones(zones),
+            None => Changed::All,
+        };
         self.publish(catalog, changed)
     }
 
