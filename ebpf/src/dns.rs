@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
     helpers::{
-        bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -26,8 +26,8 @@ use coresvc_common::{
     proto::{eth, ipproto, ipv4, port},
 };
 use coresvc_maps_schema::{
-    DNS_MAX_AGING, DNS_MAX_SECTIONS, DNS_MAX_ZONES, DnsAnswer, IfaceInfo, SETTINGS_F_FIREWALL, Settings,
-    dns_counter as counter,
+    DNS_KEY_WORDS, DNS_MAX_AGING, DNS_MAX_SECTIONS, DNS_MAX_ZONES, DnsAnswer, IfaceInfo, SETTINGS_F_FIREWALL, Settings,
+    dns_counter as counter, dns_verdict,
 };
 
 use crate::{
@@ -128,16 +128,20 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
     if !f.udp_checksum_ok(len) {
         return Err(counter::CHECKSUM);
     }
-    let q = dns::parse_query(f.query(), len, key.name_words(), &BpfLoop).map_err(pass_counter)?;
+    let q = dns::parse_query(f.query(), len, key.name_words()).map_err(pass_counter)?;
     key.qtype = q.qtype;
     key.qclass = q.qclass;
     key.flags = q.flags;
     key.name_len = q.name_len as u8;
     key._pad = [0; 2];
+    let question = key.words();
     // SAFETY: the entry is only read, and copied into the frame below.
-    let e: &DnsAnswer = unsafe { DNS_CACHE.get(&*key) }.ok_or(counter::MISSES)?;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let e: &DnsAnswer = unsafe { DNS_CACHE.get(&dns::question_hash(question)) }.ok_or(counter::MISSES)?;
+    if !same(e.question.words(), question) {
+        // Another question with the same hash.
+        return Err(counter::MISSES);
+    }
+    let now = clock();
     if now >= e.expires_ns {
         return Err(counter::EXPIRED);
     }
@@ -150,8 +154,18 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
     }
     if settings.flags & SETTINGS_F_FIREWALL != 0 {
         // Traffic to the gateway is judged packet by packet: this one too.
-        let flow = Flow { from: firewall::zone_of(iface), to: ZONE_GATEWAY, proto: ipproto::UDP, dport: port::DNS };
-        let (slot, allow) = firewall::evaluate(settings, &flow, iface.ipv4);
+        // The agent wrote the rule bank's decision for this segment's
+        // queries with the bank; the scan is for rule sets where a rule
+        // with prefixes could decide.
+        let bank = if settings.active_bank & 1 == 0 { &settings.dns_verdict[0] } else { &settings.dns_verdict[1] };
+        let (slot, allow) = match dns_verdict::decode(bank[(seg & 63) as usize]) {
+            Some(v) => v,
+            None => {
+                let flow =
+                    Flow { from: firewall::zone_of(iface), to: ZONE_GATEWAY, proto: ipproto::UDP, dport: port::DNS };
+                firewall::evaluate(settings, &flow, iface.ipv4)
+            }
+        };
         if !allow {
             return Err(counter::FIREWALL);
         }
@@ -249,6 +263,33 @@ fn age_ttls(ctx: &XdpContext, e: &DnsAnswer, sections_at: usize, slen: usize, no
     sum
 }
 
+/// The two questions are equal (word by word: no call to `bcmp`).
+#[inline(always)]
+fn same(a: &[u64; DNS_KEY_WORDS], b: &[u64; DNS_KEY_WORDS]) -> bool {
+    let mut d = 0;
+    let mut k = 0;
+    while k < DNS_KEY_WORDS {
+        d |= a[k] ^ b[k];
+        k += 1;
+    }
+    d == 0
+}
+
+/// The time to judge expiry and age TTLs by, in CLOCK_MONOTONIC ns (the
+/// agent's clock), never behind it: the coarse clock (updated every tick;
+/// half the cost of the precise clock's helper here) plus [`CLOCK_LAG_NS`].
+/// Entries stop being served up to that much before they expire, and TTLs
+/// age up to that much early: the agent answers in that window.
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }.saturating_add(CLOCK_LAG_NS)
+}
+
+/// The coarse clock lags the precise one by at most a tick (10 ms at the
+/// lowest HZ); twice that, to be safe.
+const CLOCK_LAG_NS: u64 = 20_000_000;
+
 /// True while every epoch the entry depends on is still in force.
 #[inline(always)]
 fn current(e: &DnsAnswer) -> bool {
@@ -315,26 +356,6 @@ fn pass_counter(p: Pass) -> u32 {
         Pass::Malformed => counter::MALFORMED,
         Pass::TooLong => counter::TOO_LONG,
         Pass::Edns => counter::EDNS,
-    }
-}
-
-/// [`dns::Steps`] in `bpf_loop`: the verifier checks a loop body once.
-struct BpfLoop;
-
-impl dns::Steps for BpfLoop {
-    #[inline(always)]
-    fn run<F: FnMut(usize) -> bool>(&self, n: usize, mut body: F) {
-        #[inline(never)]
-        extern "C" fn step<F: FnMut(usize) -> bool>(i: u64, ctx: *mut c_void) -> i64 {
-            // SAFETY: `ctx` is the closure on `run`'s stack, alive for the call.
-            let f = unsafe { &mut *(ctx as *mut F) };
-            if f(i as usize) { 0 } else { 1 }
-        }
-        // SAFETY: bpf_loop calls `step` with a pointer to `body`, which
-        // outlives the call.
-        unsafe {
-            bpf_loop(n as u32, step::<F> as *mut c_void, (&mut body as *mut F).cast(), 0);
-        }
     }
 }
 

@@ -45,33 +45,36 @@ pub fn uplink_ingress(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn ingress<const SEGMENT: bool>(ctx: &XdpContext) -> u32 {
-    let verdict = match decide::<SEGMENT>(ctx) {
+    // Only interfaces the agent configured get more than counting.
+    let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else {
+        counters::count_verdict(ctx, 0, xdp_action::XDP_PASS);
+        return xdp_action::XDP_PASS;
+    };
+    let verdict = match decide::<SEGMENT>(ctx, &iface) {
         Ok(v) => v,
         Err(reason) => {
             counters::count_drop(ctx, reason);
             xdp_action::XDP_DROP
         }
     };
-    counters::count_verdict(ctx, verdict);
+    counters::count_verdict(ctx, iface.stats_slot, verdict);
     verdict
 }
 
 /// Decides what happens to a frame: `Ok(action)`, or `Err(reason)` to drop.
 #[inline(always)]
-fn decide<const SEGMENT: bool>(ctx: &XdpContext) -> Result<u32, u32> {
+fn decide<const SEGMENT: bool>(ctx: &XdpContext, iface: &IfaceInfo) -> Result<u32, u32> {
     let Some(settings) = maps::settings() else { return Ok(xdp_action::XDP_PASS) };
-    // Only interfaces the agent configured get more than counting.
-    let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else { return Ok(xdp_action::XDP_PASS) };
     // Queries to a segment's DNS service that the cache can answer (it
     // checks the headers it relies on itself). Like all traffic to the
     // gateway they are judged by the firewall packet by packet (the cache
     // asks it too) and never tracked.
     if SEGMENT && settings.flags & SETTINGS_F_DNS_CACHE != 0 && iface.role == ROLE_SEGMENT {
-        if let Some(v) = dns::answer(ctx, settings, &iface) {
+        if let Some(v) = dns::answer(ctx, settings, iface) {
             return Ok(v);
         }
     }
-    process(ctx, settings, &iface)
+    process(ctx, settings, iface)
 }
 
 /// Everything but the DNS cache. A function of its own (a BPF subprogram),

@@ -3,12 +3,12 @@
 //! checks the built object against the schema.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     macros::btf_map,
 };
 use coresvc_maps_schema::{
-    self as schema, CtEntry, CtKey, DnsAnswer, DnsKey, DnsScratch, DnsStats, IfVerdict, IfaceInfo, NatBind, NatKey,
-    PacketCount, PrefixData, Rule, Settings,
+    self as schema, CtEntry, CtKey, DnsAnswer, DnsScratch, DnsStats, IfaceInfo, NatBind, NatKey, PacketCount,
+    PrefixData, Rule, Settings,
 };
 
 #[btf_map]
@@ -18,8 +18,7 @@ pub static SETTINGS: Array<Settings, { schema::SETTINGS.max_entries as usize }> 
 pub static IFACES: HashMap<u32, IfaceInfo, { schema::IFACES.max_entries as usize }> = HashMap::new();
 
 #[btf_map]
-pub static IF_STATS: PerCpuHashMap<IfVerdict, PacketCount, { schema::IF_STATS.max_entries as usize }> =
-    PerCpuHashMap::new();
+pub static IF_STATS: PerCpuArray<PacketCount, { schema::IF_STATS.max_entries as usize }> = PerCpuArray::new();
 
 #[btf_map]
 pub static DROP_STATS: PerCpuArray<PacketCount, { schema::DROP_STATS.max_entries as usize }> = PerCpuArray::new();
@@ -46,7 +45,7 @@ pub static NAT_BIND: HashMap<NatKey, NatBind, { schema::NAT_BIND.max_entries as 
 pub static NAT_FWD: HashMap<NatKey, NatBind, { schema::NAT_FWD.max_entries as usize }> = HashMap::new();
 
 #[btf_map]
-pub static DNS_CACHE: LruHashMap<DnsKey, DnsAnswer, { schema::DNS_CACHE.max_entries as usize }> = LruHashMap::new();
+pub static DNS_CACHE: LruHashMap<u64, DnsAnswer, { schema::DNS_CACHE.max_entries as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static DNS_EPOCHS: Array<u64, { schema::DNS_EPOCHS.max_entries as usize }> = Array::new();

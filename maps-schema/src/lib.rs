@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
 /// agent that finds pinned maps.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The default bpffs directory holding the pins of one coresvc instance.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
@@ -65,7 +65,7 @@ macro_rules! pod {
 
 /// Global settings, one entry (index 0).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Settings {
     /// [`SCHEMA_VERSION`] of the agent that created the maps.
     pub schema_version: u32,
@@ -84,8 +84,46 @@ pub struct Settings {
     /// Outside ports for masqueraded connections, inclusive (host order).
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// The firewall's decision for DNS queries (UDP port 53) from segment
+    /// `i` to the gateway under bank `b`: `dns_verdict[b][i]`, written with
+    /// the bank, so the answer cache need not scan the rules per query. A
+    /// [`dns_verdict`] encoding.
+    pub dns_verdict: [[u16; 64]; 2],
 }
-const _: () = assert!(size_of::<Settings>() == 32);
+const _: () = assert!(size_of::<Settings>() == 32 + 256);
+
+impl Default for Settings {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+/// The encoding of [`Settings::dns_verdict`].
+pub mod dns_verdict {
+    /// Not known without the scan (a rule with prefixes could decide).
+    pub const SCAN: u16 = 0;
+    /// Set when the deciding rule allows.
+    pub const ALLOW: u16 = 0x8000;
+
+    /// The deciding rule's absolute index (or `NO_RULE`: none matches, which
+    /// denies) and whether it allows.
+    pub const fn encode(slot: u32, allow: bool) -> u16 {
+        let s = if slot < NONE { slot as u16 } else { NONE as u16 };
+        (s + 1) | if allow { ALLOW } else { 0 }
+    }
+
+    /// `(slot, allow)`, or `None` for [`SCAN`].
+    pub const fn decode(v: u16) -> Option<(u32, bool)> {
+        if v == SCAN {
+            return None;
+        }
+        let s = ((v & !ALLOW) - 1) as u32;
+        Some((if s < NONE { s } else { super::NO_RULE }, v & ALLOW != 0))
+    }
+
+    /// Encoded as no rule (rule indices are far below it).
+    const NONE: u32 = 0x7ffe;
+}
 
 /// Drop IPv4 packets whose header the kernel's `ip_rcv` would drop anyway
 /// (bad version or length, bad checksum), counting the reason.
@@ -129,11 +167,16 @@ pub struct IfaceInfo {
     pub attach_mode: u8,
     /// `IFACE_F_*`.
     pub flags: u8,
-    pub _pad: u8,
+    /// The interface's counters in [`IF_STATS`]: 1 to [`MAX_IFACES`]
+    /// (0 counts frames on interfaces without an entry here).
+    pub stats_slot: u8,
 }
 
 /// Connections from this segment to the uplink are masqueraded.
 pub const IFACE_F_NAT: u8 = 1 << 0;
+
+/// Interfaces coresvc attaches to at most.
+pub const MAX_IFACES: u32 = 64;
 
 pub const ATTACH_NATIVE: u8 = 1;
 pub const ATTACH_GENERIC: u8 = 2;
@@ -145,7 +188,7 @@ pub const IFACES: MapSpec = MapSpec {
     kind: MapKind::Hash,
     key_size: 4,
     value_size: size_of::<IfaceInfo>() as u32,
-    max_entries: 64,
+    max_entries: MAX_IFACES,
     doc: "ifindex -> role, segment and address of every attached interface",
 };
 
@@ -159,15 +202,15 @@ pub const VERDICT_TX: u32 = 3;
 pub const VERDICT_REDIRECT: u32 = 4;
 pub const VERDICT_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
 
-/// Key of [`IF_STATS`]: one counter per interface and verdict.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct IfVerdict {
-    pub ifindex: u32,
-    /// `VERDICT_*`.
-    pub verdict: u32,
+/// Counters per interface slot in [`IF_STATS`] (one per verdict, room to
+/// spare).
+pub const IF_STATS_PER_SLOT: u32 = 8;
+
+/// The index in [`IF_STATS`] of verdict `verdict` on the interface with
+/// `IfaceInfo::stats_slot` `slot`.
+pub const fn if_stats_index(slot: u8, verdict: u32) -> u32 {
+    (slot as u32 % (MAX_IFACES + 1)) * IF_STATS_PER_SLOT + verdict % IF_STATS_PER_SLOT
 }
-const _: () = assert!(size_of::<IfVerdict>() == 8);
 
 /// A packet and byte counter (per CPU in per-CPU maps; the agent sums).
 #[repr(C)]
@@ -188,11 +231,11 @@ impl PacketCount {
 pub const IF_STATS: MapSpec = MapSpec {
     name: "IF_STATS",
     pin: "if_stats",
-    kind: MapKind::PerCpuHash,
-    key_size: size_of::<IfVerdict>() as u32,
+    kind: MapKind::PerCpuArray,
+    key_size: 4,
     value_size: size_of::<PacketCount>() as u32,
-    max_entries: 64 * 5,
-    doc: "packets and bytes per interface and XDP verdict, per CPU",
+    max_entries: (MAX_IFACES + 1) * IF_STATS_PER_SLOT,
+    doc: "packets and bytes per interface slot and XDP verdict (slot * 8 + verdict), per CPU",
 };
 
 // ---------------------------------------------------------------- DROP_STATS
@@ -484,8 +527,12 @@ pub const DNS_MAX_ZONES: usize = 4;
 /// for any client (RFC 1035 §4.2.1).
 pub const DNS_MAX_ANSWER: usize = 512;
 
-/// Key of [`DNS_CACHE`]: the question as `coresvc_common::dns::parse_query`
-/// computes it, on both sides. Aligned to 8 so the name is filled in words.
+/// The question a [`DNS_CACHE`] entry answers, as
+/// `coresvc_common::dns::parse_query` computes it on both sides. The map's
+/// key is its [`DnsKey::hash`] (a short key hashes and compares in a
+/// fraction of the time); the entry holds the whole question, and the
+/// program answers only when it is equal. Aligned to 8 so the name is
+/// filled in words.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct DnsKey {
@@ -515,7 +562,23 @@ impl DnsKey {
         // exactly NAME_WORDS words; every bit pattern is a valid u64.
         unsafe { &mut *(self.name.as_mut_ptr() as *mut [u64; coresvc_common::dns::NAME_WORDS]) }
     }
+
+    /// The whole question as words, as the program reads it.
+    pub fn words(&self) -> &[u64; DNS_KEY_WORDS] {
+        bytemuck::cast_ref(self)
+    }
+
+    /// The key of [`DNS_CACHE`].
+    pub fn hash(&self) -> u64 {
+        coresvc_common::dns::question_hash(self.words())
+    }
 }
+
+/// Words of a [`DnsKey`].
+pub const DNS_KEY_WORDS: usize = size_of::<DnsKey>() / 8;
+const _: () = assert!(DNS_KEY_WORDS == coresvc_common::dns::NAME_WORDS + 1);
+
+impl DnsKey {}
 
 /// Value of [`DNS_CACHE`]: the agent's answer to the key's question, minus
 /// what the program takes from the query (ID, RD, CD and the question as
@@ -528,6 +591,8 @@ pub struct DnsAnswer {
     /// CLOCK_MONOTONIC ns the aging TTLs were stored at; served TTLs are
     /// the stored ones minus the whole seconds since (never below 0).
     pub stored_ns: u64,
+    /// The question answered (the map's key is only its hash).
+    pub question: DnsKey,
     /// Valid while `epochs[i] == DNS_EPOCHS[slots[i]]` for `i < zones`
     /// (slot 0, the catalog's epoch, always first).
     pub epochs: [u64; DNS_MAX_ZONES],
@@ -551,7 +616,7 @@ pub struct DnsAnswer {
     /// question at message offset 12.
     pub sections: [u8; DNS_MAX_SECTIONS],
 }
-const _: () = assert!(size_of::<DnsAnswer>() == 600);
+const _: () = assert!(size_of::<DnsAnswer>() == 672);
 
 /// Slots of [`DNS_EPOCHS`]: 0 is the catalog's, `1 + i` zone `i`'s.
 pub const DNS_EPOCH_SLOTS: u32 = 256;
@@ -657,10 +722,10 @@ pub const DNS_CACHE: MapSpec = MapSpec {
     name: "DNS_CACHE",
     pin: "dns_cache",
     kind: MapKind::LruHash,
-    key_size: size_of::<DnsKey>() as u32,
+    key_size: 8,
     value_size: size_of::<DnsAnswer>() as u32,
     max_entries: 4096,
-    doc: "DNS answer cache: question -> the agent's answer, its expiry and epochs",
+    doc: "DNS answer cache: hash of the question -> the question, the agent's answer, its expiry and epochs",
 };
 
 /// Epochs of the DNS data: a change to a zone gives it a new epoch (a
@@ -757,7 +822,6 @@ pub mod programs {
 pod!(
     Settings,
     IfaceInfo,
-    IfVerdict,
     PacketCount,
     Rule,
     PrefixData,
@@ -804,6 +868,26 @@ mod tests {
         for (i, (n, _)) in DNS_COUNTER_NAMES.iter().enumerate() {
             assert_eq!(*n, i as u32);
         }
+    }
+
+    #[test]
+    fn dns_verdicts_round_trip() {
+        for slot in [0, 1, 127, 2 * RULES_PER_BANK - 1] {
+            for allow in [false, true] {
+                let v = dns_verdict::encode(slot, allow);
+                assert_ne!(v, dns_verdict::SCAN);
+                assert_eq!(dns_verdict::decode(v), Some((slot, allow)));
+            }
+        }
+        assert_eq!(dns_verdict::decode(dns_verdict::encode(NO_RULE, false)), Some((NO_RULE, false)));
+        assert_eq!(dns_verdict::decode(dns_verdict::SCAN), None);
+    }
+
+    #[test]
+    fn every_interface_slot_has_its_own_counters() {
+        assert_eq!(if_stats_index(0, VERDICT_PASS), VERDICT_PASS);
+        assert_eq!(if_stats_index(MAX_IFACES as u8, VERDICT_REDIRECT), IF_STATS.max_entries - IF_STATS_PER_SLOT + 4);
+        assert!(VERDICT_NAMES.len() as u32 <= IF_STATS_PER_SLOT);
     }
 
     #[test]

@@ -25,8 +25,9 @@ fn packets(status: &Value, name: &str, verdict: &str) -> u64 {
     iface(status, name)["verdicts"][verdict]["packets"].as_u64().unwrap()
 }
 
-/// Sum over CPUs of `packets` for (ifindex, verdict) in `bpftool map dump pinned`.
-fn bpftool_packets(pin_dir: &Path, ifindex: u64, verdict: u64) -> u64 {
+/// Sum over CPUs of `packets` for the interface with stats slot `slot` and
+/// `verdict` in `bpftool map dump pinned` (index `slot * 8 + verdict`).
+fn bpftool_packets(pin_dir: &Path, slot: u64, verdict: u64) -> u64 {
     let out = Command::new("bpftool")
         .args(["--json", "map", "dump", "pinned"])
         .arg(pin_dir.join("if_stats"))
@@ -37,7 +38,7 @@ fn bpftool_packets(pin_dir: &Path, ifindex: u64, verdict: u64) -> u64 {
     v.as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["formatted"]["key"]["ifindex"] == ifindex && e["formatted"]["key"]["verdict"] == verdict)
+        .filter(|e| e["formatted"]["key"] == slot * 8 + verdict)
         .flat_map(|e| e["formatted"]["values"].as_array().unwrap().iter())
         .map(|c| c["value"]["packets"].as_u64().unwrap())
         .sum()
@@ -76,9 +77,9 @@ fn ping_across_segments_is_counted_in_status_and_bpftool_and_down_leaves_nothing
 
     // bpftool reads the same pinned map, by field name.
     for name in ["mgmt0", "dvnt0", "dvntm0"] {
-        let ifindex = iface(&s1, name)["ifindex"].as_u64().unwrap();
+        let slot = iface(&s1, name)["stats_slot"].as_u64().unwrap();
         let before = packets(&lab.status_json().unwrap(), name, "pass");
-        let seen = bpftool_packets(&lab.paths.pin_dir, ifindex, 2);
+        let seen = bpftool_packets(&lab.paths.pin_dir, slot, 2);
         let after = packets(&lab.status_json().unwrap(), name, "pass");
         assert!(before <= seen && seen <= after, "{name}: status {before}..{after}, bpftool {seen}");
     }
@@ -146,13 +147,13 @@ fn kill_9_keeps_the_programs_running_and_a_restart_adopts_maps_and_links() {
     let mut lab = started_lab();
     ping(&lab, "provisioner", "10.20.0.50", 3);
     let s = lab.status_json().unwrap();
-    let ifindex = iface(&s, "mgmt0")["ifindex"].as_u64().unwrap();
+    let slot = iface(&s, "mgmt0")["stats_slot"].as_u64().unwrap();
     let before = packets(&s, "mgmt0", "pass");
 
     lab.stop_agent(libc::SIGKILL, Duration::from_secs(5)).unwrap();
     assert!(xdp_attached(&lab, "mgmt0"), "the pinned link keeps XDP attached without the agent");
     ping(&lab, "provisioner", "10.20.0.50", 5);
-    let while_dead = bpftool_packets(&lab.paths.pin_dir, ifindex, 2);
+    let while_dead = bpftool_packets(&lab.paths.pin_dir, slot, 2);
     assert!(while_dead >= before + 5, "counted while the agent was dead: {before} -> {while_dead}");
 
     lab.start_agent(&AgentOpts::new(coresvc_lab::default_config())).unwrap();
@@ -170,9 +171,9 @@ fn kill_9_keeps_the_programs_running_and_a_restart_adopts_maps_and_links() {
     for l in ["mgmt0", "dvnt0", "dvntm0", "up0"] {
         assert!(xdp_attached(&lab, l), "{l} lost XDP at a clean stop with on_stop = keep");
     }
-    let stopped = bpftool_packets(&lab.paths.pin_dir, ifindex, 2);
+    let stopped = bpftool_packets(&lab.paths.pin_dir, slot, 2);
     ping(&lab, "provisioner", "10.20.0.50", 3);
-    assert!(bpftool_packets(&lab.paths.pin_dir, ifindex, 2) >= stopped + 3, "counted while stopped");
+    assert!(bpftool_packets(&lab.paths.pin_dir, slot, 2) >= stopped + 3, "counted while stopped");
     let cfg = lab.config_with("detach.toml", |s| s.replace("on_stop = \"keep\"", "on_stop = \"detach\"")).unwrap();
     lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
     assert_eq!(iface(&lab.status_json().unwrap(), "mgmt0")["adopted"], true);

@@ -8,12 +8,12 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use coresvc_lab::frames::{self, Udp4};
 use coresvc_maps_schema::{
-    self as schema, IfVerdict, IfaceInfo, PacketCount, ROLE_SEGMENT, SETTINGS_F_DROP_INVALID_IPV4, Settings, reason,
+    self as schema, IfaceInfo, PacketCount, ROLE_SEGMENT, SETTINGS_F_DROP_INVALID_IPV4, Settings, reason,
 };
 
 const XDP_DROP: u32 = 1;
@@ -22,7 +22,12 @@ const XDP_PASS: u32 = 2;
 struct Harness {
     ebpf: Ebpf,
     ifindex: u32,
+    /// Where its verdicts are counted (0 when loopback is not configured).
+    slot: u8,
 }
+
+/// The stats slot loopback gets when configured.
+const SLOT: u8 = 3;
 
 impl Harness {
     /// Loads the object with `flags` in SETTINGS and loopback configured as a segment.
@@ -36,10 +41,10 @@ impl Harness {
         if configure_iface {
             let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
                 BpfHashMap::try_from(ebpf.map_mut(schema::IFACES.name).unwrap()).unwrap();
-            let info = IfaceInfo { role: ROLE_SEGMENT, ..Default::default() };
+            let info = IfaceInfo { role: ROLE_SEGMENT, stats_slot: SLOT, ..Default::default() };
             ifaces.insert(ifindex, info, 0).unwrap();
         }
-        Self { ebpf, ifindex }
+        Self { ebpf, ifindex, slot: if configure_iface { SLOT } else { 0 } }
     }
 
     /// Runs `prog` on `frame`; returns (verdict, output bytes).
@@ -55,13 +60,11 @@ impl Harness {
     }
 
     fn verdict_count(&self, verdict: u32) -> PacketCount {
-        let m: PerCpuHashMap<&MapData, IfVerdict, PacketCount> =
-            PerCpuHashMap::try_from(self.ebpf.map(schema::IF_STATS.name).unwrap()).unwrap();
+        let m: PerCpuArray<&MapData, PacketCount> =
+            PerCpuArray::try_from(self.ebpf.map(schema::IF_STATS.name).unwrap()).unwrap();
         let mut sum = PacketCount::default();
-        if let Ok(v) = m.get(&IfVerdict { ifindex: self.ifindex, verdict }, 0) {
-            for c in v.iter() {
-                sum.add(c);
-            }
+        for c in m.get(&schema::if_stats_index(self.slot, verdict), 0).unwrap().iter() {
+            sum.add(c);
         }
         sum
     }

@@ -11,7 +11,7 @@ pub mod rules;
 mod sys;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -19,12 +19,12 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, Xdp},
 };
 use coresvc_maps_schema::{
-    self as schema, ATTACH_GENERIC, ATTACH_NATIVE, DnsStats, IfVerdict, IfaceInfo, PacketCount, ROLE_SEGMENT,
-    ROLE_UPLINK, RULES_PER_BANK, Settings,
+    self as schema, ATTACH_GENERIC, ATTACH_NATIVE, DnsStats, IfaceInfo, PacketCount, ROLE_SEGMENT, ROLE_UPLINK,
+    RULES_PER_BANK, Settings,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -194,6 +194,8 @@ struct Attached {
     ifindex: u32,
     mode: AttachMode,
     adopted: bool,
+    /// Its counters in IF_STATS (`IfaceInfo::stats_slot`).
+    slot: u8,
 }
 
 /// The running dataplane: the loaded object and what it is attached to.
@@ -255,10 +257,10 @@ impl Dataplane {
         dp.apply_rules(compiled)?;
         // Interface entries of a previous run (another configuration) are
         // replaced by this one's.
-        let previous_modes = dp.clear_ifaces()?;
+        let previous = dp.clear_ifaces()?;
         for spec in dp.specs.clone() {
             match ifindex(&spec.name) {
-                Some(idx) => dp.attach(spec, idx, &previous_modes)?,
+                Some(idx) => dp.attach(spec, idx, &previous)?,
                 None => warn!(interface = %spec.name, "interface does not exist (yet); attached when it appears"),
             }
         }
@@ -417,15 +419,15 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Empties IFACES, returning the attach modes it recorded by ifindex.
-    fn clear_ifaces(&mut self) -> Result<BTreeMap<u32, u8>> {
+    /// Empties IFACES, returning what it recorded by ifindex.
+    fn clear_ifaces(&mut self) -> Result<BTreeMap<u32, IfaceInfo>> {
         let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
             BpfHashMap::try_from(self.map_mut(&schema::IFACES)?)?;
         let old: Vec<(u32, IfaceInfo)> = ifaces.iter().filter_map(|r| r.ok()).collect();
         for (k, _) in &old {
             let _ = ifaces.remove(k);
         }
-        Ok(old.into_iter().map(|(k, v)| (k, v.attach_mode)).collect())
+        Ok(old.into_iter().collect())
     }
 
     /// Attaches the programs to a configured interface that (re)appeared.
@@ -456,8 +458,8 @@ impl Dataplane {
         self.specs.iter().filter(|s| !self.attached.contains_key(&s.name)).map(|s| s.name.clone()).collect()
     }
 
-    fn attach(&mut self, spec: IfaceSpec, ifindex: u32, previous: &BTreeMap<u32, u8>) -> Result<()> {
-        let prev_mode = previous.get(&ifindex).and_then(|c| AttachMode::from_code(*c));
+    fn attach(&mut self, spec: IfaceSpec, ifindex: u32, previous: &BTreeMap<u32, IfaceInfo>) -> Result<()> {
+        let prev_mode = previous.get(&ifindex).and_then(|i| AttachMode::from_code(i.attach_mode));
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut(spec.role.program())
@@ -477,21 +479,11 @@ impl Dataplane {
             prefix_len: spec.address.map(|a| a.prefix_len()).unwrap_or(0),
             attach_mode: mode.code(),
             flags: if spec.nat { schema::IFACE_F_NAT } else { 0 },
-            _pad: 0,
+            stats_slot: self.stats_slot(&spec.name, previous.get(&ifindex).map(|i| i.stats_slot))?,
         };
         let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
             BpfHashMap::try_from(self.map_mut(&schema::IFACES)?)?;
         ifaces.insert(ifindex, info, 0)?;
-        // The pass counter exists from the start (bpftool shows it, the
-        // program's common path is a lookup); the program creates the others
-        // on first use and logs that once.
-        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut stats: PerCpuHashMap<&mut MapData, IfVerdict, PacketCount> =
-            PerCpuHashMap::try_from(self.map_mut(&schema::IF_STATS)?)?;
-        let key = IfVerdict { ifindex, verdict: schema::VERDICT_PASS };
-        if stats.get(&key, 0).is_err() {
-            stats.insert(key, PerCpuValues::try_from(vec![PacketCount::default(); ncpu])?, 1)?;
-        }
         info!(
             interface = %spec.name,
             ifindex,
@@ -501,19 +493,35 @@ impl Dataplane {
             if adopted { "adopted pinned links, replaced" } else { "attached" },
             spec.role.program()
         );
-        self.attached.insert(spec.name.clone(), Attached { spec, ifindex, mode, adopted });
+        self.attached.insert(spec.name.clone(), Attached { spec, ifindex, mode, adopted, slot: info.stats_slot });
         Ok(())
+    }
+
+    /// The IF_STATS slot for interface `name`: the one its pinned entry had
+    /// (an adopted interface keeps counting where it did), else the lowest
+    /// free one, its counters zeroed.
+    fn stats_slot(&mut self, name: &str, previous: Option<u8>) -> Result<u8> {
+        let taken: BTreeSet<u8> =
+            self.attached.iter().filter(|(n, _)| n.as_str() != name).map(|(_, a)| a.slot).collect();
+        if let Some(s) = previous.filter(|s| *s != 0 && !taken.contains(s)) {
+            return Ok(s);
+        }
+        let slot = (1..=schema::MAX_IFACES as u8)
+            .find(|s| !taken.contains(s))
+            .ok_or_else(|| anyhow!("more than {} interfaces", schema::MAX_IFACES))?;
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut stats: PerCpuArray<&mut MapData, PacketCount> =
+            PerCpuArray::try_from(self.map_mut(&schema::IF_STATS)?)?;
+        for v in 0..schema::IF_STATS_PER_SLOT {
+            let zero = PerCpuValues::try_from(vec![PacketCount::default(); ncpu])?;
+            stats.set(schema::if_stats_index(slot, v), zero, 0)?;
+        }
+        Ok(slot)
     }
 
     /// Counters for `coresvc status`.
     pub fn status(&self) -> Result<DataplaneStatus> {
-        let stats: PerCpuHashMap<&MapData, IfVerdict, PacketCount> =
-            PerCpuHashMap::try_from(self.map(&schema::IF_STATS)?)?;
-        let mut by_key: BTreeMap<(u32, u32), PacketCount> = BTreeMap::new();
-        for entry in stats.iter() {
-            let (k, per_cpu) = entry?;
-            by_key.insert((k.ifindex, k.verdict), sum(&per_cpu));
-        }
+        let stats: PerCpuArray<&MapData, PacketCount> = PerCpuArray::try_from(self.map(&schema::IF_STATS)?)?;
         // In configuration order.
         let interfaces = self
             .specs
@@ -522,7 +530,8 @@ impl Dataplane {
             .map(|a| {
                 let mut verdicts = BTreeMap::new();
                 for (v, name) in schema::VERDICT_NAMES.iter().enumerate() {
-                    let c = by_key.get(&(a.ifindex, v as u32)).copied().unwrap_or_default();
+                    let c =
+                        stats.get(&schema::if_stats_index(a.slot, v as u32), 0).map(|p| sum(&p)).unwrap_or_default();
                     verdicts.insert(name.to_string(), Counter { packets: c.packets, bytes: c.bytes });
                 }
                 IfaceStatus {
@@ -532,6 +541,7 @@ impl Dataplane {
                     segment: a.spec.segment.clone(),
                     mode: a.mode,
                     adopted: a.adopted,
+                    stats_slot: a.slot,
                     verdicts,
                 }
             })
@@ -702,6 +712,9 @@ pub struct IfaceStatus {
     pub segment: Option<String>,
     pub mode: AttachMode,
     pub adopted: bool,
+    /// Its counters in the pinned `if_stats` (bpftool): keys
+    /// `stats_slot * 8 + verdict`.
+    pub stats_slot: u8,
     /// Verdict name → counter.
     pub verdicts: BTreeMap<String, Counter>,
 }

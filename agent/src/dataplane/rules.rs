@@ -175,12 +175,41 @@ pub fn install(ebpf: &mut aya::Ebpf, compiled: &[Compiled]) -> anyhow::Result<(u
     let mut settings: Array<&mut MapData, Settings> = Array::try_from(map(ebpf, &schema::SETTINGS)?)?;
     let mut s = settings.get(&0, 0)?;
     s.rule_count[bank as usize] = compiled.len() as u32;
+    s.dns_verdict[bank as usize] = dns_verdicts(compiled, base);
     settings.set(0, s, 0)?;
     // The switch: one update of the settings entry.
     s.active_bank = bank;
     s.generation = s.generation.wrapping_add(1);
     settings.set(0, s, 0)?;
     Ok((bank, s.generation))
+}
+
+/// The decision of rules `compiled` (installed from absolute index `base`)
+/// for DNS queries from each segment to the gateway, in the encoding of
+/// `Settings::dns_verdict`: the answer cache reads it instead of scanning.
+/// Left to the scan where the first rule that could match has
+/// destination prefixes.
+pub fn dns_verdicts(compiled: &[Compiled], base: u32) -> [u16; 64] {
+    use coresvc_common::{
+        firewall::{Flow, RuleMatch, matches},
+        proto::{ipproto, port},
+    };
+    use coresvc_maps_schema::{NO_RULE, dns_verdict};
+    std::array::from_fn(|seg| {
+        let flow = Flow { from: ZONE_SEGMENT0 + seg as u16, to: ZONE_GATEWAY, proto: ipproto::UDP, dport: port::DNS };
+        for (i, c) in compiled.iter().enumerate() {
+            let r = &c.rule;
+            let m =
+                RuleMatch { from: r.from, to: r.to, proto: r.proto, flags: 0, port_lo: r.port_lo, port_hi: r.port_hi };
+            if matches(&m, &flow, || true) {
+                if r.flags & RULE_F_PREFIXES != 0 {
+                    return dns_verdict::SCAN;
+                }
+                return dns_verdict::encode(base + i as u32, r.action == ACTION_ALLOW);
+            }
+        }
+        dns_verdict::encode(NO_RULE, false)
+    })
 }
 
 /// A rule and its counters, for `coresvc rules`.
@@ -314,6 +343,38 @@ mod tests {
         let f = Flow { from: ZONE_SEGMENT0 + 1, to: ZONE_UPLINK, proto: 6, dport: 8001 };
         assert_eq!(decide(&rules, f, "198.51.100.7".parse().unwrap()), ("web-out".into(), false));
         assert_eq!(decide(&rules, f, "203.0.113.7".parse().unwrap()), ("default:egress".into(), true));
+    }
+
+    #[test]
+    fn dns_verdicts_are_the_scans_decisions() {
+        use coresvc_maps_schema::{NO_RULE, dns_verdict};
+        let mut cfg = example();
+        let deny = |from: &str| crate::config::Rule {
+            name: format!("no-dns-{from}"),
+            from: from.into(),
+            to: "gateway".into(),
+            proto: Proto::Udp,
+            ports: vec![crate::config::PortRange { first: 50, last: 60 }],
+            dst: Vec::new(),
+            action: Action::Deny,
+        };
+        cfg.firewall.rules.insert(0, deny("dvnt"));
+        let base = 128;
+        let rules = compile(&cfg).unwrap();
+        let v = dns_verdicts(&rules, base);
+        let gw = "10.20.0.1".parse().unwrap();
+        for seg in 0..3u16 {
+            let f = Flow { from: ZONE_SEGMENT0 + seg, to: ZONE_GATEWAY, proto: 17, dport: 53 };
+            let (name, allow) = decide(&rules, f, gw);
+            let slot = base + rules.iter().position(|r| r.name == name).unwrap() as u32;
+            assert_eq!(dns_verdict::decode(v[seg as usize]), Some((slot, allow)), "segment {seg}: {name}");
+        }
+        assert_eq!(dns_verdict::decode(v[1]).map(|d| d.1), Some(false), "dvnt's queries are denied");
+        // A rule with prefixes could decide: left to the scan.
+        cfg.firewall.rules[0].dst = vec!["10.20.0.1/32".parse().unwrap()];
+        assert_eq!(dns_verdicts(&compile(&cfg).unwrap(), base)[1], dns_verdict::SCAN);
+        // No rule matches: denied, counted nowhere.
+        assert_eq!(dns_verdict::decode(dns_verdicts(&[], 0)[0]), Some((NO_RULE, false)));
     }
 
     #[test]

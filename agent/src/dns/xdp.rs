@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
-use coresvc_common::dns::{self as cdns, Plain, QueryBuf};
+use coresvc_common::dns::{self as cdns, QueryBuf};
 use coresvc_maps_schema::{
     self as schema, DNS_MAX_AGING, DNS_MAX_ANSWER, DNS_MAX_SECTIONS, DNS_MAX_ZONES, DnsAnswer, DnsKey,
 };
@@ -40,7 +40,7 @@ pub struct XKey {
 pub fn key_of(query: &[u8]) -> Option<XKey> {
     let buf = QueryBuf::from_msg(query)?;
     let mut key = DnsKey::default();
-    let q = cdns::parse_query(&buf, query.len(), key.name_words(), &Plain).ok()?;
+    let q = cdns::parse_query(&buf, query.len(), key.name_words()).ok()?;
     key.qtype = q.qtype;
     key.qclass = q.qclass;
     key.flags = q.flags;
@@ -109,7 +109,8 @@ pub fn entry(
 
 /// The agent's handles on the cache maps.
 pub struct XdpCache {
-    answers: Mutex<BpfHashMap<MapData, DnsKey, DnsAnswer>>,
+    /// Keyed by the question's hash ([`DnsKey::hash`]).
+    answers: Mutex<BpfHashMap<MapData, u64, DnsAnswer>>,
     epochs: Mutex<Array<MapData, u64>>,
     /// `dataplane.dns_cache`: fill only while the program answers.
     enabled: AtomicBool,
@@ -159,9 +160,11 @@ impl XdpCache {
         Ok(())
     }
 
-    /// Stores an answer (replacing one for the same key).
+    /// Stores an answer to question `key` (replacing the one for the same
+    /// key, or for another question with the same hash).
     pub fn insert(&self, key: &DnsKey, a: &DnsAnswer) {
-        if let Err(e) = self.answers.lock().expect("answers lock").insert(key, a, 0) {
+        let a = DnsAnswer { question: *key, ..*a };
+        if let Err(e) = self.answers.lock().expect("answers lock").insert(key.hash(), a, 0) {
             debug!("dns: xdp cache insert: {e}");
         }
     }
@@ -171,9 +174,9 @@ impl XdpCache {
         self.answers.lock().expect("answers lock").keys().filter(|k| k.is_ok()).count()
     }
 
-    /// The entry for `key`, if any (tests).
+    /// The entry for question `key`, if any (tests).
     pub fn get(&self, key: &DnsKey) -> Option<DnsAnswer> {
-        self.answers.lock().expect("answers lock").get(key, 0).ok()
+        self.answers.lock().expect("answers lock").get(&key.hash(), 0).ok().filter(|a| a.question == *key)
     }
 }
 
