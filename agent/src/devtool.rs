@@ -284,7 +284,6 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         | schema::SETTINGS_F_DNS_CACHE;
     let mut settings: Array<&mut MapData, Settings> = Array::try_from(map(&mut ebpf, &schema::SETTINGS)?)?;
     settings.set(0, Settings { schema_version: schema::SCHEMA_VERSION, flags, ..Default::default() }, 0)?;
-    let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> = BpfHashMap::try_from(map(&mut ebpf, &schema::IFACES)?)?;
     let info = IfaceInfo {
         role: ROLE_SEGMENT,
         segment: 0,
@@ -292,7 +291,7 @@ fn dns_cost(config: &Path, queries: &Path, runs: u32) -> Result<DnsCost> {
         prefix_len: seg.cidr.prefix_len(),
         ..Default::default()
     };
-    ifaces.insert(lo, info, 0)?;
+    dataplane::set_iface(&mut ebpf, lo, info)?;
     let mut local: BpfHashMap<&mut MapData, [u8; 4], u32> =
         BpfHashMap::try_from(map(&mut ebpf, &schema::LOCAL_ADDRS)?)?;
     local.insert(seg.gateway.octets(), lo, 0)?;

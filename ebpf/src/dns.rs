@@ -173,25 +173,32 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
     }
     let qlen = q.question_len();
     let delta = (ANSWER_HEADERS + qlen + slen) as i32 - frame as i32;
-    // The frame grows at its head (drivers keep 256 bytes there for XDP;
-    // tailroom can be short: a veth's frames, small skbs), else at its
-    // tail; it shrinks at its tail. The answer is written whole either way.
-    // On failure the frame is unchanged.
+    // The frame is resized at its tail, which leaves the question where
+    // the answer has it (the headers before it are as long as the query's):
+    // only the headers and the sections are written. Where the tailroom is
+    // short (small skbs in generic mode) it grows at its head instead
+    // (drivers keep 256 bytes there for XDP), and the question is written
+    // too. On failure the frame is unchanged.
     // SAFETY: no preconditions.
-    let sized =
-        unsafe { (delta > 0 && bpf_xdp_adjust_head(ctx.ctx, -delta) == 0) || bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 };
-    if !sized {
+    let in_place = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 };
+    // SAFETY: no preconditions.
+    if !in_place && (delta <= 0 || unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0) {
         return Err(counter::NO_ROOM);
     }
     // From here on the frame is changed: never back to the normal path.
-    Ok(build(ctx, e, seg, now, (u32::from(q.question_sum) << 16) | qlen as u32))
+    let moved = if in_place { 0 } else { MOVED };
+    Ok(build(ctx, e, seg, now, (u32::from(q.question_sum) << 16) | moved | qlen as u32))
 }
 
+/// In `build`'s `question`: the question moved with the frame's start.
+const MOVED: u32 = 1 << 8;
+
 /// Writes the whole answer into the frame (already of the answer's
-/// length): the entry `e`'s sections, then the headers and the question
-/// from the query kept in DNS_SCRATCH, turned around. `question` is the
-/// question's sum (high half) and length. A subprogram of its own (its
-/// stack frame is not the caller's).
+/// length): the entry `e`'s sections, then the headers from the query kept
+/// in DNS_SCRATCH, turned around, and the question when it [`MOVED`].
+/// `question` is the question's sum (high half), that flag and its length
+/// (low byte). A subprogram of its own (its stack frame is not the
+/// caller's).
 #[inline(never)]
 fn build(ctx: &XdpContext, e: &DnsAnswer, seg: u32, now: u64, question: u32) -> u32 {
     let qlen = ((question & 0xff) as usize).clamp(5, dns::MAX_NAME + 4);
@@ -209,16 +216,51 @@ fn build(ctx: &XdpContext, e: &DnsAnswer, seg: u32, now: u64, question: u32) -> 
     }
     let sections_sum = age_ttls(ctx, e, sections_at, slen, now);
     f.turn_around(e.flags, e.counts, (question >> 16) as u16, qlen, slen, sections_sum);
-    // SAFETY: the headers and the question (at most ANSWER_HEADERS +
-    // MAX_NAME + 4 bytes) lie within the buffer from FRAME_AT.
-    let rc = unsafe {
-        bpf_xdp_store_bytes(ctx.ctx, 0, f.bytes.as_mut_ptr().add(FRAME_AT) as *mut c_void, sections_at as u32)
-    };
-    if rc != 0 {
-        return unwritten(seg);
+    if question & MOVED == 0 {
+        // The headers alone, stored directly (cheaper than the helper).
+        let Some(to) = ptr_at_mut::<[u8; ANSWER_HEADERS], XdpContext>(ctx, 0) else { return unwritten(seg) };
+        // SAFETY: the frame's ANSWER_HEADERS bytes are checked above; the
+        // buffer is 8-aligned and longer than 56 bytes.
+        unsafe { copy_headers(to as *mut u8, f.bytes.as_ptr() as *const u64) };
+    } else {
+        // SAFETY: the headers and the question (at most ANSWER_HEADERS +
+        // MAX_NAME + 4 bytes) lie within the buffer from FRAME_AT.
+        let rc = unsafe {
+            bpf_xdp_store_bytes(ctx.ctx, 0, f.bytes.as_mut_ptr().add(FRAME_AT) as *mut c_void, sections_at as u32)
+        };
+        if rc != 0 {
+            return unwritten(seg);
+        }
     }
     count(seg, counter::HITS);
     xdp_action::XDP_TX
+}
+
+/// Copies the answer's [`ANSWER_HEADERS`] (54) bytes from a [`FrameBuf`]'s
+/// bytes (`from`, 8-aligned, holding them from [`FRAME_AT`]) to the frame:
+/// whole aligned words of the buffer, as `turn_around` just stored them
+/// (a load straddling two fresh stores stalls until they reach the cache;
+/// `memcpy` would also be a call).
+///
+/// # Safety
+/// `to` is valid for 54 bytes, `from` for 56 and 8-aligned.
+///
+/// [`FrameBuf`]: coresvc_common::dns::FrameBuf
+#[inline(always)]
+unsafe fn copy_headers(to: *mut u8, from: *const u64) {
+    const _: () = assert!(ANSWER_HEADERS == 54 && FRAME_AT == 2);
+    // SAFETY: the caller's.
+    unsafe {
+        // Buffer word k holds frame bytes 8k - 2 .. 8k + 6.
+        let w0 = from.read();
+        to.cast::<u32>().write_unaligned((w0 >> 16) as u32);
+        to.add(4).cast::<u16>().write_unaligned((w0 >> 48) as u16);
+        let mut k = 1;
+        while k < 7 {
+            to.add(8 * k - 2).cast::<u64>().write_unaligned(from.add(k).read());
+            k += 1;
+        }
+    }
 }
 
 /// The frame was resized but the answer could not be written (cannot

@@ -18,6 +18,9 @@ pub static SETTINGS: Array<Settings, { schema::SETTINGS.max_entries as usize }> 
 pub static IFACES: HashMap<u32, IfaceInfo, { schema::IFACES.max_entries as usize }> = HashMap::new();
 
 #[btf_map]
+pub static IFACES_LOW: Array<IfaceInfo, { schema::IFACES_LOW.max_entries as usize }> = Array::new();
+
+#[btf_map]
 pub static IF_STATS: PerCpuArray<PacketCount, { schema::IF_STATS.max_entries as usize }> = PerCpuArray::new();
 
 #[btf_map]
@@ -61,8 +64,14 @@ pub fn settings() -> Option<&'static Settings> {
     SETTINGS.get(0)
 }
 
+/// The entry of interface `ifindex`, if coresvc configured it: by index
+/// below IFACES_LOW's size (an array lookup the verifier inlines), hashed
+/// above.
 #[inline(always)]
 pub fn iface(ifindex: u32) -> Option<IfaceInfo> {
+    if ifindex < schema::IFACES_LOW.max_entries {
+        return IFACES_LOW.get(ifindex).filter(|i| i.role != 0).copied();
+    }
     // SAFETY: the value is copied out at once.
     unsafe { IFACES.get(ifindex).copied() }
 }

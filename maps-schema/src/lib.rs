@@ -151,7 +151,8 @@ pub const SETTINGS: MapSpec = MapSpec {
 pub const ROLE_SEGMENT: u32 = 1;
 pub const ROLE_UPLINK: u32 = 2;
 
-/// Per-interface configuration, keyed by ifindex (`u32`).
+/// Per-interface configuration, keyed by ifindex (`u32`) in [`IFACES_LOW`]
+/// or [`IFACES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct IfaceInfo {
@@ -189,7 +190,21 @@ pub const IFACES: MapSpec = MapSpec {
     key_size: 4,
     value_size: size_of::<IfaceInfo>() as u32,
     max_entries: MAX_IFACES,
-    doc: "ifindex -> role, segment and address of every attached interface",
+    doc: "ifindex -> role, segment and address of attached interfaces (ifindex 4096 and up)",
+};
+
+/// The [`IFACES`] entries of interfaces whose ifindex is below its size,
+/// indexed by ifindex: the programs read every frame's entry without
+/// hashing. Role 0 where there is none. Such an interface has its entry
+/// here only; [`IFACES`] holds the others.
+pub const IFACES_LOW: MapSpec = MapSpec {
+    name: "IFACES_LOW",
+    pin: "ifaces_low",
+    kind: MapKind::Array,
+    key_size: 4,
+    value_size: size_of::<IfaceInfo>() as u32,
+    max_entries: 4096,
+    doc: "ifindex (below 4096) -> role, segment and address of attached interfaces; role 0: none",
 };
 
 // ---------------------------------------------------------------- IF_STATS
@@ -790,6 +805,7 @@ pub const DNS_SCRATCH: MapSpec = MapSpec {
 pub const ALL_MAPS: &[MapSpec] = &[
     SETTINGS,
     IFACES,
+    IFACES_LOW,
     IF_STATS,
     DROP_STATS,
     LOCAL_ADDRS,

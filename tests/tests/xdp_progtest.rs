@@ -8,7 +8,7 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use coresvc_lab::frames::{self, Udp4};
@@ -21,7 +21,6 @@ const XDP_PASS: u32 = 2;
 
 struct Harness {
     ebpf: Ebpf,
-    ifindex: u32,
     /// Where its verdicts are counted (0 when loopback is not configured).
     slot: u8,
 }
@@ -39,12 +38,10 @@ impl Harness {
             Array::try_from(ebpf.map_mut(schema::SETTINGS.name).unwrap()).unwrap();
         settings.set(0, Settings { schema_version: schema::SCHEMA_VERSION, flags, ..Default::default() }, 0).unwrap();
         if configure_iface {
-            let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
-                BpfHashMap::try_from(ebpf.map_mut(schema::IFACES.name).unwrap()).unwrap();
             let info = IfaceInfo { role: ROLE_SEGMENT, stats_slot: SLOT, ..Default::default() };
-            ifaces.insert(ifindex, info, 0).unwrap();
+            coresvc::dataplane::set_iface(&mut ebpf, ifindex, info).unwrap();
         }
-        Self { ebpf, ifindex, slot: if configure_iface { SLOT } else { 0 } }
+        Self { ebpf, slot: if configure_iface { SLOT } else { 0 } }
     }
 
     /// Runs `prog` on `frame`; returns (verdict, output bytes).

@@ -350,11 +350,11 @@ impl Dataplane {
     }
 
     fn map_mut(&mut self, spec: &schema::MapSpec) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(spec.name).ok_or_else(|| anyhow!("map {} missing from the eBPF object", spec.name))
+        ebpf_map_mut(&mut self.ebpf, spec)
     }
 
     fn map(&self, spec: &schema::MapSpec) -> Result<&aya::maps::Map> {
-        self.ebpf.map(spec.name).ok_or_else(|| anyhow!("map {} missing from the eBPF object", spec.name))
+        ebpf_map(&self.ebpf, spec)
     }
 
     /// Replaces the gateway's own addresses (traffic to them is "to gateway").
@@ -379,15 +379,13 @@ impl Dataplane {
         let uplink_planned = cfg.uplink.as_ref().is_some_and(|u| u.address.is_some());
         let found = if uplink_planned { None } else { uplink_found };
         self.specs = interfaces(cfg, plan, found);
-        let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
-            BpfHashMap::try_from(self.ebpf.map_mut(schema::IFACES.name).ok_or_else(|| anyhow!("no IFACES map"))?)?;
         for a in self.attached.values_mut() {
             if let Some(spec) = self.specs.iter().find(|s| s.name == a.spec.name) {
                 a.spec = spec.clone();
-                if let Ok(mut info) = ifaces.get(&a.ifindex, 0) {
+                if let Some(mut info) = iface_entry(&self.ebpf, a.ifindex)? {
                     info.ipv4 = spec.address.map(|x| x.addr().octets()).unwrap_or_default();
                     info.prefix_len = spec.address.map(|x| x.prefix_len()).unwrap_or(0);
-                    ifaces.insert(a.ifindex, info, 0)?;
+                    set_iface(&mut self.ebpf, a.ifindex, info)?;
                 }
             }
         }
@@ -419,15 +417,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Empties IFACES, returning what it recorded by ifindex.
+    /// Empties IFACES and IFACES_LOW, returning what they recorded by
+    /// ifindex.
     fn clear_ifaces(&mut self) -> Result<BTreeMap<u32, IfaceInfo>> {
-        let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
-            BpfHashMap::try_from(self.map_mut(&schema::IFACES)?)?;
-        let old: Vec<(u32, IfaceInfo)> = ifaces.iter().filter_map(|r| r.ok()).collect();
-        for (k, _) in &old {
-            let _ = ifaces.remove(k);
+        let old = iface_entries(&self.ebpf)?;
+        for k in old.keys() {
+            remove_iface(&mut self.ebpf, *k)?;
         }
-        Ok(old.into_iter().collect())
+        Ok(old)
     }
 
     /// Attaches the programs to a configured interface that (re)appeared.
@@ -444,11 +441,7 @@ impl Dataplane {
     /// Forgets an interface that disappeared (its links died with it).
     pub fn forget_iface(&mut self, name: &str) {
         if let Some(a) = self.attached.remove(name) {
-            if let Ok(m) = self.map_mut(&schema::IFACES)
-                && let Ok(mut ifaces) = BpfHashMap::<&mut MapData, u32, IfaceInfo>::try_from(m)
-            {
-                let _ = ifaces.remove(&a.ifindex);
-            }
+            let _ = remove_iface(&mut self.ebpf, a.ifindex);
             warn!(interface = %name, "interface is gone; its programs will be attached again when it returns");
         }
     }
@@ -481,9 +474,7 @@ impl Dataplane {
             flags: if spec.nat { schema::IFACE_F_NAT } else { 0 },
             stats_slot: self.stats_slot(&spec.name, previous.get(&ifindex).map(|i| i.stats_slot))?,
         };
-        let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
-            BpfHashMap::try_from(self.map_mut(&schema::IFACES)?)?;
-        ifaces.insert(ifindex, info, 0)?;
+        set_iface(&mut self.ebpf, ifindex, info)?;
         info!(
             interface = %spec.name,
             ifindex,
@@ -613,6 +604,61 @@ impl Dataplane {
             info!(interface = %name, "detached {n} program link(s)");
         }
     }
+}
+
+/// Writes interface `ifindex`'s entry where the programs look it up:
+/// IFACES_LOW by index for a low ifindex, else IFACES.
+pub fn set_iface(ebpf: &mut Ebpf, ifindex: u32, info: IfaceInfo) -> Result<()> {
+    if ifindex < schema::IFACES_LOW.max_entries {
+        let mut low: Array<&mut MapData, IfaceInfo> = Array::try_from(ebpf_map_mut(ebpf, &schema::IFACES_LOW)?)?;
+        low.set(ifindex, info, 0)?;
+    } else {
+        let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
+            BpfHashMap::try_from(ebpf_map_mut(ebpf, &schema::IFACES)?)?;
+        ifaces.insert(ifindex, info, 0)?;
+    }
+    Ok(())
+}
+
+/// Removes interface `ifindex`'s entry (role 0 in IFACES_LOW).
+pub fn remove_iface(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
+    if ifindex < schema::IFACES_LOW.max_entries {
+        return set_iface(ebpf, ifindex, IfaceInfo::default());
+    }
+    let mut ifaces: BpfHashMap<&mut MapData, u32, IfaceInfo> =
+        BpfHashMap::try_from(ebpf_map_mut(ebpf, &schema::IFACES)?)?;
+    match ifaces.remove(&ifindex) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Interface `ifindex`'s entry, if any.
+pub fn iface_entry(ebpf: &Ebpf, ifindex: u32) -> Result<Option<IfaceInfo>> {
+    if ifindex < schema::IFACES_LOW.max_entries {
+        let low: Array<&MapData, IfaceInfo> = Array::try_from(ebpf_map(ebpf, &schema::IFACES_LOW)?)?;
+        return Ok(Some(low.get(&ifindex, 0)?).filter(|i| i.role != 0));
+    }
+    let ifaces: BpfHashMap<&MapData, u32, IfaceInfo> = BpfHashMap::try_from(ebpf_map(ebpf, &schema::IFACES)?)?;
+    Ok(ifaces.get(&ifindex, 0).ok())
+}
+
+/// Every interface entry, by ifindex.
+pub fn iface_entries(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceInfo>> {
+    let low: Array<&MapData, IfaceInfo> = Array::try_from(ebpf_map(ebpf, &schema::IFACES_LOW)?)?;
+    let mut out: BTreeMap<u32, IfaceInfo> =
+        (0..low.len()).filter_map(|i| low.get(&i, 0).ok().filter(|v| v.role != 0).map(|v| (i, v))).collect();
+    let ifaces: BpfHashMap<&MapData, u32, IfaceInfo> = BpfHashMap::try_from(ebpf_map(ebpf, &schema::IFACES)?)?;
+    out.extend(ifaces.iter().filter_map(|r| r.ok()));
+    Ok(out)
+}
+
+fn ebpf_map_mut<'e>(ebpf: &'e mut Ebpf, spec: &schema::MapSpec) -> Result<&'e mut aya::maps::Map> {
+    ebpf.map_mut(spec.name).ok_or_else(|| anyhow!("map {} missing from the eBPF object", spec.name))
+}
+
+fn ebpf_map<'e>(ebpf: &'e Ebpf, spec: &schema::MapSpec) -> Result<&'e aya::maps::Map> {
+    ebpf.map(spec.name).ok_or_else(|| anyhow!("map {} missing from the eBPF object", spec.name))
 }
 
 pub fn sum(per_cpu: &PerCpuValues<PacketCount>) -> PacketCount {

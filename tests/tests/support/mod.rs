@@ -10,7 +10,10 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use coresvc::{config::Config, dataplane::rules};
+use coresvc::{
+    config::Config,
+    dataplane::{iface_entry, rules, set_iface},
+};
 use coresvc_common::conntrack as ct;
 use coresvc_lab::{frames, raw::in_netns};
 use coresvc_maps_schema::{
@@ -119,13 +122,17 @@ impl Fw {
             s.set(0, Settings { schema_version: schema::SCHEMA_VERSION, flags, ..Default::default() }, 0).unwrap();
         }
         {
-            let mut m: BpfHashMap<&mut MapData, u32, IfaceInfo> =
-                BpfHashMap::try_from(ebpf.map_mut("IFACES").unwrap()).unwrap();
-            let info =
-                |role, segment, a: [u8; 4]| IfaceInfo { role, segment, ipv4: a, prefix_len: 24, ..Default::default() };
-            m.insert(mgmt, info(ROLE_SEGMENT, 0, [10, 10, 0, 1]), 0).unwrap();
-            m.insert(dvnt, info(ROLE_SEGMENT, 1, [10, 20, 0, 1]), 0).unwrap();
-            m.insert(up, info(ROLE_UPLINK, 0, [192, 0, 2, 2]), 0).unwrap();
+            let info = |role, segment, a: [u8; 4], slot| IfaceInfo {
+                role,
+                segment,
+                ipv4: a,
+                prefix_len: 24,
+                stats_slot: slot,
+                ..Default::default()
+            };
+            set_iface(&mut ebpf, mgmt, info(ROLE_SEGMENT, 0, [10, 10, 0, 1], 1)).unwrap();
+            set_iface(&mut ebpf, dvnt, info(ROLE_SEGMENT, 1, [10, 20, 0, 1], 2)).unwrap();
+            set_iface(&mut ebpf, up, info(ROLE_UPLINK, 0, [192, 0, 2, 2], 3)).unwrap();
         }
         {
             let mut m: BpfHashMap<&mut MapData, [u8; 4], u32> =
@@ -196,14 +203,10 @@ impl Fw {
             v.nat_port_max = max;
             s.set(0, v, 0).unwrap();
         }
-        {
-            let mut m: BpfHashMap<&mut MapData, u32, IfaceInfo> =
-                BpfHashMap::try_from(self.ebpf.map_mut("IFACES").unwrap()).unwrap();
-            for i in [self.mgmt, self.dvnt] {
-                let mut info = m.get(&i, 0).unwrap();
-                info.flags |= schema::IFACE_F_NAT;
-                m.insert(i, info, 0).unwrap();
-            }
+        for i in [self.mgmt, self.dvnt] {
+            let mut info = iface_entry(&self.ebpf, i).unwrap().unwrap();
+            info.flags |= schema::IFACE_F_NAT;
+            set_iface(&mut self.ebpf, i, info).unwrap();
         }
         let mut m: BpfHashMap<&mut MapData, NatKey, NatBind> =
             BpfHashMap::try_from(self.ebpf.map_mut("NAT_FWD").unwrap()).unwrap();
