@@ -494,16 +494,27 @@ pub fn render_status(s: &ctl::Status) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "{:<12} {:>7} {:<8} {:<8} {:<8} {:>12} {:>14} {:>10} {:>10} {:>10}",
-        "INTERFACE", "IFINDEX", "ROLE", "SEGMENT", "XDP", "PASS pkts", "PASS bytes", "DROP pkts", "TX pkts", "REDIRECT"
+        "{:<12} {:>7} {:>4} {:<8} {:<8} {:<8} {:>12} {:>14} {:>10} {:>10} {:>10}",
+        "INTERFACE",
+        "IFINDEX",
+        "SLOT",
+        "ROLE",
+        "SEGMENT",
+        "XDP",
+        "PASS pkts",
+        "PASS bytes",
+        "DROP pkts",
+        "TX pkts",
+        "REDIRECT"
     );
     for i in &d.interfaces {
         let v = |name: &str| i.verdicts.get(name).copied().unwrap_or_default();
         let _ = writeln!(
             o,
-            "{:<12} {:>7} {:<8} {:<8} {:<8} {:>12} {:>14} {:>10} {:>10} {:>10}",
+            "{:<12} {:>7} {:>4} {:<8} {:<8} {:<8} {:>12} {:>14} {:>10} {:>10} {:>10}",
             i.name,
             i.ifindex,
+            i.stats_slot,
             format!("{:?}", i.role).to_lowercase(),
             i.segment.as_deref().unwrap_or("-"),
             format!("{:?}", i.mode).to_lowercase(),
@@ -514,6 +525,7 @@ pub fn render_status(s: &ctl::Status) -> String {
             v("redirect").packets,
         );
     }
+    let _ = writeln!(o, "(SLOT: the interface's counters in the pinned if_stats, keys SLOT * 8 + verdict)");
     if let Some(dns) = &s.dns {
         let c = &dns.counters;
         let _ = writeln!(o);

@@ -111,7 +111,7 @@ fn tips(lab: &Lab) {
          cargo xtask lab exec provisioner -- ping -c 3 10.20.0.50     # across segments, through the gateway\n  \
          cargo xtask lab exec dvnt-client -- curl -o /tmp/r.txt tftp://10.20.0.1/README.txt  # TFTP (examples/tftp)\n  \
          {rel} status                                  # interfaces, XDP mode, counters\n  \
-         bpftool map dump pinned /sys/fs/bpf/coresvc/if_stats          # the same counters, by field\n  \
+         bpftool map dump pinned /sys/fs/bpf/coresvc/if_stats          # the same counters (key SLOT * 8 + verdict)\n  \
          bpftool map dump pinned /sys/fs/bpf/coresvc/drop_stats        # drops by reason\n  \
          cargo xtask lab exec gw -- ip -d link show mgmt0              # the attached XDP program\n  \
          cargo xtask lab exec dvnt-client -- dig @10.20.0.1 artifacts.dvntm.deevnet.net  # seed naming chain\n  \
