@@ -19,7 +19,7 @@ use coresvc::{
     },
 };
 use coresvc_lab::frames;
-use coresvc_maps_schema::{self as schema, SETTINGS_F_DNS_CACHE, dns_counter as counter, reason};
+use coresvc_maps_schema::{self as schema, DnsAnswer, SETTINGS_F_DNS_CACHE, dns_counter as counter, reason};
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{
@@ -440,6 +440,14 @@ fn changes_invalidate_entries_before_they_return() {
         let expired = s.stat(counter::EXPIRED);
         assert_eq!(ask(&mut s, "ref.deevnet.net.", RecordType::TXT).0, PASS);
         assert_eq!(s.stat(counter::EXPIRED), expired + 1);
+        // An entry for another question under this one's hash (a
+        // collision) is never served for it.
+        fill(&mut s, "ref.deevnet.net.", RecordType::TXT);
+        let other = key_of(&query(1, "box1.dvnt.deevnet.net.", RecordType::A, None)).unwrap().key;
+        xdp.insert_under(key.hash(), &DnsAnswer { question: other, ..xdp.get(&key).unwrap() }).unwrap();
+        let misses = s.stat(counter::MISSES);
+        assert_eq!(ask(&mut s, "ref.deevnet.net.", RecordType::TXT).0, PASS);
+        assert_eq!(s.stat(counter::MISSES), misses + 1, "counted as a miss");
         // Switched off: nothing is answered (or counted) from XDP.
         fill(&mut s, "ref.deevnet.net.", RecordType::TXT);
         s.fw.set_flag(SETTINGS_F_DNS_CACHE, false);
@@ -463,13 +471,22 @@ fn changes_invalidate_entries_before_they_return() {
         assert_eq!(s.fw.drops(reason::FW_DENY), denied + 1);
         assert_eq!(s.stat(counter::FIREWALL), fw_passes + 1);
         assert_eq!(s.fw.rule_packets(&deny, "no-dns-from-dvnt"), 1, "counted once");
+        // The agent writes the decision for DNS with the rule bank; a rule
+        // with prefixes leaves it to the program's scan, which decides alike.
+        let by_prefix = config(
+            "\n[[firewall.rule]]\nname = \"no-dns-to-dvnt-gw\"\nfrom = \"any\"\nto = \"gateway\"\nproto = \"udp\"\nports = [53]\ndst = [\"10.20.0.1/32\"]\naction = \"deny\"\n",
+        );
+        s.fw.install(&by_prefix);
+        assert_eq!(ask(&mut s, "ref.deevnet.net.", RecordType::TXT).0, DROP);
+        assert_eq!(s.stat(counter::FIREWALL), fw_passes + 2);
+        assert_eq!(s.fw.rule_packets(&by_prefix, "no-dns-to-dvnt-gw"), 1);
         s.fw.install(&s.cfg.clone());
         assert_eq!(ask(&mut s, "ref.deevnet.net.", RecordType::TXT).0, TX);
         assert!(
             s.fw.rule_packets(&s.cfg.clone(), "default:gateway-dns") >= 1,
             "hits count for the rule that allows them"
         );
-        for c in [&s.cfg.agent.state_dir, &deny.agent.state_dir] {
+        for c in [&s.cfg.agent.state_dir, &deny.agent.state_dir, &by_prefix.agent.state_dir] {
             let _ = std::fs::remove_dir_all(c);
         }
     });

@@ -169,6 +169,13 @@ impl XdpCache {
         }
     }
 
+    /// Stores `a` as it is under `hash` (tests: an entry of another
+    /// question that has the same hash).
+    #[doc(hidden)]
+    pub fn insert_under(&self, hash: u64, a: &DnsAnswer) -> Result<()> {
+        Ok(self.answers.lock().expect("answers lock").insert(hash, a, 0)?)
+    }
+
     /// Entries in the map (valid or not: stale ones wait for LRU reuse).
     pub fn entries(&self) -> usize {
         self.answers.lock().expect("answers lock").keys().filter(|k| k.is_ok()).count()
