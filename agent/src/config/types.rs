@@ -467,7 +467,8 @@ pub struct TftpSection {
     #[serde(default = "default_tftp_timeout")]
     pub timeout: Duration,
     /// Retransmissions in a row without an answer; a transfer is given up
-    /// after a silence of `timeout × (retries + 1)`.
+    /// after a silence of `timeout × (retries + 1)`, and no sooner than 6 s
+    /// after the last retransmission (a client's own retry interval).
     #[serde(default = "default_tftp_retries")]
     pub retries: u32,
     /// The largest block size granted (RFC 2348); larger requests get this.

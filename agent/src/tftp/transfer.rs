@@ -81,7 +81,8 @@ pub struct Params {
     pub timeout: Duration,
     /// Retransmissions in a row without progress; after the last, the
     /// transfer is given up once the client has been silent for
-    /// `timeout × (retries + 1)`.
+    /// `timeout × (retries + 1)` and 6 s have passed since that last
+    /// retransmission.
     pub retries: u32,
 }
 
@@ -90,6 +91,10 @@ impl Default for Params {
         Self { limits: Limits::default(), timeout: Duration::from_secs(1), retries: 5 }
     }
 }
+
+/// How long a client may take to ask again after the last packet it got:
+/// 5 s is the common default (atftp, tftp-hpa, U-Boot), plus a margin.
+const CLIENT_RETRY: Duration = Duration::from_secs(6);
 
 /// The shortest adaptive retransmission timeout.
 const MIN_RTO: Duration = Duration::from_millis(50);
@@ -471,11 +476,14 @@ impl Transfer {
         self.probe = None;
         self.rto.back_off();
         // Fast retransmissions, but a client is only given up after a
-        // silence of `timeout × (retries + 1)`: long enough for clients that
-        // repeat their ACK after a few seconds (atftp: 5 s).
+        // silence of `timeout × (retries + 1)`, and never sooner than a
+        // client's own retry interval after this last retransmission: atftp
+        // and U-Boot restart their 5 s timer on every packet they get, even
+        // a duplicate they ignore, so they ask again only that long after
+        // the server's last one.
         self.deadline = Some(if self.retries == self.max_retries {
             let quiet = self.quiet_since.unwrap_or(now);
-            (now + self.rto.max).max(quiet + self.rto.max * (self.max_retries + 1))
+            (now + self.rto.max.max(CLIENT_RETRY)).max(quiet + self.rto.max * (self.max_retries + 1))
         } else {
             now + self.rto.current
         });

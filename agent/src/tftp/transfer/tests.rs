@@ -237,6 +237,26 @@ fn a_repeated_ack_after_the_retries_buys_one_retransmission() {
 }
 
 #[test]
+fn a_client_timing_out_after_our_last_retransmission_is_still_served() {
+    // atftp restarts its 5 s timer on every packet it gets, also on the
+    // duplicates it ignores: after its ACK was lost twice, it asks again
+    // only 5 s after the server's last retransmission (seen in the lab).
+    let mut h = window_of_two_after_ack_1(5);
+    h.drain();
+    let mut last = h.now;
+    for _ in 0..5 {
+        h.expire();
+        assert_eq!(h.drain().len(), 2);
+        last = h.now;
+    }
+    assert!(h.t.poll_timeout().unwrap() >= last + Duration::from_secs(6), "a client's retry interval after the last");
+    h.now = last + Duration::from_secs(5) + Duration::from_millis(500);
+    assert!(!h.t.handle_timeout(h.now));
+    assert_eq!(h.recv(&ack(3)), Received::Progress, "the client's late ACK is taken");
+    assert_eq!(h.drain().iter().map(|p| data_block(p).0).collect::<Vec<_>>(), [4, 5]);
+}
+
+#[test]
 fn progress_resets_the_retry_count() {
     let params = Params { retries: 2, ..Default::default() };
     let mut h = Harness::new(file(512 * 10), &[("blksize", "512")], Mode::Octet, params);
