@@ -367,6 +367,33 @@ fn every_traversal_trick_is_refused_and_logged() {
 }
 
 #[test]
+fn with_absolute_paths_from_the_root_a_leading_slash_stays_inside() {
+    // GRUB asks for `/grub/...` under its network prefix.
+    let f = Fixture::start(|c| c.replace("absolute_paths = \"refuse\"", "absolute_paths = \"root\""));
+    let secret = f.lab.paths.run_dir.join("secret");
+    fs::write(&secret, b"TOP-SECRET").unwrap();
+    f.put("grub/grub.cfg", b"set timeout=1\n");
+    let o = f.out.join("grub.cfg");
+    let c = f.tftp_hpa("/grub/grub.cfg", &o);
+    assert_same(&o, b"set timeout=1\n", "tftp-hpa /grub/grub.cfg", &c);
+    let raw = f.raw("dvnt-client");
+    assert_eq!(raw.fetch(b"//grub/grub.cfg", "octet", &[]).unwrap(), b"set timeout=1\n");
+    for (name, code) in [
+        (&b"/../secret"[..], ErrorCode::AccessViolation),
+        (b"/etc/passwd", ErrorCode::FileNotFound),
+        (b"/", ErrorCode::FileNotFound),
+    ] {
+        match raw.fetch(name, "octet", &[]) {
+            Ok(bytes) => {
+                panic!("{:?} was served: {:?}", String::from_utf8_lossy(name), String::from_utf8_lossy(&bytes))
+            }
+            Err((c, m)) => assert_eq!(c, code, "{:?}: {m}", String::from_utf8_lossy(name)),
+        }
+    }
+    assert_eq!(refusals(&f.tftp_status(), "absolute-path"), 0);
+}
+
+#[test]
 fn malformed_datagrams_to_port_69_cost_nothing() {
     let f = Fixture::start(|c| c);
     f.put("ok.bin", b"still fine");

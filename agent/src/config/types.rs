@@ -477,6 +477,22 @@ pub struct TftpSection {
     /// The largest window granted (RFC 7440); larger requests get this.
     #[serde(default = "default_max_windowsize")]
     pub max_windowsize: u16,
+    /// What a file name with a leading `/` means.
+    #[serde(default)]
+    pub absolute_paths: AbsolutePaths,
+}
+
+/// What a requested file name with a leading `/` means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AbsolutePaths {
+    /// Refused (access violation), like `..`.
+    #[default]
+    Refuse,
+    /// A path from the TFTP root, as tftpd-hpa `--secure` and dnsmasq read
+    /// it: GRUB asks for `/grub/...` under its network prefix, and many
+    /// PXE configurations name `/pxelinux.0`. Still confined to the root.
+    Root,
 }
 
 fn default_max_transfers() -> u32 {

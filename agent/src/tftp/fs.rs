@@ -50,6 +50,8 @@ pub enum Denied {
 pub struct Root {
     dir: OwnedFd,
     path: PathBuf,
+    /// A leading `/` names the root (`tftp.absolute_paths = "root"`).
+    absolute_from_root: bool,
 }
 
 /// An opened file and its size at opening.
@@ -68,7 +70,14 @@ impl Root {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Root { dir: unsafe { OwnedFd::from_raw_fd(fd) }, path: path.to_path_buf() })
+        Ok(Root { dir: unsafe { OwnedFd::from_raw_fd(fd) }, path: path.to_path_buf(), absolute_from_root: false })
+    }
+
+    /// Serves names with a leading `/` as paths from the root (they are
+    /// refused otherwise).
+    pub fn absolute_from_root(mut self, on: bool) -> Root {
+        self.absolute_from_root = on;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -77,7 +86,7 @@ impl Root {
 
     /// Opens `name` (the request's file name, raw bytes) for reading.
     pub fn open_file(&self, name: &[u8]) -> Result<Opened, Denied> {
-        check_name(name)?;
+        let name = check_name(name, self.absolute_from_root)?;
         let name = CString::new(name).map_err(|_| Denied::NotFound)?;
         // Look first, open second: O_PATH opens neither devices nor FIFOs.
         let probe = self.openat2(&name, libc::O_PATH)?;
@@ -124,18 +133,23 @@ impl Root {
     }
 }
 
-/// The checks on the name itself, before the file system is asked.
-fn check_name(name: &[u8]) -> Result<(), Denied> {
+/// The checks on the name itself, before the file system is asked; the
+/// name to resolve from the root (leading slashes gone when
+/// `absolute_from_root`).
+fn check_name(name: &[u8], absolute_from_root: bool) -> Result<&[u8], Denied> {
+    let name = match name.iter().position(|b| *b != b'/') {
+        Some(0) => name,
+        _ if !name.is_empty() && !absolute_from_root => return Err(Denied::AbsolutePath),
+        Some(i) => &name[i..],
+        None => &[],
+    };
     if name.is_empty() {
         return Err(Denied::EmptyName);
-    }
-    if name[0] == b'/' {
-        return Err(Denied::AbsolutePath);
     }
     if Path::new(OsStr::from_bytes(name)).components().any(|c| c == std::path::Component::ParentDir) {
         return Err(Denied::ParentComponent);
     }
-    Ok(())
+    Ok(name)
 }
 
 fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
@@ -232,6 +246,19 @@ mod tests {
         let n = Source::read_at(&mut o.file, 0, &mut v).unwrap();
         v.truncate(n);
         Ok(v)
+    }
+
+    #[test]
+    fn a_leading_slash_names_the_root_only_when_configured() {
+        let t = Tree::new("absolute");
+        let r = t.root().absolute_from_root(true);
+        assert_eq!(read(&r, "/boot.bin").unwrap(), b"boot");
+        assert_eq!(read(&r, "//sub/file").unwrap(), b"inner");
+        assert_eq!(read(&r, "/secret"), Err(Denied::NotFound), "the root's, not the host's");
+        assert_eq!(read(&r, "/../secret"), Err(Denied::ParentComponent));
+        assert_eq!(read(&r, "/"), Err(Denied::EmptyName));
+        assert_eq!(read(&r, "sub/file").unwrap(), b"inner");
+        assert_eq!(read(&t.root(), "/boot.bin"), Err(Denied::AbsolutePath), "refused by default");
     }
 
     #[test]

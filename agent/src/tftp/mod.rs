@@ -34,7 +34,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::config::{AuthorityMode, Config};
+use crate::config::{AbsolutePaths, AuthorityMode, Config};
 use proto::ErrorCode;
 
 /// The well-known TFTP port (RFC 1350 §4).
@@ -261,7 +261,9 @@ impl Tftp {
     pub fn start(config: &Config, mode: AuthorityMode) -> Result<Option<Tftp>, TftpError> {
         let Some(t) = &config.tftp else { return Ok(None) };
         let root_path = config.resolve_path(&t.root);
-        let root = fs::Root::open(&root_path).map_err(|source| TftpError::Root { path: root_path.clone(), source })?;
+        let root = fs::Root::open(&root_path)
+            .map_err(|source| TftpError::Root { path: root_path.clone(), source })?
+            .absolute_from_root(t.absolute_paths == AbsolutePaths::Root);
         let segments = config
             .segments
             .iter()
