@@ -239,11 +239,46 @@ struct Shared {
     params: transfer::Params,
     slots: Arc<tokio::sync::Semaphore>,
     stats: Stats,
+    /// Refusal log lines: a flood of bad requests is counted, not logged
+    /// line by line.
+    refusal_log: Mutex<LogBudget>,
 }
 
 impl Shared {
     fn refused(&self, r: Refusal) {
         self.stats.refusals[r.index()].fetch_add(1, Relaxed);
+    }
+}
+
+/// At most [`LogBudget::LINES`] lines per [`LogBudget::WINDOW`]; the rest
+/// are counted and reported once the next window opens.
+#[derive(Debug, Default)]
+struct LogBudget {
+    window_start: Option<std::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    const LINES: u32 = 32;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Whether a line may be logged at `now`, and how many were left out
+    /// in the window that just ended (to be reported first).
+    fn allow(&mut self, now: std::time::Instant) -> (bool, u64) {
+        let mut ended = 0;
+        if self.window_start.is_none_or(|s| now >= s + Self::WINDOW) {
+            ended = std::mem::take(&mut self.suppressed);
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < Self::LINES {
+            self.logged += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
     }
 }
 
@@ -298,6 +333,7 @@ impl Tftp {
             params,
             slots: Arc::new(tokio::sync::Semaphore::new(t.max_transfers as usize)),
             stats: Stats::default(),
+            refusal_log: Mutex::new(LogBudget::default()),
         });
         let tftp = Tftp { shared, segments, in_production: t.in_production, listeners: Mutex::new(Vec::new()) };
         tftp.apply_authority(mode)?;
@@ -391,6 +427,20 @@ mod tests {
                 assert_eq!(m, m.to_lowercase(), "lowercase messages");
             }
         }
+    }
+
+    #[test]
+    fn refusal_logging_is_budgeted_and_reports_what_it_left_out() {
+        let mut b = LogBudget::default();
+        let t0 = std::time::Instant::now();
+        for _ in 0..LogBudget::LINES {
+            assert_eq!(b.allow(t0), (true, 0));
+        }
+        for _ in 0..5 {
+            assert_eq!(b.allow(t0 + Duration::from_secs(1)), (false, 0));
+        }
+        assert_eq!(b.allow(t0 + LogBudget::WINDOW), (true, 5), "the next window reports the 5 left out");
+        assert_eq!(b.allow(t0 + LogBudget::WINDOW), (true, 0));
     }
 
     #[test]

@@ -134,11 +134,15 @@ fn mode(req: &Request<'_>) -> Option<Mode> {
 
 fn refuse(shared: &Shared, seg: &SegmentPlan, local: Ipv4Addr, peer: SocketAddrV4, r: Refusal, name: &[u8]) {
     shared.refused(r);
+    let (log, left_out) = shared.refusal_log.lock().expect("refusal log").allow(std::time::Instant::now());
+    if left_out > 0 {
+        warn!(count = left_out, "tftp: {left_out} more refusals were not logged (counted in coresvc status)");
+    }
     let name = String::from_utf8_lossy(name);
-    if r.suspicious() {
-        warn!(client = %peer, file = ?name, segment = %seg.name, reason = r.name(), "tftp: refused");
-    } else {
-        info!(client = %peer, file = ?name, segment = %seg.name, reason = r.name(), "tftp: refused");
+    match (log, r.suspicious()) {
+        (false, _) => {}
+        (true, true) => warn!(client = %peer, file = ?name, segment = %seg.name, reason = r.name(), "tftp: refused"),
+        (true, false) => info!(client = %peer, file = ?name, segment = %seg.name, reason = r.name(), "tftp: refused"),
     }
     let Some((code, message)) = r.reply() else { return };
     // From a fresh port, as a transfer would answer (RFC 1350 §4).
