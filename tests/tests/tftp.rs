@@ -394,6 +394,34 @@ fn with_absolute_paths_from_the_root_a_leading_slash_stays_inside() {
 }
 
 #[test]
+fn one_client_cannot_take_every_transfer_slot() {
+    let f = Fixture::start(|c| c.replace("max_transfers_per_client = 16", "max_transfers_per_client = 1"));
+    f.put("a.bin", &content(100_000, 3));
+    f.put("b.bin", b"small");
+    // A transfer its client never acknowledges holds the client's one slot
+    // until it is given up.
+    let hog = f.raw("dvnt-client");
+    hog.rrq(b"a.bin", "octet", &[]);
+    let _ = hog.recv();
+    f.wait_status("the first transfer runs", |s| count(s, "active") == 1);
+    let same_client = f.raw("dvnt-client");
+    match same_client.fetch(b"b.bin", "octet", &[]) {
+        Ok(_) => panic!("a second transfer for the same client"),
+        Err((code, m)) => assert_eq!(
+            (code, m.as_str()),
+            (ErrorCode::NotDefined, "too many transfers from this client: try again later")
+        ),
+    }
+    // Another client is served meanwhile.
+    let mut other = f.raw("provisioner");
+    other.server = "10.10.0.1:69".parse().unwrap();
+    assert_eq!(other.fetch(b"b.bin", "octet", &[]).unwrap(), b"small");
+    let s = f.tftp_status();
+    assert_eq!(refusals(&s, "client-busy"), 1, "{s:#}");
+    assert_eq!(refusals(&s, "busy"), 0);
+}
+
+#[test]
 fn malformed_datagrams_to_port_69_cost_nothing() {
     let f = Fixture::start(|c| c);
     f.put("ok.bin", b"still fine");

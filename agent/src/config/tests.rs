@@ -313,6 +313,7 @@ fn tftp_limits_are_checked() {
     assert_one(&tftp("max_blksize = 8\n"), "tftp.max_blksize", &["512 to 65464"]);
     assert_one(&tftp("max_windowsize = 0\n"), "tftp.max_windowsize", &["1 to 65535"]);
     assert_one(&tftp("max_transfers = 0\n"), "tftp.max_transfers", &["at least one"]);
+    assert_one(&tftp("max_transfers_per_client = 0\n"), "tftp.max_transfers_per_client", &["at least one"]);
     let e = Config::parse_str(&format!("{BASE}[tftp]\nroot = \"/\"\nmax_blksize = 70000\n"), "t.toml").unwrap_err();
     assert!(e.to_string().starts_with("t.toml:36:") && e.to_string().contains("70000"), "{e}");
 }

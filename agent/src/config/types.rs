@@ -461,6 +461,11 @@ pub struct TftpSection {
     /// Transfers at once; more requests are refused as busy.
     #[serde(default = "default_max_transfers")]
     pub max_transfers: u32,
+    /// Transfers at once from one client address; more are refused, so
+    /// one client (or a flood of forged requests from a segment address)
+    /// cannot take every slot.
+    #[serde(default = "default_max_transfers_per_client")]
+    pub max_transfers_per_client: u32,
     /// The first retransmission timeout and the longest one after backing
     /// off; once a client answers, the timeout follows its round-trip time.
     /// A client's RFC 2349 `timeout` option replaces it for its transfer.
@@ -497,6 +502,10 @@ pub enum AbsolutePaths {
 
 fn default_max_transfers() -> u32 {
     512
+}
+
+fn default_max_transfers_per_client() -> u32 {
+    16
 }
 
 fn default_tftp_timeout() -> Duration {

@@ -798,6 +798,9 @@ impl<'a> Validator<'a> {
                 }
             }
         }
+        if t.max_transfers_per_client == 0 {
+            self.err(cfg_path!("tftp", "max_transfers_per_client"), "allow at least one transfer per client");
+        }
         if t.max_transfers == 0 {
             self.err(cfg_path!("tftp", "max_transfers"), "allow at least one transfer");
         }

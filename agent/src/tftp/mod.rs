@@ -75,11 +75,13 @@ pub enum Refusal {
     /// came in on: possibly forged, so nothing is sent to it.
     OffSegment,
     Busy,
+    /// The client has `tftp.max_transfers_per_client` transfers running.
+    ClientBusy,
     ServerError,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::Malformed,
         Refusal::WriteRequest,
         Refusal::UnsupportedMode,
@@ -92,6 +94,7 @@ impl Refusal {
         Refusal::Permission,
         Refusal::OffSegment,
         Refusal::Busy,
+        Refusal::ClientBusy,
         Refusal::ServerError,
     ];
 
@@ -110,6 +113,7 @@ impl Refusal {
             Refusal::Permission => "permission",
             Refusal::OffSegment => "off-segment-source",
             Refusal::Busy => "busy",
+            Refusal::ClientBusy => "client-busy",
             Refusal::ServerError => "server-error",
         }
     }
@@ -132,6 +136,7 @@ impl Refusal {
             Refusal::Permission => (AccessViolation, "permission denied"),
             Refusal::OffSegment => return None,
             Refusal::Busy => (NotDefined, "too many transfers: try again later"),
+            Refusal::ClientBusy => (NotDefined, "too many transfers from this client: try again later"),
             Refusal::ServerError => (NotDefined, "server error"),
         })
     }
@@ -242,6 +247,40 @@ struct Shared {
     /// Refusal log lines: a flood of bad requests is counted, not logged
     /// line by line.
     refusal_log: Mutex<LogBudget>,
+    /// Transfers running per client address, at most `max_per_client`.
+    per_client: Mutex<BTreeMap<Ipv4Addr, u32>>,
+    max_per_client: u32,
+}
+
+impl Shared {
+    /// Counts a transfer for `client`, unless it has the most it may have.
+    fn client_slot(self: &Arc<Self>, client: Ipv4Addr) -> Option<ClientSlot> {
+        let mut m = self.per_client.lock().expect("per-client transfers");
+        let n = m.entry(client).or_insert(0);
+        if *n >= self.max_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { shared: self.clone(), client })
+    }
+}
+
+/// One running transfer of a client; released when dropped.
+struct ClientSlot {
+    shared: Arc<Shared>,
+    client: Ipv4Addr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.shared.per_client.lock().expect("per-client transfers");
+        if let Some(n) = m.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -334,6 +373,8 @@ impl Tftp {
             slots: Arc::new(tokio::sync::Semaphore::new(t.max_transfers as usize)),
             stats: Stats::default(),
             refusal_log: Mutex::new(LogBudget::default()),
+            per_client: Mutex::new(BTreeMap::new()),
+            max_per_client: t.max_transfers_per_client,
         });
         let tftp = Tftp { shared, segments, in_production: t.in_production, listeners: Mutex::new(Vec::new()) };
         tftp.apply_authority(mode)?;

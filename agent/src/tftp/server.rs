@@ -90,6 +90,9 @@ fn request(shared: &Arc<Shared>, seg: &SegmentPlan, local: Ipv4Addr, data: &[u8]
         }
     };
     let Some(mode) = mode(&req) else { return refuse(Refusal::UnsupportedMode, req.filename) };
+    let Some(client_slot) = shared.client_slot(*peer.ip()) else {
+        return refuse(Refusal::ClientBusy, req.filename);
+    };
     let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
         return refuse(Refusal::Busy, req.filename);
     };
@@ -117,6 +120,7 @@ fn request(shared: &Arc<Shared>, seg: &SegmentPlan, local: Ipv4Addr, data: &[u8]
         let outcome = run(&shared, sock, t, opened.file).await;
         shared.stats.active.fetch_sub(1, Relaxed);
         drop(slot);
+        drop(client_slot);
         finished(&shared, peer, &name, outcome);
     });
 }

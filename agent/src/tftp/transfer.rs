@@ -476,14 +476,16 @@ impl Transfer {
         self.probe = None;
         self.rto.back_off();
         // Fast retransmissions, but a client is only given up after a
-        // silence of `timeout × (retries + 1)`, and never sooner than a
-        // client's own retry interval after this last retransmission: atftp
-        // and U-Boot restart their 5 s timer on every packet they get, even
-        // a duplicate they ignore, so they ask again only that long after
-        // the server's last one.
+        // silence of `timeout × (retries + 1)`, and a client that has
+        // acknowledged something never sooner than its own retry interval
+        // after this last retransmission: atftp and U-Boot restart their
+        // 5 s timer on every packet they get, even a duplicate they ignore,
+        // so they ask again only that long after the server's last one.
+        // (Nothing is retransmitted to an unproven address.)
         self.deadline = Some(if self.retries == self.max_retries {
             let quiet = self.quiet_since.unwrap_or(now);
-            (now + self.rto.max.max(CLIENT_RETRY)).max(quiet + self.rto.max * (self.max_retries + 1))
+            let grace = if self.proven { self.rto.max.max(CLIENT_RETRY) } else { self.rto.max };
+            (now + grace).max(quiet + self.rto.max * (self.max_retries + 1))
         } else {
             now + self.rto.current
         });
