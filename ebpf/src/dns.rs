@@ -16,7 +16,8 @@ use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
     helpers::{
-        bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -141,9 +142,19 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
         // Another question with the same hash.
         return Err(counter::MISSES);
     }
-    let now = clock();
+    let mut now = clock();
     if now >= e.expires_ns {
         return Err(counter::EXPIRED);
+    }
+    // The coarse clock decides alone far from the expiry, for answers whose
+    // TTLs do not age (local data); near it, and for forwarded answers
+    // (aged by whole seconds, as the agent ages them), the precise one.
+    if e.aging != 0 || e.expires_ns - now < NS_PER_SEC {
+        // SAFETY: no preconditions.
+        now = unsafe { bpf_ktime_get_ns() };
+        if now >= e.expires_ns {
+            return Err(counter::EXPIRED);
+        }
     }
     if !current(e) {
         return Err(counter::INVALIDATED);
@@ -187,26 +198,32 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
     }
     // From here on the frame is changed: never back to the normal path.
     let moved = if in_place { 0 } else { MOVED };
-    Ok(build(ctx, e, seg, now, (u32::from(q.question_sum) << 16) | moved | qlen as u32))
+    let packed = (u32::from(q.question_sum) << 16) | ((seg & 63) << SEG_SHIFT) | moved | qlen as u32;
+    Ok(build(ctx, e, now, packed, e.expires_ns))
 }
 
-/// In `build`'s `question`: the question moved with the frame's start.
+/// In `build`'s `packed`: the question moved with the frame's start.
 const MOVED: u32 = 1 << 8;
+/// In `build`'s `packed`: where the segment's number (below 64) is.
+const SEG_SHIFT: u32 = 9;
 
 /// Writes the whole answer into the frame (already of the answer's
 /// length): the entry `e`'s sections, then the headers from the query kept
 /// in DNS_SCRATCH, turned around, and the question when it [`MOVED`].
-/// `question` is the question's sum (high half), that flag and its length
-/// (low byte). A subprogram of its own (its stack frame is not the
-/// caller's).
+/// `packed` holds the question's sum (high half), the segment, that flag
+/// and the question's length (low byte), five arguments being the most a
+/// BPF function takes; `expires` is the entry's expiry as checked. A
+/// subprogram of its own (its stack frame is not the caller's).
 #[inline(never)]
-fn build(ctx: &XdpContext, e: &DnsAnswer, seg: u32, now: u64, question: u32) -> u32 {
+fn build(ctx: &XdpContext, e: &DnsAnswer, now: u64, packed: u32, expires: u64) -> u32 {
+    let question = packed;
+    let seg = (packed >> SEG_SHIFT) & 63;
     let qlen = ((question & 0xff) as usize).clamp(5, dns::MAX_NAME + 4);
     let slen = usize::from(e.sections_len).clamp(1, DNS_MAX_SECTIONS);
     let sections_at = ANSWER_HEADERS + qlen;
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return unwritten(seg) };
     // SAFETY: this CPU's slot, filled by `serve` for this frame.
-    let (_, f) = unsafe { &mut *scratch }.split();
+    let (key, f) = unsafe { &mut *scratch }.split();
     // SAFETY: `slen` bytes of the entry's sections (within the map value);
     // the helper checks the frame's bounds.
     let rc =
@@ -216,6 +233,14 @@ fn build(ctx: &XdpContext, e: &DnsAnswer, seg: u32, now: u64, question: u32) -> 
     }
     let sections_sum = age_ttls(ctx, e, sections_at, slen, now);
     f.turn_around(e.flags, e.counts, (question >> 16) as u16, qlen, slen, sections_sum);
+    // The map reuses an entry at once when the agent replaces or evicts it:
+    // one that changed while it was read (its question, or its expiry for
+    // the same question stored again; both come before the sections in the
+    // value) may have given a mix. Nothing of it goes out.
+    if e.expires_ns != expires || !same(e.question.words(), key.words()) {
+        count(seg, counter::CHANGED);
+        return xdp_action::XDP_DROP;
+    }
     if question & MOVED == 0 {
         // The headers alone, stored directly (cheaper than the helper).
         let Some(to) = ptr_at_mut::<[u8; ANSWER_HEADERS], XdpContext>(ctx, 0) else { return unwritten(seg) };
@@ -264,8 +289,9 @@ unsafe fn copy_headers(to: *mut u8, from: *const u64) {
 }
 
 /// The frame was resized but the answer could not be written (cannot
-/// happen: it was sized for it). Its IPv4 length no longer matches the
-/// frame, so the stack drops it.
+/// happen: it was sized for it). The query goes on as it is (resized at
+/// its tail, the stack trims it to its IPv4 length; at its head, the
+/// stack drops it).
 #[inline(always)]
 fn unwritten(seg: u32) -> u32 {
     count(seg, counter::NO_ROOM);

@@ -114,11 +114,15 @@ pub mod dns_verdict {
 
     /// `(slot, allow)`, or `None` for [`SCAN`].
     pub const fn decode(v: u16) -> Option<(u32, bool)> {
-        if v == SCAN {
+        // SCAN, and values `encode` never writes (no rule that allows),
+        // leave it to the scan.
+        let s = (v & !ALLOW) as u32;
+        let allow = v & ALLOW != 0;
+        if s == 0 || s > NONE + 1 || (s == NONE + 1 && allow) {
             return None;
         }
-        let s = ((v & !ALLOW) - 1) as u32;
-        Some((if s < NONE { s } else { super::NO_RULE }, v & ALLOW != 0))
+        let s = s - 1;
+        Some((if s < NONE { s } else { super::NO_RULE }, allow))
     }
 
     /// Encoded as no rule (rule indices are far below it).
@@ -593,8 +597,6 @@ impl DnsKey {
 pub const DNS_KEY_WORDS: usize = size_of::<DnsKey>() / 8;
 const _: () = assert!(DNS_KEY_WORDS == coresvc_common::dns::NAME_WORDS + 1);
 
-impl DnsKey {}
-
 /// Value of [`DNS_CACHE`]: the agent's answer to the key's question, minus
 /// what the program takes from the query (ID, RD, CD and the question as
 /// received).
@@ -660,7 +662,9 @@ pub struct DnsStats {
     pub pass_tcp: u64,
     pub pass_firewall: u64,
     pub pass_no_room: u64,
-    pub _reserved: u64,
+    /// Answers dropped because the entry changed while it was copied (a
+    /// preallocated map reuses an entry at once); the client asks again.
+    pub dropped_changed: u64,
 }
 const _: () = assert!(size_of::<DnsStats>() == 8 * dns_counter::COUNT as usize);
 
@@ -708,6 +712,8 @@ pub mod dns_counter {
     pub const FIREWALL: u32 = 13;
     /// The answer did not fit the frame.
     pub const NO_ROOM: u32 = 14;
+    /// The entry changed while it was copied: the frame is dropped.
+    pub const CHANGED: u32 = 15;
     pub const COUNT: u32 = 16;
 }
 
@@ -728,6 +734,7 @@ pub const DNS_COUNTER_NAMES: &[(u32, &str)] = &[
     (dns_counter::TCP, "tcp"),
     (dns_counter::FIREWALL, "firewall"),
     (dns_counter::NO_ROOM, "no-room"),
+    (dns_counter::CHANGED, "entry-changed"),
 ];
 
 /// The answer cache: questions the agent answered (local data and
@@ -897,6 +904,9 @@ mod tests {
         }
         assert_eq!(dns_verdict::decode(dns_verdict::encode(NO_RULE, false)), Some((NO_RULE, false)));
         assert_eq!(dns_verdict::decode(dns_verdict::SCAN), None);
+        for never_written in [dns_verdict::ALLOW, 0xffff] {
+            assert_eq!(dns_verdict::decode(never_written), None, "{never_written:#x}: left to the scan");
+        }
     }
 
     #[test]

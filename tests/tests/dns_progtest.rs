@@ -55,7 +55,7 @@ struct Setup {
 }
 
 /// A record whose answers grow a frame by more than the headroom XDP
-/// frames have (the frame then grows at its tail).
+/// frames have (only growth at the tail fits them).
 const LARGE: &str = r#"
 [[zone.record]]
 name = "large"

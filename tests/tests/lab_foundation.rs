@@ -75,7 +75,7 @@ fn ping_across_segments_is_counted_in_status_and_bpftool_and_down_leaves_nothing
     assert!(packets(&s1, "dvntm0", "pass") >= packets(&s0, "dvntm0", "pass") + 5, "{s1:#}");
     assert!(iface(&s1, "mgmt0")["verdicts"]["pass"]["bytes"].as_u64().unwrap() > 15 * 98);
 
-    // bpftool reads the same pinned map, by field name.
+    // bpftool reads the same pinned map (key: the interface's slot * 8 + verdict).
     for name in ["mgmt0", "dvnt0", "dvntm0"] {
         let slot = iface(&s1, name)["stats_slot"].as_u64().unwrap();
         let before = packets(&lab.status_json().unwrap(), name, "pass");
@@ -223,6 +223,37 @@ fn pinned_maps_of_another_schema_version_are_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!xdp_attached(&lab, "mgmt0"), "unpin detaches the programs");
+}
+
+#[test]
+fn pins_of_schema_5_are_refused_by_their_version_despite_a_shorter_settings_entry() {
+    use coresvc::dataplane::pins::{PinError, check_existing};
+    /// Removes the test's pins, also when it fails.
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0.join("settings"));
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let dir = Path::new("/sys/fs/bpf").join(format!("coresvc-test-v5-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _pins = Pins(dir.clone());
+    let bpftool = |args: &[&str]| {
+        let out = Command::new("bpftool").args(args).output().unwrap();
+        assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let settings = dir.join("settings");
+    let path = settings.to_str().unwrap();
+    // Schema 5's settings entry: 32 bytes, the version first.
+    bpftool(&["map", "create", path, "type", "array", "key", "4", "value", "32", "entries", "1", "name", "SETTINGS"]);
+    let mut update = vec!["map", "update", "pinned", path, "key", "0", "0", "0", "0", "value", "5"];
+    update.extend(["0"; 31]);
+    bpftool(&update);
+    match check_existing(&dir, 1024) {
+        Err(e @ PinError::VersionMismatch { found: 5, .. }) => assert!(e.to_string().contains("coresvc unpin"), "{e}"),
+        other => panic!("expected a version mismatch naming coresvc unpin: {other:?}"),
+    }
 }
 
 #[test]

@@ -614,7 +614,8 @@ fn the_transfer_limit_refuses_the_excess_as_busy() {
 
 #[test]
 fn two_hundred_concurrent_transfers_all_complete() {
-    let f = Fixture::start(|c| c);
+    // One client namespace stands for two hundred machines here.
+    let f = Fixture::start(|c| c.replace("max_transfers_per_client = 16", "max_transfers_per_client = 256"));
     let n = 200;
     let files: Vec<Vec<u8>> = (0..8).map(|i| content(150_000 + i * 1000, i as u64)).collect();
     for (i, d) in files.iter().enumerate() {

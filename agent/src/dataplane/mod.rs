@@ -453,6 +453,13 @@ impl Dataplane {
 
     fn attach(&mut self, spec: IfaceSpec, ifindex: u32, previous: &BTreeMap<u32, IfaceInfo>) -> Result<()> {
         let prev_mode = previous.get(&ifindex).and_then(|i| AttachMode::from_code(i.attach_mode));
+        // The interface came back under another ifindex: its old entry goes
+        // (unless another attached interface has that ifindex now).
+        if let Some(old) = self.attached.get(&spec.name).map(|a| a.ifindex).filter(|i| *i != ifindex)
+            && !self.attached.iter().any(|(n, a)| *n != spec.name && a.ifindex == old)
+        {
+            remove_iface(&mut self.ebpf, old)?;
+        }
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut(spec.role.program())
@@ -472,7 +479,11 @@ impl Dataplane {
             prefix_len: spec.address.map(|a| a.prefix_len()).unwrap_or(0),
             attach_mode: mode.code(),
             flags: if spec.nat { schema::IFACE_F_NAT } else { 0 },
-            stats_slot: self.stats_slot(&spec.name, previous.get(&ifindex).map(|i| i.stats_slot))?,
+            stats_slot: self.stats_slot(
+                &spec.name,
+                previous.get(&ifindex).map(|i| i.stats_slot),
+                previous.iter().filter(|(i, _)| **i != ifindex).map(|(_, p)| p.stats_slot),
+            )?,
         };
         set_iface(&mut self.ebpf, ifindex, info)?;
         info!(
@@ -490,15 +501,18 @@ impl Dataplane {
 
     /// The IF_STATS slot for interface `name`: the one its pinned entry had
     /// (an adopted interface keeps counting where it did), else the lowest
-    /// free one, its counters zeroed.
-    fn stats_slot(&mut self, name: &str, previous: Option<u8>) -> Result<u8> {
+    /// free one, its counters zeroed. `reserved`: the slots other pinned
+    /// entries had (at start, for the interfaces attached after this one).
+    fn stats_slot(&mut self, name: &str, previous: Option<u8>, reserved: impl Iterator<Item = u8>) -> Result<u8> {
         let taken: BTreeSet<u8> =
             self.attached.iter().filter(|(n, _)| n.as_str() != name).map(|(_, a)| a.slot).collect();
-        if let Some(s) = previous.filter(|s| *s != 0 && !taken.contains(s)) {
+        if let Some(s) = previous.filter(|s| *s != 0 && u32::from(*s) <= schema::MAX_IFACES && !taken.contains(s)) {
             return Ok(s);
         }
+        let reserved: BTreeSet<u8> = reserved.collect();
         let slot = (1..=schema::MAX_IFACES as u8)
-            .find(|s| !taken.contains(s))
+            .find(|s| !taken.contains(s) && !reserved.contains(s))
+            .or_else(|| (1..=schema::MAX_IFACES as u8).find(|s| !taken.contains(s)))
             .ok_or_else(|| anyhow!("more than {} interfaces", schema::MAX_IFACES))?;
         let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut stats: PerCpuArray<&mut MapData, PacketCount> =

@@ -78,6 +78,9 @@ pub enum Existing {
     Compatible,
 }
 
+/// The settings entry's size up to schema version 5.
+const OLD_SETTINGS_LEN: u32 = 32;
+
 /// Refuses pins of another schema version or layout; reports whether there
 /// are pins to adopt.
 pub fn check_existing(dir: &Path, conntrack_max: u32) -> Result<Existing, PinError> {
@@ -101,9 +104,26 @@ pub fn check_existing(dir: &Path, conntrack_max: u32) -> Result<Existing, PinErr
         move |source| PinError::Read { path, source }
     };
     let data = MapData::from_pin(&settings_path).map_err(read_err(&settings_path))?;
-    let settings: Array<MapData, Settings> =
-        Array::try_from(aya::maps::Map::Array(data)).map_err(read_err(&settings_path))?;
-    let found = settings.get(&0, 0).map_err(read_err(&settings_path))?.schema_version;
+    let value_size = MapInfo::from_pin(&settings_path).map_err(read_err(&settings_path))?.value_size();
+    let found = if value_size as usize == size_of::<Settings>() {
+        let settings: Array<MapData, Settings> =
+            Array::try_from(aya::maps::Map::Array(data)).map_err(read_err(&settings_path))?;
+        settings.get(&0, 0).map_err(read_err(&settings_path))?.schema_version
+    } else if value_size == OLD_SETTINGS_LEN {
+        // Versions up to 5 had a shorter settings entry, the version first.
+        let settings: Array<MapData, [u8; OLD_SETTINGS_LEN as usize]> =
+            Array::try_from(aya::maps::Map::Array(data)).map_err(read_err(&settings_path))?;
+        let v = settings.get(&0, 0).map_err(read_err(&settings_path))?;
+        u32::from_ne_bytes([v[0], v[1], v[2], v[3]])
+    } else {
+        return Err(PinError::LayoutMismatch {
+            dir: dir.to_path_buf(),
+            path: settings_path,
+            what: "value size",
+            pinned: value_size,
+            expected: size_of::<Settings>() as u32,
+        });
+    };
     if found != schema::SCHEMA_VERSION {
         return Err(PinError::VersionMismatch { dir: dir.to_path_buf(), found, ours: schema::SCHEMA_VERSION });
     }

@@ -4,8 +4,10 @@
 //!
 //! Time is CLOCK_MONOTONIC in nanoseconds ([`now_ns`]), the clock of the XDP
 //! programs (`bpf_ktime_get_ns`): an entry's `stored_ns` and `expires_ns` go
-//! into the XDP answer cache unchanged, so both age TTLs and expire entries
-//! at the same instants.
+//! into the XDP answer cache unchanged, so both age TTLs at the same
+//! instants (the program reads the precise clock for answers that age). The
+//! program stops serving an entry up to 20 ms before its expiry (it judges
+//! entries far from it by the coarse clock), never after.
 
 use std::{num::NonZeroUsize, sync::Mutex, time::Duration};
 

@@ -290,7 +290,8 @@ impl Shared {
 }
 
 /// At most [`LogBudget::LINES`] lines per [`LogBudget::WINDOW`]; the rest
-/// are counted and reported once the next window opens.
+/// are counted, and their number is logged with the first refusal of a
+/// later window (the counters in `coresvc status` have every one).
 #[derive(Debug, Default)]
 struct LogBudget {
     window_start: Option<std::time::Instant>,
