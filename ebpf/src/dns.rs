@@ -216,9 +216,8 @@ const SEG_SHIFT: u32 = 9;
 /// subprogram of its own (its stack frame is not the caller's).
 #[inline(never)]
 fn build(ctx: &XdpContext, e: &DnsAnswer, now: u64, packed: u32, expires: u64) -> u32 {
-    let question = packed;
     let seg = (packed >> SEG_SHIFT) & 63;
-    let qlen = ((question & 0xff) as usize).clamp(5, dns::MAX_NAME + 4);
+    let qlen = ((packed & 0xff) as usize).clamp(5, dns::MAX_NAME + 4);
     let slen = usize::from(e.sections_len).clamp(1, DNS_MAX_SECTIONS);
     let sections_at = ANSWER_HEADERS + qlen;
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return unwritten(seg) };
@@ -232,7 +231,7 @@ fn build(ctx: &XdpContext, e: &DnsAnswer, now: u64, packed: u32, expires: u64) -
         return unwritten(seg);
     }
     let sections_sum = age_ttls(ctx, e, sections_at, slen, now);
-    f.turn_around(e.flags, e.counts, (question >> 16) as u16, qlen, slen, sections_sum);
+    f.turn_around(e.flags, e.counts, (packed >> 16) as u16, qlen, slen, sections_sum);
     // The map reuses an entry at once when the agent replaces or evicts it:
     // one that changed while it was read (its question, or its expiry for
     // the same question stored again; both come before the sections in the
@@ -241,7 +240,7 @@ fn build(ctx: &XdpContext, e: &DnsAnswer, now: u64, packed: u32, expires: u64) -
         count(seg, counter::CHANGED);
         return xdp_action::XDP_DROP;
     }
-    if question & MOVED == 0 {
+    if packed & MOVED == 0 {
         // The headers alone, stored directly (cheaper than the helper).
         let Some(to) = ptr_at_mut::<[u8; ANSWER_HEADERS], XdpContext>(ctx, 0) else { return unwritten(seg) };
         // SAFETY: the frame's ANSWER_HEADERS bytes are checked above; the
