@@ -615,13 +615,18 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     let on_stop = agent.config().agent.on_stop;
     match dp {
         Some(dp) if on_stop == crate::config::OnStop::Detach => dp.detach(),
-        Some(dp) => {
+        Some(mut dp) => {
+            let grace = std::time::Duration::from_secs(u64::from(config.agent.dns_after_stop.secs()));
+            if let Err(e) = dp.end_dns_cache_after(grace) {
+                warn!("cannot set the end of the XDP DNS answers: {e:#}");
+            }
             // The pinned links hold the programs: closing our handles at exit
             // changes nothing for them (as after a crash).
             std::mem::forget(dp);
             info!(
-                "programs stay attached (agent.on_stop = \"keep\"): forwarding, NAT and cached DNS answers go on \
-                 until the next start adopts them; `coresvc unpin` takes them down"
+                "programs stay attached (agent.on_stop = \"keep\"): forwarding and NAT go on until the next start \
+                 adopts them, cached DNS answers for {}s more; `coresvc unpin` takes them down",
+                grace.as_secs()
             );
         }
         None => error!("dataplane already gone at shutdown"),

@@ -143,7 +143,9 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
         return Err(counter::MISSES);
     }
     let mut now = clock();
-    if now >= e.expires_ns {
+    // Past its expiry, or past the end a clean stop of the agent set.
+    let until = settings.dns_cache_until_ns;
+    if now >= e.expires_ns || (until != 0 && now >= until) {
         return Err(counter::EXPIRED);
     }
     // The coarse clock decides alone far from the expiry, for answers whose

@@ -89,8 +89,12 @@ pub struct Settings {
     /// the bank, so the answer cache need not scan the rules per query. A
     /// [`dns_verdict`] encoding.
     pub dns_verdict: [[u16; 64]; 2],
+    /// CLOCK_MONOTONIC ns after which the DNS answer cache passes every
+    /// query (0: no limit): a clean stop that keeps the programs sets it,
+    /// so cached answers outlive the agent for a restart, not for good.
+    pub dns_cache_until_ns: u64,
 }
-const _: () = assert!(size_of::<Settings>() == 32 + 256);
+const _: () = assert!(size_of::<Settings>() == 32 + 256 + 8);
 
 impl Default for Settings {
     fn default() -> Self {

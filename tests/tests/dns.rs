@@ -763,6 +763,26 @@ fn a_service_move_leaves_no_stale_answer_in_the_xdp_cache() {
 }
 
 #[test]
+fn after_a_clean_stop_cached_answers_come_from_xdp_for_the_grace_only() {
+    let mut lab = lab_with(|s| s.replace("dns_after_stop = \"30s\"", "dns_after_stop = \"5s\""));
+    let name = "artifacts.dvntm.deevnet.net";
+    let first = ask(&lab, name, "A");
+    let hits = xdp_counter(&lab, "dvnt", "hits");
+    assert_eq!(content(&ask(&lab, name, "A")), content(&first));
+    assert_eq!(xdp_counter(&lab, "dvnt", "hits"), hits + 1, "cached in XDP");
+    let st = lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap().unwrap();
+    assert!(st.success(), "clean exit: {st}");
+    let stopped = std::time::Instant::now();
+    // The agent is gone; a restart would take over within the grace.
+    assert_eq!(content(&ask(&lab, name, "A")), content(&first), "answered from XDP after the stop");
+    assert!(stopped.elapsed() < Duration::from_secs(4), "the check ran within the grace");
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(stopped.elapsed()));
+    // A stop without a start: another server may take the address now.
+    let late = lab.kdig("dvnt-client", GW_DVNT, name, "A", &[]);
+    assert!(late.is_err(), "no answer once the grace is over: {late:?}");
+}
+
+#[test]
 fn the_xdp_cache_is_switched_by_the_configuration() {
     let mut lab = Lab::for_test().unwrap();
     let cfg = config(&lab, |s| s.replace("dns_cache = true", "dns_cache = false"));

@@ -58,6 +58,11 @@ pub struct AgentSection {
     pub authority: AuthorityMode,
     /// What a clean stop (SIGTERM, SIGINT) does with the programs.
     pub on_stop: OnStop,
+    /// With `on_stop = "keep"`: how long after a clean stop cached DNS
+    /// answers still come from XDP (a restart takes over before); after a
+    /// stop without a start they end, so another DNS server can take the
+    /// address. A crash leaves no end: they go on until their TTLs.
+    pub dns_after_stop: Duration,
 }
 
 impl Default for AgentSection {
@@ -70,6 +75,7 @@ impl Default for AgentSection {
             metrics_listen: None,
             authority: AuthorityMode::Bootstrap,
             on_stop: OnStop::Keep,
+            dns_after_stop: Duration(30),
         }
     }
 }
@@ -79,9 +85,9 @@ impl Default for AgentSection {
 #[serde(rename_all = "lowercase")]
 pub enum OnStop {
     /// The programs stay attached through their pinned links and keep
-    /// forwarding, translating and answering cached DNS questions, as after
-    /// a crash; the next start adopts them (a restart without an outage).
-    /// `coresvc unpin` takes them down.
+    /// forwarding, translating and (for `agent.dns_after_stop`) answering
+    /// cached DNS questions; the next start adopts them (a restart without
+    /// an outage). `coresvc unpin` takes them down.
     Keep,
     /// The programs are detached (the maps stay pinned).
     Detach,

@@ -302,6 +302,8 @@ impl Dataplane {
         let mut s = settings.get(&0, 0).unwrap_or_default();
         s.schema_version = schema::SCHEMA_VERSION;
         s.flags = flags;
+        // Running: the answer cache has no end (an earlier clean stop's goes).
+        s.dns_cache_until_ns = 0;
         settings.set(0, s, 0)?;
         let nat_addr = self.nat_addr(cfg);
         let mut settings: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(&schema::SETTINGS)?)?;
@@ -390,6 +392,16 @@ impl Dataplane {
             }
         }
         self.set_local_addrs(plan.addresses.iter().map(|a| a.addr.addr()).chain(found.map(|a| a.addr())).collect())
+    }
+
+    /// A clean stop that keeps the programs: the answer cache ends `grace`
+    /// from now, unless a start takes over before.
+    pub fn end_dns_cache_after(&mut self, grace: std::time::Duration) -> Result<()> {
+        let mut settings: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(&schema::SETTINGS)?)?;
+        let mut s = settings.get(&0, 0)?;
+        s.dns_cache_until_ns = crate::dns::cache::now_ns().saturating_add(grace.as_nanos() as u64).max(1);
+        settings.set(0, s, 0)?;
+        Ok(())
     }
 
     /// Tells the programs whether the DNS service runs (and fills the answer
