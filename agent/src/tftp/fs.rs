@@ -187,6 +187,69 @@ impl FileSource {
         let chunk = if blksize >= READ_AHEAD { blksize } else { READ_AHEAD - READ_AHEAD % blksize.max(1) };
         FileSource { file, chunk, buf: Vec::new(), start: 0, valid: 0 }
     }
+
+    /// The bytes `offset..offset + len` are read already.
+    pub fn covers(&self, offset: u64, len: usize) -> bool {
+        offset >= self.start && offset + len as u64 <= self.start + self.valid as u64
+    }
+
+    /// Reads at least `len` bytes (a chunk at least) from `offset` ahead,
+    /// blocking: the transfer runs it on a blocking thread, so a slow disk
+    /// never holds the runtime. A failed read leaves nothing cached; the
+    /// next `read_at` tries again and reports the error.
+    pub fn fill(&mut self, offset: u64, len: usize) {
+        self.fill_with(offset, len, 0);
+    }
+
+    /// The same without waiting for the disk (`RWF_NOWAIT`): the bytes are
+    /// in the page cache, as a boot file mostly is. [`Cached::No`]: they
+    /// are not (then [`FileSource::fill`] off the runtime).
+    pub fn fill_cached(&mut self, offset: u64, len: usize) -> Cached {
+        match self.fill_with(offset, len, libc::RWF_NOWAIT) {
+            Some(libc::EAGAIN) if self.valid < len => Cached::No,
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => Cached::Unsupported,
+            _ if self.valid >= len => Cached::Yes,
+            _ => Cached::No,
+        }
+    }
+
+    /// Reads into the buffer from `offset` until it is full, at the end of
+    /// the file, or at an error (returned, with what was read kept).
+    fn fill_with(&mut self, offset: u64, len: usize, flags: libc::c_int) -> Option<libc::c_int> {
+        self.buf.resize(self.chunk.max(len), 0);
+        self.valid = 0;
+        self.start = offset;
+        let mut n = 0;
+        let err = loop {
+            if n == self.buf.len() {
+                break None;
+            }
+            let rest = &mut self.buf[n..];
+            let iov = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
+            // SAFETY: one iovec over our own buffer; the descriptor is open.
+            let r = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, (offset + n as u64) as libc::off_t, flags) };
+            match r {
+                0 => break None,
+                r if r > 0 => n += r as usize,
+                _ => match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    e => break e,
+                },
+            }
+        };
+        self.valid = n;
+        err
+    }
+}
+
+/// Whether [`FileSource::fill_cached`] read the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    Yes,
+    /// Not all in the page cache: read them off the runtime.
+    No,
+    /// The file system cannot tell: reads go on as plain reads.
+    Unsupported,
 }
 
 impl Source for FileSource {
@@ -339,6 +402,18 @@ mod tests {
             // Going back (a retransmission) reads the same bytes again.
             let n = crate::tftp::transfer::read_full(&mut src, 1000, &mut block).unwrap();
             assert_eq!(&block[..n], &data[1000..1000 + n]);
+            // Read ahead (off the runtime), then served from memory.
+            let (at, len) = (150_000u64, 3 * blksize);
+            assert!(!src.covers(at, len));
+            src.fill(at, len);
+            assert!(src.covers(at, len.min(50_000)), "blksize {blksize}");
+            let n = crate::tftp::transfer::read_full(&mut src, at, &mut block).unwrap();
+            assert_eq!(&block[..n], &data[at as usize..at as usize + n]);
+            // Just written, so in the page cache: read without waiting.
+            let len = blksize.min(40_000);
+            assert_ne!(src.fill_cached(10, len), Cached::No, "blksize {blksize}");
+            let n = crate::tftp::transfer::read_full(&mut src, 10, &mut block[..len]).unwrap();
+            assert_eq!(&block[..n], &data[10..10 + n]);
         }
     }
 

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Refusal, SegmentPlan, Shared,
-    fs::FileSource,
+    fs::{Cached, FileSource},
     proto::{DATA_HEADER_LEN, Repr, Request},
     transfer::{Failure, Mode, Outcome, Received, Transfer},
 };
@@ -177,6 +177,23 @@ async fn run(shared: &Shared, sock: UdpSocket, mut t: Transfer, file: std::fs::F
     tokio::pin!(sleep);
     let mut armed = None;
     loop {
+        // The window's bytes are read ahead: at once from the page cache,
+        // else on a blocking thread, so a cold file on a slow disk never
+        // holds the runtime (DNS and DHCP share it).
+        if let Some((offset, len)) = t.next_read()
+            && !src.covers(offset, len)
+            && src.fill_cached(offset, len) == Cached::No
+        {
+            src = match tokio::task::spawn_blocking(move || {
+                src.fill(offset, len);
+                src
+            })
+            .await
+            {
+                Ok(s) => s,
+                Err(_) => return Outcome::Failed(Failure::Read(std::io::ErrorKind::Other)),
+            };
+        }
         let now = Instant::now();
         loop {
             // A batch: full-size DATA packets; a shorter packet ends it.

@@ -312,6 +312,22 @@ impl Transfer {
         }
     }
 
+    /// The file bytes the packets due next will read (octet mode): from
+    /// the next block to the end of the window, or `None` when nothing is
+    /// due. The caller reads them ahead, off its async runtime.
+    pub fn next_read(&self) -> Option<(u64, usize)> {
+        if self.outcome.is_some() || self.netascii.is_some() || self.phase != Phase::Data {
+            return None;
+        }
+        let last = self.last.unwrap_or(u64::MAX).min(self.acked + self.window);
+        if self.next > last {
+            return None;
+        }
+        let offset = (self.next - 1) * self.blksize as u64;
+        let len = ((last - self.next + 1) * self.blksize as u64).min(self.size.saturating_sub(offset));
+        Some((offset, len as usize))
+    }
+
     /// Writes the next packet due into `buf` (at least
     /// [`Transfer::packet_capacity`] bytes). Call until it returns `None`.
     pub fn poll_transmit<S: Source + ?Sized>(&mut self, now: Instant, src: &mut S, buf: &mut [u8]) -> Option<Transmit> {

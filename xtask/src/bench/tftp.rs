@@ -19,6 +19,7 @@ const SIZE: usize = 64 << 20;
 const RUNS: usize = 5;
 const SERVER: &str = "10.20.0.1";
 const HPA_PORT: u16 = 6969;
+const HPA_RULE: &str = "\n[[firewall.rule]]\nname = \"bench-tftpd-hpa\"\nfrom = \"dvnt\"\nto = \"gateway\"\nproto = \"udp\"\nports = [6969]\naction = \"allow\"\n";
 /// Run-to-run spread of lock-step figures on the 2-CPU lab VM.
 const NOISE: f64 = 0.10;
 
@@ -64,7 +65,11 @@ pub fn run() -> Result<()> {
     fs::create_dir_all(&root)?;
     fs::write(root.join("big.bin"), pseudo_random(SIZE)).context("writing the 64 MiB file")?;
     let config = lab.paths.run_dir.join("coresvc.toml");
-    fs::copy(coresvc_lab::default_config(), &config)?;
+    // The firewall lets the segments reach the gateway's services only:
+    // tftpd-hpa's port needs a rule (its transfers then ride on the
+    // connections the gateway opens, as coresvc's do).
+    let text = fs::read_to_string(coresvc_lab::default_config())? + HPA_RULE;
+    fs::write(&config, text)?;
     step("bench", &format!("starting coresvc ({}) and tftpd-hpa in {}", bin.display(), lab.gw_ns()));
     lab.start_agent(&AgentOpts::new(&config))?;
     let _tftpd = Tftpd(

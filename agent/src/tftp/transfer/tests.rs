@@ -257,6 +257,25 @@ fn a_client_timing_out_after_our_last_retransmission_is_still_served() {
 }
 
 #[test]
+fn next_read_names_the_windows_bytes_in_octet_mode_only() {
+    let mut h = window_of_two_after_ack_1(5);
+    assert_eq!(h.t.next_read(), Some((512, 1024)), "blocks 2 and 3");
+    h.drain();
+    assert_eq!(h.t.next_read(), None, "the window is out");
+    h.recv(&ack(3));
+    assert_eq!(h.t.next_read(), Some((3 * 512, 1024)), "blocks 4 and 5");
+    let mut h = Harness::new(file(1100), &[("windowsize", "2")], Mode::Octet, Params::default());
+    h.drain();
+    assert_eq!(h.t.next_read(), None, "the OACK first");
+    h.recv(&ack(0));
+    h.drain();
+    h.recv(&ack(2));
+    assert_eq!(h.t.next_read(), Some((1024, 76)), "the last block, short");
+    let n = Harness::new(file(5000), &[], Mode::Netascii, Params::default());
+    assert_eq!(n.t.next_read(), None, "netascii reads block by block");
+}
+
+#[test]
 fn progress_resets_the_retry_count() {
     let params = Params { retries: 2, ..Default::default() };
     let mut h = Harness::new(file(512 * 10), &[("blksize", "512")], Mode::Octet, params);
