@@ -88,8 +88,7 @@ extern "C" fn scan_step(i: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &mut *(ctx as *mut Scan) };
     let idx = c.base + (i as u32 & (RULES_PER_BANK - 1));
     let Some(r) = RULES.get(idx) else { return 1 };
-    let m =
-        RuleMatch { from: r.from, to: r.to, proto: r.proto, flags: r.flags, port_lo: r.port_lo, port_hi: r.port_hi };
+    let m = RuleMatch::from(r);
     let (set, daddr) = (r.prefix_set, c.daddr);
     if firewall::matches(&m, &c.flow, || maps::in_prefix_set(set, daddr)) {
         c.slot = idx;

@@ -357,6 +357,14 @@ pub struct Rule {
 }
 const _: () = assert!(size_of::<Rule>() == 16);
 
+/// The parts of a rule the matcher reads.
+impl From<&Rule> for coresvc_common::firewall::RuleMatch {
+    #[inline(always)]
+    fn from(r: &Rule) -> Self {
+        Self { from: r.from, to: r.to, proto: r.proto, flags: r.flags, port_lo: r.port_lo, port_hi: r.port_hi }
+    }
+}
+
 /// `CtEntry::rule` when no rule decided: the last resort deny.
 pub const NO_RULE: u32 = 0xffff;
 /// `CtEntry::rule` of connections the gateway opened itself.

@@ -199,9 +199,8 @@ pub fn dns_verdicts(compiled: &[Compiled], base: u32) -> [u16; 64] {
         let flow = Flow { from: ZONE_SEGMENT0 + seg as u16, to: ZONE_GATEWAY, proto: ipproto::UDP, dport: port::DNS };
         for (i, c) in compiled.iter().enumerate() {
             let r = &c.rule;
-            let m =
-                RuleMatch { from: r.from, to: r.to, proto: r.proto, flags: 0, port_lo: r.port_lo, port_hi: r.port_hi };
-            if matches(&m, &flow, || true) {
+            // Whether a rule with prefixes matches is the scan's to say.
+            if matches(&RuleMatch::from(r), &flow, || true) {
                 if r.flags & RULE_F_PREFIXES != 0 {
                     return dns_verdict::SCAN;
                 }
@@ -283,15 +282,7 @@ mod tests {
     fn decide(rules: &[Compiled], f: Flow, dst: std::net::Ipv4Addr) -> (String, bool) {
         for c in rules {
             let r = &c.rule;
-            let m = RuleMatch {
-                from: r.from,
-                to: r.to,
-                proto: r.proto,
-                flags: r.flags,
-                port_lo: r.port_lo,
-                port_hi: r.port_hi,
-            };
-            if matches(&m, &f, || c.prefixes.iter().any(|p| p.contains(&dst))) {
+            if matches(&RuleMatch::from(r), &f, || c.prefixes.iter().any(|p| p.contains(&dst))) {
                 return (c.name.clone(), r.action == ACTION_ALLOW);
             }
         }

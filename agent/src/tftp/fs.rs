@@ -259,10 +259,11 @@ impl Source for FileSource {
             if out.len() >= self.chunk {
                 return FileExt::read_at(&self.file, out, offset);
             }
-            self.buf.resize(self.chunk, 0);
-            self.valid = 0;
-            self.valid = FileExt::read_at(&self.file, &mut self.buf, offset)?;
-            self.start = offset;
+            if let Some(e) = self.fill_with(offset, 0, 0)
+                && self.valid == 0
+            {
+                return Err(io::Error::from_raw_os_error(e));
+            }
         }
         let at = (offset - self.start) as usize;
         let n = out.len().min(self.valid - at);
