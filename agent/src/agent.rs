@@ -198,7 +198,7 @@ impl Agent {
         {
             let mut dp = self.dataplane.lock().expect("dataplane lock");
             let dp = dp.as_mut().ok_or_else(|| anyhow::anyhow!("the dataplane is shutting down"))?;
-            dp.reconfigure(&next, compiled)?;
+            dp.reconfigure(&next, &plan, compiled)?;
             done.push(format!("firewall: {} rules active", dp.rules_count()));
         }
         let applied = self.routing.apply(&plan).await?;
@@ -651,6 +651,9 @@ async fn conntrack_gc(agent: Arc<Agent>) {
             Ok(0) => {}
             Ok(n) => tracing::debug!("nat: removed {n} unused binding(s)"),
             Err(e) => warn!("nat gc: {e:#}"),
+        }
+        if let Err(e) = dp.reconcile_quotas() {
+            warn!("quotas: {e:#}");
         }
     }
 }

@@ -49,6 +49,9 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     ("DHCP peers", &["kea-dhcp4-server"]),
     ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),
     ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools", "traceroute"]),
+    // Floods and crafted attacks for the hardening tests (RST sweeps,
+    // conntrack filling, spoofed sources).
+    ("attack and fault tools", &["hping3", "python3-scapy"]),
     // A real firmware client: a diskless qemu guest that PXE boots from
     // coresvc (SeaBIOS with iPXE's ROMs, or OVMF's own PXE chaining iPXE).
     ("PXE boot test", &["qemu-system-x86", "ipxe-qemu", "ipxe", "ovmf"]),

@@ -404,3 +404,13 @@ fn dns_cache_needs_dns() {
     let e = Config::parse_str(&format!("{BASE}[dataplane]\ndns_cache = \"yes\"\n"), "t.toml").unwrap_err();
     assert!(e.to_string().contains("expected a boolean"), "{e}");
 }
+
+#[test]
+fn quotas_larger_than_what_they_share_are_refused() {
+    let ps = problems("\n[dataplane]\nconntrack_max = 1024\nmax_flows_per_host = 2000\n");
+    assert_one(&ps, "dataplane.max_flows_per_host", &["2000", "conntrack_max = 1024"]);
+    let ps = problems("\n[nat]\nport_min = 20000\nport_max = 20099\nmax_ports_per_host = 101\n");
+    assert_one(&ps, "nat.max_ports_per_host", &["101", "100 ports"]);
+    let c = Config::parse_str(&format!("{BASE}\n[dataplane]\nconntrack_max = 4096\n"), "t.toml").unwrap();
+    assert_eq!((c.dataplane.flow_quota(), c.nat.port_quota()), (512, 3192), "the defaults: an eighth, a quarter");
+}

@@ -120,8 +120,20 @@ pub struct DataplaneSection {
     pub dns_cache: Option<bool>,
     /// Forward established flows from XDP.
     pub fast_forward: bool,
-    /// Size of the connection-tracking table.
+    /// Size of the connection-tracking table (an LRU table: when full, a
+    /// new connection replaces the least recently used one).
     pub conntrack_max: u32,
+    /// Forwarded connections one source address may have at once (0: no
+    /// limit). Absent: an eighth of `conntrack_max`. Refused connections
+    /// are counted as `flow-quota`.
+    pub max_flows_per_host: Option<u32>,
+}
+
+impl DataplaneSection {
+    /// The per-source connection quota in force.
+    pub fn flow_quota(&self) -> u32 {
+        self.max_flows_per_host.unwrap_or(self.conntrack_max / 8)
+    }
 }
 
 impl Default for DataplaneSection {
@@ -132,6 +144,7 @@ impl Default for DataplaneSection {
             dns_cache: None,
             fast_forward: true,
             conntrack_max: 65536,
+            max_flows_per_host: None,
         }
     }
 }
@@ -547,14 +560,27 @@ pub struct FirewallSection {
     pub egress: Action,
     /// From the uplink into segments or to the gateway, when no rule matches.
     pub inbound: Action,
+    /// IPv6 frames on coresvc's interfaces (not served yet): `drop`
+    /// (counted as `ipv6-policy`) or `stack` (handed to the kernel
+    /// unjudged, for a host whose own nftables judges IPv6).
+    pub ipv6: Ipv6Policy,
     #[serde(rename = "rule")]
     pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Policy {
+    #[default]
+    Drop,
+    Stack,
 }
 
 impl Default for FirewallSection {
     fn default() -> Self {
         Self {
             enabled: true,
+            ipv6: Ipv6Policy::Drop,
             to_gateway: GatewayPolicy::Services,
             inter_segment: Action::Deny,
             egress: Action::Allow,
@@ -619,15 +645,26 @@ pub struct NatSection {
     /// kernel's ephemeral ports (net.ipv4.ip_local_port_range).
     pub port_min: u16,
     pub port_max: u16,
+    /// Outside ports one inside address may hold at once (0: no limit).
+    /// Absent: a quarter of the range. Refused flows are counted as
+    /// `nat-port-quota`.
+    pub max_ports_per_host: Option<u32>,
     #[serde(rename = "forward")]
     pub forwards: Vec<PortForward>,
+}
+
+impl NatSection {
+    /// The per-host outside-port quota in force.
+    pub fn port_quota(&self) -> u32 {
+        self.max_ports_per_host.unwrap_or((u32::from(self.port_max).saturating_sub(u32::from(self.port_min)) + 1) / 4)
+    }
 }
 
 impl Default for NatSection {
     fn default() -> Self {
         // Below Linux's ephemeral range (32768-60999): the gateway's own
         // connections use those on the same address.
-        Self { port_min: 20_000, port_max: 32_767, forwards: Vec::new() }
+        Self { port_min: 20_000, port_max: 32_767, max_ports_per_host: None, forwards: Vec::new() }
     }
 }
 

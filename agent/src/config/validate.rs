@@ -886,6 +886,23 @@ impl<'a> Validator<'a> {
                 format!("the range {}-{} is empty or starts at 0; use e.g. 20000-60999", n.port_min, n.port_max),
             );
         }
+        let range = (u32::from(n.port_max) + 1).saturating_sub(u32::from(n.port_min));
+        if let Some(q) = n.max_ports_per_host.filter(|q| *q > range) {
+            self.err(
+                cfg_path!("nat", "max_ports_per_host"),
+                format!("{q} is more than the {range} ports of nat.port_min..nat.port_max; use at most {range} (0: no limit)"),
+            );
+        }
+        let dp = &c.dataplane;
+        if let Some(q) = dp.max_flows_per_host.filter(|q| *q > dp.conntrack_max) {
+            self.err(
+                cfg_path!("dataplane", "max_flows_per_host"),
+                format!(
+                    "{q} is more than the table holds (dataplane.conntrack_max = {}); use at most that (0: no limit)",
+                    dp.conntrack_max
+                ),
+            );
+        }
         let mut seen = HashMap::new();
         for (i, f) in n.forwards.iter().enumerate() {
             if f.proto == Proto::Icmp {

@@ -21,6 +21,13 @@ use coresvc_maps_schema::{
     SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, Settings,
 };
 
+/// The gateway's addresses in the FIB namespace.
+pub const LOCAL: [[u8; 4]; 3] = [[10, 10, 0, 1], [10, 20, 0, 1], [192, 0, 2, 2]];
+
+/// TC verdicts.
+pub const TC_OK: u32 = 0;
+pub const TC_SHOT: u32 = 2;
+
 pub const DROP: u32 = 1;
 pub const PASS: u32 = 2;
 pub const REDIRECT: u32 = 4;
@@ -128,6 +135,8 @@ impl Fw {
                 ipv4: a,
                 prefix_len: 24,
                 stats_slot: slot,
+                cidr: if role == ROLE_SEGMENT { [a[0], a[1], a[2], 0] } else { [0; 4] },
+                cidr_len: if role == ROLE_SEGMENT { 24 } else { 0 },
                 ..Default::default()
             };
             set_iface(&mut ebpf, mgmt, info(ROLE_SEGMENT, 0, [10, 10, 0, 1], 1)).unwrap();
@@ -137,7 +146,7 @@ impl Fw {
         {
             let mut m: BpfHashMap<&mut MapData, [u8; 4], u32> =
                 BpfHashMap::try_from(ebpf.map_mut("LOCAL_ADDRS").unwrap()).unwrap();
-            for a in [[10, 10, 0, 1], [10, 20, 0, 1], [192, 0, 2, 2]] {
+            for a in LOCAL {
                 m.insert(a, 1, 0).unwrap();
             }
         }
@@ -148,6 +157,34 @@ impl Fw {
 
     pub fn install(&mut self, cfg: &Config) {
         rules::install(&mut self.ebpf, &rules::compile(cfg).unwrap()).unwrap();
+        let local: Vec<Ipv4Addr> = LOCAL.iter().map(|a| Ipv4Addr::from(*a)).collect();
+        coresvc::dataplane::write_src_guard(&mut self.ebpf, cfg, &local).unwrap();
+    }
+
+    /// Changes the settings entry.
+    pub fn settings(&mut self, f: impl FnOnce(&mut Settings)) {
+        let mut s: Array<&mut MapData, Settings> = Array::try_from(self.ebpf.map_mut("SETTINGS").unwrap()).unwrap();
+        let mut v = s.get(&0, 0).unwrap();
+        f(&mut v);
+        s.set(0, v, 0).unwrap();
+    }
+
+    /// Runs the TC egress program on `frame` as the stack forwards it,
+    /// received on `ingress_ifindex` (0: sent by the gateway itself):
+    /// (verdict, the frame as sent).
+    pub fn egress_from(&mut self, ingress_ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(schema::programs::EGRESS).unwrap().try_into().unwrap();
+        // struct __sk_buff (192 bytes): ingress_ifindex at offset 36.
+        let mut ctx = vec![0u8; 192];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut o = TestRunOptions::new();
+        o.data_in = Some(frame);
+        o.data_out = Some(&mut out);
+        o.ctx_in = Some(&ctx);
+        let r = prog.test_run(o).expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 
     /// Runs the XDP program on `frame` arriving on `ifindex`: (verdict, output).
@@ -181,14 +218,20 @@ impl Fw {
 
     /// Runs the TC egress program on `frame`: (verdict, the frame as sent).
     pub fn egress_out(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = self.ebpf.program_mut(schema::programs::EGRESS).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut o = TestRunOptions::new();
-        o.data_in = Some(frame);
-        o.data_out = Some(&mut out);
-        let r = prog.test_run(o).expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        self.egress_from(0, frame)
+    }
+
+    /// Runs the TC egress program on `frame` as the stack forwards it,
+    /// received on the interface of its source (10.10/16 mgmt, 10.20/16
+    /// dvnt, else the uplink): (verdict, the frame as sent).
+    pub fn forwarded(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let src = &frame[frames::IP + 12..frames::IP + 14];
+        let from = match src {
+            [10, 10] => self.mgmt,
+            [10, 20] => self.dvnt,
+            _ => self.up,
+        };
+        self.egress_from(from, frame)
     }
 
     /// Turns on masquerade for both segments behind the uplink address
