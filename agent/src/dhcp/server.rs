@@ -827,31 +827,44 @@ impl Server {
     }
 }
 
-/// The option lengths dhcproto asserts (in debug builds) instead of
-/// checking: RFC 4039 rapid commit (0), RFC 4578 client network interface
-/// (3), RFC 4702 client FQDN (at least 3), RFC 6926 times (4).
+/// The option lengths dhcproto asserts (in debug builds) or subtracts from
+/// instead of checking: RFC 4039 rapid commit (0), RFC 4578 client network
+/// interface (3), RFC 4702 client FQDN (at least 3), RFC 6926 times (4) and
+/// status code (at least 1). Adjacent fragments of one code are one option
+/// of their summed length (RFC 3396, as dhcproto reads them), so the check
+/// is of the sum.
 fn options_sane(mut opts: &[u8]) -> bool {
-    while let Some((&code, rest)) = opts.split_first() {
+    // The option being read: its code and the length of its fragments so far.
+    let mut current: Option<(u8, usize)> = None;
+    loop {
+        let code = opts.first().copied();
+        if let Some((c, len)) = current
+            && code != Some(c)
+        {
+            let ok = match c {
+                80 => len == 0,
+                94 => len == 3,
+                81 => len >= 3,
+                151 => len >= 1,
+                152..=155 => len == 4,
+                _ => true,
+            };
+            if !ok {
+                return false;
+            }
+            current = None;
+        }
         match code {
-            0 => opts = rest,
-            255 => return true,
-            _ => {
-                let Some((&len, rest)) = rest.split_first() else { return true };
-                let ok = match code {
-                    80 => len == 0,
-                    94 => len == 3,
-                    81 => len >= 3,
-                    152..=155 => len == 4,
-                    _ => true,
-                };
-                if !ok {
-                    return false;
-                }
-                opts = rest.get(usize::from(len)..).unwrap_or(&[]);
+            None | Some(255) => return true,
+            Some(0) => opts = &opts[1..],
+            Some(c) => {
+                let Some(&len) = opts.get(1) else { return true };
+                let len = usize::from(len);
+                current = Some((c, current.map_or(0, |(_, l)| l) + len));
+                opts = opts.get(2 + len..).unwrap_or(&[]);
             }
         }
     }
-    true
 }
 
 /// RFC 2131 §4.4.5: T1 = 0.5 and T2 = 0.875 of the lease.

@@ -619,3 +619,53 @@ fn random_input_never_panics_or_corrupts_the_lease_store() {
     assert_eq!(bound(&back), bound(&s));
     assert!(s.counters.acks > 100, "the random requests reached the state machine: {:?}", s.counters);
 }
+
+/// RFC 3396: an option split into fragments of the same code is one
+/// option of their concatenated length. dhcproto concatenates them and
+/// then asserts the length of fixed-size options in debug builds; the
+/// server must refuse such packets before that, and keep serving.
+#[test]
+fn repeated_option_fragments_are_refused_without_a_panic() {
+    let mut s = server();
+    let good = bytes(&msg(MessageType::Discover, mac(1)));
+    // The options of `good` start at 240; splice fragments in after option 53.
+    let with = |frags: &[&[u8]]| {
+        let mut b = good[..240].to_vec();
+        b.extend_from_slice(&[53, 1, 1]);
+        for f in frags {
+            b.extend_from_slice(f);
+        }
+        b.push(255);
+        b
+    };
+    let cases: Vec<Vec<u8>> = vec![
+        // Client network interface (94, 3 bytes) twice: 6 bytes.
+        with(&[&[94, 3, 1, 3, 0], &[94, 3, 1, 3, 0]]),
+        // Rapid commit (80, empty) with a one-byte fragment.
+        with(&[&[80, 0], &[80, 1, 0]]),
+        // RFC 6926 times (4 bytes) as two fragments of 4.
+        with(&[&[152, 4, 0, 0, 0, 1], &[152, 4, 0, 0, 0, 1]]),
+        // Bulk lease query status code (151) without a code byte.
+        with(&[&[151, 0]]),
+        // The same code many times (fragments of one byte each).
+        with(&(0..200).map(|_| &[94u8, 1, 7][..]).collect::<Vec<_>>()),
+    ];
+    for (i, b) in cases.iter().enumerate() {
+        let out = s.handle(Some(DVNT), b, T0);
+        assert!(out.reply.is_none() && out.records.is_empty(), "case {i}");
+    }
+    assert_eq!(s.counters.drops.get("malformed"), Some(&(cases.len() as u64)), "{:?}", s.counters.drops);
+    // Fragments that add up to a valid option are one option (RFC 3396 §5):
+    // a host name in two pieces is served.
+    let b = with(&[&[12, 3, b'b', b'o', b'x'], &[12, 2, b'-', b'1'], &[55, 2, 1, 3]]);
+    let (_, offer) = {
+        let out = s.handle(Some(DVNT), &b, T0);
+        let r = out.reply.as_ref().map(|r| Message::decode(&mut Decoder::new(&r.bytes)).unwrap());
+        (out, r)
+    };
+    assert_eq!(kind(&offer.expect("an offer")), MessageType::Offer);
+    assert_eq!(
+        s.leases.of_client(DVNT, &super::leases::ClientKey::from_hw(1, &mac(1))).and_then(|l| l.hostname.clone()),
+        Some("box-1".to_string())
+    );
+}
