@@ -33,6 +33,18 @@ fn lab() -> Lab {
     lab_with(|s| s)
 }
 
+/// dvntm's relay: a router with a leg on dvnt (10.20.0.50, where its
+/// datagrams come from) that writes its dvntm address (10.30.0.50) in giaddr.
+fn dvntm_relay(s: String) -> String {
+    s + "\n[[dhcp.relay]]\nsegment = \"dvntm\"\naddresses = [\"10.30.0.50\"]\nsources = [\"10.20.0.50\"]\n"
+}
+
+fn bytes(m: &Message) -> Vec<u8> {
+    let mut b = Vec::new();
+    m.encode(&mut Encoder::new(&mut b)).unwrap();
+    b
+}
+
 /// A wide dvnt segment for load: 10.20.0.0/16 with 8,192 pool addresses
 /// (the lab's clients keep their 10.20.0.x addresses as relay addresses).
 fn wide_pool(s: String) -> String {
@@ -240,13 +252,14 @@ fn kind(m: &Message) -> MessageType {
 }
 
 #[test]
-fn relayed_requests_are_served_from_the_giaddr_segment_with_option_82_and_bad_packets_are_counted() {
-    let lab = lab();
+fn relayed_requests_are_served_from_the_relays_segment_with_option_82_and_bad_packets_are_counted() {
+    let lab = lab_with(dvntm_relay);
     let mut info = relay::RelayAgentInformation::default();
     info.insert(relay::RelayInfo::AgentCircuitId(b"rack-4/port-7".to_vec()));
     let mac = [2, 0, 0, 0x99, 0, 1];
-    // Sent from dvnt's side, relayed for dvntm: the reply goes to the relay
-    // address on dvntm, through dvntm's interface.
+    // Sent from dvnt's side by dvntm's configured relay (a router with a leg
+    // on each): the reply goes to the relay address on dvntm, through
+    // dvntm's interface.
     let d = request(
         MessageType::Discover,
         mac,
@@ -273,7 +286,7 @@ fn relayed_requests_are_served_from_the_giaddr_segment_with_option_82_and_bad_pa
         offer.opts().get(OptionCode::RelayAgentInformation),
         Some(&DhcpOption::RelayAgentInformation(info.clone()))
     );
-    // The 4-way exchange through a relay on the segment itself.
+    // The 4-way exchange through the relay's dvntm address.
     let r = request(
         MessageType::Request,
         mac,
@@ -284,15 +297,31 @@ fn relayed_requests_are_served_from_the_giaddr_segment_with_option_82_and_bad_pa
             DhcpOption::RelayAgentInformation(info),
         ],
     );
-    let acks = relay(&lab, "dvntm-client", Ipv4Addr::new(10, 30, 0, 50), Ipv4Addr::new(10, 30, 0, 1), vec![r]);
+    let acks = relay_to(
+        &lab,
+        "dvnt-client",
+        Ipv4Addr::new(10, 20, 0, 50),
+        Ipv4Addr::new(10, 20, 0, 1),
+        Some(("dvntm-client", Ipv4Addr::new(10, 30, 0, 50))),
+        vec![r],
+    );
     assert_eq!(acks.iter().map(kind).collect::<Vec<_>>(), [MessageType::Ack]);
     assert_eq!(acks[0].yiaddr(), yi);
     assert!(lease_of(&lab, yi).is_some_and(|l| l["state"] == "bound" && l["segment"] == "dvntm"));
 
     // Garbage to port 67 is dropped and counted; the server keeps serving.
-    in_netns(&lab.ns("dvnt-client"), || {
+    // (The last: option 94 in two RFC 3396 fragments, which dhcproto
+    // concatenates and then asserts the length of in a debug build, as the
+    // lab runs.)
+    let fragments = {
+        let mut b = bytes(&request(MessageType::Discover, mac, Ipv4Addr::UNSPECIFIED, vec![]));
+        b.truncate(240);
+        b.extend_from_slice(&[53, 1, 1, 94, 3, 1, 3, 0, 94, 3, 1, 3, 0, 255]);
+        b
+    };
+    in_netns(&lab.ns("dvnt-client"), move || {
         let s = UdpSocket::bind((Ipv4Addr::new(10, 20, 0, 50), 0))?;
-        for p in [&b"hello"[..], &[0u8; 300][..], &[1u8; 240][..]] {
+        for p in [&b"hello"[..], &[0u8; 300][..], &[1u8; 240][..], &fragments[..]] {
             s.send_to(p, (Ipv4Addr::new(10, 20, 0, 1), 67))?;
         }
         Ok(())
@@ -301,15 +330,89 @@ fn relayed_requests_are_served_from_the_giaddr_segment_with_option_82_and_bad_pa
     std::thread::sleep(Duration::from_millis(300));
     let drops = &lab.status_json().unwrap()["dhcp"]["counters"]["drops"];
     let total: u64 = drops.as_object().unwrap().values().filter_map(Value::as_u64).sum();
-    assert!(total >= 3, "{drops}");
-    let again = relay(
+    assert!(total >= 4, "{drops}");
+    let again = relay_to(
         &lab,
-        "dvntm-client",
-        Ipv4Addr::new(10, 30, 0, 50),
-        Ipv4Addr::new(10, 30, 0, 1),
+        "dvnt-client",
+        Ipv4Addr::new(10, 20, 0, 50),
+        Ipv4Addr::new(10, 20, 0, 1),
+        Some(("dvntm-client", Ipv4Addr::new(10, 30, 0, 50))),
         vec![request(MessageType::Discover, mac, Ipv4Addr::new(10, 30, 0, 50), vec![])],
     );
     assert_eq!(again.first().map(Message::yiaddr), Some(yi), "the same client, the same address");
+}
+
+/// Issue 17 item 14: a host on one segment cannot draw from another
+/// segment's pool by writing that segment's address in giaddr, nor use the
+/// address of a configured relay; only a relay named in `dhcp.relay`, from
+/// its source addresses, is served (crafted relayed requests and perfdhcp,
+/// which always relays).
+#[test]
+fn a_host_cannot_draw_from_another_segments_pool_through_giaddr() {
+    let lab = lab();
+    let mac = [2, 0, 0, 0x99, 0, 2];
+    let gw_dvnt = Ipv4Addr::new(10, 20, 0, 1);
+    let dvnt_client = Ipv4Addr::new(10, 20, 0, 50);
+    let dvntm_client = Ipv4Addr::new(10, 30, 0, 50);
+    let drops =
+        |lab: &Lab, why: &str| lab.status_json().unwrap()["dhcp"]["counters"]["drops"][why].as_u64().unwrap_or(0);
+    // dvnt-client writes an address of dvntm (no relay is configured there).
+    let discover = request(MessageType::Discover, mac, dvntm_client, vec![]);
+    let got = relay_to(
+        &lab,
+        "dvnt-client",
+        dvnt_client,
+        gw_dvnt,
+        Some(("dvntm-client", dvntm_client)),
+        vec![discover.clone()],
+    );
+    assert!(got.is_empty(), "a dvntm address for a host on dvnt: {got:?}");
+    assert_eq!(drops(&lab, "unknown_relay"), 1);
+    // Nor by INIT-REBOOT: a REQUEST for a dvntm address gets no ACK.
+    let reboot = request(
+        MessageType::Request,
+        mac,
+        dvntm_client,
+        vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 30, 0, 150))],
+    );
+    let got = relay_to(&lab, "dvnt-client", dvnt_client, gw_dvnt, Some(("dvntm-client", dvntm_client)), vec![reboot]);
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(drops(&lab, "unknown_relay"), 2);
+    // dvntm-client writes the configured dvnt relay's address: not from
+    // that relay, refused (the reply would have gone to the relay).
+    let spoof = request(MessageType::Discover, mac, dvnt_client, vec![]);
+    let got = relay_to(
+        &lab,
+        "dvntm-client",
+        dvntm_client,
+        Ipv4Addr::new(10, 30, 0, 1),
+        Some(("dvnt-client", dvnt_client)),
+        vec![spoof],
+    );
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(drops(&lab, "relay_source"), 1);
+    // perfdhcp on dvntm-client relays with giaddr 10.30.0.50, which is no
+    // configured relay: nothing is offered.
+    let out = lab
+        .cmd("dvntm-client", ["perfdhcp", "-4", "-l", "eth0", "-r", "20", "-n", "40", "-p", "6", "10.30.0.1"])
+        .output()
+        .expect("perfdhcp (package kea-admin, installed by cargo xtask setup)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let st = perfdhcp_stats(&text);
+    assert!(st.get("DISCOVER-OFFER sent packets").copied().unwrap_or(0) >= 40, "{text}");
+    assert_eq!(st.get("DISCOVER-OFFER received packets").copied().unwrap_or(0), 0, "{text}");
+    assert!(drops(&lab, "unknown_relay") >= 42, "{text}");
+    assert!(leases(&lab).is_empty(), "nothing was leased: {:?}", leases(&lab));
+
+    // Once dvntm's relay is configured (its dvnt leg as source), the same
+    // DISCOVER is served from dvntm's pool, through the relay address.
+    let cfg = lab.paths.run_dir.join("coresvc.toml");
+    std::fs::write(&cfg, dvntm_relay(std::fs::read_to_string(&cfg).unwrap())).unwrap();
+    let out = lab.coresvc(["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = relay_to(&lab, "dvnt-client", dvnt_client, gw_dvnt, Some(("dvntm-client", dvntm_client)), vec![discover]);
+    let offer = got.first().expect("an offer through dvntm's configured relay");
+    assert_eq!(offer.yiaddr().octets()[..3], [10, 30, 0], "{offer}");
 }
 
 #[test]

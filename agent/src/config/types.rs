@@ -356,6 +356,10 @@ pub struct DhcpSection {
     pub pools: Vec<Pool>,
     #[serde(rename = "host")]
     pub hosts: Vec<DhcpHost>,
+    /// The relay agents served (requests with giaddr set); no other relayed
+    /// request is answered.
+    #[serde(rename = "relay")]
+    pub relays: Vec<Relay>,
     /// Options for every segment (a pool's own options win).
     #[serde(rename = "option")]
     pub options: Vec<DhcpOption>,
@@ -379,6 +383,7 @@ impl Default for DhcpSection {
             domain_search: Vec::new(),
             pools: Vec::new(),
             hosts: Vec::new(),
+            relays: Vec::new(),
             options: Vec::new(),
             pxe: Pxe::default(),
             probe_wait_ms: 3000,
@@ -400,6 +405,26 @@ pub struct Pool {
     pub domain_search: Option<Vec<String>>,
     #[serde(default, rename = "option")]
     pub options: Vec<DhcpOption>,
+}
+
+/// A DHCP relay agent whose requests are served (as Kea's `relay.ip-addresses`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// The segment whose pools and static hosts serve the relay's clients.
+    pub segment: String,
+    /// The relay's addresses as it writes them in giaddr.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The addresses its datagrams come from; empty: `addresses`.
+    #[serde(default)]
+    pub sources: Vec<Ipv4Addr>,
+}
+
+impl Relay {
+    /// Where this relay's datagrams may come from.
+    pub fn sources(&self) -> &[Ipv4Addr] {
+        if self.sources.is_empty() { &self.addresses } else { &self.sources }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -97,8 +97,8 @@ struct Core {
 impl Core {
     /// Runs one datagram through the state machine; returns a reply to send
     /// now (one that needs nothing durable).
-    fn handle(&mut self, segment: usize, bytes: &[u8], now: u64) -> Option<Reply> {
-        let out = self.server.handle(Some(segment), bytes, now);
+    fn handle(&mut self, segment: usize, source: Ipv4Addr, bytes: &[u8], now: u64) -> Option<Reply> {
+        let out = self.server.handle(Some(segment), source, bytes, now);
         if out.records.is_empty() && out.effects.is_empty() {
             return out.reply;
         }
@@ -193,8 +193,9 @@ impl Dhcp {
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 1500];
                 loop {
-                    let n = match sock.recv_from(&mut buf).await {
-                        Ok((n, _)) => n,
+                    let (n, source) = match sock.recv_from(&mut buf).await {
+                        Ok((n, std::net::SocketAddr::V4(from))) => (n, *from.ip()),
+                        Ok(_) => continue,
                         Err(e) => {
                             debug!("dhcp: receive on {iface}: {e}");
                             continue;
@@ -203,7 +204,7 @@ impl Dhcp {
                     if n >= 34 && buf[2] == 6 && own_mac.is_some_and(|m| buf[28..34] == m) {
                         continue;
                     }
-                    let reply = core.lock().expect("dhcp lock").handle(seg, &buf[..n], unix_now());
+                    let reply = core.lock().expect("dhcp lock").handle(seg, source, &buf[..n], unix_now());
                     if let Some(r) = reply {
                         sender.send(&r);
                     }

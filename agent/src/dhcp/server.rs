@@ -4,7 +4,7 @@
 //! make the records durable before it sends the reply (see `mod.rs`).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -95,8 +95,11 @@ pub enum Drop {
     NoMessageType,
     /// A message type a server never receives (OFFER, ACK, ...).
     UnexpectedType,
-    /// giaddr lies in no served segment.
+    /// giaddr is no configured relay address (`dhcp.relay`).
     UnknownRelay,
+    /// giaddr is a configured relay address, but the datagram came from
+    /// an address that relay does not send from.
+    RelaySource,
     /// Arrived on a segment without pools or static hosts.
     NotServed,
     /// A REQUEST for another server (the client chose its offer).
@@ -117,6 +120,7 @@ impl Drop {
             Drop::NoMessageType => "no_message_type",
             Drop::UnexpectedType => "unexpected_type",
             Drop::UnknownRelay => "unknown_relay",
+            Drop::RelaySource => "relay_source",
             Drop::NotServed => "not_served",
             Drop::OtherServer => "other_server",
             Drop::NoAddress => "no_address",
@@ -183,6 +187,9 @@ pub struct LeaseInfo {
 pub struct Server {
     pub segments: Vec<Segment>,
     hosts: Vec<StaticHost>,
+    /// The configured relays by giaddr: their segment and the addresses
+    /// their datagrams may come from.
+    relays: HashMap<Ipv4Addr, (usize, Vec<Ipv4Addr>)>,
     excluded: HashSet<Ipv4Addr>,
     cfg: DhcpSection,
     dns_enabled: bool,
@@ -249,9 +256,17 @@ impl Server {
                 pxe: h.pxe.clone(),
             });
         }
+        let mut relays = HashMap::new();
+        for r in &cfg.dhcp.relays {
+            let Some(si) = segments.iter().position(|s| s.name == r.segment) else { continue };
+            for &a in &r.addresses {
+                relays.insert(a, (si, r.sources().to_vec()));
+            }
+        }
         let mut server = Server {
             segments,
             hosts,
+            relays,
             excluded,
             cfg: cfg.dhcp.clone(),
             dns_enabled: cfg.dns.enabled,
@@ -371,10 +386,10 @@ impl Server {
         Outcome::default()
     }
 
-    /// Handles one datagram that arrived on `segment`'s interface (`None`:
-    /// an interface that is not a segment) at unix time `now`.
-    pub fn handle(&mut self, segment: Option<usize>, bytes: &[u8], now: u64) -> Outcome {
-        let req = match self.parse(segment, bytes) {
+    /// Handles one datagram from `source` that arrived on `segment`'s
+    /// interface (`None`: an interface that is not a segment) at unix time `now`.
+    pub fn handle(&mut self, segment: Option<usize>, source: Ipv4Addr, bytes: &[u8], now: u64) -> Outcome {
+        let req = match self.parse(segment, source, bytes) {
             Ok(r) => r,
             Err(why) => return self.drop(why),
         };
@@ -404,8 +419,12 @@ impl Server {
     }
 
     /// RFC 2131 §2 and §4.1: the fixed header, the magic cookie, option 53;
-    /// the segment is giaddr's (relayed) or the receiving interface's.
-    fn parse(&self, segment: Option<usize>, bytes: &[u8]) -> Result<Request, Drop> {
+    /// the segment is the configured relay's (giaddr set, RFC 1542 §4.1) or
+    /// the receiving interface's. A relayed request is served only from a
+    /// relay named in `dhcp.relay`, from one of its source addresses: a
+    /// host cannot draw from another segment's pool by writing an address
+    /// of that segment in giaddr.
+    fn parse(&self, segment: Option<usize>, source: Ipv4Addr, bytes: &[u8]) -> Result<Request, Drop> {
         if bytes.len() < 240 {
             return Err(Drop::Malformed);
         }
@@ -428,10 +447,15 @@ impl Server {
         let kind = msg.opts().msg_type().ok_or(Drop::NoMessageType)?;
         let giaddr = msg.giaddr();
         let segment = if !giaddr.is_unspecified() {
-            self.segments.iter().position(|s| s.served && s.net.contains(&giaddr)).ok_or(Drop::UnknownRelay)?
+            let (seg, sources) = self.relays.get(&giaddr).ok_or(Drop::UnknownRelay)?;
+            if !sources.contains(&source) {
+                return Err(Drop::RelaySource);
+            }
+            Some(*seg)
         } else {
-            segment.filter(|&s| self.segments[s].served).ok_or(Drop::NotServed)?
+            segment
         };
+        let segment = segment.filter(|&s| self.segments[s].served).ok_or(Drop::NotServed)?;
         let key = match msg.opts().get(OptionCode::ClientIdentifier) {
             Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => ClientKey::from_client_id(id),
             _ => ClientKey::from_hw(u8::from(msg.htype()), msg.chaddr()),

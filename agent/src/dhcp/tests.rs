@@ -55,8 +55,14 @@ fn bytes(m: &Message) -> Vec<u8> {
     b
 }
 
+/// Runs `m` as if it came from its relay (giaddr), else from a client
+/// without an address.
 fn run(s: &mut Server, seg: usize, m: &Message, now: u64) -> (Outcome, Option<Message>) {
-    let out = s.handle(Some(seg), &bytes(m), now);
+    run_from(s, seg, m.giaddr(), m, now)
+}
+
+fn run_from(s: &mut Server, seg: usize, source: Ipv4Addr, m: &Message, now: u64) -> (Outcome, Option<Message>) {
+    let out = s.handle(Some(seg), source, &bytes(m), now);
     let reply = out.reply.as_ref().map(|r| Message::decode(&mut Decoder::new(&r.bytes)).unwrap());
     (out, reply)
 }
@@ -333,16 +339,26 @@ fn a_full_pool_gives_no_offer_and_is_counted() {
     assert_eq!(dora(&mut s, DVNT, mac(3), T0 + 2).0, a);
 }
 
+/// A relay for dvntm that sends from dvnt (a router with a leg on each).
+fn with_dvntm_relay(mut cfg: Config) -> Config {
+    cfg.dhcp.relays.push(crate::config::Relay {
+        segment: "dvntm".into(),
+        addresses: vec![Ipv4Addr::new(10, 30, 0, 50)],
+        sources: vec![Ipv4Addr::new(10, 20, 0, 50)],
+    });
+    cfg
+}
+
 #[test]
-fn relayed_requests_are_served_from_giaddrs_segment_with_option_82() {
-    let mut s = server();
+fn relayed_requests_are_served_from_the_relays_segment_with_option_82() {
+    let mut s = Server::new(&with_dvntm_relay(config()), Vec::new());
     let mut d = msg(MessageType::Discover, mac(1));
     d.set_giaddr(Ipv4Addr::new(10, 30, 0, 50)).set_hops(1);
     let mut info = RelayAgentInformation::default();
     info.insert(RelayInfo::AgentCircuitId(b"port-7".to_vec()));
     d.opts_mut().insert(DhcpOption::RelayAgentInformation(info.clone()));
-    // Arriving on dvnt's interface, but relayed for dvntm.
-    let (out, offer) = run(&mut s, DVNT, &d, T0);
+    // Arriving on dvnt's interface from the relay's dvnt address, relayed for dvntm.
+    let (out, offer) = run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 50), &d, T0);
     let offer = offer.unwrap();
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 30, 0, 100));
     assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 30, 0, 50));
@@ -356,10 +372,51 @@ fn relayed_requests_are_served_from_giaddrs_segment_with_option_82() {
     }
     let reply = out.reply.unwrap();
     assert_eq!((reply.segment, reply.dest), (DVNTM, Dest::Relay(Ipv4Addr::new(10, 30, 0, 50))));
+    // The example's relay on dvnt (perfdhcp on dvnt-client) sends from its giaddr.
+    let mut d2 = msg(MessageType::Discover, mac(2));
+    d2.set_giaddr(Ipv4Addr::new(10, 20, 0, 50));
+    assert_eq!(run(&mut s, DVNT, &d2, T0).1.unwrap().yiaddr(), Ipv4Addr::new(10, 20, 0, 100));
     // A relay outside every segment: dropped and counted.
     d.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
-    assert!(run(&mut s, DVNT, &d, T0).1.is_none());
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 50), &d, T0).1.is_none());
     assert_eq!(s.counters.drops["unknown_relay"], 1);
+}
+
+/// Issue 17 item 14: a host on one segment cannot draw from another
+/// segment's pool by writing an address of that segment in giaddr; only
+/// the configured relay, from its own source addresses, can.
+#[test]
+fn a_giaddr_is_served_only_from_its_configured_relay() {
+    let mut s = server();
+    let mut d = msg(MessageType::Discover, mac(1));
+    // A host on dvnt claims to relay for dvntm (no relay is configured there).
+    d.set_giaddr(Ipv4Addr::new(10, 30, 0, 77));
+    let (out, r) = run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &d, T0);
+    assert!(r.is_none() && out.records.is_empty());
+    assert_eq!(s.counters.drops.get("unknown_relay"), Some(&1), "{:?}", s.counters.drops);
+    // An address of its own segment that is no configured relay: the same.
+    d.set_giaddr(Ipv4Addr::new(10, 20, 0, 60));
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &d, T0).1.is_none());
+    assert_eq!(s.counters.drops.get("unknown_relay"), Some(&2));
+    // The configured relay's giaddr, from another source (a host on dvntm
+    // writing dvnt's relay address): refused too.
+    d.set_giaddr(Ipv4Addr::new(10, 20, 0, 50));
+    assert!(run_from(&mut s, DVNTM, Ipv4Addr::new(10, 30, 0, 60), &d, T0).1.is_none());
+    assert_eq!(s.counters.drops.get("relay_source"), Some(&1), "{:?}", s.counters.drops);
+    // REQUESTs are held to the same rule (INIT-REBOOT for a dvntm address).
+    let mut r = msg(MessageType::Request, mac(1));
+    r.set_giaddr(Ipv4Addr::new(10, 30, 0, 77));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 30, 0, 100)));
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &r, T0).1.is_none());
+    assert!(s.leases.is_empty(), "nothing was offered or bound");
+    // Once dvntm's relay is configured (sending from dvnt), it is served.
+    let mut s = Server::new(&with_dvntm_relay(config()), Vec::new());
+    d.set_giaddr(Ipv4Addr::new(10, 30, 0, 50));
+    let offer = run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 50), &d, T0).1.expect("an offer");
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 30, 0, 100));
+    // ... but not from another host writing its giaddr.
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &d, T0).1.is_none());
+    assert_eq!(s.counters.drops.get("relay_source"), Some(&1));
 }
 
 fn pxe_offer(s: &mut Server, hw: [u8; 6], arch: Option<u16>, extra: &[DhcpOption]) -> Message {
@@ -502,13 +559,13 @@ fn malformed_input_is_dropped_with_a_reason() {
         (bytes(&msg(MessageType::Offer, mac(1))), "unexpected_type"),
     ];
     for (b, why) in cases {
-        let out = s.handle(Some(DVNT), &b, T0);
+        let out = s.handle(Some(DVNT), Ipv4Addr::UNSPECIFIED, &b, T0);
         assert!(out.reply.is_none() && out.records.is_empty(), "{why}");
         assert_eq!(s.counters.drops.get(why), Some(&1), "{why}: {:?}", s.counters.drops);
     }
     // A segment without pools or hosts (none here: every example segment is
     // served) and an interface that is no segment.
-    assert!(s.handle(None, &good, T0).reply.is_none());
+    assert!(s.handle(None, Ipv4Addr::UNSPECIFIED, &good, T0).reply.is_none());
     assert_eq!(s.counters.drops["not_served"], 1);
 }
 
@@ -564,7 +621,8 @@ fn random_input_never_panics_or_corrupts_the_lease_store() {
                 m.set_ciaddr(Ipv4Addr::new(10, 20, 0, 90 + rng.below(120) as u8));
             }
             if rng.below(4) == 0 {
-                m.set_giaddr(Ipv4Addr::new(10, rng.below(40) as u8, 0, 7));
+                let relay = [Ipv4Addr::new(10, 20, 0, 50), Ipv4Addr::new(10, rng.below(40) as u8, 0, 7)];
+                m.set_giaddr(relay[rng.below(2) as usize]);
             }
             if rng.below(4) == 0 {
                 m.opts_mut().insert(DhcpOption::Hostname(format!("h{}", rng.below(10))));
@@ -580,7 +638,8 @@ fn random_input_never_panics_or_corrupts_the_lease_store() {
             b
         };
         let seg = [Some(MGMT), Some(DVNT), Some(DVNTM), None][rng.below(4) as usize];
-        let out = s.handle(seg, &b, now);
+        let source = [Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 20, 0, 50)][rng.below(2) as usize];
+        let out = s.handle(seg, source, &b, now);
         for r in &out.records {
             journal::encode(r, &mut journal_bytes);
             all.push(r.clone());
@@ -651,7 +710,7 @@ fn repeated_option_fragments_are_refused_without_a_panic() {
         with(&(0..200).map(|_| &[94u8, 1, 7][..]).collect::<Vec<_>>()),
     ];
     for (i, b) in cases.iter().enumerate() {
-        let out = s.handle(Some(DVNT), b, T0);
+        let out = s.handle(Some(DVNT), Ipv4Addr::UNSPECIFIED, b, T0);
         assert!(out.reply.is_none() && out.records.is_empty(), "case {i}");
     }
     assert_eq!(s.counters.drops.get("malformed"), Some(&(cases.len() as u64)), "{:?}", s.counters.drops);
@@ -659,7 +718,7 @@ fn repeated_option_fragments_are_refused_without_a_panic() {
     // a host name in two pieces is served.
     let b = with(&[&[12, 3, b'b', b'o', b'x'], &[12, 2, b'-', b'1'], &[55, 2, 1, 3]]);
     let (_, offer) = {
-        let out = s.handle(Some(DVNT), &b, T0);
+        let out = s.handle(Some(DVNT), Ipv4Addr::UNSPECIFIED, &b, T0);
         let r = out.reply.as_ref().map(|r| Message::decode(&mut Decoder::new(&r.bytes)).unwrap());
         (out, r)
     };
