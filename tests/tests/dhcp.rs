@@ -558,3 +558,103 @@ fn kill_9_under_perfdhcp_load_loses_no_acked_lease_and_never_gives_an_address_tw
     assert_acks_kept(&lab, &acked, true);
     assert!(lab.log().contains("leases from"), "{}", lab.log_tail(20));
 }
+
+/// Issue 17 item 15: a full pool of 60,000 addresses under a perfdhcp flood
+/// of new clients (every one refused, counted) still answers the clients it
+/// knows: each gets its own address offered and acknowledged again. (With
+/// allocation that scans the pool under the lock, every refused DISCOVER
+/// cost a walk over 60,000 addresses and the known clients went unanswered.)
+#[test]
+fn a_full_pool_under_a_perfdhcp_flood_still_answers_known_clients() {
+    const SIZE: u32 = 60_000;
+    let first = Ipv4Addr::new(10, 20, 1, 0);
+    let last = Ipv4Addr::from(u32::from(first) + SIZE - 1);
+    let mut lab = Lab::for_test().unwrap();
+    let cfg = lab
+        .config_with("coresvc.toml", |s| {
+            s.replace("cidr = \"10.20.0.0/24\"", "cidr = \"10.20.0.0/16\"")
+                .replace(
+                    "start = \"10.20.0.100\"\nend = \"10.20.0.199\"",
+                    &format!("start = \"{first}\"\nend = \"{last}\""),
+                )
+                .replace("addresses = [\"10.20.0.50\"]", "addresses = [\"10.20.0.50\", \"10.20.0.51\"]")
+        })
+        .unwrap();
+    // The pool is full before the start: a lease journal with every address
+    // bound (to clients 06:00:00:xx:xx:xx) for an hour.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let hw = |i: u32| -> Vec<u8> { [&[6u8, 0][..], &(i + 1).to_be_bytes()[..]].concat() };
+    let mut journal = b"CSVCLEAS\x01\0\0\0\0\0\0\0".to_vec();
+    for i in 0..SIZE {
+        let rec = coresvc::dhcp::journal::LeaseRecord {
+            addr: Ipv4Addr::from(u32::from(first) + i),
+            state: coresvc::dhcp::journal::RecordState::Bound,
+            expires: now + 3600,
+            client: [&[1u8, 1][..], &hw(i)[..]].concat(),
+            hw: hw(i),
+            hostname: None,
+            segment: "dvnt".into(),
+        };
+        coresvc::dhcp::journal::encode(&rec, &mut journal);
+    }
+    std::fs::create_dir_all(&lab.paths.state_dir).unwrap();
+    std::fs::write(lab.paths.state_dir.join(coresvc::dhcp::journal::FILE_NAME), journal).unwrap();
+    lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
+    let st = lab.status_json().unwrap();
+    let dvnt = st["dhcp"]["segments"].as_array().unwrap().iter().find(|s| s["segment"] == "dvnt").unwrap().clone();
+    assert_eq!((dvnt["pool_size"].as_u64(), dvnt["bound"].as_u64()), (Some(u64::from(SIZE)), Some(u64::from(SIZE))));
+
+    // The flood: perfdhcp relays new clients from 10.20.0.50; the known
+    // clients come through a second relay address on the same host.
+    let known_relay = Ipv4Addr::new(10, 20, 0, 51);
+    run_in(&lab, "dvnt-client", &["ip", "addr", "add", "10.20.0.51/24", "dev", "eth0"]);
+    let flood = lab
+        .cmd("dvnt-client", ["perfdhcp", "-4", "-l", "eth0", "-r", "400", "-R", "1000000", "-p", "40", "10.20.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("perfdhcp (package kea-admin, installed by cargo xtask setup)");
+    std::thread::sleep(Duration::from_secs(3));
+    let exhausted_before = counter(&lab, "pool_exhausted");
+    assert!(exhausted_before > 0, "the flood reaches the full pool");
+    // Known clients (every 6,000th lease), as a client retransmits: up to
+    // three tries of 3 s for each message.
+    let exchange = |m: Message| -> Option<Message> {
+        (0..3).find_map(|_| relay(&lab, "dvnt-client", known_relay, Ipv4Addr::new(10, 20, 0, 1), vec![m.clone()]).pop())
+    };
+    for i in (0..SIZE).step_by(6_000) {
+        let mac: [u8; 6] = hw(i).try_into().unwrap();
+        let own = Ipv4Addr::from(u32::from(first) + i);
+        let offer = exchange(request(MessageType::Discover, mac, known_relay, vec![]))
+            .unwrap_or_else(|| panic!("no offer for the known client of {own} under the flood"));
+        assert_eq!((kind(&offer), offer.yiaddr()), (MessageType::Offer, own));
+        let ack = exchange(request(
+            MessageType::Request,
+            mac,
+            known_relay,
+            vec![DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 20, 0, 1)), DhcpOption::RequestedIpAddress(own)],
+        ))
+        .unwrap_or_else(|| panic!("no ACK for the known client of {own} under the flood"));
+        assert_eq!((kind(&ack), ack.yiaddr()), (MessageType::Ack, own));
+    }
+    let exhausted = counter(&lab, "pool_exhausted");
+    assert!(exhausted > exhausted_before, "the flood went on meanwhile: {exhausted_before} -> {exhausted}");
+    // SIGINT: perfdhcp prints its statistics.
+    // SAFETY: kill(2) on our child's pid.
+    unsafe { libc::kill(flood.id() as i32, libc::SIGINT) };
+    let out = flood.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let st = perfdhcp_stats(&text);
+    eprintln!(
+        "flood: {:?} DISCOVERs sent, {:?} offers; pool_exhausted {exhausted}",
+        st.get("DISCOVER-OFFER sent packets"),
+        st.get("DISCOVER-OFFER received packets")
+    );
+    assert_eq!(st.get("DISCOVER-OFFER received packets").copied().unwrap_or(0), 0, "the pool is full: {text}");
+    assert_eq!(counter(&lab, "naks"), 0);
+}
+
+fn run_in(lab: &Lab, node: &str, args: &[&str]) {
+    let out = lab.exec(node, args).unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}

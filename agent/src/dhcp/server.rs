@@ -539,7 +539,7 @@ impl Server {
                 .or_else(|| {
                     let excluded = &self.excluded;
                     let mut ranges = std::mem::take(&mut self.segments[seg].ranges);
-                    let a = self.leases.allocate(&mut ranges, now, &|a| excluded.contains(&a));
+                    let a = self.leases.allocate(seg, &mut ranges, now, &|a| excluded.contains(&a));
                     self.segments[seg].ranges = ranges;
                     a
                 });

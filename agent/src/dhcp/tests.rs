@@ -728,3 +728,65 @@ fn repeated_option_fragments_are_refused_without_a_panic() {
         Some("box-1".to_string())
     );
 }
+
+/// Issue 17 item 15: with the pool full, a DISCOVER from a new client must
+/// not look at every address of the pool (under the lock every receive
+/// task shares); nor may picking a freed address cost more in a large pool.
+/// Counted in addresses examined, not timed.
+#[test]
+fn allocation_cost_does_not_grow_with_the_pool_size() {
+    let mut per_discover = Vec::new();
+    for size in [200u32, 60_000] {
+        let mut cfg = config();
+        cfg.segments[DVNT].cidr = "10.20.0.0/16".parse().unwrap();
+        let start = Ipv4Addr::new(10, 20, 1, 0);
+        cfg.dhcp.pools[0].start = start;
+        cfg.dhcp.pools[0].end = Ipv4Addr::from(u32::from(start) + size - 1);
+        let mut s = Server::new(&cfg, Vec::new());
+        // Every address bound to its own client.
+        for i in 0..size {
+            let hw = (u64::from(i) + 0x0200_0000_0000).to_be_bytes()[2..].to_vec();
+            s.leases.put(super::leases::Lease {
+                addr: Ipv4Addr::from(u32::from(start) + i),
+                segment: DVNT,
+                state: State::Bound,
+                expires: T0 + 3600,
+                client: Some(super::leases::ClientKey::from_hw(1, &hw)),
+                hw,
+                hostname: None,
+            });
+        }
+        // The first DISCOVER may walk past the never-used addresses once.
+        run(&mut s, DVNT, &msg(MessageType::Discover, [4, 0, 0, 0, 0, 0]), T0);
+        let before = s.leases.examined;
+        let t = std::time::Instant::now();
+        for n in 1..=50u8 {
+            let (out, r) = run(&mut s, DVNT, &msg(MessageType::Discover, [4, 0, 0, 0, 1, n]), T0);
+            assert!(r.is_none() && out.records.is_empty());
+        }
+        let exhausted = (s.leases.examined - before) / 50;
+        eprintln!("pool of {size}: {exhausted} addresses examined per DISCOVER when full ({:?} for 50)", t.elapsed());
+        assert_eq!(s.counters.pool_exhausted, 51);
+        // Ten clients release; new clients get exactly those, oldest freed first.
+        for i in 0..10u32 {
+            let hw = (u64::from(i * 7) + 0x0200_0000_0000).to_be_bytes()[2..].to_vec();
+            let mut rel = msg(MessageType::Release, hw[..].try_into().unwrap());
+            rel.set_ciaddr(Ipv4Addr::from(u32::from(start) + i * 7));
+            run(&mut s, DVNT, &rel, T0 + 10 + u64::from(i));
+        }
+        let before = s.leases.examined;
+        for n in 0..10u32 {
+            let (_, offer) = run(&mut s, DVNT, &msg(MessageType::Discover, [5, 0, 0, 0, 0, n as u8]), T0 + 30);
+            assert_eq!(offer.expect("a freed address").yiaddr(), Ipv4Addr::from(u32::from(start) + n * 7));
+        }
+        let freed = (s.leases.examined - before) / 10;
+        eprintln!("pool of {size}: {freed} addresses examined per DISCOVER for a freed address");
+        per_discover.push((size, exhausted, freed));
+    }
+    for (size, exhausted, freed) in per_discover {
+        assert!(
+            exhausted <= 2 && freed <= 2,
+            "pool of {size}: {exhausted} and {freed} addresses examined per DISCOVER"
+        );
+    }
+}
