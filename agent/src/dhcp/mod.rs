@@ -40,7 +40,7 @@ use self::{
 };
 use crate::{
     config::{AuthorityMode, Config},
-    dns::Dns,
+    dns::{Dns, NameChange},
 };
 
 pub const SERVER_PORT: u16 = 67;
@@ -120,6 +120,8 @@ pub struct Dhcp {
     stats: Arc<JournalStats>,
     tasks: Vec<JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    /// Applies the DNS effects; ends after the committer (which holds its channel).
+    names: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn unix_now() -> u64 {
@@ -154,9 +156,7 @@ impl Dhcp {
             return Ok(None);
         }
         if let Some(dns) = &dns {
-            for e in server.registrations(now) {
-                apply(dns, &e);
-            }
+            apply(dns, &server.registrations(now));
         }
         info!("dhcp: {} leases from {} ({n} records)", server.leases.len(), journal.path().display());
         let mut send = HashMap::new();
@@ -174,12 +174,23 @@ impl Dhcp {
         let stats = Arc::new(JournalStats::default());
         stats.bytes.store(journal.len(), Ordering::Relaxed);
         let journal_path = journal.path().to_path_buf();
+        let (names_tx, names_thread) = match dns {
+            Some(dns) => {
+                let (tx, rx) = mpsc::channel();
+                let t = std::thread::Builder::new()
+                    .name("dhcp-names".into())
+                    .spawn(move || names(&dns, rx))
+                    .context("dhcp: starting the name registration thread")?;
+                (Some(tx), Some(t))
+            }
+            None => (None, None),
+        };
         let (jobs, rx) = mpsc::channel();
         let committer = {
             let (sender, stats) = (sender.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("dhcp-journal".into())
-                .spawn(move || committer(journal, rx, &sender, dns.as_deref(), &stats))
+                .spawn(move || committer(journal, rx, &sender, names_tx, &stats))
                 .context("dhcp: starting the journal thread")?
         };
         let core = Arc::new(Mutex::new(Core { server, jobs, since_compaction: 0 }));
@@ -229,7 +240,7 @@ impl Dhcp {
             "dhcp: serving on {}",
             served.iter().map(|&i| sender.sockets[&i].1.as_str()).collect::<Vec<_>>().join(", ")
         );
-        Ok(Some(Dhcp { core, interfaces, journal_path, stats, tasks, committer: Some(committer) }))
+        Ok(Some(Dhcp { core, interfaces, journal_path, stats, tasks, committer: Some(committer), names: names_thread }))
     }
 
     pub fn status(&self) -> DhcpStatus {
@@ -267,6 +278,9 @@ impl Dhcp {
         }
         let _ = self.core.lock().expect("dhcp lock").jobs.send(Job::Stop);
         if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.names.take() {
             let _ = t.join();
         }
         info!("dhcp: stopped");
@@ -364,34 +378,46 @@ fn set_neighbour(sock: &StdUdpSocket, iface: &str, ip: Ipv4Addr, hw: &[u8; 6]) -
     Ok(())
 }
 
-/// The commit thread: group commit (see the module doc).
-fn committer(mut journal: Journal, rx: mpsc::Receiver<Job>, sender: &Sender, dns: Option<&Dns>, stats: &JournalStats) {
+/// The commit thread: group commit (see the module doc). The DNS effects
+/// of a commit go, after its replies, to the names thread (`names`), so a
+/// registration's cost never delays an ACK.
+fn committer(
+    mut journal: Journal,
+    rx: mpsc::Receiver<Job>,
+    sender: &Sender,
+    names: Option<mpsc::Sender<Vec<Effect>>>,
+    stats: &JournalStats,
+) {
     let mut records = Vec::new();
     let mut done: Vec<(Option<Reply>, Vec<Effect>)> = Vec::new();
     let flush =
         |journal: &mut Journal, records: &mut Vec<LeaseRecord>, done: &mut Vec<(Option<Reply>, Vec<Effect>)>| {
+            let mut durable = true;
             if !records.is_empty() {
-                if let Err(e) = journal.append(records) {
-                    error!("dhcp: {e}; the ACKs of this commit are not sent");
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    records.clear();
-                    done.clear();
-                    return;
+                match journal.append(records) {
+                    Ok(()) => {
+                        stats.commits.store(journal.commits, Ordering::Relaxed);
+                        stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        error!("dhcp: {e}; the ACKs of this commit are not sent");
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        durable = false;
+                    }
                 }
-                stats.commits.store(journal.commits, Ordering::Relaxed);
-                stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
                 stats.bytes.store(journal.len(), Ordering::Relaxed);
                 records.clear();
             }
-            for (reply, effects) in done.drain(..) {
-                if let Some(r) = reply {
+            // DNS follows the lease table, durable or not; only the replies wait.
+            let mut effects = Vec::new();
+            for (reply, e) in done.drain(..) {
+                if let Some(r) = reply.filter(|_| durable) {
                     sender.send(&r);
                 }
-                if let Some(dns) = dns {
-                    for e in &effects {
-                        apply(dns, e);
-                    }
-                }
+                effects.extend(e);
+            }
+            if let Some(names) = names.as_ref().filter(|_| !effects.is_empty()) {
+                let _ = names.send(effects);
             }
         };
     while let Ok(first) = rx.recv() {
@@ -426,18 +452,38 @@ fn committer(mut journal: Journal, rx: mpsc::Receiver<Job>, sender: &Sender, dns
     }
 }
 
-/// Applies a registration effect to the DNS service.
-fn apply(dns: &Dns, e: &Effect) {
-    match e {
-        Effect::Register { zone, hostname, addr } => {
-            if let Err(err) = dns.register(zone, hostname, *addr) {
-                info!(%addr, "dhcp: client name {hostname}.{zone} not registered: {err}");
-            }
+/// The names thread: applies the DNS effects of every commit queued since
+/// its last change as one change (one copy of each zone touched).
+fn names(dns: &Dns, rx: mpsc::Receiver<Vec<Effect>>) {
+    while let Ok(mut batch) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
         }
-        Effect::Unregister { zone, hostname, addr } => {
-            if let Ok(n) = hickory_proto::rr::Name::from_ascii(format!("{hostname}.{zone}.")) {
-                dns.unregister(&n.to_lowercase(), *addr);
+        apply(dns, &batch);
+    }
+}
+
+/// Applies registration effects to the DNS service, in order, as one
+/// change of its catalog (`Dns::change_names`).
+fn apply(dns: &Dns, effects: &[Effect]) {
+    let changes: Vec<NameChange> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Register { zone, hostname, addr } => {
+                Some(NameChange::Register { zone: zone.clone(), hostname: hostname.clone(), addr: *addr })
             }
+            Effect::Unregister { zone, hostname, addr } => {
+                let n = hickory_proto::rr::Name::from_ascii(format!("{hostname}.{zone}.")).ok()?;
+                Some(NameChange::Unregister { fqdn: n.to_lowercase(), addr: *addr })
+            }
+        })
+        .collect();
+    if changes.is_empty() {
+        return;
+    }
+    for (result, change) in dns.change_names(changes.clone()).into_iter().zip(&changes) {
+        if let (Err(err), NameChange::Register { zone, hostname, addr }) = (result, change) {
+            info!(%addr, "dhcp: client name {hostname}.{zone} not registered: {err}");
         }
     }
 }

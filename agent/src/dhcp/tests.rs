@@ -790,3 +790,50 @@ fn allocation_cost_does_not_grow_with_the_pool_size() {
         );
     }
 }
+
+/// Issue 17 item 15: registering a group commit's client names copies the
+/// DNS zones they touch once, not once per name (each copy is of the whole
+/// zone, every registered name included): the catalog is published once
+/// for the lot. Counted by the epochs publishing gives the zones.
+#[test]
+fn a_batch_of_registrations_publishes_the_catalog_once() {
+    let mut cfg = config();
+    let dir = std::env::temp_dir().join(format!("coresvc-dhcp-reg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    cfg.agent.state_dir = dir.clone();
+    let dns = crate::dns::Dns::new(&cfg).unwrap();
+    let zone = hickory_proto::rr::Name::from_ascii("dvnt.deevnet.net.").unwrap();
+    let epoch = |d: &crate::dns::Dns| {
+        let c = d.resolver.catalog();
+        c.zone_epochs[c.zone_index(&zone).unwrap()]
+    };
+    let before = epoch(&dns);
+    let effects: Vec<Effect> = (0..100u8)
+        .map(|i| Effect::Register {
+            zone: "dvnt.deevnet.net".into(),
+            hostname: format!("client-{i}"),
+            addr: Ipv4Addr::new(10, 20, 0, 100 + i),
+        })
+        .chain([Effect::Unregister {
+            zone: "dvnt.deevnet.net".into(),
+            hostname: "client-7".into(),
+            addr: Ipv4Addr::new(10, 20, 0, 107),
+        }])
+        .collect();
+    super::apply(&dns, &effects);
+    let published = epoch(&dns) - before;
+    // (Each publication gives new epochs to the forward and the reverse zone.)
+    assert!(published <= 2, "the catalog was published {published} times for one batch");
+    let c = dns.resolver.catalog();
+    let a = |n: &str| c.lookup(&hickory_proto::rr::Name::from_ascii(n).unwrap(), hickory_proto::rr::RecordType::A);
+    assert_eq!(a("client-99.dvnt.deevnet.net.").unwrap().answers.len(), 1);
+    assert_eq!(a("client-7.dvnt.deevnet.net.").unwrap().answers.len(), 0, "unregistered in the same batch");
+    let ptr = c
+        .lookup(
+            &hickory_proto::rr::Name::from_ascii("150.0.20.10.in-addr.arpa.").unwrap(),
+            hickory_proto::rr::RecordType::PTR,
+        )
+        .unwrap();
+    assert_eq!(ptr.answers.len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
