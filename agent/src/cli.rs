@@ -663,6 +663,9 @@ fn render_dhcp(o: &mut String, d: &crate::dhcp::DhcpStatus) {
         j.compactions,
         j.failures
     );
+    if let Some(e) = &j.broken {
+        let _ = writeln!(o, "         JOURNAL BROKEN, DHCP answers nothing: {e}");
+    }
 }
 
 /// `coresvc leases` as a table.

@@ -658,3 +658,247 @@ fn run_in(lab: &Lab, node: &str, args: &[&str]) {
     let out = lab.exec(node, args).unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A private mount namespace, kept by a sleeping process, with a small
+/// tmpfs on the lab's state directory: the agent runs in it (nsenter), so
+/// its lease journal lives on a file system the test can fill. The mount
+/// goes away with the holder (killed on drop), also after a failed test.
+struct TinyStateDir {
+    holder: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl TinyStateDir {
+    fn new(lab: &Lab, size: &str) -> TinyStateDir {
+        use std::io::BufRead as _;
+        let dir = lab.paths.state_dir.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut holder = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!("mount -t tmpfs -o size={size},mode=0700 tmpfs \"$0\" && echo ready && exec sleep 100000"))
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "mounting a tmpfs in a private mount namespace");
+        TinyStateDir { holder, dir }
+    }
+
+    /// `rel` in the state directory, as the agent sees it.
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/root", self.holder.id()))
+            .join(self.dir.strip_prefix("/").unwrap())
+            .join(rel)
+    }
+
+    /// Takes every free block of the file system.
+    fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.path("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path("filler")).unwrap();
+    }
+
+    /// A command in the holder's mount namespace.
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id())).arg("--").args(args);
+        c
+    }
+
+    /// Starts the lab's agent in the holder's mount namespace; waits until it answers.
+    fn start_agent(&self, lab: &Lab, cfg: &std::path::Path) -> AgentChild {
+        let inner = lab.agent_command(cfg).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&lab.paths.log).unwrap();
+        let mut c = self.cmd(&[]);
+        c.arg(inner.get_program()).args(inner.get_args()).stdin(std::process::Stdio::null());
+        c.stdout(log.try_clone().unwrap()).stderr(log);
+        let mut child = AgentChild(c.spawn().expect("nsenter (util-linux)"));
+        let start = std::time::Instant::now();
+        while lab.status_json().is_err() {
+            if let Some(st) = child.0.try_wait().unwrap() {
+                panic!("coresvc exited during start-up ({st}):\n{}", lab.log_tail(30));
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "coresvc did not start:\n{}", lab.log_tail(30));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+}
+
+impl Drop for TinyStateDir {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The agent, killed (SIGKILL) on drop.
+struct AgentChild(std::process::Child);
+
+impl Drop for AgentChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a four-way exchange from the lab's relay (dvnt-client) got.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Ack(Ipv4Addr),
+    /// An OFFER of this address, then no ACK.
+    OfferOnly(Ipv4Addr),
+    Nothing,
+}
+
+fn exchange(lab: &Lab, mac: [u8; 6]) -> Got {
+    let (relay_addr, srv) = (Ipv4Addr::new(10, 20, 0, 50), Ipv4Addr::new(10, 20, 0, 1));
+    let Some(offer) =
+        relay(lab, "dvnt-client", relay_addr, srv, vec![request(MessageType::Discover, mac, relay_addr, vec![])]).pop()
+    else {
+        return Got::Nothing;
+    };
+    let ip = offer.yiaddr();
+    request_again(lab, mac, ip).map_or(Got::OfferOnly(ip), Got::Ack)
+}
+
+/// A REQUEST (SELECTING) for `ip`; the ACKed address.
+fn request_again(lab: &Lab, mac: [u8; 6], ip: Ipv4Addr) -> Option<Ipv4Addr> {
+    let (relay_addr, srv) = (Ipv4Addr::new(10, 20, 0, 50), Ipv4Addr::new(10, 20, 0, 1));
+    let r = request(
+        MessageType::Request,
+        mac,
+        relay_addr,
+        vec![DhcpOption::ServerIdentifier(srv), DhcpOption::RequestedIpAddress(ip)],
+    );
+    relay(lab, "dvnt-client", relay_addr, srv, vec![r])
+        .pop()
+        .filter(|m| kind(m) == MessageType::Ack)
+        .map(|m| m.yiaddr())
+}
+
+fn journal_status(lab: &Lab) -> Value {
+    lab.status_json().unwrap()["dhcp"]["journal"].clone()
+}
+
+/// Leases for new clients until one gets an OFFER but no ACK (its commit
+/// failed); the ACKed ones and that client.
+fn lease_until_a_commit_fails(lab: &Lab) -> (Vec<(Ipv4Addr, [u8; 6])>, [u8; 6], Ipv4Addr) {
+    let mut acked = Vec::new();
+    // (Records are about 44 bytes: a 4 KiB page holds some 90.)
+    for i in 0..250u8 {
+        let mac = [2, 0, 0, 0x55, 1, i];
+        match exchange(lab, mac) {
+            Got::Ack(ip) => acked.push((ip, mac)),
+            Got::OfferOnly(ip) => return (acked, mac, ip),
+            Got::Nothing => panic!("no offer for client {i}:\n{}", lab.log_tail(20)),
+        }
+    }
+    panic!("no commit failed on the full file system: {}", journal_status(lab));
+}
+
+/// Issue 17 item 16: a lease journal on a file system that fills up. The
+/// commit that does not fit gets no ACK, and the journal is cut back to its
+/// last good record (nothing torn or unacknowledged stays in the file to be
+/// replayed); when space returns, the same client's retry is ACKed, and
+/// after kill -9 every ACK seen on the wire is in the store with no torn
+/// tail to cut.
+#[test]
+fn a_full_disk_fails_the_commit_cuts_the_journal_back_and_leases_resume_when_space_returns() {
+    let lab = Lab::for_test().unwrap();
+    let cfg = lab.config_with("coresvc.toml", |s| s).unwrap();
+    let tiny = TinyStateDir::new(&lab, "64k");
+    let agent = tiny.start_agent(&lab, &cfg);
+    let pcap = lab.paths.run_dir.join("acks.pcap");
+    let tcpdump = lab.capture_dhcp_replies("dvnt-client", &pcap).unwrap();
+    assert!(matches!(exchange(&lab, [2, 0, 0, 0x55, 0, 1]), Got::Ack(_)));
+    tiny.fill();
+    // The journal's last page still has room for a few records: leases go
+    // on until a commit needs a new block.
+    let (mut seen, mac, ip) = lease_until_a_commit_fails(&lab);
+    let j = journal_status(&lab);
+    assert!(j["failures"].as_u64().unwrap() >= 1, "{j}");
+    assert_eq!(j.get("broken"), None, "cut back, not broken: {j}");
+    let on_disk = std::fs::metadata(tiny.path("dhcp-leases.journal")).unwrap().len();
+    assert_eq!(on_disk, j["bytes"].as_u64().unwrap(), "the file is cut back to its last good record: {j}");
+    assert!(lab.log().contains("the journal was cut back to its last good record"), "{}", lab.log_tail(10));
+    // Still full: the client's retry is not ACKed either.
+    assert_eq!(request_again(&lab, mac, ip), None);
+    // Space returns: the retry is ACKed.
+    tiny.free();
+    assert_eq!(request_again(&lab, mac, ip), Some(ip));
+    let on_disk = std::fs::metadata(tiny.path("dhcp-leases.journal")).unwrap().len();
+    assert_eq!(on_disk, journal_status(&lab)["bytes"].as_u64().unwrap());
+    seen.push((ip, mac));
+    std::thread::sleep(Duration::from_millis(300));
+    tcpdump.interrupt();
+    // Every ACK on the wire, and every one the test's client received.
+    let mut acked = acks_in(&pcap).unwrap();
+    let hex = |m: &[u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    acked.extend(seen.iter().map(|(a, m)| (*a, hex(m))));
+    // kill -9 and a start on the same journal.
+    drop(agent);
+    let log_before = lab.log().len();
+    let _agent = tiny.start_agent(&lab, &cfg);
+    let after = lab.log()[log_before..].to_string();
+    assert!(!after.contains("torn tail"), "nothing to cut after the cut-back:\n{after}");
+    assert_acks_kept(&lab, &acked, true);
+}
+
+/// Issue 17 item 16: when a failed commit cannot even be cut back out of
+/// the journal (here: the disk is full and the file is append-only, so the
+/// write fails and so does the truncation), DHCP fail-stops: no ACK, no
+/// OFFER either, the error in `coresvc status`; a restart on a writable
+/// file system replays the journal, cuts the torn tail and serves again
+/// with every ACKed lease.
+#[test]
+fn a_commit_that_cannot_be_cut_back_fail_stops_dhcp_until_a_restart() {
+    let lab = Lab::for_test().unwrap();
+    let cfg = lab.config_with("coresvc.toml", |s| s).unwrap();
+    let tiny = TinyStateDir::new(&lab, "64k");
+    let agent = tiny.start_agent(&lab, &cfg);
+    let Got::Ack(first) = exchange(&lab, [2, 0, 0, 0x56, 0, 1]) else { panic!("no first lease") };
+    tiny.fill();
+    let journal = tiny.path("dhcp-leases.journal");
+    let chattr = |flag: &str| {
+        let out = std::process::Command::new("chattr").arg(flag).arg(&journal).output().expect("chattr (e2fsprogs)");
+        assert!(out.status.success(), "chattr {flag}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    chattr("+a");
+    struct Unattr<'a>(&'a dyn Fn(&str));
+    impl Drop for Unattr<'_> {
+        fn drop(&mut self) {
+            (self.0)("-a");
+        }
+    }
+    let _unattr = Unattr(&chattr);
+    let (acked, mac, ip) = lease_until_a_commit_fails(&lab);
+    let j = journal_status(&lab);
+    let broken = j["broken"].as_str().unwrap_or_else(|| panic!("the journal is broken: {j}"));
+    assert!(broken.contains("restart coresvc"), "{broken}");
+    // Fail-stop: nothing is answered, not even an OFFER; counted.
+    assert_eq!(exchange(&lab, [2, 0, 0, 0x56, 0, 2]), Got::Nothing);
+    assert_eq!(request_again(&lab, mac, ip), None);
+    let drops = lab.status_json().unwrap()["dhcp"]["counters"]["drops"]["journal_broken"].as_u64().unwrap_or(0);
+    assert!(drops >= 2, "{drops}");
+    let text = String::from_utf8_lossy(&lab.coresvc(["status"]).unwrap().stdout).to_string();
+    assert!(text.contains("JOURNAL BROKEN"), "{text}");
+    assert!(lab.log().contains("DHCP stops answering (fail-stop)"), "{}", lab.log_tail(10));
+    // The file system is repaired; a restart serves again.
+    drop(agent);
+    chattr("-a");
+    tiny.free();
+    let _agent = tiny.start_agent(&lab, &cfg);
+    assert_eq!(request_again(&lab, mac, ip), Some(ip));
+    let leases = leases(&lab);
+    for a in acked.iter().map(|(a, _)| *a).chain([first]) {
+        assert!(leases.iter().any(|l| l["address"] == a.to_string() && l["state"] == "bound"), "{a} kept: {leases:?}");
+    }
+}

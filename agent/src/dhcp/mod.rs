@@ -65,6 +65,10 @@ pub struct JournalStatus {
     pub compactions: u64,
     /// Commits that failed (their ACKs were never sent).
     pub failures: u64,
+    /// Set when a failed commit could not be cut back out of the journal:
+    /// DHCP answers nothing more until a restart (fail-stop). The error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
 }
 
 #[derive(Default)]
@@ -74,6 +78,8 @@ struct JournalStats {
     records: AtomicU64,
     compactions: AtomicU64,
     failures: AtomicU64,
+    broken: std::sync::atomic::AtomicBool,
+    broken_error: Mutex<Option<String>>,
 }
 
 /// Work for the commit thread, in state-machine order.
@@ -92,12 +98,18 @@ struct Core {
     server: Server,
     jobs: mpsc::Sender<Job>,
     since_compaction: u64,
+    stats: Arc<JournalStats>,
 }
 
 impl Core {
     /// Runs one datagram through the state machine; returns a reply to send
     /// now (one that needs nothing durable).
     fn handle(&mut self, segment: usize, source: Ipv4Addr, bytes: &[u8], now: u64) -> Option<Reply> {
+        if self.stats.broken.load(Ordering::Relaxed) {
+            // Fail-stop: not even an OFFER, which no ACK could follow.
+            self.server.refuse(server::Drop::JournalBroken);
+            return None;
+        }
         let out = self.server.handle(Some(segment), source, bytes, now);
         if out.records.is_empty() && out.effects.is_empty() {
             return out.reply;
@@ -193,7 +205,7 @@ impl Dhcp {
                 .spawn(move || committer(journal, rx, &sender, names_tx, &stats))
                 .context("dhcp: starting the journal thread")?
         };
-        let core = Arc::new(Mutex::new(Core { server, jobs, since_compaction: 0 }));
+        let core = Arc::new(Mutex::new(Core { server, jobs, since_compaction: 0, stats: stats.clone() }));
         let mut tasks = Vec::new();
         let interfaces = recv.iter().map(|(_, i, _)| i.clone()).collect();
         for (seg, iface, sock) in recv {
@@ -257,6 +269,7 @@ impl Dhcp {
                 records: s.records.load(Ordering::Relaxed),
                 compactions: s.compactions.load(Ordering::Relaxed),
                 failures: s.failures.load(Ordering::Relaxed),
+                broken: s.broken_error.lock().expect("journal error lock").clone(),
             },
         }
     }
@@ -400,9 +413,19 @@ fn committer(
                         stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        error!("dhcp: {e}; the ACKs of this commit are not sent");
                         stats.failures.fetch_add(1, Ordering::Relaxed);
                         durable = false;
+                        if journal.is_broken() {
+                            if !stats.broken.swap(true, Ordering::Relaxed) {
+                                error!("dhcp: {e}; DHCP stops answering (fail-stop)");
+                                *stats.broken_error.lock().expect("journal error lock") = Some(e.to_string());
+                            }
+                        } else {
+                            error!(
+                                "dhcp: {e}; the ACKs of this commit are not sent (the journal was cut back to its \
+                                 last good record; clients retry)"
+                            );
+                        }
                     }
                 }
                 stats.bytes.store(journal.len(), Ordering::Relaxed);

@@ -108,6 +108,8 @@ pub enum Drop {
     NoAddress,
     /// RELEASE or DECLINE of an address the client does not hold.
     NotHeld,
+    /// The lease journal is broken (fail-stop): nothing is answered.
+    JournalBroken,
 }
 
 impl Drop {
@@ -125,6 +127,7 @@ impl Drop {
             Drop::OtherServer => "other_server",
             Drop::NoAddress => "no_address",
             Drop::NotHeld => "not_held",
+            Drop::JournalBroken => "journal_broken",
         }
     }
 }
@@ -381,8 +384,13 @@ impl Server {
         v
     }
 
-    fn drop(&mut self, why: Drop) -> Outcome {
+    /// Counts a datagram the wrapper refused without handling it.
+    pub fn refuse(&mut self, why: Drop) {
         *self.counters.drops.entry(why.name().to_string()).or_default() += 1;
+    }
+
+    fn drop(&mut self, why: Drop) -> Outcome {
+        self.refuse(why);
         Outcome::default()
     }
 
