@@ -165,8 +165,10 @@ impl Agent {
         if cur.agent.pin_dir != next.agent.pin_dir
             || cur.agent.control_socket != next.agent.control_socket
             || cur.agent.state_dir != next.agent.state_dir
+            || (&cur.agent.control_group, &cur.agent.control_users)
+                != (&next.agent.control_group, &next.agent.control_users)
         {
-            restart.push("agent paths");
+            restart.push("agent paths (and control socket access)");
         }
         if cur.dataplane.conntrack_max != next.dataplane.conntrack_max
             || cur.dataplane.xdp_mode != next.dataplane.xdp_mode
@@ -249,6 +251,7 @@ impl Agent {
             refused: services.refused.clone(),
             foreign_dhcp: services.watcher.as_ref().map(|w| w.sightings()).unwrap_or_default(),
             tftp: self.tftp.as_ref().map(Tftp::status),
+            control: ctl::stats(),
         })
     }
 
@@ -489,7 +492,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         .with_context(|| format!("creating state directory {}", config.agent.state_dir.display()))?;
     // The control socket first: it refuses to start a second agent on the
     // same socket before that one's dataplane is touched.
-    let listener = ctl::bind(&config.agent.control_socket).await?;
+    let listener = ctl::bind(&config.agent).await?;
     let metrics_listener = match config.agent.metrics_listen {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,

@@ -160,3 +160,177 @@ fn the_systemd_unit_verifies() {
     let check = Command::new(&bin).arg("check").arg(root.join("examples/coresvc.toml")).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }
+
+/// Watches `dir` for files created in it or moved into it (inotify).
+struct DirWatch(std::os::fd::OwnedFd);
+
+impl DirWatch {
+    fn new(dir: &std::path::Path) -> DirWatch {
+        use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+        // SAFETY: inotify_init1 returns a new fd or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1");
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid inotify fd and C string.
+        let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO) };
+        assert!(wd >= 0, "inotify_add_watch");
+        // SAFETY: fd is ours.
+        DirWatch(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The events so far: (name, created in place).
+    fn events(&self) -> Vec<(String, bool)> {
+        use std::os::fd::AsRawFd as _;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: read into our buffer.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return out;
+            }
+            let mut at = 0;
+            while at + 16 <= n as usize {
+                let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                let name = String::from_utf8_lossy(&buf[at + 16..at + 16 + len]).trim_end_matches('\0').to_string();
+                out.push((name, mask & libc::IN_CREATE != 0));
+                at += 16 + len;
+            }
+        }
+    }
+}
+
+/// Connects `n` times to `socket` from one process (as `user` with
+/// `setpriv`, else root) and holds the connections; its output once all
+/// are made (or connecting stalls).
+fn hold_connections(socket: &std::path::Path, n: usize, user: Option<(&str, &str)>) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let script = r#"
+import resource, socket, sys, time
+n = int(sys.argv[2])
+try:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, n + 64))
+except (ValueError, OSError):
+    pass
+held, stalled = [], 0
+while len(held) < n and stalled < 500:
+    s = socket.socket(socket.AF_UNIX)
+    s.setblocking(False)
+    try:
+        s.connect(sys.argv[1])
+        held.append(s)
+        stalled = 0
+    except BlockingIOError:
+        # The listen queue is full: wait for the server to accept.
+        s.close()
+        stalled += 1
+        time.sleep(0.01)
+    except OSError:
+        s.close()
+        held.append(None)
+print("held", len(held), flush=True)
+time.sleep(120)
+"#;
+    let mut c = match user {
+        Some((u, g)) => {
+            let mut c = Command::new("setpriv");
+            c.args([&format!("--reuid={u}"), &format!("--regid={g}"), "--clear-groups", "/usr/bin/python3"]);
+            c
+        }
+        None => Command::new("/usr/bin/python3"),
+    };
+    let mut child =
+        c.arg("-c").arg(script).arg(socket).arg(n.to_string()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
+/// `coresvc status` as `user` (setpriv): its output.
+fn status_as(lab: &Lab, user: (&str, &str)) -> std::process::Output {
+    let bin = coresvc_lab::agent_bin().unwrap();
+    Command::new("setpriv")
+        .args([&format!("--reuid={}", user.0), &format!("--regid={}", user.1), "--clear-groups"])
+        .arg(bin)
+        .args(["status", "--json", "--socket"])
+        .arg(&lab.paths.socket)
+        .output()
+        .unwrap()
+}
+
+/// Issue 17 item 18: the control socket appears only with its final mode
+/// (bound elsewhere and moved into place), lets in root and the configured
+/// group and nobody else, checked on each connection (SO_PEERCRED) even
+/// when its file is opened up, and one process flooding it (as root, more
+/// connections than the agent has file descriptors; or as an allowed user)
+/// cannot keep `coresvc status` out.
+#[test]
+fn the_control_socket_is_for_root_and_its_group_checked_per_connection_and_survives_a_flood() {
+    let mut lab = Lab::for_test().unwrap();
+    let cfg = lab
+        .config_with("coresvc.toml", |s| s.replace("# control_group = \"coresvc\"", "control_group = \"nogroup\""))
+        .unwrap();
+    let watch = DirWatch::new(&lab.paths.run_dir);
+    lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
+    let sock_name = lab.paths.socket.file_name().unwrap().to_string_lossy().to_string();
+    let seen: Vec<(String, bool)> = watch.events().into_iter().filter(|(n, _)| *n == sock_name).collect();
+    assert_eq!(seen, [(sock_name.clone(), false)], "moved into place, never created at its path with another mode");
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(&lab.paths.socket).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o660, 0, 65534), "0660 root:nogroup");
+
+    let nobody = ("nobody", "nogroup");
+    let daemon = ("daemon", "daemon");
+    // The group's member gets in; another user cannot even open the file.
+    let out = status_as(&lab, nobody);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = status_as(&lab, daemon);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("permission denied"), "{err}");
+    // Opened up by mistake: the connection is refused on its credentials, counted.
+    std::fs::set_permissions(&lab.paths.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = status_as(&lab, daemon);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refused: uid 1 may not use"), "{err}");
+    let control = |lab: &Lab| lab.status_json().unwrap()["control"].clone();
+    assert_eq!(control(&lab)["refused_peer"], 1, "{}", control(&lab));
+    // A flood from a refused user: each connection closed at once, counted.
+    let (mut refused_flood, said) = hold_connections(&lab.paths.socket, 300, Some(daemon));
+    assert!(said.starts_with("held"), "{said}");
+    assert!(control(&lab)["refused_peer"].as_u64().unwrap() >= 300, "{}", control(&lab));
+    let _ = refused_flood.kill();
+    let _ = refused_flood.wait();
+
+    // One root process holding more connections than the agent has file
+    // descriptors, idle: it keeps only its own few. (The agent's limit is
+    // lowered to 2048 for the test: the flooder cannot go beyond the
+    // machine's own limit.)
+    let nofile = 2048;
+    let out = Command::new("prlimit")
+        .arg(format!("--pid={}", lab.agent_pid().unwrap()))
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (mut flood, said) = hold_connections(&lab.paths.socket, nofile + 2000, None);
+    eprintln!("root flood of {} connections: {said}", nofile + 2000);
+    assert_eq!(said.trim(), format!("held {}", nofile + 2000), "every connection was accepted");
+    let st = lab.status_json().expect("coresvc status under the flood");
+    let c = &st["control"];
+    assert!(c["active"].as_u64().unwrap() <= 8, "{c}");
+    assert!(c["evicted"].as_u64().unwrap() >= nofile as u64, "{c}");
+    // An allowed user's flood, meanwhile: the same; both still get in.
+    let (mut user_flood, said) = hold_connections(&lab.paths.socket, 200, Some(nobody));
+    eprintln!("nobody's flood of 200: {said}");
+    let out = status_as(&lab, nobody);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = lab.status_json().expect("coresvc status under both floods");
+    eprintln!("control: {}", st["control"]);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", lab.agent_pid().unwrap())).unwrap().count();
+    assert!(fds < 500, "the agent holds {fds} file descriptors");
+    for c in [&mut flood, &mut user_flood] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -205,6 +205,18 @@ fn relays_name_a_served_segment_and_reachable_unique_addresses() {
 }
 
 #[test]
+fn control_socket_users_and_group_must_exist() {
+    let agent = |body: &str| problems(&format!("[agent]\n{body}"));
+    assert!(agent("control_group = \"root\"\ncontrol_users = [\"nobody\", \"4242\"]\n").is_empty());
+    assert_one(&agent("control_group = \"no-such-group-x\"\n"), "agent.control_group", &["no group", "numeric gid"]);
+    assert_one(
+        &agent("control_users = [\"root\", \"no-such-user-x\"]\n"),
+        "agent.control_users[1]",
+        &["no user", "numeric uid"],
+    );
+}
+
+#[test]
 fn duplicate_macs_in_static_hosts() {
     let ps = problems(
         "[[dhcp.host]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.20.0.10\"\n\

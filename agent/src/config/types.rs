@@ -48,6 +48,12 @@ pub struct AgentSection {
     pub state_dir: PathBuf,
     /// The control socket `coresvc status` and friends talk to.
     pub control_socket: PathBuf,
+    /// Besides root, members of this group (a name or a gid) may use the
+    /// control socket (it is then mode 0660, group this one).
+    pub control_group: Option<String>,
+    /// Besides root, these users (names or uids) may use the control socket
+    /// (their connections are checked; the file must let them reach it).
+    pub control_users: Vec<String>,
     /// The bpffs directory for this instance's pinned maps and links.
     pub pin_dir: PathBuf,
     /// A tracing filter (`info`, `coresvc=debug,warn`); `RUST_LOG` overrides it.
@@ -70,6 +76,8 @@ impl Default for AgentSection {
         Self {
             state_dir: PathBuf::from("/var/lib/coresvc"),
             control_socket: PathBuf::from("/run/coresvc/control.sock"),
+            control_group: None,
+            control_users: Vec::new(),
             pin_dir: PathBuf::from(coresvc_maps_schema::DEFAULT_PIN_DIR),
             log: "info".to_string(),
             metrics_listen: None,

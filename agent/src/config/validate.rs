@@ -32,6 +32,7 @@ pub const SUPPORTED_RECORD_TYPES: &[&str] = &["A", "AAAA", "CNAME", "MX", "NS", 
 
 pub fn validate(c: &Config) -> Vec<Problem> {
     let mut v = Validator { c, problems: Vec::new() };
+    v.agent();
     v.segments();
     v.uplink();
     v.routes();
@@ -102,6 +103,27 @@ impl<'a> Validator<'a> {
 
     fn one_of(names: &[&str]) -> String {
         if names.is_empty() { "none are defined".to_string() } else { format!("one of: {}", names.join(", ")) }
+    }
+
+    /// `[agent]`: who may use the control socket must exist on this system.
+    fn agent(&mut self) {
+        let a = &self.c.agent;
+        if let Some(g) = &a.control_group
+            && crate::ctl::resolve_group(g).is_none()
+        {
+            self.err(
+                cfg_path!("agent", "control_group"),
+                format!("no group {g:?} on this system; give an existing group name or a numeric gid"),
+            );
+        }
+        for (i, u) in a.control_users.iter().enumerate() {
+            if crate::ctl::resolve_user(u).is_none() {
+                self.err(
+                    cfg_path!("agent", "control_users", i),
+                    format!("no user {u:?} on this system; give an existing user name or a numeric uid"),
+                );
+            }
+        }
     }
 
     fn segments(&mut self) {
