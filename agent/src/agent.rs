@@ -588,6 +588,10 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     let gc = tokio::spawn(conntrack_gc(agent.clone()));
     let names: Vec<String> = dataplane::interfaces(&config, &plan, None).into_iter().map(|i| i.name).collect();
     let links = tokio::spawn(follow_links(agent.clone(), crate::routing::watch_links(names)?));
+    // Everything privileged is done: only what running needs stays (privileges.rs).
+    if let Err(e) = crate::privileges::drop_after_start() {
+        error!("privileges: {e:#}; running with the capabilities it was started with");
+    }
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;

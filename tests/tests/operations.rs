@@ -334,3 +334,77 @@ fn the_control_socket_is_for_root_and_its_group_checked_per_connection_and_survi
         let _ = c.wait();
     }
 }
+
+/// Every thread's capability sets and no_new_privs: (tid, effective,
+/// permitted, inheritable, bounding, ambient, no_new_privs).
+fn thread_caps(pid: u32) -> Vec<(String, [u64; 6])> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = t.unwrap().file_name().to_string_lossy().to_string();
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else { continue };
+        let f = |name: &str| {
+            let v = text.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim();
+            u64::from_str_radix(v, 16).unwrap()
+        };
+        out.push((tid, [f("CapEff:"), f("CapPrm:"), f("CapInh:"), f("CapBnd:"), f("CapAmb:"), f("NoNewPrivs:")]));
+    }
+    out
+}
+
+/// Issue 17 item 17: once started, every thread of the agent holds only
+/// CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE (effective,
+/// permitted and bounding; nothing inheritable or ambient; no_new_privs),
+/// and still does what it must while running: a reload restarting DHCP on
+/// new threads (port 67 again), a lease, an interface that returns getting
+/// its programs and address back.
+#[test]
+fn after_start_every_thread_keeps_only_the_network_capabilities() {
+    // (CAP_BPF too before Linux 6.5: see privileges.rs.)
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let v: Vec<u32> = release.split(['.', '-']).take(2).map(|p| p.trim().parse().unwrap()).collect();
+    let kept: u64 = 1 << 10 | 1 << 12 | 1 << 13 | if (v[0], v[1]) < (6, 5) { 1 << 39 } else { 0 };
+    let (mut lab, cfg) = lab_with(|s| s);
+    let pid = lab.agent_pid().unwrap();
+    let check = |when: &str| {
+        let caps = thread_caps(pid);
+        assert!(caps.len() > 2, "{caps:?}");
+        for (tid, c) in &caps {
+            assert_eq!(*c, [kept, kept, 0, kept, 0, 1], "{when}: thread {tid}: eff, prm, inh, bnd, amb, nnp {c:x?}");
+        }
+        caps.len()
+    };
+    let threads = check("after start");
+    assert!(lab.log().contains("every other capability dropped"), "{}", lab.log_tail(10));
+    // A reload that restarts DHCP (new sockets on port 67, new threads).
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("lease_time = \"1h\"", "lease_time = \"2h\"")).unwrap();
+    let out = lab.coresvc(["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = lab.udhcpc("dvnt-client", "caps", &[]).unwrap();
+    let ev = c.wait_for(&["bound"], 1, Duration::from_secs(20)).unwrap();
+    assert_eq!(ev.vars.get("lease").map(String::as_str), Some("7200"), "{ev:?}");
+    drop(c);
+    // An interface that goes and comes back: XDP and TC links, address.
+    lab.unlink("dvntm-client").unwrap();
+    let waiting = |lab: &Lab| {
+        lab.status_json().unwrap()["dataplane"]["waiting"].as_array().unwrap().iter().any(|w| w == "dvntm0")
+    };
+    let until = |f: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(15), "not within 15 s:\n{}", lab.log_tail(20));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until(&|| waiting(&lab));
+    lab.relink("dvntm-client").unwrap();
+    until(&|| !waiting(&lab));
+    let ping = lab.exec("dvntm-client", ["ping", "-c", "1", "-W", "2", "10.30.0.1"]).unwrap();
+    assert!(ping.status.success(), "address back:\n{}", lab.log_tail(20));
+    let out = lab.exec("gw", ["ip", "-d", "link", "show", "dvntm0"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"), "XDP back");
+    assert!(!lab.log().contains("Operation not permitted"), "{}", lab.log_tail(30));
+    let now = check("after the reload and the link's return");
+    eprintln!("{threads} threads after start, {now} now");
+    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+}
