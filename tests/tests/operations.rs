@@ -408,3 +408,167 @@ fn after_start_every_thread_keeps_only_the_network_capabilities() {
     eprintln!("{threads} threads after start, {now} now");
     lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap();
 }
+
+/// The values of `key=` lines in the unit, split on whitespace.
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+/// The system calls of a `SystemCallFilter=` group (or one call), expanded
+/// by systemd-analyze itself.
+fn syscalls_of(item: &str, out: &mut std::collections::BTreeSet<String>) {
+    if !item.starts_with('@') {
+        out.insert(item.to_string());
+        return;
+    }
+    let o = Command::new("systemd-analyze").args(["syscall-filter", item]).output().expect("systemd-analyze");
+    for l in String::from_utf8_lossy(&o.stdout).lines().skip(1) {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        syscalls_of(l, out);
+    }
+}
+
+/// Issue 17 item 17: the agent starts and serves inside the unit's limits
+/// (systemd is not PID 1 here, so they are applied one by one): the
+/// unit's CapabilityBoundingSet (setpriv; CAP_SYS_ADMIN and
+/// CAP_SYS_RESOURCE are no longer in it), NoNewPrivileges, UMask=0077, and
+/// every system call and socket family it makes (seen by strace, while it
+/// leases, answers DNS and reloads) is one the unit's SystemCallFilter and
+/// RestrictAddressFamilies allow (expanded by systemd-analyze). The
+/// unit's exposure (`systemd-analyze security`) is below 5.0.
+#[test]
+fn the_agent_starts_and_serves_inside_the_units_limits() {
+    let root = coresvc_lab::workspace_root();
+    let unit = std::fs::read_to_string(root.join("dist/coresvc.service")).unwrap();
+    let bin = coresvc_lab::agent_bin().unwrap();
+    // Exposure.
+    let dir = std::env::temp_dir().join(format!("coresvc-unit-sec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("coresvc.service"), unit.replace("/usr/local/bin/coresvc", &bin.display().to_string()))
+        .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(dir.join("coresvc.service"))
+        .output()
+        .expect("systemd-analyze");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for coresvc.service: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    eprintln!("systemd-analyze security: exposure {level}");
+    assert!(level < 5.0, "exposure {level}:\n{text}");
+
+    // The agent under the unit's capability bounding set, NoNewPrivileges
+    // and UMask, in the lab's gateway namespace (its own bpffs: ip netns
+    // exec gives it a /sys of its own), traced.
+    let lab = Lab::for_test().unwrap();
+    let cfg = lab.config_with("coresvc.toml", |s| s).unwrap();
+    let caps: Vec<String> = unit_values(&unit, "CapabilityBoundingSet")
+        .iter()
+        .map(|c| format!("+{}", c.to_lowercase().trim_start_matches("cap_").to_string()))
+        .collect();
+    assert!(!caps.iter().any(|c| c == "+sys_admin"), "{caps:?}");
+    assert_eq!(unit_values(&unit, "UMask"), ["0077"]);
+    assert_eq!(unit_values(&unit, "NoNewPrivileges"), ["yes"]);
+    let trace = lab.paths.run_dir.join("strace.out");
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &lab.gw_ns(), "sh", "-c"])
+        .arg("mount -t bpf bpf /sys/fs/bpf && umask 0077 && exec \"$@\"")
+        .arg("sh")
+        .args(["strace", "-f", "-qq", "-o"])
+        .arg(&trace)
+        .args(["setpriv", &format!("--bounding-set=-all,{}", caps.join(",")), "--inh-caps=-all", "--no-new-privs"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--pin-dir", "/sys/fs/bpf/coresvc", "--control-socket"])
+        .arg(&lab.paths.socket)
+        .arg("--state-dir")
+        .arg(&lab.paths.state_dir)
+        .stdout(std::fs::File::create(&lab.paths.log).unwrap())
+        .stderr(std::fs::OpenOptions::new().append(true).open(&lab.paths.log).unwrap())
+        .spawn()
+        .expect("ip, strace, setpriv");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Ok(st) = lab.status_json() {
+            break st;
+        }
+        if let Some(st) = agent.try_wait().unwrap() {
+            panic!("coresvc exited under the unit's limits ({st}):\n{}", lab.log_tail(30));
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "coresvc did not start:\n{}", lab.log_tail(30));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let pid = status["pid"].as_u64().unwrap() as i32;
+    // It serves: a lease, DNS, a reload (SIGHUP, as systemctl reload).
+    let mut c = lab.udhcpc("dvnt-client", "unit", &[]).unwrap();
+    c.wait_for(&["bound"], 1, Duration::from_secs(30)).unwrap();
+    drop(c);
+    let dig = lab.exec("dvnt-client", ["dig", "+short", "@10.20.0.1", "artifacts.dvnt.deevnet.net"]).unwrap();
+    assert!(!String::from_utf8_lossy(&dig.stdout).trim().is_empty(), "DNS answers");
+    // SAFETY: kill(2) on the agent's pid.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lab.log().contains("SIGHUP: reloading"), "{}", lab.log_tail(10));
+    // Files it made under UMask=0077.
+    use std::os::unix::fs::MetadataExt as _;
+    let journal = std::fs::metadata(lab.paths.state_dir.join("dhcp-leases.journal")).unwrap();
+    assert_eq!(journal.mode() & 0o077, 0, "the lease journal is private");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let st = agent.wait().unwrap();
+    assert!(st.success(), "{st}:\n{}", lab.log_tail(20));
+    assert!(!lab.log().contains("ERROR"), "{}", lab.log_tail(30));
+
+    // Every system call and socket family it used is allowed by the unit.
+    let mut allowed = std::collections::BTreeSet::new();
+    let mut denied = std::collections::BTreeSet::new();
+    for v in unit_values(&unit, "SystemCallFilter") {
+        match v.strip_prefix('~') {
+            Some(d) => syscalls_of(d, &mut denied),
+            None => syscalls_of(&v, &mut allowed),
+        }
+    }
+    // (A `~` list names further groups; their members stay denied.)
+    let families = unit_values(&unit, "RestrictAddressFamilies");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let mut used_families = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let Some(call) = l.split_once(' ').map(|(_, rest)| rest.trim_start()) else { continue };
+        if call.starts_with("<...") || call.starts_with("---") || call.starts_with("+++") {
+            continue;
+        }
+        let Some(name) = call
+            .split('(')
+            .next()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        else {
+            continue;
+        };
+        used.insert(name.to_string());
+        if name == "socket" || name == "socketpair" {
+            let fam = call.trim_start_matches(name).trim_start_matches('(').split([',', ')']).next().unwrap_or("");
+            used_families.insert(fam.to_string());
+        }
+    }
+    // (strace sees the exec of setpriv and coresvc's start before limits
+    // that systemd would set up before the exec: execve itself is allowed.)
+    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s) || denied.contains(*s)).collect();
+    assert!(used.len() > 30, "{used:?}");
+    assert!(outside.is_empty(), "system calls the unit's SystemCallFilter refuses: {outside:?}");
+    let bad: Vec<&String> = used_families.iter().filter(|f| !families.contains(*f)).collect();
+    assert!(bad.is_empty(), "socket families outside RestrictAddressFamilies={families:?}: {bad:?}");
+    eprintln!("{} distinct system calls, families {used_families:?}", used.len());
+}
