@@ -328,6 +328,25 @@ struct Conn {
     evict: Arc<tokio::sync::Notify>,
 }
 
+/// Which connections a cap counts.
+#[derive(Clone, Copy)]
+enum Scope {
+    Process(i32),
+    Uid(u32),
+    /// Root's connections (true), or everyone else's.
+    Class(bool),
+}
+
+impl Scope {
+    fn holds(self, p: &Peer) -> bool {
+        match self {
+            Scope::Process(pid) => p.pid == pid,
+            Scope::Uid(uid) => p.uid == uid,
+            Scope::Class(root) => (p.uid == 0) == root,
+        }
+    }
+}
+
 /// The open connections.
 #[derive(Default)]
 struct Conns {
@@ -342,19 +361,19 @@ impl Conns {
     /// has only connections busy with a request.
     fn admit(&mut self, peer: Peer) -> Option<(u64, Arc<tokio::sync::Notify>)> {
         let root = peer.uid == 0;
-        let caps: [(usize, &dyn Fn(&Peer) -> bool); 3] = [
-            (MAX_PER_PROCESS, &|p: &Peer| p.pid == peer.pid),
-            (if root { usize::MAX } else { MAX_PER_UID }, &|p: &Peer| p.uid == peer.uid),
-            (if root { MAX_ROOT } else { MAX_OTHERS }, &|p: &Peer| (p.uid == 0) == root),
+        let caps = [
+            (MAX_PER_PROCESS, Scope::Process(peer.pid)),
+            (if root { usize::MAX } else { MAX_PER_UID }, Scope::Uid(peer.uid)),
+            (if root { MAX_ROOT } else { MAX_OTHERS }, Scope::Class(root)),
         ];
-        for (cap, within) in caps {
-            if self.open.values().filter(|c| within(&c.peer)).count() < cap {
+        for (cap, scope) in caps {
+            if self.open.values().filter(|c| scope.holds(&c.peer)).count() < cap {
                 continue;
             }
             let oldest = self
                 .open
                 .iter()
-                .filter(|(_, c)| within(&c.peer))
+                .filter(|(_, c)| scope.holds(&c.peer))
                 .filter_map(|(id, c)| c.idle_since.map(|t| (t, *id)))
                 .min()
                 .map(|(_, id)| id)?;

@@ -788,9 +788,12 @@ fn journal_status(lab: &Lab) -> Value {
     lab.status_json().unwrap()["dhcp"]["journal"].clone()
 }
 
+/// An address and the client's hardware address.
+type Leased = (Ipv4Addr, [u8; 6]);
+
 /// Leases for new clients until one gets an OFFER but no ACK (its commit
 /// failed); the ACKed ones and that client.
-fn lease_until_a_commit_fails(lab: &Lab) -> (Vec<(Ipv4Addr, [u8; 6])>, [u8; 6], Ipv4Addr) {
+fn lease_until_a_commit_fails(lab: &Lab) -> (Vec<Leased>, [u8; 6], Ipv4Addr) {
     let mut acked = Vec::new();
     // (Records are about 44 bytes: a 4 KiB page holds some 90.)
     for i in 0..250u8 {

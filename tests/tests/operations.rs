@@ -475,7 +475,7 @@ fn the_agent_starts_and_serves_inside_the_units_limits() {
     let cfg = lab.config_with("coresvc.toml", |s| s).unwrap();
     let caps: Vec<String> = unit_values(&unit, "CapabilityBoundingSet")
         .iter()
-        .map(|c| format!("+{}", c.to_lowercase().trim_start_matches("cap_").to_string()))
+        .map(|c| format!("+{}", c.to_lowercase().trim_start_matches("cap_")))
         .collect();
     assert!(!caps.iter().any(|c| c == "+sys_admin"), "{caps:?}");
     assert_eq!(unit_values(&unit, "UMask"), ["0077"]);

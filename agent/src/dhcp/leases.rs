@@ -357,11 +357,10 @@ mod tests {
             // lowest never-used address.
             let want = by_scan(&t, &ranges, now, &excluded);
             let got = t.allocate(0, &mut ranges, now, &excluded);
-            if want.is_none() || got.is_none() {
-                assert_eq!(got, want, "step {step}");
-            } else {
-                let key = |x: Ipv4Addr| t.get(x).map_or(0, |l| l.expires);
-                assert_eq!((key(got.unwrap()), got.is_some()), (key(want.unwrap()), true), "step {step}");
+            let key = |x: Ipv4Addr| t.get(x).map_or(0, |l| l.expires);
+            match (got, want) {
+                (Some(g), Some(w)) => assert_eq!(key(g), key(w), "step {step}: {g} and {w}"),
+                _ => assert_eq!(got, want, "step {step}"),
             }
             let client = Some(ClientKey::from_hw(1, &[2, 0, 0, 0, 0, next(40) as u8]));
             let target = match got {
