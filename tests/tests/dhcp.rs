@@ -227,6 +227,14 @@ fn relay_to(
     }
 }
 
+/// Sent from dvnt-client (10.20.0.50) to dvnt's gateway as dvntm's relay
+/// would send them (see [`dvntm_relay`]); the replies to the relay's
+/// dvntm address, heard on dvntm-client (10.30.0.50).
+fn through_dvntm_relay(lab: &Lab, msgs: Vec<Message>) -> Vec<Message> {
+    let (dvnt, dvntm) = (Ipv4Addr::new(10, 20, 0, 50), Ipv4Addr::new(10, 30, 0, 50));
+    relay_to(lab, "dvnt-client", dvnt, Ipv4Addr::new(10, 20, 0, 1), Some(("dvntm-client", dvntm)), msgs)
+}
+
 fn recv_all(s: &UdpSocket) -> Vec<Message> {
     let mut out = Vec::new();
     let mut buf = [0u8; 1500];
@@ -266,14 +274,7 @@ fn relayed_requests_are_served_from_the_relays_segment_with_option_82_and_bad_pa
         Ipv4Addr::new(10, 30, 0, 50),
         vec![DhcpOption::RelayAgentInformation(info.clone())],
     );
-    let offers = relay_to(
-        &lab,
-        "dvnt-client",
-        Ipv4Addr::new(10, 20, 0, 50),
-        Ipv4Addr::new(10, 20, 0, 1),
-        Some(("dvntm-client", Ipv4Addr::new(10, 30, 0, 50))),
-        vec![d],
-    );
+    let offers = through_dvntm_relay(&lab, vec![d]);
     let offer = offers.first().expect("an offer at the relay address");
     assert_eq!(kind(offer), MessageType::Offer);
     let yi = offer.yiaddr();
@@ -297,14 +298,7 @@ fn relayed_requests_are_served_from_the_relays_segment_with_option_82_and_bad_pa
             DhcpOption::RelayAgentInformation(info),
         ],
     );
-    let acks = relay_to(
-        &lab,
-        "dvnt-client",
-        Ipv4Addr::new(10, 20, 0, 50),
-        Ipv4Addr::new(10, 20, 0, 1),
-        Some(("dvntm-client", Ipv4Addr::new(10, 30, 0, 50))),
-        vec![r],
-    );
+    let acks = through_dvntm_relay(&lab, vec![r]);
     assert_eq!(acks.iter().map(kind).collect::<Vec<_>>(), [MessageType::Ack]);
     assert_eq!(acks[0].yiaddr(), yi);
     assert!(lease_of(&lab, yi).is_some_and(|l| l["state"] == "bound" && l["segment"] == "dvntm"));
@@ -331,14 +325,8 @@ fn relayed_requests_are_served_from_the_relays_segment_with_option_82_and_bad_pa
     let drops = &lab.status_json().unwrap()["dhcp"]["counters"]["drops"];
     let total: u64 = drops.as_object().unwrap().values().filter_map(Value::as_u64).sum();
     assert!(total >= 4, "{drops}");
-    let again = relay_to(
-        &lab,
-        "dvnt-client",
-        Ipv4Addr::new(10, 20, 0, 50),
-        Ipv4Addr::new(10, 20, 0, 1),
-        Some(("dvntm-client", Ipv4Addr::new(10, 30, 0, 50))),
-        vec![request(MessageType::Discover, mac, Ipv4Addr::new(10, 30, 0, 50), vec![])],
-    );
+    let again =
+        through_dvntm_relay(&lab, vec![request(MessageType::Discover, mac, Ipv4Addr::new(10, 30, 0, 50), vec![])]);
     assert_eq!(again.first().map(Message::yiaddr), Some(yi), "the same client, the same address");
 }
 
@@ -375,7 +363,7 @@ fn a_host_cannot_draw_from_another_segments_pool_through_giaddr() {
         dvntm_client,
         vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 30, 0, 150))],
     );
-    let got = relay_to(&lab, "dvnt-client", dvnt_client, gw_dvnt, Some(("dvntm-client", dvntm_client)), vec![reboot]);
+    let got = through_dvntm_relay(&lab, vec![reboot]);
     assert!(got.is_empty(), "{got:?}");
     assert_eq!(drops(&lab, "unknown_relay"), 2);
     // dvntm-client writes the configured dvnt relay's address: not from
@@ -410,7 +398,7 @@ fn a_host_cannot_draw_from_another_segments_pool_through_giaddr() {
     std::fs::write(&cfg, dvntm_relay(std::fs::read_to_string(&cfg).unwrap())).unwrap();
     let out = lab.coresvc(["reload"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got = relay_to(&lab, "dvnt-client", dvnt_client, gw_dvnt, Some(("dvntm-client", dvntm_client)), vec![discover]);
+    let got = through_dvntm_relay(&lab, vec![discover]);
     let offer = got.first().expect("an offer through dvntm's configured relay");
     assert_eq!(offer.yiaddr().octets()[..3], [10, 30, 0], "{offer}");
 }
