@@ -480,6 +480,12 @@ pub fn render_status(s: &ctl::Status) -> String {
         s.authority
     );
     let _ = writeln!(o, "config   {}", s.config.display());
+    let c = &s.control;
+    let _ = writeln!(
+        o,
+        "control  {} open, {} accepted, refused {} (peer) {} (busy), {} evicted, {} idle closed",
+        c.active, c.accepted, c.refused_peer, c.refused_busy, c.evicted, c.idle_closed
+    );
     for p in &s.refused {
         let f: Vec<String> = p.findings.iter().map(ToString::to_string).collect();
         let _ = writeln!(o, "REFUSED  segment {} ({}): {}", p.segment, p.interface, f.join("; "));
@@ -675,6 +681,9 @@ fn render_dhcp(o: &mut String, d: &crate::dhcp::DhcpStatus) {
         j.compactions,
         j.failures
     );
+    if let Some(e) = &j.broken {
+        let _ = writeln!(o, "         JOURNAL BROKEN, DHCP answers nothing: {e}");
+    }
 }
 
 /// `coresvc leases` as a table.

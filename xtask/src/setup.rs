@@ -58,6 +58,9 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     // `vagrant validate` of vagrant/Vagrantfile (libvirt provider checked by
     // the plugin); ruby runs the Vagrantfile for the topology check.
     ("Vagrant lab checks", &["vagrant", "vagrant-libvirt", "ruby"]),
+    // The unit's limits checked against what the agent really calls, the
+    // journal made append-only; python3 floods the control socket.
+    ("service hardening checks", &["strace", "e2fsprogs", "python3"]),
 ];
 
 /// Of DEBIAN_PACKAGES, those installed from `<release>-backports` on Debian

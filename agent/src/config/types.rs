@@ -48,6 +48,12 @@ pub struct AgentSection {
     pub state_dir: PathBuf,
     /// The control socket `coresvc status` and friends talk to.
     pub control_socket: PathBuf,
+    /// Besides root, members of this group (a name or a gid) may use the
+    /// control socket (it is then mode 0660, group this one).
+    pub control_group: Option<String>,
+    /// Besides root, these users (names or uids) may use the control socket
+    /// (their connections are checked; the file must let them reach it).
+    pub control_users: Vec<String>,
     /// The bpffs directory for this instance's pinned maps and links.
     pub pin_dir: PathBuf,
     /// A tracing filter (`info`, `coresvc=debug,warn`); `RUST_LOG` overrides it.
@@ -70,6 +76,8 @@ impl Default for AgentSection {
         Self {
             state_dir: PathBuf::from("/var/lib/coresvc"),
             control_socket: PathBuf::from("/run/coresvc/control.sock"),
+            control_group: None,
+            control_users: Vec::new(),
             pin_dir: PathBuf::from(coresvc_maps_schema::DEFAULT_PIN_DIR),
             log: "info".to_string(),
             metrics_listen: None,
@@ -369,6 +377,10 @@ pub struct DhcpSection {
     pub pools: Vec<Pool>,
     #[serde(rename = "host")]
     pub hosts: Vec<DhcpHost>,
+    /// The relay agents served (requests with giaddr set); no other relayed
+    /// request is answered.
+    #[serde(rename = "relay")]
+    pub relays: Vec<Relay>,
     /// Options for every segment (a pool's own options win).
     #[serde(rename = "option")]
     pub options: Vec<DhcpOption>,
@@ -392,6 +404,7 @@ impl Default for DhcpSection {
             domain_search: Vec::new(),
             pools: Vec::new(),
             hosts: Vec::new(),
+            relays: Vec::new(),
             options: Vec::new(),
             pxe: Pxe::default(),
             probe_wait_ms: 3000,
@@ -413,6 +426,26 @@ pub struct Pool {
     pub domain_search: Option<Vec<String>>,
     #[serde(default, rename = "option")]
     pub options: Vec<DhcpOption>,
+}
+
+/// A DHCP relay agent whose requests are served (as Kea's `relay.ip-addresses`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// The segment whose pools and static hosts serve the relay's clients.
+    pub segment: String,
+    /// The relay's addresses as it writes them in giaddr.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The addresses its datagrams come from; empty: `addresses`.
+    #[serde(default)]
+    pub sources: Vec<Ipv4Addr>,
+}
+
+impl Relay {
+    /// Where this relay's datagrams may come from.
+    pub fn sources(&self) -> &[Ipv4Addr] {
+        if self.sources.is_empty() { &self.addresses } else { &self.sources }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
