@@ -2,8 +2,10 @@
 //! normalised key (one entry per connection, both directions), the TCP state
 //! machine and the timeouts by state.
 
-/// Connection states. TCP uses all; UDP and ICMP use `NEW` (one direction
-/// seen) and `ESTABLISHED` (both seen).
+/// Connection states. TCP uses all but `REPLIED`; UDP and ICMP use `NEW`
+/// (one direction seen), `REPLIED` (an answer seen: a query and its reply,
+/// as DNS) and `ESTABLISHED` (the originator spoke again after the answer:
+/// a stream, Linux's "assured").
 pub const CT_NEW: u8 = 0;
 pub const CT_SYN_SENT: u8 = 1;
 pub const CT_SYN_RECV: u8 = 2;
@@ -11,8 +13,10 @@ pub const CT_ESTABLISHED: u8 = 3;
 pub const CT_FIN_WAIT: u8 = 4;
 pub const CT_CLOSING: u8 = 5;
 pub const CT_CLOSED: u8 = 6;
+pub const CT_REPLIED: u8 = 7;
 
-pub const CT_STATE_NAMES: [&str; 7] = ["new", "syn-sent", "syn-recv", "established", "fin-wait", "closing", "closed"];
+pub const CT_STATE_NAMES: [&str; 8] =
+    ["new", "syn-sent", "syn-recv", "established", "fin-wait", "closing", "closed", "replied"];
 
 /// Entry flags.
 /// The connection's originator is the key's `a` side.
@@ -32,7 +36,9 @@ pub const TCP_ACK: u8 = 0x10;
 const SEC: u64 = 1_000_000_000;
 
 /// How long an entry lives without packets, by protocol and state (the
-/// Linux defaults, shortened where a gateway should recover quickly).
+/// Linux defaults, shortened where a gateway should recover quickly; a UDP
+/// exchange of one query and one answer keeps only the unreplied timeout,
+/// as Linux does until a flow is assured).
 #[inline(always)]
 pub fn timeout_ns(proto: u8, state: u8) -> u64 {
     match proto {
@@ -57,6 +63,17 @@ pub fn timeout_ns(proto: u8, state: u8) -> u64 {
 /// TCP once the handshake is done and before teardown starts (control
 /// packets go through the stack); UDP as soon as the rules admitted it (the
 /// stack would forward it all the same; the state only sets the timeout).
+/// The next state of a UDP or ICMP connection after a packet from the
+/// originator (`from_orig`) or the replier.
+#[inline(always)]
+pub fn datagram_next(state: u8, from_orig: bool) -> u8 {
+    match (state, from_orig) {
+        (CT_NEW, false) => CT_REPLIED,
+        (CT_REPLIED, true) => CT_ESTABLISHED,
+        (s, _) => s,
+    }
+}
+
 #[inline(always)]
 pub fn fast_path_state(proto: u8, state: u8) -> bool {
     match proto {
@@ -330,6 +347,19 @@ mod tests {
         let (s, _) = tcp_next(s, f, TCP_RST, true);
         assert_eq!(s, CT_CLOSED);
         assert!(timeout_ns(6, CT_CLOSED) < timeout_ns(6, CT_ESTABLISHED));
+    }
+
+    #[test]
+    fn a_query_and_its_answer_keep_the_short_timeout_a_stream_the_long_one() {
+        let s = datagram_next(CT_NEW, true);
+        assert_eq!(s, CT_NEW);
+        let s = datagram_next(s, false);
+        assert_eq!(s, CT_REPLIED);
+        assert_eq!(timeout_ns(17, s), 30 * SEC, "a DNS-like exchange: 30 s, as Linux's unassured UDP");
+        assert_eq!(datagram_next(s, false), CT_REPLIED, "more answers alone do not assure it");
+        let s = datagram_next(s, true);
+        assert_eq!((s, timeout_ns(17, s)), (CT_ESTABLISHED, 180 * SEC));
+        assert_eq!(CT_STATE_NAMES[CT_REPLIED as usize], "replied");
     }
 
     #[test]

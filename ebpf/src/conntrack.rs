@@ -89,14 +89,17 @@ pub fn update(
 ) -> Result<(), u32> {
     // SAFETY: a live entry pointer; concurrent updates only blur counters.
     let e = unsafe { &mut *e };
-    let side = if from_orig { 0 } else { 1 };
+    let side: usize = if from_orig { 0 } else { 1 };
     if p.proto == ipproto::TCP {
         let s = seg(p);
         let mut w = window(e);
         let syn_only = p.tcp_flags & (ct::TCP_SYN | ct::TCP_ACK) == ct::TCP_SYN;
         if syn_only && from_orig && e.state >= ct::CT_CLOSING {
             // The port pair is reused for a new connection.
-            w = TcpWindow::open(&s, wscale);
+            let w = TcpWindow::open(&s, wscale);
+            e.seq_end = w.seq_end;
+            e.max_win = w.max_win;
+            e.wscale = w.wscale;
             e.state = ct::CT_SYN_SENT;
             e.flags &= !(ct::CT_F_FIN_ORIG | ct::CT_F_FIN_REPLY);
         } else {
@@ -104,16 +107,19 @@ pub fn update(
                 return Err(reason::TCP_WINDOW);
             }
             w.update(e.state, side, &s, wscale);
+            // Only the sender's side: the other direction's packets are
+            // accounted on other CPUs at the same time, and writing their
+            // side back from this copy would undo their progress.
+            e.seq_end[side] = w.seq_end[side];
+            e.max_win[side] = w.max_win[side];
+            e.wscale[side] = w.wscale[side];
             let fins = e.flags & (ct::CT_F_FIN_ORIG | ct::CT_F_FIN_REPLY);
             let (next, fins) = ct::tcp_next(e.state, fins, p.tcp_flags, from_orig);
             e.state = next;
             e.flags = (e.flags & !(ct::CT_F_FIN_ORIG | ct::CT_F_FIN_REPLY)) | fins;
         }
-        e.seq_end = w.seq_end;
-        e.max_win = w.max_win;
-        e.wscale = w.wscale;
-    } else if !from_orig && e.state == ct::CT_NEW {
-        e.state = ct::CT_ESTABLISHED;
+    } else {
+        e.state = ct::datagram_next(e.state, from_orig);
     }
     e.last_ns = now;
     if from_orig {

@@ -18,6 +18,7 @@ pub mod frames;
 pub mod pxe;
 pub mod raw;
 pub mod servers;
+pub mod soak;
 pub mod topology;
 pub mod xdp_pass;
 

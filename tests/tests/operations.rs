@@ -318,7 +318,13 @@ fn the_control_socket_is_for_root_and_its_group_checked_per_connection_and_survi
     assert_eq!(said.trim(), format!("held {}", nofile + 2000), "every connection was accepted");
     let st = lab.status_json().expect("coresvc status under the flood");
     let c = &st["control"];
-    assert!(c["active"].as_u64().unwrap() <= 8, "{c}");
+    // (An evicted connection's task closes it when it next runs: under the
+    // whole suite's load that can take a moment.)
+    let start = std::time::Instant::now();
+    while control(&lab)["active"].as_u64().unwrap() > 8 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", control(&lab));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(c["evicted"].as_u64().unwrap() >= nofile as u64, "{c}");
     // An allowed user's flood, meanwhile: the same; both still get in.
     let (mut user_flood, said) = hold_connections(&lab.paths.socket, 200, Some(nobody));

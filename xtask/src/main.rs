@@ -47,6 +47,19 @@ enum Cmd {
     Lab(lab::LabCmd),
     /// Benchmarks against peer implementations, side by side in the lab.
     Bench(bench::BenchArgs),
+    /// A mixed load for a long run (issue 17): a random-name DNS flood, DHCP
+    /// churn, TFTP, NAT'd transfers, a connection-filling host and a kill -9
+    /// at intervals; prints RSS, open files, errors, leases lost, broken
+    /// flows and the drops by reason. Fails if a lease was lost or a
+    /// well-behaved flow broke.
+    Soak {
+        /// How long (minutes).
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Minutes between two kill -9 of the agent.
+        #[arg(long, default_value_t = 5)]
+        kill_every: u64,
+    },
     /// Run a fuzz target (cargo-fuzz, libFuzzer) for a while.
     Fuzz(fuzz::FuzzArgs),
     /// Fill a TFTP root with what a diskless guest needs to boot from
@@ -84,6 +97,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Lab(c) => lab::main(c),
         Cmd::Bench(b) => bench::main(b),
         Cmd::Fuzz(f) => fuzz::main(f),
+        Cmd::Soak { minutes, kill_every } => soak(minutes, kill_every),
         Cmd::PxeRoot { dir, shell } => pxe_root(&dir, shell),
     }
 }
@@ -108,6 +122,23 @@ pub fn build_release() -> Result<PathBuf> {
     step("build", "cargo build --release -p coresvc");
     cmd_status(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "coresvc"]))?;
     Ok(release_bin())
+}
+
+fn soak(minutes: u64, kill_every: u64) -> Result<()> {
+    let bin = build_release()?;
+    // The lab library runs this binary.
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("CORESVC_BIN", &bin) };
+    step("soak", &format!("{minutes} minutes, kill -9 every {kill_every} minutes"));
+    let r = coresvc_lab::soak::run(
+        std::time::Duration::from_secs(minutes * 60),
+        std::time::Duration::from_secs(kill_every.max(1) * 60),
+    )?;
+    print!("{}", r.text());
+    if r.acked_leases_lost > 0 || r.nat_transfers_broken > 0 {
+        anyhow::bail!("the soak lost {} leases and broke {} flows", r.acked_leases_lost, r.nat_transfers_broken);
+    }
+    Ok(())
 }
 
 fn pxe_root(dir: &std::path::Path, shell: bool) -> Result<()> {

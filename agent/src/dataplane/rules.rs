@@ -372,7 +372,9 @@ mod tests {
     fn too_many_rules_are_refused() {
         let mut cfg = example();
         let r = cfg.firewall.rules[0].clone();
-        cfg.firewall.rules = (0..200).map(|i| crate::config::Rule { name: format!("r{i}"), ..r.clone() }).collect();
+        cfg.firewall.rules = (0..coresvc_maps_schema::RULES_PER_BANK + 10)
+            .map(|i| crate::config::Rule { name: format!("r{i}"), ..r.clone() })
+            .collect();
         assert!(matches!(compile(&cfg), Err(CompileError::TooMany(_))));
     }
 }
