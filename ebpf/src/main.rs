@@ -118,10 +118,9 @@ pub struct Pkt {
 const _: () = assert!(size_of::<Pkt>() <= size_of::<coresvc_maps_schema::PktScratch>());
 const _: () = assert!(align_of::<Pkt>() <= align_of::<coresvc_maps_schema::PktScratch>());
 
-/// A stage's outcome in one scalar (a BPF subprogram returns one register):
-/// an XDP action, `DROP_BIT | reason`, or [`CONTINUE`].
+/// [`process`]'s outcome in one scalar (a BPF subprogram returns one
+/// register): an XDP action, or `DROP_BIT | reason`.
 const DROP_BIT: u32 = 0x100;
-const CONTINUE: u32 = u32::MAX;
 
 #[inline(always)]
 fn encode(r: Result<u32, u32>) -> u32 {
