@@ -142,6 +142,11 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
         // Another question with the same hash.
         return Err(counter::MISSES);
     }
+    if e.flags[0] & dns::FLAG_RD != 0 && f.query().at(2) & dns::FLAG_RD == 0 {
+        // An answer for queries with RD set (a chain the agent followed
+        // upstream); without RD the agent answers with the local part.
+        return Err(counter::MISSES);
+    }
     let mut now = clock();
     // Past its expiry, or past the end a clean stop of the agent set.
     let until = settings.dns_cache_until_ns;

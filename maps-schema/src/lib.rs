@@ -630,7 +630,8 @@ pub struct DnsAnswer {
     /// How many entries of `ttl_at` are used.
     pub aging: u8,
     /// DNS header bytes 2 and 3 (QR, opcode, AA, RA, rcode) without RD and
-    /// CD, which come from the query.
+    /// CD, which come from the query. RD set here: the answer is for
+    /// queries with RD set only.
     pub flags: [u8; 2],
     /// ANCOUNT, NSCOUNT, ARCOUNT (network order).
     pub counts: [u8; 6],

@@ -200,11 +200,6 @@ fn answers_match_knot_for_the_same_zone() {
         ("0.20.10.in-addr.arpa", "SOA"),
         ("0.20.10.in-addr.arpa", "NS"),
     ];
-    let norm = |v: &[Rr]| -> Vec<(String, String, u64, String)> {
-        let mut v: Vec<_> = v.iter().map(|r| (r.name.clone(), r.rtype.clone(), r.ttl, r.rdata.clone())).collect();
-        v.sort();
-        v
-    };
     let mut mismatches = Vec::new();
     for (name, t) in queries {
         for extra in [&[][..], &["+edns"][..], &["+tcp"][..]] {
@@ -212,19 +207,87 @@ fn answers_match_knot_for_the_same_zone() {
             let mut knot_args = vec!["-p", "5300"];
             knot_args.extend_from_slice(extra);
             let theirs = lab.kdig("dvnt-client", GW_DVNT, name, t, &knot_args).unwrap();
-            let same = ours.rcode == theirs.rcode
-                && ours.aa == theirs.aa
-                && ours.tc == theirs.tc
-                && norm(&ours.answers) == norm(&theirs.answers)
-                && norm(&ours.authority) == norm(&theirs.authority)
-                && norm(&ours.additional) == norm(&theirs.additional)
-                && ours.edns_size.is_some() == theirs.edns_size.is_some();
-            if !same {
+            if !same_answer(&ours, &theirs) {
                 mismatches.push(format!("{name} {t} {extra:?}:\n  coresvc {ours:?}\n  knot    {theirs:?}"));
             }
         }
     }
     assert!(mismatches.is_empty(), "{} mismatch(es):\n{}", mismatches.len(), mismatches.join("\n"));
+}
+
+/// Issue 17.13, against Knot serving the same data: a zone file's apex NS
+/// set replaces the generated one, and a local CNAME whose target is outside
+/// every zone is answered with the CNAME (NOERROR) when the client does not
+/// ask for recursion, and when following it upstream fails (no upstream
+/// runs in this test).
+#[test]
+fn zone_file_ns_and_cnames_leaving_the_zones_answer_as_knot() {
+    let mut lab = Lab::for_test().unwrap();
+    let file = lab
+        .write_file(
+            "files.example.zone",
+            "$ORIGIN files.example.\n$TTL 300\n\
+             @ IN SOA ns1.files.example. hostmaster.files.example. 7 3600 600 604800 60\n\
+             @ IN NS ns1\n@ IN NS ns2.elsewhere.example.\nns1 IN A 10.20.0.7\nwww IN A 10.20.0.8\n\
+             away IN CNAME www.example.org.\n",
+        )
+        .unwrap();
+    let cfg = config(&lab, |s| {
+        s.replace("upstream_timeout = \"2s\"", "upstream_timeout = \"1s\"")
+            + &format!("\n[[zone]]\nname = \"files.example\"\nrole = \"site\"\nfile = \"{}\"\n", file.display())
+    });
+    lab.start_agent(&AgentOpts::new(cfg)).unwrap();
+    let out = lab.coresvc(["zone", "export", "ref.deevnet.net"]).unwrap();
+    let reference = lab.write_file("ref.zone", &String::from_utf8(out.stdout).unwrap()).unwrap();
+    let _knot =
+        Knot::start(&lab, "gw", &["10.20.0.1@5300"], &[("files.example", &file), ("ref.deevnet.net", &reference)])
+            .unwrap();
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("files.example", "NS", &[]),
+        ("files.example", "NS", &["+tcp"]),
+        ("files.example", "SOA", &[]),
+        ("files.example", "ANY", &[]),
+        ("ns1.files.example", "A", &[]),
+        ("ns.files.example", "A", &[]),
+        ("www.files.example", "A", &[]),
+        ("nope.files.example", "A", &[]),
+        ("outside.ref.deevnet.net", "A", &["+norec"]),
+        ("outside.ref.deevnet.net", "AAAA", &["+norec", "+tcp"]),
+        ("outside.ref.deevnet.net", "A", &["+norec", "+edns"]),
+        ("away.files.example", "A", &["+norec"]),
+        // Recursion asked for, the upstream silent: the chase fails.
+        ("outside.ref.deevnet.net", "A", &[]),
+        ("away.files.example", "A", &["+tcp"]),
+    ];
+    let mut mismatches = Vec::new();
+    for (name, t, extra) in cases {
+        let ours = lab.kdig("dvnt-client", GW_DVNT, name, t, extra).unwrap();
+        let mut knot_args = vec!["-p", "5300"];
+        knot_args.extend_from_slice(extra);
+        let theirs = lab.kdig("dvnt-client", GW_DVNT, name, t, &knot_args).unwrap();
+        if !same_answer(&ours, &theirs) {
+            mismatches.push(format!("{name} {t} {extra:?}:\n  coresvc {ours:?}\n  knot    {theirs:?}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{} mismatch(es):\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(dns_counter(&lab, "upstream_timeouts") >= 2, "the chases were tried upstream");
+}
+
+/// Equivalent responses: rcode, AA, TC, the three sections as record sets
+/// and EDNS present or not (RA differs by design: coresvc also recurses).
+fn same_answer(ours: &Reply, theirs: &Reply) -> bool {
+    let norm = |v: &[Rr]| -> Vec<(String, String, u64, String)> {
+        let mut v: Vec<_> = v.iter().map(|r| (r.name.clone(), r.rtype.clone(), r.ttl, r.rdata.clone())).collect();
+        v.sort();
+        v
+    };
+    ours.rcode == theirs.rcode
+        && ours.aa == theirs.aa
+        && ours.tc == theirs.tc
+        && norm(&ours.answers) == norm(&theirs.answers)
+        && norm(&ours.authority) == norm(&theirs.authority)
+        && norm(&ours.additional) == norm(&theirs.additional)
+        && ours.edns_size.is_some() == theirs.edns_size.is_some()
 }
 
 #[test]

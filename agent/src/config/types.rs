@@ -262,7 +262,8 @@ pub struct Zone {
     /// a trailing dot); default: `ns` in the zone, at the gateway address.
     #[serde(default)]
     pub ns: Vec<String>,
-    /// An RFC 1035 zone file whose records are merged into the zone.
+    /// An RFC 1035 zone file whose records are merged into the zone; its
+    /// SOA and apex NS set, when it has them, replace the generated ones.
     pub file: Option<PathBuf>,
     #[serde(default, rename = "host")]
     pub hosts: Vec<Host>,

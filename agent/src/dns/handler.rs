@@ -102,6 +102,9 @@ struct Source<'a> {
     /// came from `upstream`; the ones before are local data.
     local: usize,
     upstream: Option<&'a Entry>,
+    /// The answer is the one for queries with RD set (a chain followed
+    /// upstream): cached for those only.
+    rd_only: bool,
 }
 
 pub struct Resolver {
@@ -223,9 +226,16 @@ impl Resolver {
             s.inc(&s.authoritative);
             let epochs = epochs_of(&catalog, &qname, &local.answers);
             let Some(target) = local.external.clone() else {
-                let src = Source { epochs, local: usize::MAX, upstream: None };
+                let src = Source { epochs, local: usize::MAX, upstream: None, rd_only: false };
                 return Step::Reply(self.reply(&request, transport, Content::local(local), Some(src), xkey.as_ref()));
             };
+            if !request.metadata.recursion_desired {
+                // The chain left the local zones and the client did not ask
+                // for recursion: the local part is the answer, NOERROR, as an
+                // authoritative server gives it (Knot, BIND). Not for the XDP
+                // cache, whose entry for the question serves RD=1 queries.
+                return Step::Reply(self.reply(&request, transport, Content::local(local), None, None));
+            }
             // The chain left the local zones: the rest comes from upstream.
             if let Some(e) = self.cache.get(&Key::new(&target, qtype, dnssec_ok), now) {
                 s.inc(&s.cache_hits);
@@ -245,7 +255,7 @@ impl Resolver {
         }
         if let Some(e) = self.cache.get(&Key::new(&qname, qtype, dnssec_ok), now) {
             s.inc(&s.cache_hits);
-            let src = Source { epochs: Some(vec![(0, catalog.epoch)]), local: 0, upstream: Some(&e) };
+            let src = Source { epochs: Some(vec![(0, catalog.epoch)]), local: 0, upstream: Some(&e), rd_only: false };
             return Step::Reply(self.reply(&request, transport, upstream_content(&e), Some(src), xkey.as_ref()));
         }
         s.inc(&s.cache_misses);
@@ -288,17 +298,24 @@ impl Resolver {
                         self.chain_reply(&p.request, p.transport, local, &stored, epochs, p.xkey.as_ref())
                     }
                     None => {
-                        let src =
-                            Source { epochs: Some(vec![(0, p.catalog.epoch)]), local: 0, upstream: Some(&stored) };
+                        let src = Source {
+                            epochs: Some(vec![(0, p.catalog.epoch)]),
+                            local: 0,
+                            upstream: Some(&stored),
+                            rd_only: false,
+                        };
                         self.reply(&p.request, p.transport, upstream_content(&stored), Some(src), p.xkey.as_ref())
                     }
                 }
             }
-            Err(_) => {
-                let (answers, aa) = p.local.map(|l| (l.answers, l.authoritative)).unwrap_or_default();
-                let c = Content { authoritative: aa, answers, ..Content::empty(ResponseCode::ServFail) };
-                self.reply(&p.request, p.transport, c, None, None)
-            }
+            // Upstream failed. A chain that left the local zones is still
+            // answered with its local part (NOERROR, as an authoritative
+            // server answers it: the client may follow the target itself);
+            // a forwarded name gets SERVFAIL. Neither is cached.
+            Err(_) => match p.local {
+                Some(local) => self.reply(&p.request, p.transport, Content::local(local), None, None),
+                None => self.reply(&p.request, p.transport, Content::empty(ResponseCode::ServFail), None, None),
+            },
         }
     }
 
@@ -322,7 +339,9 @@ impl Resolver {
             authorities: up.authorities.clone(),
             additionals: up.additionals.clone(),
         };
-        self.reply(req, t, c, Some(Source { epochs, local: local_records, upstream: Some(up) }), xkey)
+        // The answer depends on RD (without it only the local part is
+        // given): the XDP cache serves it to RD=1 queries only.
+        self.reply(req, t, c, Some(Source { epochs, local: local_records, upstream: Some(up), rd_only: true }), xkey)
     }
 
     /// Builds a response to `req`: the question echoed as received, RD and CD
@@ -413,7 +432,7 @@ impl Resolver {
                 None => local_lifetime(bytes, &rrs, self.cache.max_ttl()).map(|secs| (now, now + secs * 1_000_000_000)),
             };
             if let Some((stored, expires)) = lifetime.filter(|(_, exp)| *exp > now)
-                && let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs)
+                && let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs, src.rd_only)
             {
                 x.insert(&k.key, &entry);
             }

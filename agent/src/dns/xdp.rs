@@ -58,8 +58,10 @@ pub fn zone_slot(i: usize) -> Option<u8> {
 
 /// The entry for `reply`, the agent's answer to a query whose question is
 /// `question_len` bytes long: `aging` are the offsets (in `reply`) of the
-/// TTL fields that age from `stored_ns`. `None` when it does not fit the
-/// program's limits (then the program keeps passing the question).
+/// TTL fields that age from `stored_ns`. With `rd_only` the answer is for
+/// queries with RD set only (the program passes the others to the agent).
+/// `None` when it does not fit the program's limits (then the program keeps
+/// passing the question).
 pub fn entry(
     reply: &[u8],
     question_len: usize,
@@ -67,6 +69,7 @@ pub fn entry(
     stored_ns: u64,
     expires_ns: u64,
     epochs: &[Epoch],
+    rd_only: bool,
 ) -> Option<DnsAnswer> {
     let start = cdns::HDR_LEN + question_len;
     if reply.len() > DNS_MAX_ANSWER || reply.len() <= start {
@@ -86,7 +89,8 @@ pub fn entry(
         stored_ns,
         zones: epochs.len() as u8,
         aging: aging.len() as u8,
-        flags: [reply[2] & !cdns::FLAG_RD, reply[3] & !cdns::FLAG_CD],
+        // RD comes from the query; in the entry it marks an RD-only answer.
+        flags: [(reply[2] & !cdns::FLAG_RD) | if rd_only { cdns::FLAG_RD } else { 0 }, reply[3] & !cdns::FLAG_CD],
         sections_len: sections.len() as u16,
         sections_sum: cdns::sections_sum(sections),
         ..bytemuck::Zeroable::zeroed()
@@ -222,14 +226,16 @@ mod tests {
         reply[6..8].copy_from_slice(&[0, 1]);
         reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
         let k = key_of(&q).unwrap();
-        let e = entry(&reply, k.question_len, &[12 + 7 + 6], 5, 10, &[(0, 7), (3, 9)]).unwrap();
+        let e = entry(&reply, k.question_len, &[12 + 7 + 6], 5, 10, &[(0, 7), (3, 9)], false).unwrap();
         assert_eq!(e.flags, [0x84, 0x80], "RD and CD come from each query");
         assert_eq!(e.counts, [0, 1, 0, 0, 0, 0]);
         assert_eq!(usize::from(e.sections_len), 16);
         assert_eq!(e.ttl_at[0], 6);
         assert_eq!((e.zones, e.slots[1], e.epochs[1]), (2, 3, 9));
-        assert!(entry(&reply, k.question_len, &[], 5, 10, &[(1, 7)]).is_none(), "slot 0 first");
+        let rd = entry(&reply, k.question_len, &[12 + 7 + 6], 5, 10, &[(0, 7)], true).unwrap();
+        assert_eq!(rd.flags, [0x85, 0x80], "RD marks an answer for RD=1 queries only");
+        assert!(entry(&reply, k.question_len, &[], 5, 10, &[(1, 7)], false).is_none(), "slot 0 first");
         let big = [reply.clone(), vec![0; 500]].concat();
-        assert!(entry(&big, k.question_len, &[], 5, 10, &[(0, 7)]).is_none(), "over 512 bytes");
+        assert!(entry(&big, k.question_len, &[], 5, 10, &[(0, 7)], false).is_none(), "over 512 bytes");
     }
 }
