@@ -533,8 +533,15 @@ pub fn render_status(s: &ctl::Status) -> String {
         let _ = writeln!(o, "dns      listening on {}", listen.join(", "));
         let _ = writeln!(
             o,
-            "         queries {} udp, {} tcp; {} authoritative, {} cache hits, {} forwarded ({} cached entries)",
-            c.queries_udp, c.queries_tcp, c.authoritative, c.cache_hits, c.cache_misses, dns.cache_entries
+            "         queries {} udp, {} tcp; {} authoritative, {} cache hits, {} forwarded ({} cached entries, {} KiB, {} evicted)",
+            c.queries_udp,
+            c.queries_tcp,
+            c.authoritative,
+            c.cache_hits,
+            c.cache_misses,
+            dns.cache_entries,
+            dns.cache_bytes / 1024,
+            dns.cache_evictions
         );
         let _ = writeln!(
             o,

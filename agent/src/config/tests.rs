@@ -404,3 +404,15 @@ fn dns_cache_needs_dns() {
     let e = Config::parse_str(&format!("{BASE}[dataplane]\ndns_cache = \"yes\"\n"), "t.toml").unwrap_err();
     assert!(e.to_string().contains("expected a boolean"), "{e}");
 }
+
+#[test]
+fn dns_limits_are_checked() {
+    assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));
+    assert_eq!("16MiB".parse::<ByteSize>().unwrap(), ByteSize(16 << 20));
+    assert_eq!("1 GiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 30));
+    assert_eq!("4096".parse::<ByteSize>().unwrap(), ByteSize(4096));
+    assert!("12MB".parse::<ByteSize>().is_err());
+    let text = format!("{BASE}[dns]\ncache_bytes = \"1MiB\"\n");
+    assert_eq!(Config::parse_str(&text, "t.toml").unwrap().dns.cache_bytes, ByteSize(1 << 20));
+    assert_one(&problems("[dns]\ncache_bytes = 1000\n"), "dns.cache_bytes", &["too small", "64KiB"]);
+}

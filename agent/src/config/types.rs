@@ -203,6 +203,9 @@ pub struct DnsSection {
     pub forwards: Vec<Forward>,
     /// Entries in the answer cache.
     pub cache_size: u32,
+    /// Bytes the answer cache may hold (records and their bookkeeping);
+    /// the least recently used entries go first.
+    pub cache_bytes: ByteSize,
     /// Upper bound on cached TTLs.
     pub max_ttl: Duration,
     /// Upper bound on cached negative answers (RFC 2308).
@@ -222,6 +225,7 @@ impl Default for DnsSection {
             upstreams: Vec::new(),
             forwards: Vec::new(),
             cache_size: 10_000,
+            cache_bytes: ByteSize(16 << 20),
             max_ttl: Duration(86_400),
             max_negative_ttl: Duration(3_600),
             upstream_timeout: Duration(2),
@@ -691,6 +695,44 @@ impl FromStr for Duration {
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
         n.checked_mul(mult).and_then(|v| u32::try_from(v).ok()).map(Duration).ok_or_else(bad)
+    }
+}
+
+/// A size in bytes, written as an integer (`65536`) or with a binary unit
+/// (`"64KiB"`, `"16MiB"`, `"1GiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("bytes as an integer, or a string like \"64KiB\", \"16MiB\", \"1GiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom(format!("{v} is not a size in bytes")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a size: use bytes, or a number with KiB, MiB or GiB");
+        let (num, shift) = [("KiB", 10), ("MiB", 20), ("GiB", 30)]
+            .iter()
+            .find_map(|(unit, shift)| s.strip_suffix(unit).map(|n| (n.trim(), *shift)))
+            .unwrap_or((s, 0));
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        n.checked_mul(1 << shift).map(ByteSize).ok_or_else(bad)
     }
 }
 

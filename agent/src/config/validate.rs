@@ -534,6 +534,15 @@ impl<'a> Validator<'a> {
         if c.dns.cache_size == 0 {
             self.err(cfg_path!("dns", "cache_size"), "the cache needs at least one entry; use e.g. 10000");
         }
+        if c.dns.cache_bytes.0 < 64 * 1024 {
+            self.err(
+                cfg_path!("dns", "cache_bytes"),
+                format!(
+                    "{} bytes is too small for a cache of answers; use at least \"64KiB\", e.g. \"16MiB\"",
+                    c.dns.cache_bytes.0
+                ),
+            );
+        }
         if c.dataplane.dns_cache == Some(true) && !c.dns.enabled {
             self.err(
                 cfg_path!("dataplane", "dns_cache"),

@@ -217,9 +217,12 @@ fn build_zone(cfg: &Config, z: &config::Zone, serial: u32, mgmt: &[Name]) -> Res
     // the zone, when no `ns` is configured, the apex NS set still names it
     // (a zone file's may not) and nothing else defines it.
     let ns_owner = origin.prepend_label("ns").expect("a valid label");
-    let named = b.zone.nodes.get(&LowerName::new(&origin)).and_then(|n| n.get(RecordType::NS)).is_some_and(|set| {
-        set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner))
-    });
+    let named = b
+        .zone
+        .nodes
+        .get(&LowerName::new(&origin))
+        .and_then(|n| n.get(RecordType::NS))
+        .is_some_and(|set| set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner)));
     if z.ns.is_empty() && named {
         if !b.zone.nodes.contains_key(&(&ns_owner).into()) {
             let mut addrs: Vec<Ipv4Addr> = cfg

@@ -146,7 +146,7 @@ impl Resolver {
         let stats = Arc::new(Stats::default());
         let fwd = Forwarder::new(vec![], vec![], std::time::Duration::from_millis(10), stats.clone());
         let clients = cfg.segments.iter().map(|s| IpNet::V4(s.cidr.trunc())).collect();
-        Ok(Resolver::new(catalog, fwd, Cache::new(1000, 3600, 600), stats, clients))
+        Ok(Resolver::new(catalog, fwd, Cache::new(1000, 1 << 22, 3600, 600), stats, clients))
     }
 
     pub fn forwarder(&self) -> Arc<Forwarder> {

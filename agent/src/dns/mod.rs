@@ -79,6 +79,12 @@ pub struct DnsStatus {
     pub listen: Vec<SocketAddr>,
     pub zones: Vec<ZoneStatus>,
     pub cache_entries: usize,
+    /// The bytes the cache's entries are counted for (at most `dns.cache_bytes`).
+    #[serde(default)]
+    pub cache_bytes: usize,
+    /// Entries evicted to stay within `dns.cache_size` and `dns.cache_bytes`.
+    #[serde(default)]
+    pub cache_evictions: u64,
     pub service_moves: BTreeMap<String, String>,
     pub counters: Snapshot,
     /// The XDP answer cache as the service sees it (absent without a dataplane).
@@ -230,7 +236,12 @@ impl Dns {
         let catalog = build_with_moves(cfg, &moves)?;
         let stats = Arc::new(Stats::default());
         let forwarder = forwarder_for(cfg, stats.clone());
-        let cache = Cache::new(cfg.dns.cache_size, cfg.dns.max_ttl.secs(), cfg.dns.max_negative_ttl.secs());
+        let cache = Cache::new(
+            cfg.dns.cache_size,
+            cfg.dns.cache_bytes.0,
+            cfg.dns.max_ttl.secs(),
+            cfg.dns.max_negative_ttl.secs(),
+        );
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
         Ok(Dns {
@@ -280,6 +291,8 @@ impl Dns {
                 })
                 .collect(),
             cache_entries: self.resolver.cache.len(),
+            cache_bytes: self.resolver.cache.bytes(),
+            cache_evictions: self.resolver.cache.evicted(),
             service_moves: self.moves.lock().expect("moves lock").clone(),
             counters: self.resolver.stats.snapshot(),
             xdp_cache: self.resolver.xdp().map(|x| XdpCacheStatus {
