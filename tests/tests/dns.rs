@@ -589,6 +589,96 @@ fn identical_questions_in_flight_share_one_upstream_query() {
     assert!(dns_counter(&lab, "coalesced") >= 1);
 }
 
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Issue 17.9: dnsperf floods random names of a forwarded domain while the
+/// upstream takes every question and never answers. The agent keeps its
+/// file descriptors bounded (pooled upstream sockets, `forward_max`
+/// questions outstanding), answers the overflow SERVFAIL at once, and local
+/// names keep being answered over UDP and TCP during the flood.
+#[test]
+fn a_random_name_flood_against_a_silent_upstream_stays_bounded() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let lab = lab_with(|s| s.replace("forward_max = 150", "forward_max = 100"));
+    let pid = lab.agent_pid().unwrap();
+    // The black hole: reads every question, answers none.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let hole = {
+        let (ns, stop, seen) = (lab.ns("upstream"), stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            in_netns(&ns, move || {
+                let s = UdpSocket::bind("192.0.2.1:53")?;
+                s.set_read_timeout(Some(Duration::from_millis(100)))?;
+                let mut buf = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    if s.recv_from(&mut buf).is_ok() {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        })
+    };
+    let mut names = String::new();
+    for i in 0..60_000u64 {
+        let r = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+        names.push_str(&format!("r{r:x}-{i}.flood.example A\n"));
+    }
+    let file = lab.write_file("flood.txt", &names).unwrap();
+    let before = open_fds(pid);
+    let secs = 6;
+    let flood = lab
+        .cmd(
+            "dvnt-client",
+            ["dnsperf", "-s", GW_DVNT, "-l", &secs.to_string(), "-Q", "5000", "-c", "4", "-q", "5000", "-t", "2", "-d"],
+        )
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let (mut most, mut local_ok, mut local_asked) = (before, 0, 0);
+    while start.elapsed() < Duration::from_secs(secs) {
+        most = most.max(open_fds(pid));
+        for extra in [&[][..], &["+tcp"][..]] {
+            local_asked += 1;
+            if let Ok(r) = lab.kdig("dvnt-client", GW_DVNT, "provisioner-01.mgmt.deevnet.net", "A", extra)
+                && r.answer_texts() == ["provisioner-01.mgmt.deevnet.net. A 10.10.0.10"]
+            {
+                local_ok += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = flood.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = open_fds(pid);
+    stop.store(true, Ordering::Relaxed);
+    hole.join().unwrap().unwrap();
+    let upstream = seen.load(Ordering::Relaxed);
+    println!("fds before {before}, at most {most}, after {after}; {upstream} questions upstream\n{report}");
+    // Pooled sockets (32), retired ones still waiting (each holds one of the
+    // 100 admitted questions) and some slack for the rest of the agent.
+    assert!(most <= before + 32 + 100 + 40, "file descriptors grew from {before} to {most}");
+    assert!(after <= before + 32 + 10, "{after} file descriptors once the flood is over ({before} before)");
+    assert_eq!(local_ok, local_asked, "local names answered during the flood");
+    assert!(dns_counter(&lab, "upstream_overflow") > 1000, "the overflow was answered at once");
+    assert!(report.contains("SERVFAIL"), "dnsperf saw the SERVFAILs: {report}");
+    // At most forward_max questions per upstream timeout (2 s) reached the
+    // upstream, plus one round.
+    assert!(upstream <= 100 * (secs as usize / 2 + 2), "{upstream} questions upstream");
+    assert!(upstream >= 100, "the flood reached the upstream ({upstream})");
+    assert!(dns_counter(&lab, "upstream_queries") as usize <= 100 * (secs as usize / 2 + 2));
+}
+
 #[test]
 fn tcp_connections_are_capped_and_idle_ones_closed() {
     let lab = lab_with(|s| {

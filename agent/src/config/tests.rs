@@ -415,4 +415,6 @@ fn dns_limits_are_checked() {
     let text = format!("{BASE}[dns]\ncache_bytes = \"1MiB\"\n");
     assert_eq!(Config::parse_str(&text, "t.toml").unwrap().dns.cache_bytes, ByteSize(1 << 20));
     assert_one(&problems("[dns]\ncache_bytes = 1000\n"), "dns.cache_bytes", &["too small", "64KiB"]);
+    assert_one(&problems("[dns]\nforward_max = 0\n"), "dns.forward_max", &["1 to 10000"]);
+    assert_one(&problems("[dns]\nupstream_sockets = 5000\n"), "dns.upstream_sockets", &["1 to 1024"]);
 }

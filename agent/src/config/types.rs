@@ -212,6 +212,12 @@ pub struct DnsSection {
     pub max_negative_ttl: Duration,
     /// Time to wait for one upstream before trying the next.
     pub upstream_timeout: Duration,
+    /// Questions outstanding upstream at most (as dnsmasq's
+    /// dns-forward-max); queries beyond get SERVFAIL at once.
+    pub forward_max: u32,
+    /// Pooled UDP sockets for upstream questions, per address family (each
+    /// on a random port, renewed as it is used).
+    pub upstream_sockets: u32,
     /// A TCP connection without a complete query for this long is closed.
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most (all addresses together).
@@ -229,6 +235,8 @@ impl Default for DnsSection {
             max_ttl: Duration(86_400),
             max_negative_ttl: Duration(3_600),
             upstream_timeout: Duration(2),
+            forward_max: 150,
+            upstream_sockets: 32,
             tcp_idle_timeout: Duration(10),
             tcp_max_connections: 256,
         }

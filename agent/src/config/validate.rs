@@ -534,6 +534,21 @@ impl<'a> Validator<'a> {
         if c.dns.cache_size == 0 {
             self.err(cfg_path!("dns", "cache_size"), "the cache needs at least one entry; use e.g. 10000");
         }
+        if !(1..=10_000).contains(&c.dns.forward_max) {
+            self.err(
+                cfg_path!("dns", "forward_max"),
+                format!(
+                    "{} is not a usable cap on questions outstanding upstream; use 1 to 10000, e.g. 150",
+                    c.dns.forward_max
+                ),
+            );
+        }
+        if !(1..=1024).contains(&c.dns.upstream_sockets) {
+            self.err(
+                cfg_path!("dns", "upstream_sockets"),
+                format!("{} is not a usable pool of upstream sockets; use 1 to 1024, e.g. 32", c.dns.upstream_sockets),
+            );
+        }
         if c.dns.cache_bytes.0 < 64 * 1024 {
             self.err(
                 cfg_path!("dns", "cache_bytes"),

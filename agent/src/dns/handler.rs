@@ -67,6 +67,8 @@ pub struct Pending {
     /// into the XDP cache).
     catalog: Arc<Catalog>,
     xkey: Option<XKey>,
+    /// Its admission to the forwarder (bounded by `dns.forward_max`).
+    ticket: super::forward::Ticket,
 }
 
 /// An answer's records and flags.
@@ -144,7 +146,9 @@ impl Resolver {
     pub fn offline(cfg: &crate::config::Config) -> Result<Self, Vec<super::build::BuildError>> {
         let catalog = super::build::build(cfg, 1)?;
         let stats = Arc::new(Stats::default());
-        let fwd = Forwarder::new(vec![], vec![], std::time::Duration::from_millis(10), stats.clone());
+        let limits =
+            super::forward::Limits { timeout: std::time::Duration::from_millis(10), forward_max: 16, sockets: 1 };
+        let fwd = Forwarder::new(vec![], vec![], limits, stats.clone());
         let clients = cfg.segments.iter().map(|s| IpNet::V4(s.cidr.trunc())).collect();
         Ok(Resolver::new(catalog, fwd, Cache::new(1000, 1 << 22, 3600, 600), stats, clients))
     }
@@ -242,6 +246,12 @@ impl Resolver {
                 return Step::Reply(self.chain_reply(&request, transport, local, &e, epochs, xkey.as_ref()));
             }
             s.inc(&s.cache_misses);
+            let Some(ticket) = self.forwarder().admit(&target, qtype, dnssec_ok) else {
+                // Too much outstanding upstream: the local part, as when the
+                // chase fails.
+                s.inc(&s.upstream_overflow);
+                return Step::Reply(self.reply(&request, transport, Content::local(local), None, None));
+            };
             return Step::Forward(Box::new(Pending {
                 request,
                 transport,
@@ -251,6 +261,7 @@ impl Resolver {
                 dnssec_ok,
                 catalog,
                 xkey,
+                ticket,
             }));
         }
         if let Some(e) = self.cache.get(&Key::new(&qname, qtype, dnssec_ok), now) {
@@ -259,6 +270,10 @@ impl Resolver {
             return Step::Reply(self.reply(&request, transport, upstream_content(&e), Some(src), xkey.as_ref()));
         }
         s.inc(&s.cache_misses);
+        let Some(ticket) = self.forwarder().admit(&qname, qtype, dnssec_ok) else {
+            s.inc(&s.upstream_overflow);
+            return Step::Reply(self.reply(&request, transport, Content::empty(ResponseCode::ServFail), None, None));
+        };
         Step::Forward(Box::new(Pending {
             request,
             transport,
@@ -268,12 +283,13 @@ impl Resolver {
             dnssec_ok,
             catalog,
             xkey,
+            ticket,
         }))
     }
 
     /// Completes a [`Step::Forward`].
     pub async fn finish(&self, p: Pending) -> Vec<u8> {
-        let answer = self.forwarder().resolve(&p.target, p.qtype, p.dnssec_ok).await;
+        let answer = p.ticket.answer(&p.target, p.qtype, p.dnssec_ok).await;
         match answer.as_ref() {
             Ok(m) => {
                 let entry = Entry::new(

@@ -457,7 +457,11 @@ fn forwarder_for(cfg: &Config, stats: Arc<Stats>) -> Forwarder {
                 Some((d, f.upstreams.iter().map(|e| e.0).collect()))
             })
             .collect(),
-        Duration::from_secs(u64::from(cfg.dns.upstream_timeout.secs().max(1))),
+        forward::Limits {
+            timeout: Duration::from_secs(u64::from(cfg.dns.upstream_timeout.secs().max(1))),
+            forward_max: cfg.dns.forward_max as usize,
+            sockets: cfg.dns.upstream_sockets as usize,
+        },
         stats,
     )
 }

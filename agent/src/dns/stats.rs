@@ -47,7 +47,9 @@ counters! {
     upstream_failures: "upstream attempts that failed (timeout, error, SERVFAIL, REFUSED)",
     upstream_timeouts: "upstream attempts that timed out",
     upstream_tcp: "upstream retries over TCP after truncation",
-    upstream_mismatched: "upstream datagrams ignored (wrong source, ID or question)",
+    upstream_mismatched: "upstream datagrams ignored (wrong source, ID or question, or too late)",
+    upstream_overflow: "queries answered at once (SERVFAIL, or a chain's local part) because dns.forward_max questions were outstanding, or as many clients waited for the same one",
+    upstream_sockets_opened: "pooled upstream UDP sockets opened (each on a new random port)",
 }
 
 impl Stats {
