@@ -710,6 +710,111 @@ fn tcp_connections_are_capped_and_idle_ones_closed() {
     assert!(dns_counter(&lab, "tcp_rejected") >= 1);
 }
 
+/// One framed query (TCP), and its answer read back.
+fn tcp_ask(s: &mut TcpStream, id: u16, name: &str) -> std::io::Result<u16> {
+    let q = wire_query(id, name);
+    let mut f = (q.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&q);
+    s.write_all(&f)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut m = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut m)?;
+    Ok(u16::from_be_bytes([m[0], m[1]]))
+}
+
+/// Issue 17.10: one client address gets `tcp_max_per_client` connections;
+/// more are closed at once while its others, and other clients, are served.
+#[test]
+fn tcp_connections_per_client_are_capped() {
+    let lab = lab_with(|s| s.replace("tcp_max_per_client = 16", "tcp_max_per_client = 2"));
+    let server: SocketAddr = "10.20.0.1:53".parse().unwrap();
+    let (third_closed, first_served) = in_netns(&lab.ns("dvnt-client"), move || {
+        let mut a = TcpStream::connect(server)?;
+        let _b = TcpStream::connect(server)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = TcpStream::connect(server)?;
+        c.set_read_timeout(Some(Duration::from_millis(800)))?;
+        let mut buf = [0u8; 1];
+        let third_closed = matches!(c.read(&mut buf), Ok(0) | Err(_));
+        a.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let first_served = tcp_ask(&mut a, 4242, "provisioner-01.mgmt.deevnet.net")? == 4242;
+        Ok((third_closed, first_served))
+    })
+    .unwrap();
+    assert!(third_closed, "the client's third connection is closed");
+    assert!(first_served, "its first one is still served");
+    // Another client, meanwhile.
+    let other: SocketAddr = "10.10.0.1:53".parse().unwrap();
+    let id = in_netns(&lab.ns("provisioner"), move || {
+        let mut s = TcpStream::connect_timeout(&other, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(tcp_ask(&mut s, 77, "provisioner-01.mgmt.deevnet.net")?)
+    })
+    .unwrap();
+    assert_eq!(id, 77);
+    assert!(dns_counter(&lab, "tcp_rejected_per_client") >= 1);
+    assert_eq!(dns_counter(&lab, "tcp_rejected"), 0, "not the global cap");
+}
+
+/// Issue 17.10: a client that pipelines queries and never reads the answers
+/// is closed once a write of the server's cannot complete for
+/// `tcp_write_timeout`: well within the idle timeout of the first write of
+/// its own that blocked.
+#[test]
+fn a_tcp_client_that_never_reads_is_closed() {
+    let lab = lab_with(|s| {
+        s.replace("tcp_idle_timeout = \"10s\"", "tcp_idle_timeout = \"3s\"")
+            .replace("tcp_write_timeout = \"2s\"", "tcp_write_timeout = \"1s\"")
+    });
+    let server: SocketAddr = "10.20.0.1:53".parse().unwrap();
+    let (sent, blocked_to_closed) = in_netns(&lab.ns("dvnt-client"), move || {
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+        // A small receive buffer: the answers pile up at the server.
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt with a c_int of the stated size on our socket.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        s.set_write_timeout(Some(Duration::from_millis(300)))?;
+        let mut chunk = Vec::new();
+        for id in 0..200u16 {
+            let q = wire_query(id, "provisioner-01.mgmt.deevnet.net");
+            chunk.extend_from_slice(&(q.len() as u16).to_be_bytes());
+            chunk.extend_from_slice(&q);
+        }
+        let start = std::time::Instant::now();
+        let (mut sent, mut blocked) = (0usize, None);
+        while start.elapsed() < Duration::from_secs(15) {
+            match s.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    blocked.get_or_insert_with(std::time::Instant::now);
+                }
+                // Reset or broken: the server closed it.
+                Err(_) => return Ok((sent, blocked.map(|b| b.elapsed()))),
+            }
+        }
+        Ok((sent, None))
+    })
+    .unwrap();
+    let took = blocked_to_closed.unwrap_or_else(|| panic!("still open after 15 s ({sent} bytes of queries sent)"));
+    assert!(took < Duration::from_secs(3), "closed {took:?} after the client's writes blocked");
+    assert!(dns_counter(&lab, "tcp_write_timeouts") >= 1);
+    // The service is fine.
+    assert_eq!(
+        lab.kdig("dvnt-client", GW_DVNT, "provisioner-01.mgmt.deevnet.net", "A", &["+tcp"]).unwrap().answers.len(),
+        1
+    );
+}
+
 // ---------------------------------------------------------------- XDP cache
 
 /// The XDP answer cache's counter `field` for segment `segment`.

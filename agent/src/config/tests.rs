@@ -417,4 +417,6 @@ fn dns_limits_are_checked() {
     assert_one(&problems("[dns]\ncache_bytes = 1000\n"), "dns.cache_bytes", &["too small", "64KiB"]);
     assert_one(&problems("[dns]\nforward_max = 0\n"), "dns.forward_max", &["1 to 10000"]);
     assert_one(&problems("[dns]\nupstream_sockets = 5000\n"), "dns.upstream_sockets", &["1 to 1024"]);
+    assert_one(&problems("[dns]\ntcp_max_per_client = 0\n"), "dns.tcp_max_per_client", &["at least one"]);
+    assert_one(&problems("[dns]\ntcp_write_timeout = 0\n"), "dns.tcp_write_timeout", &["at least 1 second"]);
 }

@@ -222,6 +222,11 @@ pub struct DnsSection {
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most (all addresses together).
     pub tcp_max_connections: u32,
+    /// Open TCP connections at most from one client address.
+    pub tcp_max_per_client: u32,
+    /// A TCP write (answers to a client that does not read them) that takes
+    /// longer closes the connection; at most `tcp_idle_timeout` applies.
+    pub tcp_write_timeout: Duration,
 }
 
 impl Default for DnsSection {
@@ -239,6 +244,8 @@ impl Default for DnsSection {
             upstream_sockets: 32,
             tcp_idle_timeout: Duration(10),
             tcp_max_connections: 256,
+            tcp_max_per_client: 16,
+            tcp_write_timeout: Duration(2),
         }
     }
 }

@@ -531,6 +531,15 @@ impl<'a> Validator<'a> {
         if c.dns.tcp_idle_timeout.secs() == 0 {
             self.err(cfg_path!("dns", "tcp_idle_timeout"), "use at least 1 second");
         }
+        if c.dns.tcp_max_per_client == 0 {
+            self.err(
+                cfg_path!("dns", "tcp_max_per_client"),
+                "allow at least one TCP connection per client; use e.g. 16",
+            );
+        }
+        if c.dns.tcp_write_timeout.secs() == 0 {
+            self.err(cfg_path!("dns", "tcp_write_timeout"), "use at least 1 second, e.g. \"2s\"");
+        }
         if c.dns.cache_size == 0 {
             self.err(cfg_path!("dns", "cache_size"), "the cache needs at least one entry; use e.g. 10000");
         }

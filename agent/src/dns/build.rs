@@ -223,20 +223,18 @@ fn build_zone(cfg: &Config, z: &config::Zone, serial: u32, mgmt: &[Name]) -> Res
         .get(&LowerName::new(&origin))
         .and_then(|n| n.get(RecordType::NS))
         .is_some_and(|set| set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner)));
-    if z.ns.is_empty() && named {
-        if !b.zone.nodes.contains_key(&(&ns_owner).into()) {
-            let mut addrs: Vec<Ipv4Addr> = cfg
-                .segments
-                .iter()
-                .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(&apex)))
-                .map(|s| s.gateway)
-                .collect();
-            if addrs.is_empty() {
-                addrs = cfg.segments.iter().map(|s| s.gateway).take(1).collect();
-            }
-            for a in addrs {
-                b.add(Record::from_rdata(ns_owner.clone(), ttl, RData::A(A(a))), "default ns");
-            }
+    if z.ns.is_empty() && named && !b.zone.nodes.contains_key(&(&ns_owner).into()) {
+        let mut addrs: Vec<Ipv4Addr> = cfg
+            .segments
+            .iter()
+            .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(&apex)))
+            .map(|s| s.gateway)
+            .collect();
+        if addrs.is_empty() {
+            addrs = cfg.segments.iter().map(|s| s.gateway).take(1).collect();
+        }
+        for a in addrs {
+            b.add(Record::from_rdata(ns_owner.clone(), ttl, RData::A(A(a))), "default ns");
         }
     }
     if let Err(e) = b.zone.finish() {

@@ -330,11 +330,14 @@ impl Drop for Pool {
     }
 }
 
+/// Where a question's replies go.
+type ReplyTx = mpsc::Sender<Vec<u8>>;
+
 /// One pooled socket: its receive task hands replies to the question they
 /// answer, by server and ID.
 struct PoolSock {
     sock: UdpSocket,
-    waiters: Mutex<HashMap<(SocketAddr, u16), mpsc::Sender<Vec<u8>>>>,
+    waiters: Mutex<HashMap<(SocketAddr, u16), ReplyTx>>,
     uses: AtomicU32,
     /// Takes no new questions; closes when the last one is answered.
     retired: AtomicBool,

@@ -17,7 +17,10 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use hickory_proto::{
@@ -27,6 +30,7 @@ use hickory_proto::{
 use ipnet::IpNet;
 
 use super::{
+    answers::{AnswerCache, Parsed},
     cache::{Cache, Entry, Key, now_ns},
     forward::{EDNS_PAYLOAD, Forwarder},
     stats::Stats,
@@ -40,6 +44,17 @@ use super::{
 pub enum Transport {
     Udp,
     Tcp,
+}
+
+/// What [`Resolver::serve`] did with a query.
+#[derive(Debug)]
+pub enum Served {
+    /// The answer is in the caller's buffer.
+    Replied,
+    /// Send nothing.
+    Dropped,
+    /// Ask upstream, then finish with [`Resolver::finish`].
+    Forward(Box<Pending>),
 }
 
 /// What to do with a query.
@@ -111,6 +126,9 @@ struct Source<'a> {
 
 pub struct Resolver {
     catalog: RwLock<Arc<Catalog>>,
+    /// Moves on with every catalog swap (after it): answers kept from an
+    /// older catalog are not used ([`AnswerCache`]).
+    generation: AtomicU64,
     forwarder: RwLock<Arc<Forwarder>>,
     pub cache: Cache,
     pub stats: Arc<Stats>,
@@ -124,6 +142,7 @@ impl Resolver {
     pub fn new(catalog: Catalog, forwarder: Forwarder, cache: Cache, stats: Arc<Stats>, clients: Vec<IpNet>) -> Self {
         Resolver {
             catalog: RwLock::new(Arc::new(catalog)),
+            generation: AtomicU64::new(1),
             forwarder: RwLock::new(Arc::new(forwarder)),
             cache,
             stats,
@@ -169,6 +188,49 @@ impl Resolver {
     /// Replaces the zone data; queries after this returns see only the new data.
     pub fn set_catalog(&self, c: Catalog) {
         *self.catalog.write().expect("catalog lock") = Arc::new(c);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Answers `bytes` from `client` into `out`: from the answers `kept`
+    /// for this catalog when it has the question's (no lookup, nothing
+    /// allocated), else by [`Resolver::handle`], keeping what it answers
+    /// from local data alone. Over UDP with the XDP answer cache on, the
+    /// agent sees only the program's misses and refills it: the kept answers
+    /// are not used then.
+    pub fn serve(
+        &self,
+        bytes: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        kept: &mut AnswerCache,
+        out: &mut Vec<u8>,
+    ) -> Served {
+        let udp = transport == Transport::Udp;
+        let parsed = match udp && self.xdp().is_some_and(|x| x.enabled()) {
+            true => None,
+            false => Parsed::of(bytes),
+        };
+        // Before the catalog is read (see `generation`).
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(p) = &parsed
+            && self.allowed(client)
+            && kept.answer(generation, bytes, p, udp, out).is_some()
+        {
+            return Served::Replied;
+        }
+        match self.handle_at(bytes, client, transport) {
+            (Step::Reply(b), reusable) => {
+                // Not a truncated answer (the whole one may suit others).
+                if let Some(p) = parsed.as_ref().filter(|_| reusable && b.get(2).is_some_and(|f| f & 0x02 == 0)) {
+                    kept.keep(generation, p, &b);
+                }
+                out.clear();
+                out.extend_from_slice(&b);
+                Served::Replied
+            }
+            (Step::Drop, _) => Served::Dropped,
+            (Step::Forward(p), _) => Served::Forward(p),
+        }
     }
 
     fn allowed(&self, ip: IpAddr) -> bool {
@@ -176,6 +238,18 @@ impl Resolver {
     }
 
     pub fn handle(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> Step {
+        self.handle_at(bytes, client, transport).0
+    }
+
+    /// [`Resolver::handle`], and whether the reply came from local data
+    /// alone (another query with the same key gets the same answer).
+    fn handle_at(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> (Step, bool) {
+        let mut reusable = false;
+        let step = self.handle_inner(bytes, client, transport, &mut reusable);
+        (step, reusable)
+    }
+
+    fn handle_inner(&self, bytes: &[u8], client: IpAddr, transport: Transport, reusable: &mut bool) -> Step {
         let s = &self.stats;
         s.inc(match transport {
             Transport::Udp => &s.queries_udp,
@@ -230,6 +304,7 @@ impl Resolver {
             s.inc(&s.authoritative);
             let epochs = epochs_of(&catalog, &qname, &local.answers);
             let Some(target) = local.external.clone() else {
+                *reusable = true;
                 let src = Source { epochs, local: usize::MAX, upstream: None, rd_only: false };
                 return Step::Reply(self.reply(&request, transport, Content::local(local), Some(src), xkey.as_ref()));
             };
@@ -468,6 +543,17 @@ impl Resolver {
             ResponseCode::NotImp => &s.notimp,
             _ => &s.servfail,
         });
+    }
+
+    /// The answer to a UDP datagram longer than the service reads (cut):
+    /// FORMERR from its header, nothing without one.
+    pub fn cut_query(&self, bytes: &[u8]) -> Vec<u8> {
+        self.stats.inc(&self.stats.queries_udp);
+        if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
+            self.stats.inc(&self.stats.dropped_malformed);
+            return Vec::new();
+        }
+        self.header_only(bytes, ResponseCode::FormErr)
     }
 
     /// A bare header answering `bytes` (whose question could not be parsed).
@@ -755,6 +841,78 @@ mod tests {
             assert_eq!(m.edns.as_ref().map_or(0, |e| e.version()), 0);
         }
         assert!(accepted > 5_000, "the mutations left enough valid queries ({accepted})");
+    }
+
+    /// The kept answers (the agent's own hot path) equal what the zones
+    /// give for the same query byte for byte, whatever the case, ID, RD, CD
+    /// and EDNS of the query; are not used past the client's UDP size; and
+    /// are forgotten when the catalog changes.
+    #[test]
+    fn kept_answers_equal_the_lookup_and_follow_the_catalog() {
+        let big: String = (0..12)
+            .map(|i| {
+                format!("[[zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = '\"{i:02}{}\"'\n", "x".repeat(60))
+            })
+            .collect();
+        let r = resolver_with(&big);
+        let mut kept = AnswerCache::new(64);
+        let mut out = Vec::new();
+        let corpus = [
+            ("artifacts.dvntm.deevnet.net.", RecordType::A),
+            ("provisioner-01.mgmt.deevnet.net.", RecordType::AAAA),
+            ("nope.mgmt.deevnet.net.", RecordType::A),
+            ("mgmt.deevnet.net.", RecordType::TXT),
+            ("10.0.10.10.in-addr.arpa.", RecordType::PTR),
+            ("big.dvntm.deevnet.net.", RecordType::TXT),
+        ];
+        let mixed = |n: &str, k: usize| -> String {
+            n.chars()
+                .enumerate()
+                .map(|(i, c)| if (i + k).is_multiple_of(3) { c.to_ascii_uppercase() } else { c })
+                .collect()
+        };
+        let mut reused = 0;
+        for (k, (name, t)) in corpus.iter().enumerate() {
+            for edns in [None, Some(1232), Some(4096)] {
+                for v in 0..4u16 {
+                    let mut m = query(&mixed(name, k + usize::from(v)), *t, edns);
+                    m.metadata.id = 0x1000 + v;
+                    m.metadata.recursion_desired = v % 2 == 0;
+                    m.metadata.checking_disabled = v >= 2;
+                    let b = m.to_vec().unwrap();
+                    for transport in [Transport::Udp, Transport::Tcp] {
+                        let before = r.stats.snapshot().answered_kept;
+                        assert!(matches!(r.serve(&b, CLIENT, transport, &mut kept, &mut out), Served::Replied));
+                        let Step::Reply(reference) = r.handle(&b, CLIENT, transport) else { panic!() };
+                        kept.flush(&r.stats);
+                        assert_eq!(out, reference, "{name} {t} {edns:?} {v} {transport:?}");
+                        reused += r.stats.snapshot().answered_kept - before;
+                    }
+                }
+            }
+        }
+        assert!(reused > 100, "answers were reused ({reused})");
+        // Over UDP without EDNS the big answer is truncated, never the kept whole one.
+        let b = query("big.dvntm.deevnet.net.", RecordType::TXT, None).to_vec().unwrap();
+        r.serve(&b, CLIENT, Transport::Udp, &mut kept, &mut out);
+        assert!(Message::from_vec(&out).unwrap().metadata.truncation);
+        // A new catalog: the kept answers are not used.
+        let b = query("provisioner-01.mgmt.deevnet.net.", RecordType::A, None).to_vec().unwrap();
+        r.serve(&b, CLIENT, Transport::Udp, &mut kept, &mut out);
+        assert!(!kept.is_empty());
+        let mut c = (*r.catalog()).clone();
+        let origin = Name::from_ascii("mgmt.deevnet.net.").unwrap();
+        let z = c.zone_mut(&origin).unwrap();
+        let owner = Name::from_ascii("provisioner-01.mgmt.deevnet.net.").unwrap();
+        z.remove(&owner, RecordType::A, None);
+        z.insert(Record::from_rdata(owner, 60, RData::A(hickory_proto::rr::rdata::A::new(10, 10, 0, 99)))).unwrap();
+        z.finish().unwrap();
+        r.set_catalog(c);
+        r.serve(&b, CLIENT, Transport::Udp, &mut kept, &mut out);
+        assert_eq!(Message::from_vec(&out).unwrap().answers[0].data.to_string(), "10.10.0.99");
+        // Clients outside the segments are refused, kept answers or not.
+        r.serve(&b, "192.0.2.9".parse().unwrap(), Transport::Tcp, &mut kept, &mut out);
+        assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::Refused);
     }
 
     /// Forwarded records age by the whole seconds they spent in the cache.

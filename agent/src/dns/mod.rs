@@ -12,10 +12,12 @@
 //! cache before the change returns, so no cached answer of the old data is
 //! served after it (see `xdp`).
 
+pub mod answers;
 pub mod build;
 pub mod cache;
 pub mod forward;
 pub mod handler;
+mod mmsg;
 pub mod server;
 pub mod stats;
 pub mod wire;
@@ -40,7 +42,6 @@ use hickory_proto::rr::{
     rdata::{A, CNAME, PTR},
 };
 use serde::{Deserialize, Serialize};
-use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{info, warn};
 
 use self::{
@@ -70,7 +71,7 @@ pub struct Dns {
     epoch: AtomicU64,
     moves_path: PathBuf,
     listen: Vec<SocketAddr>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Vec<server::Worker>>,
 }
 
 /// `coresvc status`'s DNS part.
@@ -259,10 +260,12 @@ impl Dns {
 
     /// Binds UDP and TCP port 53 on every segment's gateway address.
     fn serve(&mut self, cfg: &Config) -> Result<()> {
-        let tcp = server::TcpLimits {
-            slots: Arc::new(Semaphore::new(cfg.dns.tcp_max_connections as usize)),
-            idle: Duration::from_secs(u64::from(cfg.dns.tcp_idle_timeout.secs())),
-        };
+        let tcp = server::TcpLimits::new(
+            cfg.dns.tcp_max_connections as usize,
+            cfg.dns.tcp_max_per_client as usize,
+            Duration::from_secs(u64::from(cfg.dns.tcp_idle_timeout.secs())),
+            Duration::from_secs(u64::from(cfg.dns.tcp_write_timeout.secs())),
+        );
         for s in &cfg.segments {
             let addr = SocketAddr::new(s.gateway.into(), 53);
             let tasks = server::serve(addr, self.resolver.clone(), tcp.clone())?;
@@ -440,7 +443,7 @@ impl Dns {
     /// Closes the sockets (the service stays shared with DHCP until it stops too).
     pub fn stop(&self) {
         for t in self.tasks.lock().expect("dns tasks lock").drain(..) {
-            t.abort();
+            t.stop();
         }
         info!("dns: stopped");
     }
