@@ -545,8 +545,16 @@ pub fn render_status(s: &ctl::Status) -> String {
         );
         let _ = writeln!(
             o,
-            "         noerror {}, nxdomain {}, servfail {}, refused {}, formerr {}, truncated {}, dropped {}",
-            c.noerror, c.nxdomain, c.servfail, c.refused, c.formerr, c.truncated, c.dropped_malformed
+            "         noerror {}, nxdomain {}, servfail {}, refused {}, formerr {}, truncated {}, dropped {}, rate-limited {} (slipped {})",
+            c.noerror,
+            c.nxdomain,
+            c.servfail,
+            c.refused,
+            c.formerr,
+            c.truncated,
+            c.dropped_malformed,
+            c.rate_limited,
+            c.rate_limit_slipped
         );
         let _ = writeln!(
             o,
@@ -627,12 +635,14 @@ fn render_dns_cache(
             seg.passes.iter().filter(|(_, n)| **n > 0).map(|(reason, n)| format!("{reason} {n}")).collect();
         let _ = writeln!(
             o,
-            "         segment {:<10} hits {}, misses {}, expired {}, invalidated {}; passed: {}",
+            "         segment {:<10} hits {}, misses {}, expired {}, invalidated {}, rate-limited {} (slipped {}); passed: {}",
             seg.segment,
             seg.hits,
             seg.misses,
             seg.expired,
             seg.invalidated,
+            seg.rate_limited,
+            seg.slipped,
             if passes.is_empty() { "none".to_string() } else { passes.join(", ") }
         );
     }

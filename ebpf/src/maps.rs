@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use coresvc_maps_schema::{
-    self as schema, CtEntry, CtKey, DnsAnswer, DnsScratch, DnsStats, IfaceInfo, NatBind, NatKey, PacketCount,
-    PrefixData, Rule, Settings,
+    self as schema, CtEntry, CtKey, DnsAnswer, DnsRrlBucket, DnsRrlConfig, DnsScratch, DnsStats, IfaceInfo, NatBind,
+    NatKey, PacketCount, PrefixData, Rule, Settings,
 };
 
 #[btf_map]
@@ -58,6 +58,12 @@ pub static DNS_STATS: PerCpuArray<DnsStats, { schema::DNS_STATS.max_entries as u
 
 #[btf_map]
 pub static DNS_SCRATCH: PerCpuArray<DnsScratch, { schema::DNS_SCRATCH.max_entries as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static DNS_RRL_CFG: Array<DnsRrlConfig, { schema::DNS_RRL_CFG.max_entries as usize }> = Array::new();
+
+#[btf_map]
+pub static DNS_RRL: PerCpuArray<DnsRrlBucket, { schema::DNS_RRL.max_entries as usize }> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn settings() -> Option<&'static Settings> {

@@ -815,6 +815,128 @@ fn a_tcp_client_that_never_reads_is_closed() {
     );
 }
 
+/// What a burst of UDP queries from one client got back.
+#[derive(Debug, Default)]
+struct Burst {
+    sent: usize,
+    answered: usize,
+    truncated: usize,
+    secs: f64,
+}
+
+/// Sends `n` queries for `name` to `server` from `node` as fast as it can,
+/// then collects the replies for a second.
+fn burst(lab: &Lab, node: &str, server: &str, name: &'static str, n: usize) -> Burst {
+    let to: SocketAddr = format!("{server}:53").parse().unwrap();
+    in_netns(&lab.ns(node), move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let start = std::time::Instant::now();
+        let mut b = Burst { sent: n, ..Default::default() };
+        let mut buf = [0u8; 1500];
+        let mut take = |s: &UdpSocket, b: &mut Burst| {
+            while let Ok((len, _)) = s.recv_from(&mut buf) {
+                if len < 12 {
+                    continue;
+                }
+                if buf[2] & 0x02 != 0 {
+                    assert_eq!(&buf[6..12], &[0; 6], "a truncated answer has no records");
+                    b.truncated += 1;
+                } else {
+                    b.answered += 1;
+                }
+            }
+        };
+        // In rounds of 20, reading what came back in between (no socket
+        // buffer overflows on either side).
+        s.set_read_timeout(Some(Duration::from_millis(2)))?;
+        for id in 0..n {
+            s.send_to(&wire_query(id as u16, name), to)?;
+            if id % 20 == 19 {
+                take(&s, &mut b);
+            }
+        }
+        b.secs = start.elapsed().as_secs_f64();
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        take(&s, &mut b);
+        Ok(b)
+    })
+    .unwrap()
+}
+
+/// Issue 17.11 in the lab: one client floods (a burst of its own, then
+/// kxdpgun) with response rate limiting at 50 answers/s per /24, slip 2:
+/// the XDP cache and then the agent (cache off) answer about the rate, send
+/// truncated answers (TC) for every second limited one and drop the rest,
+/// counted; a client of another segment is answered all along, and the
+/// limited one still gets its answers over TCP.
+#[test]
+fn response_rate_limiting_in_the_xdp_cache_and_the_agent() {
+    let mut lab = Lab::for_test().unwrap();
+    let cfg = config(&lab, |s| s.replace("responses_per_second = 0 ", "responses_per_second = 50 "));
+    lab.start_agent(&AgentOpts::new(cfg.clone())).unwrap();
+    let name = "provisioner-01.mgmt.deevnet.net";
+    let well_behaved = |lab: &Lab| {
+        for _ in 0..3 {
+            let r = lab.kdig("dvntm-client", "10.30.0.1", name, "A", &[]).unwrap();
+            assert_eq!(r.answers.len(), 1, "another prefix is answered: {r:?}");
+            assert!(!r.tc);
+        }
+        let r = lab.kdig("dvnt-client", GW_DVNT, name, "A", &["+tcp"]).unwrap();
+        assert_eq!(r.answers.len(), 1, "TCP is never limited");
+    };
+    // Warm the XDP cache; wait for the bucket to fill again.
+    ask(&lab, name, "A");
+    std::thread::sleep(Duration::from_secs(2));
+    let b = burst(&lab, "dvnt-client", GW_DVNT, name, 2000);
+    println!("XDP: {b:?}");
+    // The burst (50), the rate while it lasted, on each CPU at most.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    assert!(b.answered as f64 <= cpus * (50.0 + 50.0 * b.secs) + 5.0, "{b:?}");
+    assert!(b.answered >= 40, "the burst was answered: {b:?}");
+    assert!(b.truncated >= 500, "every second limited answer slips: {b:?}");
+    assert!(b.answered + b.truncated < b.sent - 500, "the rest were dropped: {b:?}");
+    let limited = xdp_counter(&lab, "dvnt", "rate_limited");
+    assert!(limited >= 500 && xdp_counter(&lab, "dvnt", "slipped") >= 500, "counted in the program");
+    well_behaved(&lab);
+    // kxdpgun from the same client for two seconds.
+    let qfile = lab.write_file("rrl-queries.txt", &format!("{name} A\n")).unwrap();
+    let mac = String::from_utf8(lab.exec("gw", ["cat", "/sys/class/net/dvnt0/address"]).unwrap().stdout).unwrap();
+    let out = lab
+        .cmd("dvnt-client", ["kxdpgun", "-t", "2", "-Q", "20000", "-I", "eth0", "-R", mac.trim(), "-i"])
+        .arg(&qfile)
+        .arg(GW_DVNT)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kxdpgun: {text}{}", String::from_utf8_lossy(&out.stderr));
+    println!("kxdpgun:\n{text}");
+    let more = xdp_counter(&lab, "dvnt", "rate_limited") - limited;
+    assert!(more >= 10_000, "kxdpgun's flood was limited ({more} more):\n{text}");
+    well_behaved(&lab);
+    // The agent alone (the XDP cache off).
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("dns_cache = true", "dns_cache = false");
+    std::fs::write(&cfg, text).unwrap();
+    let out = lab.coresvc(["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = burst(&lab, "dvnt-client", GW_DVNT, name, 2000);
+    println!("agent: {b:?}");
+    println!("agent counters {}", lab.status_json().unwrap()["dns"]["counters"]);
+    println!(
+        "{}",
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("responses_per") || l.contains("dns_cache"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(b.answered as f64 <= 50.0 + 50.0 * b.secs + 5.0, "{b:?}");
+    assert!(b.answered >= 40 && b.truncated >= 500, "{b:?}");
+    assert!(dns_counter(&lab, "rate_limited") >= 500 && dns_counter(&lab, "rate_limit_slipped") >= 500);
+    well_behaved(&lab);
+}
+
 // ---------------------------------------------------------------- XDP cache
 
 /// The XDP answer cache's counter `field` for segment `segment`.

@@ -70,14 +70,20 @@ impl Setup {
         fw.set_flag(SETTINGS_F_DNS_CACHE, true);
         let cache = fw.ebpf.take_map(schema::DNS_CACHE.name).unwrap();
         let epochs = fw.ebpf.take_map(schema::DNS_EPOCHS.name).unwrap();
+        let rrl = fw.ebpf.take_map(schema::DNS_RRL_CFG.name).unwrap();
         let dns = Dns::new(&cfg).unwrap();
-        dns.attach_xdp(Arc::new(XdpCache::from_maps(cache, epochs, true).unwrap())).unwrap();
+        let x = XdpCache::from_maps(cache, epochs, true).unwrap().with_rate_limit_map(rrl).unwrap();
+        dns.attach_xdp(Arc::new(x)).unwrap();
         Setup { fw, dns, cfg, gw_mac: mac_of("d_dvnt") }
     }
 
     /// A query from the dvnt client to its gateway's DNS service.
     fn frame(&self, payload: &[u8], sport: u16) -> Vec<u8> {
-        let (c, g) = (ip(CLIENT), ip(GW));
+        self.frame_from(CLIENT, payload, sport)
+    }
+
+    fn frame_from(&self, client: &str, payload: &[u8], sport: u16) -> Vec<u8> {
+        let (c, g) = (ip(client), ip(GW));
         frames::ipv4(CLIENT_MAC, self.gw_mac, c, g, 17, 64, 0, &frames::udp(c, sport, g, 53, payload))
     }
 
@@ -502,5 +508,79 @@ fn changes_invalidate_entries_before_they_return() {
         for c in [&s.cfg.agent.state_dir, &deny.agent.state_dir, &by_prefix.agent.state_dir] {
             let _ = std::fs::remove_dir_all(c);
         }
+    });
+}
+
+/// Issue 17.11 in the program: over the client prefix's rate the cache's
+/// answers are dropped, every slip-th sent truncated (TC, the question and
+/// nothing else, checksums right), counted; another prefix is answered;
+/// off again, everything is.
+#[test]
+fn the_xdp_cache_limits_answers_per_prefix() {
+    in_fib_ns(|| {
+        let mut s = Setup::new();
+        let limit = |rate: u32, burst: u32, prefix: u8| coresvc::config::RateLimit {
+            responses_per_second: rate,
+            burst,
+            slip: 2,
+            ipv4_prefix_length: prefix,
+            ..Default::default()
+        };
+        // One answer per second, four at once, per /32 (so that a second
+        // host of the segment is another prefix).
+        s.dns.resolver.set_rate_limit(&limit(1, 4, 32));
+        let q = query(
+            0x4242,
+            "provisioner-01.mgmt.deevnet.net.",
+            RecordType::A,
+            Some(Opt { payload: 1232, dnssec_ok: false, cookie: false }),
+        );
+        s.agent(&q);
+        let f = s.frame(&q, 40500);
+        let mut verdicts = Vec::new();
+        let mut slipped = Vec::new();
+        for _ in 0..10 {
+            let (v, out) = s.xdp(&f);
+            if v == TX && out.len() < f.len() {
+                slipped.push(out);
+                verdicts.push("slip");
+            } else {
+                verdicts.push(match v {
+                    TX => "answer",
+                    DROP => "drop",
+                    _ => "pass",
+                });
+            }
+        }
+        assert_eq!(
+            verdicts,
+            ["answer", "answer", "answer", "answer", "drop", "slip", "drop", "slip", "drop", "slip"],
+            "a burst of four, then every second one slips"
+        );
+        assert_eq!((s.stat(counter::RATE_LIMITED), s.stat(counter::SLIPPED)), (3, 3));
+        let qf = frames::parse(&f);
+        for out in &slipped {
+            let p = frames::parse(out);
+            assert!(p.all_ok(), "checksums: {p:?}");
+            assert_eq!((p.src, p.dst, p.sport, p.dport), (qf.dst, qf.src, 53, qf.sport));
+            let m = Message::from_vec(&out[42..]).unwrap();
+            assert!(m.metadata.truncation && m.metadata.message_type == MessageType::Response);
+            assert_eq!((m.metadata.id, m.answers.len(), m.authorities.len(), m.additionals.len()), (0x4242, 0, 0, 0));
+            assert_eq!(&out[42 + 12..], &q[12..q.len() - 11], "the question as asked");
+        }
+        // Another host (another /32) is answered.
+        let other = s.frame_from("10.20.0.51", &q, 40501);
+        assert_eq!(s.xdp(&other).0, TX);
+        // Per /24 it is the same prefix, and over its rate.
+        s.dns.resolver.set_rate_limit(&limit(1, 1, 24));
+        let (_, out) = s.xdp(&other);
+        assert_eq!(s.xdp(&other).0, DROP, "the segment's /24 is over its rate ({})", out.len());
+        // Off: answered.
+        s.dns.resolver.set_rate_limit(&limit(0, 0, 24));
+        for _ in 0..5 {
+            let (v, out) = s.xdp(&f);
+            assert_eq!((v, out.len() > f.len()), (TX, true));
+        }
+        let _ = std::fs::remove_dir_all(&s.cfg.agent.state_dir);
     });
 }

@@ -419,4 +419,22 @@ fn dns_limits_are_checked() {
     assert_one(&problems("[dns]\nupstream_sockets = 5000\n"), "dns.upstream_sockets", &["1 to 1024"]);
     assert_one(&problems("[dns]\ntcp_max_per_client = 0\n"), "dns.tcp_max_per_client", &["at least one"]);
     assert_one(&problems("[dns]\ntcp_write_timeout = 0\n"), "dns.tcp_write_timeout", &["at least 1 second"]);
+    assert_one(
+        &problems("[dns.rate_limit]\nslip = 11\n"),
+        "dns.rate_limit.slip",
+        &["0 (drop every limited answer) to 10"],
+    );
+    assert_one(
+        &problems("[dns.rate_limit]\nipv4_prefix_length = 33\n"),
+        "dns.rate_limit.ipv4_prefix_length",
+        &["8 to 32"],
+    );
+    assert_one(
+        &problems("[dns.rate_limit]\nresponses_per_second = 2000000\n"),
+        "dns.rate_limit.responses_per_second",
+        &["1 to 1000000"],
+    );
+    let text = format!("{BASE}[dns.rate_limit]\nresponses_per_second = 50\n");
+    let rl = Config::parse_str(&text, "t.toml").unwrap().dns.rate_limit;
+    assert_eq!((rl.responses_per_second, rl.slip, rl.ipv4_prefix_length), (50, 2, 24));
 }

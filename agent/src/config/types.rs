@@ -227,6 +227,34 @@ pub struct DnsSection {
     /// A TCP write (answers to a client that does not read them) that takes
     /// longer closes the connection; at most `tcp_idle_timeout` applies.
     pub tcp_write_timeout: Duration,
+    /// Response rate limiting of UDP answers (agent and XDP cache).
+    pub rate_limit: RateLimit,
+}
+
+/// Response rate limiting (as Knot's and BIND's RRL): UDP answers to one
+/// client prefix at most at a rate, with a burst; over it every `slip`-th
+/// answer is sent truncated (TC set) so real clients retry over TCP, the
+/// others are dropped. TCP is never limited (its sources cannot be forged).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Answers per second per prefix; 0 turns rate limiting off (the
+    /// default, as in Knot and BIND).
+    pub responses_per_second: u32,
+    /// Answers a prefix may get at once; 0 means `responses_per_second`.
+    pub burst: u32,
+    /// Every `slip`-th limited answer goes out truncated; 0 drops all,
+    /// 1 truncates all.
+    pub slip: u32,
+    /// Clients are counted by prefix: /24 for IPv4, /56 for IPv6.
+    pub ipv4_prefix_length: u8,
+    pub ipv6_prefix_length: u8,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit { responses_per_second: 0, burst: 0, slip: 2, ipv4_prefix_length: 24, ipv6_prefix_length: 56 }
+    }
 }
 
 impl Default for DnsSection {
@@ -246,6 +274,7 @@ impl Default for DnsSection {
             tcp_max_connections: 256,
             tcp_max_per_client: 16,
             tcp_write_timeout: Duration(2),
+            rate_limit: RateLimit::default(),
         }
     }
 }

@@ -558,6 +558,34 @@ impl<'a> Validator<'a> {
                 format!("{} is not a usable pool of upstream sockets; use 1 to 1024, e.g. 32", c.dns.upstream_sockets),
             );
         }
+        let rl = &c.dns.rate_limit;
+        if rl.responses_per_second > 1_000_000 {
+            self.err(
+                cfg_path!("dns", "rate_limit", "responses_per_second"),
+                format!(
+                    "{} is beyond what rate limiting measures; use 1 to 1000000 (or 0: off)",
+                    rl.responses_per_second
+                ),
+            );
+        }
+        if rl.burst > 1_000_000 {
+            self.err(
+                cfg_path!("dns", "rate_limit", "burst"),
+                format!("{} is too large; use up to 1000000 (0: the rate)", rl.burst),
+            );
+        }
+        if rl.slip > 10 {
+            self.err(
+                cfg_path!("dns", "rate_limit", "slip"),
+                format!("{} is not a slip; use 0 (drop every limited answer) to 10, e.g. 2", rl.slip),
+            );
+        }
+        if !(8..=32).contains(&rl.ipv4_prefix_length) {
+            self.err(cfg_path!("dns", "rate_limit", "ipv4_prefix_length"), "use a prefix length of 8 to 32, e.g. 24");
+        }
+        if !(16..=128).contains(&rl.ipv6_prefix_length) {
+            self.err(cfg_path!("dns", "rate_limit", "ipv6_prefix_length"), "use a prefix length of 16 to 128, e.g. 56");
+        }
         if c.dns.cache_bytes.0 < 64 * 1024 {
             self.err(
                 cfg_path!("dns", "cache_bytes"),

@@ -33,6 +33,7 @@ use super::{
     answers::{AnswerCache, Parsed},
     cache::{Cache, Entry, Key, now_ns},
     forward::{EDNS_PAYLOAD, Forwarder},
+    rrl::{Limit, RateLimiter},
     stats::Stats,
     wire,
     xdp::{self, Epoch, XKey, XdpCache},
@@ -136,6 +137,10 @@ pub struct Resolver {
     clients: Vec<IpNet>,
     /// The XDP answer cache, when the dataplane has one.
     xdp: OnceLock<Arc<XdpCache>>,
+    /// Response rate limiting of UDP answers (and its settings for the XDP
+    /// cache), `[dns.rate_limit]`.
+    rrl: RwLock<Arc<RateLimiter>>,
+    rrl_config: RwLock<crate::config::RateLimit>,
 }
 
 impl Resolver {
@@ -148,11 +153,49 @@ impl Resolver {
             stats,
             clients,
             xdp: OnceLock::new(),
+            rrl: RwLock::new(Arc::new(RateLimiter::off())),
+            rrl_config: RwLock::new(crate::config::RateLimit::default()),
+        }
+    }
+
+    /// Applies `[dns.rate_limit]` (to the XDP cache too, when there is one).
+    pub fn set_rate_limit(&self, c: &crate::config::RateLimit) {
+        *self.rrl.write().expect("rrl lock") = Arc::new(RateLimiter::new(c));
+        *self.rrl_config.write().expect("rrl lock") = c.clone();
+        if let Some(x) = self.xdp() {
+            x.set_rate_limit(c);
+        }
+    }
+
+    /// The rate limiter in force.
+    pub fn rate_limiter(&self) -> Arc<RateLimiter> {
+        self.rrl.read().expect("rrl lock").clone()
+    }
+
+    /// Whether the UDP answer in `out` to `client` goes out (`rrl` being
+    /// [`Resolver::rate_limiter`]): over the rate it is dropped (false) or,
+    /// every slip-th, truncated in place. Counted.
+    pub fn limit(&self, rrl: &RateLimiter, client: IpAddr, out: &mut Vec<u8>) -> bool {
+        if !rrl.enabled() {
+            return true;
+        }
+        match rrl.check(client, now_ns()) {
+            Limit::Send => true,
+            Limit::Slip => {
+                wire::truncate(out);
+                self.stats.inc(&self.stats.rate_limit_slipped);
+                true
+            }
+            Limit::Drop => {
+                self.stats.inc(&self.stats.rate_limited);
+                false
+            }
         }
     }
 
     /// Fills the XDP answer cache with this resolver's answers from now on.
     pub fn set_xdp(&self, x: Arc<XdpCache>) {
+        x.set_rate_limit(&self.rrl_config.read().expect("rrl lock"));
         let _ = self.xdp.set(x);
     }
 

@@ -18,6 +18,7 @@ pub mod cache;
 pub mod forward;
 pub mod handler;
 mod mmsg;
+pub mod rrl;
 pub mod server;
 pub mod stats;
 pub mod wire;
@@ -245,6 +246,7 @@ impl Dns {
         );
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
+        resolver.set_rate_limit(&cfg.dns.rate_limit);
         Ok(Dns {
             resolver,
             config: Mutex::new(cfg.clone()),
@@ -414,6 +416,7 @@ impl Dns {
         if let Some(x) = self.resolver.xdp() {
             x.set_enabled(cfg.dns_cache_on());
         }
+        self.resolver.set_rate_limit(&cfg.dns.rate_limit);
         self.resolver.set_forwarder(forwarder_for(cfg, self.resolver.stats.clone()));
         *self.config.lock().expect("config lock") = cfg.clone();
         Ok(())

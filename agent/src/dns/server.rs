@@ -206,26 +206,35 @@ fn udp_loop(
                 continue;
             }
         };
+        let rrl = resolver.rate_limiter();
         for i in 0..n {
             let s = b.slot(i);
             let Some(from) = s.from else { continue };
-            if s.cut {
+            let answered = if s.cut {
                 *s.out = resolver.cut_query(s.msg);
-                if !s.out.is_empty() {
-                    b.reply(i);
+                !s.out.is_empty()
+            } else {
+                match resolver.serve(s.msg, from.ip(), Transport::Udp, &mut kept, s.out) {
+                    Served::Replied => true,
+                    Served::Dropped => false,
+                    Served::Forward(p) => {
+                        let (sock, resolver, rrl) = (sock.clone(), resolver.clone(), rrl.clone());
+                        rt.spawn(async move {
+                            let mut b = resolver.finish(*p).await;
+                            if resolver.limit(&rrl, from.ip(), &mut b) {
+                                let _ = socket2::SockRef::from(&*sock).send_to_with_flags(
+                                    &b,
+                                    &from.into(),
+                                    libc::MSG_DONTWAIT,
+                                );
+                            }
+                        });
+                        false
+                    }
                 }
-                continue;
-            }
-            match resolver.serve(s.msg, from.ip(), Transport::Udp, &mut kept, s.out) {
-                Served::Replied => b.reply(i),
-                Served::Dropped => {}
-                Served::Forward(p) => {
-                    let (sock, resolver) = (sock.clone(), resolver.clone());
-                    rt.spawn(async move {
-                        let b = resolver.finish(*p).await;
-                        let _ = socket2::SockRef::from(&*sock).send_to_with_flags(&b, &from.into(), libc::MSG_DONTWAIT);
-                    });
-                }
+            };
+            if answered && resolver.limit(&rrl, from.ip(), s.out) {
+                b.reply(i);
             }
         }
         kept.flush(&resolver.stats);

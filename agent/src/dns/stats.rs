@@ -41,6 +41,8 @@ counters! {
     formerr: "responses with FORMERR",
     notimp: "responses with NOTIMP",
     truncated: "UDP responses truncated (TC set)",
+    rate_limited: "UDP answers not sent: the client's prefix was over dns.rate_limit",
+    rate_limit_slipped: "UDP answers over dns.rate_limit sent truncated instead (TC set), every slip-th",
     dropped_malformed: "datagrams dropped: too short to answer or not a query",
     tcp_connections: "TCP connections accepted",
     tcp_rejected: "TCP connections refused at the connection cap",

@@ -113,6 +113,8 @@ pub fn entry(
 
 /// The agent's handles on the cache maps.
 pub struct XdpCache {
+    /// `DNS_RRL_CFG`: the program's rate limit.
+    rrl: Mutex<Option<Array<MapData, schema::DnsRrlConfig>>>,
     /// Keyed by the question's hash ([`DnsKey::hash`]).
     answers: Mutex<BpfHashMap<MapData, u64, DnsAnswer>>,
     epochs: Mutex<Array<MapData, u64>>,
@@ -127,12 +129,30 @@ impl XdpCache {
             let path = pin_dir.join(spec.pin);
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
         };
-        Self::from_maps(Map::LruHashMap(pin(&schema::DNS_CACHE)?), Map::Array(pin(&schema::DNS_EPOCHS)?), enabled)
+        Self::from_maps(Map::LruHashMap(pin(&schema::DNS_CACHE)?), Map::Array(pin(&schema::DNS_EPOCHS)?), enabled)?
+            .with_rate_limit_map(Map::Array(pin(&schema::DNS_RRL_CFG)?))
+    }
+
+    /// Writes the program's rate limit to `rrl` (`DNS_RRL_CFG`) from now on.
+    pub fn with_rate_limit_map(self, rrl: Map) -> Result<Self> {
+        let a = Array::try_from(rrl).map_err(|e| anyhow!("{}: {e}", schema::DNS_RRL_CFG.name))?;
+        *self.rrl.lock().expect("rrl lock") = Some(a);
+        Ok(self)
+    }
+
+    /// Sets the program's rate limit (`[dns.rate_limit]`).
+    pub fn set_rate_limit(&self, c: &crate::config::RateLimit) {
+        if let Some(a) = self.rrl.lock().expect("rrl lock").as_mut()
+            && let Err(e) = a.set(0, super::rrl::xdp_config(c), 0)
+        {
+            tracing::warn!("dns: writing {}: {e}", schema::DNS_RRL_CFG.name);
+        }
     }
 
     /// Handles on maps of a loaded object (tests and benchmarks).
     pub fn from_maps(answers: Map, epochs: Map, enabled: bool) -> Result<Self> {
         Ok(XdpCache {
+            rrl: Mutex::new(None),
             answers: Mutex::new(BpfHashMap::try_from(answers).map_err(|e| anyhow!("{}: {e}", schema::DNS_CACHE.name))?),
             epochs: Mutex::new(Array::try_from(epochs).map_err(|e| anyhow!("{}: {e}", schema::DNS_EPOCHS.name))?),
             enabled: AtomicBool::new(enabled),
