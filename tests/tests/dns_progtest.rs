@@ -65,7 +65,12 @@ data = '"0123456789012345678901234567890123456789012345678901234567890123456789"
 
 impl Setup {
     fn new() -> Self {
-        let cfg = config(LARGE);
+        Self::with(LARGE)
+    }
+
+    /// With `extra` zone data (TOML) instead of LARGE.
+    fn with(extra: &str) -> Self {
+        let cfg = config(extra);
         let mut fw = Fw::new(&cfg, 1024);
         fw.set_flag(SETTINGS_F_DNS_CACHE, true);
         let cache = fw.ebpf.take_map(schema::DNS_CACHE.name).unwrap();
@@ -581,6 +586,40 @@ fn the_xdp_cache_limits_answers_per_prefix() {
             let (v, out) = s.xdp(&f);
             assert_eq!((v, out.len() > f.len()), (TX, true));
         }
+        let _ = std::fs::remove_dir_all(&s.cfg.agent.state_dir);
+    });
+}
+
+/// With the XDP cache on, the agent's kept answers serve only what the
+/// program cannot hold (here an answer over 512 bytes); an answer the
+/// program takes is computed again on every miss, which refills the cache.
+#[test]
+fn kept_answers_leave_to_the_xdp_cache_what_it_holds() {
+    in_fib_ns(|| {
+        // Answers of over 512 bytes: more than an entry of the program's holds.
+        let huge: String = (0..8)
+            .map(|i| format!("[[zone.record]]\nname = \"huge\"\ntype = \"TXT\"\ndata = '\"{i}{}\"'\n", "x".repeat(90)))
+            .collect();
+        let s = Setup::with(&huge);
+        let r = &s.dns.resolver;
+        let mut kept = coresvc::dns::answers::AnswerCache::new(16);
+        let mut out = Vec::new();
+        let client = IpAddr::V4(ip(CLIENT));
+        let edns = Some(Opt { payload: 1232, dnssec_ok: false, cookie: false });
+        let serve = |kept: &mut coresvc::dns::answers::AnswerCache, out: &mut Vec<u8>, q: &[u8]| {
+            let before = r.stats.snapshot().answered_kept;
+            assert!(matches!(r.serve(q, client, Transport::Udp, kept, out), coresvc::dns::handler::Served::Replied));
+            kept.flush(&r.stats);
+            r.stats.snapshot().answered_kept - before
+        };
+        let small = query(2, "provisioner-01.mgmt.deevnet.net.", RecordType::A, edns);
+        let large = query(2, "huge.ref.deevnet.net.", RecordType::TXT, edns);
+        assert_eq!(serve(&mut kept, &mut out, &small), 0);
+        assert!(s.dns.resolver.xdp().unwrap().get(&key_of(&small).unwrap().key).is_some(), "in the XDP cache");
+        assert_eq!(serve(&mut kept, &mut out, &small), 0, "a miss of the program's is computed again");
+        assert_eq!(serve(&mut kept, &mut out, &large), 0);
+        assert!(out.len() > 512 && s.dns.resolver.xdp().unwrap().get(&key_of(&large).unwrap().key).is_none());
+        assert_eq!(serve(&mut kept, &mut out, &large), 1, "what the program cannot hold is the agent's to copy");
         let _ = std::fs::remove_dir_all(&s.cfg.agent.state_dir);
     });
 }

@@ -33,6 +33,9 @@ struct Kept {
     /// ANCOUNT, NSCOUNT, ARCOUNT.
     counts: [u8; 6],
     sections: Box<[u8]>,
+    /// Computed with the XDP cache on, which could not take it: the
+    /// agent's to give (else the program's, which the agent refills).
+    beyond_xdp: bool,
 }
 
 /// The parts of a query the cache answers by: its key, and where its
@@ -100,11 +103,20 @@ impl AnswerCache {
     }
 
     /// Writes the answer to `msg` (parsed as `p`) into `out`, when kept for
-    /// the catalog of `generation` and (over UDP) within the client's size.
-    /// Returns the answer's rcode.
-    pub fn answer(&mut self, generation: u64, msg: &[u8], p: &Parsed, udp: bool, out: &mut Vec<u8>) -> Option<u8> {
+    /// the catalog of `generation` and (over UDP) within the client's size;
+    /// with the XDP cache on (`xdp_on`), only one the program could not
+    /// take. Returns the answer's rcode.
+    pub fn answer(
+        &mut self,
+        generation: u64,
+        msg: &[u8],
+        p: &Parsed,
+        udp: bool,
+        xdp_on: bool,
+        out: &mut Vec<u8>,
+    ) -> Option<u8> {
         self.sync(generation);
-        let k = self.map.get(&p.hash).filter(|k| k.question == p.key)?;
+        let k = self.map.get(&p.hash).filter(|k| k.question == p.key && (!xdp_on || k.beyond_xdp))?;
         let len = p.question_end + k.sections.len();
         if udp && len > p.udp_limit {
             return None;
@@ -134,8 +146,9 @@ impl AnswerCache {
     }
 
     /// Keeps `reply`, the answer to a query parsed as `p` computed from the
-    /// catalog of `generation`.
-    pub fn keep(&mut self, generation: u64, p: &Parsed, reply: &[u8]) {
+    /// catalog of `generation` (`beyond_xdp`: with the XDP cache on, which
+    /// did not take it).
+    pub fn keep(&mut self, generation: u64, p: &Parsed, reply: &[u8], beyond_xdp: bool) {
         // NOERROR and NXDOMAIN (the answers of zone data; the counters
         // above know only these).
         if generation != self.generation || reply.len() < p.question_end || !matches!(reply[3] & 0x0f, 0 | 3) {
@@ -153,6 +166,7 @@ impl AnswerCache {
                 flags: [reply[2] & !cdns::FLAG_RD, reply[3] & !cdns::FLAG_CD],
                 counts,
                 sections: reply[p.question_end..].into(),
+                beyond_xdp,
             },
         );
     }

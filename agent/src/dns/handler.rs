@@ -238,8 +238,9 @@ impl Resolver {
     /// for this catalog when it has the question's (no lookup, nothing
     /// allocated), else by [`Resolver::handle`], keeping what it answers
     /// from local data alone. Over UDP with the XDP answer cache on, the
-    /// agent sees only the program's misses and refills it: the kept answers
-    /// are not used then.
+    /// agent sees the program's misses: an answer the program takes is
+    /// computed again (which refills it), only those it cannot hold are
+    /// copied from the kept ones.
     pub fn serve(
         &self,
         bytes: &[u8],
@@ -249,23 +250,23 @@ impl Resolver {
         out: &mut Vec<u8>,
     ) -> Served {
         let udp = transport == Transport::Udp;
-        let parsed = match udp && self.xdp().is_some_and(|x| x.enabled()) {
-            true => None,
-            false => Parsed::of(bytes),
-        };
+        let xdp_on = udp && self.xdp().is_some_and(|x| x.enabled());
+        let parsed = Parsed::of(bytes);
         // Before the catalog is read (see `generation`).
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(p) = &parsed
             && self.allowed(client)
-            && kept.answer(generation, bytes, p, udp, out).is_some()
+            && kept.answer(generation, bytes, p, udp, xdp_on, out).is_some()
         {
             return Served::Replied;
         }
         match self.handle_at(bytes, client, transport) {
             (Step::Reply(b), reusable) => {
                 // Not a truncated answer (the whole one may suit others).
-                if let Some(p) = parsed.as_ref().filter(|_| reusable && b.get(2).is_some_and(|f| f & 0x02 == 0)) {
-                    kept.keep(generation, p, &b);
+                if let (Some(p), Some(filled)) = (&parsed, reusable)
+                    && b.get(2).is_some_and(|f| f & 0x02 == 0)
+                {
+                    kept.keep(generation, p, &b, xdp_on && !filled);
                 }
                 out.clear();
                 out.extend_from_slice(&b);
@@ -284,15 +285,16 @@ impl Resolver {
         self.handle_at(bytes, client, transport).0
     }
 
-    /// [`Resolver::handle`], and whether the reply came from local data
-    /// alone (another query with the same key gets the same answer).
-    fn handle_at(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> (Step, bool) {
-        let mut reusable = false;
+    /// [`Resolver::handle`], and, when the reply came from local data alone
+    /// (another query with the same key gets the same answer), whether it
+    /// went into the XDP cache.
+    fn handle_at(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> (Step, Option<bool>) {
+        let mut reusable = None;
         let step = self.handle_inner(bytes, client, transport, &mut reusable);
         (step, reusable)
     }
 
-    fn handle_inner(&self, bytes: &[u8], client: IpAddr, transport: Transport, reusable: &mut bool) -> Step {
+    fn handle_inner(&self, bytes: &[u8], client: IpAddr, transport: Transport, reusable: &mut Option<bool>) -> Step {
         let s = &self.stats;
         s.inc(match transport {
             Transport::Udp => &s.queries_udp,
@@ -347,9 +349,11 @@ impl Resolver {
             s.inc(&s.authoritative);
             let epochs = epochs_of(&catalog, &qname, &local.answers);
             let Some(target) = local.external.clone() else {
-                *reusable = true;
                 let src = Source { epochs, local: usize::MAX, upstream: None, rd_only: false };
-                return Step::Reply(self.reply(&request, transport, Content::local(local), Some(src), xkey.as_ref()));
+                let (b, filled) =
+                    self.reply_filling(&request, transport, Content::local(local), Some(src), xkey.as_ref());
+                *reusable = Some(filled);
+                return Step::Reply(b);
             };
             if !request.metadata.recursion_desired {
                 // The chain left the local zones and the client did not ask
@@ -491,6 +495,18 @@ impl Resolver {
         src: Option<Source<'_>>,
         xkey: Option<&XKey>,
     ) -> Vec<u8> {
+        self.reply_filling(req, transport, c, src, xkey).0
+    }
+
+    /// [`Resolver::reply`], and whether the answer went into the XDP cache.
+    fn reply_filling(
+        &self,
+        req: &Message,
+        transport: Transport,
+        c: Content,
+        src: Option<Source<'_>>,
+        xkey: Option<&XKey>,
+    ) -> (Vec<u8>, bool) {
         let rcode = c.rcode;
         let mut m = Message::response(req.metadata.id, req.metadata.op_code);
         m.metadata.message_type = MessageType::Response;
@@ -522,32 +538,32 @@ impl Resolver {
             Ok(b) => b,
             Err(_) => {
                 self.stats.inc(&self.stats.servfail);
-                return self.header_only_for(req, ResponseCode::ServFail);
+                return (self.header_only_for(req, ResponseCode::ServFail), false);
             }
         };
         if bytes.len() <= limit {
             restore_question(&mut bytes, req);
-            if let Some(src) = src {
-                self.age_and_fill(&mut bytes, &src, xkey);
-            }
-            return bytes;
+            let filled = src.is_some_and(|src| self.age_and_fill(&mut bytes, &src, xkey));
+            return (bytes, filled);
         }
         // Too big for UDP: header, question and OPT with TC set (RFC 2181 §9);
         // the client retries over TCP.
         self.stats.inc(&self.stats.truncated);
         let mut t = m.truncate().to_vec().unwrap_or_else(|_| self.header_only_for(req, ResponseCode::ServFail));
         restore_question(&mut t, req);
-        t
+        (t, false)
     }
 
     /// Lowers the TTLs of the records from upstream by their age in the
-    /// cache, and stores the answer (with them as stored) in the XDP cache.
-    fn age_and_fill(&self, bytes: &mut [u8], src: &Source<'_>, xkey: Option<&XKey>) {
+    /// cache, and stores the answer (with them as stored) in the XDP cache
+    /// (returns whether it did).
+    fn age_and_fill(&self, bytes: &mut [u8], src: &Source<'_>, xkey: Option<&XKey>) -> bool {
         let fill = xkey.zip(self.xdp()).filter(|(_, x)| x.enabled());
         if src.upstream.is_none() && fill.is_none() {
-            return;
+            return false;
         }
-        let Some(rrs) = wire::records(bytes) else { return };
+        let Some(rrs) = wire::records(bytes) else { return false };
+        let mut filled = false;
         let aging: Vec<usize> = match src.upstream {
             Some(_) => rrs
                 .iter()
@@ -569,11 +585,13 @@ impl Resolver {
                 && let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs, src.rd_only)
             {
                 x.insert(&k.key, &entry);
+                filled = true;
             }
         }
         if let Some(e) = src.upstream {
             wire::age(bytes, &aging, e.age_secs(now));
         }
+        filled
     }
 
     fn account(&self, rcode: ResponseCode) {
