@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use coresvc_common::dns::{self as cdns, QueryBuf};
+use coresvc_common::dns as cdns;
 use coresvc_maps_schema::DnsKey;
 
 use super::stats::Stats;
@@ -52,18 +52,12 @@ impl Parsed {
     /// `msg` as the cache (and the XDP program) reads it, or `None` for a
     /// query of another shape (the slow path answers those).
     pub fn of(msg: &[u8]) -> Option<Parsed> {
-        let buf = QueryBuf::from_msg(msg)?;
-        let mut key = DnsKey::default();
-        let q = cdns::parse_query(&buf, msg.len(), key.name_words()).ok()?;
-        key.qtype = q.qtype;
-        key.qclass = q.qclass;
-        key.flags = q.flags;
-        key.name_len = q.name_len as u8;
-        let question_end = cdns::HDR_LEN + q.question_len();
+        let super::xdp::XKey { key, question_len } = super::xdp::key_of(msg)?;
+        let question_end = cdns::HDR_LEN + question_len;
         // The OPT (the last record, checked by the parser): owner (the
         // root), type, then the class field holding the payload size.
         let udp_limit = match msg.get(question_end + 3..question_end + 5) {
-            Some(p) if q.flags & cdns::KEY_F_EDNS != 0 => {
+            Some(p) if key.flags & cdns::KEY_F_EDNS != 0 => {
                 usize::from(u16::from_be_bytes([p[0], p[1]])).clamp(512, usize::from(super::forward::EDNS_PAYLOAD))
             }
             _ => 512,

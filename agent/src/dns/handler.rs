@@ -712,6 +712,15 @@ mod tests {
         resolver_with("")
     }
 
+    /// `n` TXT records of 62 bytes at `big` (in the last zone).
+    fn big_txt(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!("[[zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = '\"{i:02}{}\"'\n", "x".repeat(60))
+            })
+            .collect()
+    }
+
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 20, 0, 50));
 
     fn query(name: &str, t: RecordType, edns: Option<u16>) -> Message {
@@ -760,12 +769,7 @@ mod tests {
 
     #[test]
     fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
-        let big: String = (0..40)
-            .map(|i| {
-                format!("[[zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = '\"{i:02}{}\"'\n", "x".repeat(60))
-            })
-            .collect();
-        let r = resolver_with(&big);
+        let r = resolver_with(&big_txt(40));
         let q = query("big.dvntm.deevnet.net.", RecordType::TXT, None);
         let a = ask(&r, &q, Transport::Udp);
         assert!(a.metadata.truncation && a.answers.is_empty() && a.queries.len() == 1);
@@ -910,12 +914,7 @@ mod tests {
     /// are forgotten when the catalog changes.
     #[test]
     fn kept_answers_equal_the_lookup_and_follow_the_catalog() {
-        let big: String = (0..12)
-            .map(|i| {
-                format!("[[zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = '\"{i:02}{}\"'\n", "x".repeat(60))
-            })
-            .collect();
-        let r = resolver_with(&big);
+        let r = resolver_with(&big_txt(12));
         let mut kept = AnswerCache::new(64);
         let mut out = Vec::new();
         let corpus = [
