@@ -72,7 +72,8 @@ fn tcp_listener(addr: SocketAddr) -> Result<TcpListener> {
     s.set_freebind_v4(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into()).with_context(|| format!("binding TCP {addr}"))?;
-    s.listen(128)?;
+    // Room for a burst of handshakes; the caps apply once accepted.
+    s.listen(1024)?;
     Ok(TcpListener::from_std(s.into())?)
 }
 
