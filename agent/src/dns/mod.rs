@@ -452,6 +452,15 @@ impl Dns {
     }
 }
 
+impl Drop for Dns {
+    /// A service that failed to start, or was never stopped, serves nothing.
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().expect("dns tasks lock").drain(..) {
+            t.stop();
+        }
+    }
+}
+
 fn forwarder_for(cfg: &Config, stats: Arc<Stats>) -> Forwarder {
     Forwarder::new(
         cfg.dns.upstreams.iter().map(|e| e.0).collect(),

@@ -168,6 +168,15 @@ impl UdpThread {
 /// Starts serving `addr` (port 53 normally).
 pub fn serve(addr: SocketAddr, resolver: Arc<Resolver>, tcp: TcpLimits) -> Result<Vec<Worker>> {
     let mut workers = Vec::new();
+    if let Err(e) = start(addr, resolver, tcp, &mut workers) {
+        // Nothing keeps serving when the start fails.
+        workers.into_iter().for_each(Worker::stop);
+        return Err(e);
+    }
+    Ok(workers)
+}
+
+fn start(addr: SocketAddr, resolver: Arc<Resolver>, tcp: TcpLimits, workers: &mut Vec<Worker>) -> Result<()> {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let rt = tokio::runtime::Handle::current();
     for i in 0..n {
@@ -182,7 +191,7 @@ pub fn serve(addr: SocketAddr, resolver: Arc<Resolver>, tcp: TcpLimits) -> Resul
     }
     let listener = tcp_listener(addr)?;
     workers.push(Worker::Task(tokio::spawn(tcp_loop(listener, resolver, tcp))));
-    Ok(workers)
+    Ok(())
 }
 
 /// One UDP socket's thread: waits in `recvmmsg` for what is queued, answers
