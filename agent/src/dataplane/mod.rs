@@ -864,6 +864,11 @@ pub struct DnsSegmentCounters {
     pub invalidated: u64,
     /// Queries passed to the DNS service, by reason (`schema::DNS_COUNTER_NAMES`).
     pub passes: BTreeMap<String, u64>,
+    /// Answers dropped, and sent truncated, over `dns.rate_limit`.
+    #[serde(default)]
+    pub rate_limited: u64,
+    #[serde(default)]
+    pub slipped: u64,
 }
 
 impl DnsSegmentCounters {
@@ -871,7 +876,7 @@ impl DnsSegmentCounters {
         use schema::dns_counter as c;
         let passes = schema::DNS_COUNTER_NAMES
             .iter()
-            .filter(|(n, _)| *n >= c::NOT_QUERY)
+            .filter(|(n, _)| (c::NOT_QUERY..c::RATE_LIMITED).contains(n))
             .map(|(n, name)| (name.to_string(), s.get(*n)))
             .collect();
         DnsSegmentCounters {
@@ -881,6 +886,8 @@ impl DnsSegmentCounters {
             expired: s.get(c::EXPIRED),
             invalidated: s.get(c::INVALIDATED),
             passes,
+            rate_limited: s.get(c::RATE_LIMITED),
+            slipped: s.get(c::SLIPPED),
         }
     }
 }
