@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
-    btf_maps::PerCpuArray,
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    btf_maps::{Array, PerCpuArray},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_tail},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -166,13 +166,67 @@ pub fn reflect(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Sends the frame back out of the interface it came in on. Run with
-/// BPF_PROG_TEST_RUN's live-frames mode (`coresvc devtool blast`), every
-/// run transmits the frame it was given: a generator with no per-packet
-/// userspace work.
+/// The frames `tx` sends, in turn: word 0 the length, then up to
+/// [`BLAST_BYTES`] bytes.
+#[btf_map]
+static BLAST_FRAMES: Array<[u64; 1 + BLAST_BYTES / 8], 16> = Array::new();
+
+/// Which of `BLAST_FRAMES` this CPU sends next.
+#[btf_map]
+static BLAST_NEXT: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// How many of `BLAST_FRAMES` are set (load time).
+#[unsafe(no_mangle)]
+static BLAST_N: u32 = 0;
+
+const BLAST_BYTES: usize = 128;
+
+/// Writes the next of `BLAST_FRAMES` over the frame it was given (which
+/// must be `BLAST_BYTES` long), trims it to that frame's length and sends
+/// it back out of the interface it came in on. Run with BPF_PROG_TEST_RUN's
+/// live-frames mode (`coresvc devtool blast`), every run transmits one
+/// frame: a generator with no per-packet userspace work. The whole frame is
+/// written on every run because the kernel recycles the pages without
+/// rewriting them, and the path measured may have changed them in place
+/// (an XDP answer, a decremented TTL) before they came back.
 #[xdp]
-pub fn tx(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
+pub fn tx(ctx: XdpContext) -> u32 {
+    try_tx(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+#[inline(always)]
+fn try_tx(ctx: &XdpContext) -> Option<u32> {
+    // SAFETY: a plain read of a load-time constant.
+    let n = unsafe { core::ptr::read_volatile(&BLAST_N) };
+    if n == 0 {
+        return None;
+    }
+    let next = BLAST_NEXT.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot.
+    let i = unsafe {
+        let i = *next;
+        *next = i + 1;
+        (i % u64::from(n)) as u32
+    };
+    let t = BLAST_FRAMES.get(i)?;
+    let start = ctx.data();
+    if start + BLAST_BYTES > ctx.data_end() {
+        return None;
+    }
+    let dst = start as *mut u64;
+    for w in 0..BLAST_BYTES / 8 {
+        // SAFETY: within the bounds checked above; packet data need not be aligned.
+        unsafe { dst.add(w).write_unaligned(t[1 + w]) };
+    }
+    let len = t[0] as i32;
+    if !(14..=BLAST_BYTES as i32).contains(&len) {
+        return None;
+    }
+    // SAFETY: shrinking the frame to the template's length.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, len - BLAST_BYTES as i32) } != 0 {
+        return None;
+    }
+    Some(xdp_action::XDP_TX)
 }
 
 /// Does nothing: `coresvc devtool prog-cost` times it to know the share of

@@ -47,6 +47,11 @@ pub enum Devtool {
         /// Also count the packets whose source is not this address.
         #[arg(long)]
         expect_src: Option<std::net::Ipv4Addr>,
+        /// Seconds the sink stays attached after counting (still dropping):
+        /// a veth whose XDP program goes while a flood fills its ring can be
+        /// left with a full ring nothing drains.
+        #[arg(long, default_value_t = 0.0)]
+        linger: f64,
     },
     /// Forward with nothing but a FIB lookup, TTL decrement and redirect,
     /// until SIGINT/SIGTERM.
@@ -81,9 +86,6 @@ pub enum Devtool {
         threads: u32,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
-        /// Frames per second in all (paced; 0: as fast as the kernel takes them).
-        #[arg(long, default_value_t = 0)]
-        pps: u64,
     },
     /// The data path's cost per packet in the program (BPF_PROG_TEST_RUN
     /// on the offline dataplane, in a network namespace of its own with
@@ -192,7 +194,7 @@ pub fn main(cmd: Devtool) -> Result<()> {
         crate::netns::enter(&ns)?;
     }
     match cmd {
-        Devtool::Sink { iface, warmup, seconds, expect_src, .. } => {
+        Devtool::Sink { iface, warmup, seconds, expect_src, linger, .. } => {
             let mut ebpf = object(expect_src)?;
             attach(&mut ebpf, "sink", &iface)?;
             eprintln!("counting on {iface}");
@@ -214,6 +216,7 @@ pub fn main(cmd: Devtool) -> Result<()> {
                 dns_other_rcode: d(5),
                 dns_not_response: d(6),
             };
+            std::thread::sleep(Duration::from_secs_f64(linger));
             println!("{}", serde_json::to_string(&c)?);
             Ok(())
         }
@@ -233,9 +236,9 @@ pub fn main(cmd: Devtool) -> Result<()> {
             until_signal()?;
             handled(&ebpf)
         }
-        Devtool::Blast { iface, frames, threads, seconds, pps, .. } => {
+        Devtool::Blast { iface, frames, threads, seconds, .. } => {
             let frames = frames.iter().map(|h| hex(h)).collect::<Result<Vec<_>>>()?;
-            println!("{}", serde_json::to_string(&blast(&iface, &frames, threads, seconds, pps)?)?);
+            println!("{}", serde_json::to_string(&blast(&iface, &frames, threads, seconds)?)?);
             Ok(())
         }
         Devtool::ProgCost { config, queries, cases, rules, runs } => {
@@ -291,20 +294,46 @@ struct Blasted {
 /// Frames handed to the interface per BPF_PROG_TEST_RUN call (and batch).
 const BLAST_REPEAT: u32 = 1 << 14;
 const BLAST_BATCH: u32 = 64;
+/// The generator's frames: at most 16 of at most 128 bytes (the `tx`
+/// program's `BLAST_FRAMES`).
+const BLAST_MAX_FRAMES: usize = 16;
+const BLAST_BYTES: usize = 128;
 
 /// `threads` threads, thread `i` on CPU `i`, each sending `frames` in turn
-/// out of `iface` for `seconds` with the `tx` program in live-frames mode;
-/// with `pps`, paced to that many frames per second in all, one batch per
-/// call (a burst larger than a veth's 256-frame ring would be lost to the
-/// burst, not to the path measured).
-fn blast(iface: &str, frames: &[Vec<u8>], threads: u32, seconds: f64, pps: u64) -> Result<Blasted> {
-    let per_thread = pps / u64::from(threads.max(1));
-    let chunk = if pps == 0 { BLAST_REPEAT } else { BLAST_BATCH };
+/// out of `iface` for `seconds` with the `tx` program in live-frames mode
+/// (which writes each frame itself: the kernel recycles its pages unwritten).
+fn blast(iface: &str, frames: &[Vec<u8>], threads: u32, seconds: f64) -> Result<Blasted> {
     let ifindex = crate::dataplane::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
-    let mut ebpf = object(None)?;
+    if frames.is_empty() || frames.len() > BLAST_MAX_FRAMES {
+        bail!("1 to {BLAST_MAX_FRAMES} frames, not {}", frames.len());
+    }
+    let n = frames.len() as u32;
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global("BLAST_N", &n, true)
+        .load(DEVTOOLS_OBJECT)
+        .context("loading the devtools object")?;
+    {
+        let mut m: aya::maps::Array<&mut MapData, [u64; 1 + BLAST_BYTES / 8]> =
+            aya::maps::Array::try_from(ebpf.map_mut("BLAST_FRAMES").ok_or_else(|| anyhow!("no map BLAST_FRAMES"))?)?;
+        for (i, f) in frames.iter().enumerate() {
+            if !(14..=BLAST_BYTES).contains(&f.len()) {
+                bail!("a frame of {} bytes; the generator sends 14 to {BLAST_BYTES}", f.len());
+            }
+            let mut bytes = [0u8; BLAST_BYTES];
+            bytes[..f.len()].copy_from_slice(f);
+            let mut v = [0u64; 1 + BLAST_BYTES / 8];
+            v[0] = f.len() as u64;
+            for (w, c) in v[1..].iter_mut().zip(bytes.chunks(8)) {
+                *w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+            }
+            m.set(i as u32, v, 0)?;
+        }
+    }
     let tx: &mut Xdp = ebpf.program_mut("tx").ok_or_else(|| anyhow!("no program tx"))?.try_into()?;
     tx.load()?;
     let tx: &Xdp = ebpf.program("tx").ok_or_else(|| anyhow!("no program tx"))?.try_into()?;
+    // The program writes every frame over this one.
+    let template = [0u8; BLAST_BYTES];
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let sent = std::thread::scope(|s| {
@@ -313,26 +342,15 @@ fn blast(iface: &str, frames: &[Vec<u8>], threads: u32, seconds: f64, pps: u64) 
                 s.spawn(move || -> Result<u64> {
                     pin_to_cpu(cpu)?;
                     let mut sent = 0u64;
-                    let begun = Instant::now();
-                    for f in frames.iter().cycle() {
-                        if Instant::now() >= until {
-                            break;
-                        }
-                        if per_thread > 0 {
-                            // The next chunk is due when the ones sent so far are.
-                            let due = begun + Duration::from_secs_f64(sent as f64 / per_thread as f64);
-                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                                std::thread::sleep(wait);
-                            }
-                        }
-                        let ctx = offline::xdp_md(f.len(), ifindex);
+                    let ctx = offline::xdp_md(template.len(), ifindex);
+                    while Instant::now() < until {
                         let mut o = TestRunOptions::new();
-                        o.data_in = Some(f);
+                        o.data_in = Some(&template);
                         o.ctx_in = Some(&ctx);
-                        o.repeat = chunk;
-                        o.attrs = TestRunAttrs::new().xdp_live_frames(BLAST_BATCH.min(chunk));
+                        o.repeat = BLAST_REPEAT;
+                        o.attrs = TestRunAttrs::new().xdp_live_frames(BLAST_BATCH);
                         tx.test_run(o).context("BPF_PROG_TEST_RUN (live frames)")?;
-                        sent += u64::from(chunk);
+                        sent += u64::from(BLAST_REPEAT);
                     }
                     Ok(sent)
                 })
