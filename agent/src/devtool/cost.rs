@@ -108,28 +108,44 @@ fn median(mut v: Vec<u64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0) as f64
 }
 
-/// An Ethernet + IPv4 + TCP frame (no options, no payload, checksums
-/// complete), 60 bytes with padding.
-fn tcp_frame(macs: ([u8; 6], [u8; 6]), src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
-    let mut f = vec![0u8; 60];
+/// An Ethernet + IPv4 frame carrying `l4` (protocol `proto`, its checksum
+/// field at `csum` within it filled in), padded to 60 bytes.
+fn ipv4_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    mut l4: Vec<u8>,
+    csum: usize,
+) -> Vec<u8> {
+    let mut f = vec![0u8; 34];
     f[0..6].copy_from_slice(&macs.1);
     f[6..12].copy_from_slice(&macs.0);
     f[12..14].copy_from_slice(&[8, 0]);
-    f[14..24].copy_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6]);
+    f[14..24].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto]);
+    f[16..18].copy_from_slice(&(20 + l4.len() as u16).to_be_bytes());
     f[26..30].copy_from_slice(&src);
     f[30..34].copy_from_slice(&dst);
     let c = checksum::checksum(&f[14..34]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f[38..42].copy_from_slice(&1u32.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = flags;
-    f[48..50].copy_from_slice(&65535u16.to_be_bytes());
-    let sum = checksum::add_bytes(0, &f[26..34]) + 6 + 20;
-    let c = !checksum::fold(checksum::add_bytes(sum, &f[34..54]));
-    f[50..52].copy_from_slice(&c.to_be_bytes());
+    let sum = checksum::add_bytes(0, &f[26..34]) + u32::from(proto) + l4.len() as u32;
+    let c = !checksum::fold(checksum::add_bytes(sum, &l4));
+    l4[csum..csum + 2].copy_from_slice(&(if c == 0 && proto == 17 { 0xffff } else { c }).to_be_bytes());
+    f.extend(l4);
+    f.resize(f.len().max(60), 0);
     f
+}
+
+/// A TCP segment (no options, no payload) in a frame.
+fn tcp_frame(macs: ([u8; 6], [u8; 6]), src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&1u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    ipv4_frame(macs, src, dst, 6, t, 16)
 }
 
 /// A MAC the gateway's interfaces are given in frames to it.
@@ -390,22 +406,12 @@ fn firewall(cfg: &Config, n: u32, runs: u32, seen: &mut Vec<Vec<u8>>) -> Result<
     })
 }
 
-/// An Ethernet + IPv4 + UDP frame with an 18-byte payload (64 bytes on the wire).
+/// A UDP datagram with an 18-byte payload (64 bytes on the wire) from the
+/// dvnt client to the gateway.
 fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut f = vec![0u8; 60];
-    f[0..6].copy_from_slice(&GW_MAC);
-    f[6..12].copy_from_slice(&FIB[1].neighbour_mac);
-    f[12..14].copy_from_slice(&[8, 0]);
-    f[14..24].copy_from_slice(&[0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17]);
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&dst);
-    let c = checksum::checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f[38..40].copy_from_slice(&26u16.to_be_bytes());
-    let sum = checksum::add_bytes(0, &f[26..34]) + 17 + 26;
-    let c = !checksum::fold(checksum::add_bytes(sum, &f[34..60]));
-    f[40..42].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
-    f
+    let mut u = vec![0u8; 26];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&26u16.to_be_bytes());
+    ipv4_frame((FIB[1].neighbour_mac, GW_MAC), src, dst, 17, u, 6)
 }

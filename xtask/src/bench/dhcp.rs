@@ -145,6 +145,16 @@ fn sweep(lab: &Lab, s: &Server, rates: &[u32], seconds: u64) -> Result<Vec<Row>>
     Ok(rows)
 }
 
+/// A peer's sweep, its process checked still running at the end.
+fn peer_sweep(lab: &Lab, s: &Server, rates: &[u32], seconds: u64, mut tool: Tool) -> Result<Vec<Row>> {
+    let mut rows = sweep(lab, s, rates, seconds)?;
+    let alive = tool.alive();
+    if let Some(r) = rows.last_mut() {
+        r.check(alive);
+    }
+    Ok(rows)
+}
+
 /// perfdhcp for `seconds` at `rate`: (DISCOVERs sent per second, ACKs
 /// received per second).
 fn perfdhcp(lab: &Lab, rate: u32, seconds: u64) -> Result<(f64, f64)> {
@@ -280,12 +290,7 @@ fn measure(lab: &mut Lab, o: &Opts, state: &Path) -> Result<Vec<Section>> {
         let csv = kea_dir.join("kea-leases4.csv");
         let store = || kea_store(&csv);
         let s = Server { name: "Kea", store: &store, counter: ("Kea pkt4-ack-sent", &acks), pre: &pre, peer: true };
-        let mut rows = sweep(lab, &s, rates, o.seconds)?;
-        let alive = tool.alive();
-        if let Some(r) = rows.last_mut() {
-            r.check(alive);
-        }
-        rows
+        peer_sweep(lab, &s, rates, o.seconds, tool)?
     };
     let dnsmasq = {
         let leases = lab.paths.run_dir.join("dnsmasq.leases");
@@ -297,12 +302,7 @@ fn measure(lab: &mut Lab, o: &Opts, state: &Path) -> Result<Vec<Section>> {
         let count = || Ok(dnsmasq_store(&leases)?.len() as u64);
         let store = || dnsmasq_store(&leases);
         let s = Server { name: "dnsmasq", store: &store, counter: ("dnsmasq leases", &count), pre: &pre, peer: true };
-        let mut rows = sweep(lab, &s, rates, o.seconds)?;
-        let alive = tool.alive();
-        if let Some(r) = rows.last_mut() {
-            r.check(alive);
-        }
-        rows
+        peer_sweep(lab, &s, rates, o.seconds, tool)?
     };
 
     let mut s = Section::new("dhcp", "DHCP, perfdhcp from dvnt-client as a relay: completed 4-way exchanges", "ACKs/s");

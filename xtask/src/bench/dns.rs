@@ -247,13 +247,7 @@ fn frames(lab: &Lab, server: &str) -> Result<Vec<Vec<u8>>> {
 /// `reflected`, queries sent back unchanged instead).
 fn flood_row(lab: &Lab, name: &str, server: &str, o: &Opts, reflected: bool) -> Result<(Row, u64)> {
     let f = traffic::flood(lab, &frames(lab, server)?, "dvnt-client", None, o.seconds)?;
-    let mut row = Row::new(name);
-    row.offered = Some(f.offered);
-    row.achieved = Some(f.achieved);
-    row.checks.extend(f.checks.iter().cloned());
-    if f.reset {
-        row.counts.push("the receiving veth was stuck afterwards and was reset".into());
-    }
+    let mut row = f.row(name);
     let (noerror, nxdomain, other, queries) =
         (f.count("dns_noerror"), f.count("dns_nxdomain"), f.count("dns_other_rcode"), f.count("dns_not_response"));
     if reflected {

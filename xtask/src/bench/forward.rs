@@ -67,13 +67,7 @@ const TO_PROVISIONER: Target<'static> = Target { sink_node: "provisioner", ping:
 pub(super) fn flood_row(lab: &Lab, name: &str, frame: &[u8], t: &Target, o: &Opts) -> Result<(Row, Flood)> {
     let _ = lab.exec("dvnt-client", ["ping", "-c", "1", "-W", "1", t.ping]);
     let f = traffic::flood(lab, &[frame.to_vec()], t.sink_node, t.expect_src, o.seconds)?;
-    let mut row = Row::new(name);
-    row.offered = Some(f.offered);
-    row.achieved = Some(f.achieved);
-    row.checks.extend(f.checks.iter().cloned());
-    if f.reset {
-        row.counts.push("the receiving veth was stuck afterwards and was reset".into());
-    }
+    let mut row = f.row(name);
     row.check(Check::that(f.count("packets") > 0, format!("frames delivered to {}", t.sink_node), || "none".into()));
     if let Some(src) = t.expect_src {
         let other = f.count("other_source");

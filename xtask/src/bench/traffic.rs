@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{
     isolation::{self, Tool},
-    report::Check,
+    report::{Check, Row},
 };
 
 /// Sender threads: one per CPU of this machine.
@@ -85,6 +85,18 @@ pub struct Flood {
 }
 
 impl Flood {
+    /// A row of this flood: offered, achieved, the generator's checks.
+    pub fn row(&self, name: &str) -> Row {
+        let mut row = Row::new(name);
+        row.offered = Some(self.offered);
+        row.achieved = Some(self.achieved);
+        row.checks.extend(self.checks.iter().cloned());
+        if self.reset {
+            row.counts.push("the receiving veth was stuck afterwards and was reset".into());
+        }
+        row
+    }
+
     pub fn count(&self, k: &str) -> u64 {
         self.sink[k].as_u64().unwrap_or(0)
     }
