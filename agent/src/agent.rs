@@ -165,8 +165,10 @@ impl Agent {
         if cur.agent.pin_dir != next.agent.pin_dir
             || cur.agent.control_socket != next.agent.control_socket
             || cur.agent.state_dir != next.agent.state_dir
+            || (&cur.agent.control_group, &cur.agent.control_users)
+                != (&next.agent.control_group, &next.agent.control_users)
         {
-            restart.push("agent paths");
+            restart.push("agent paths (and control socket access)");
         }
         if cur.dataplane.conntrack_max != next.dataplane.conntrack_max
             || cur.dataplane.xdp_mode != next.dataplane.xdp_mode
@@ -198,7 +200,7 @@ impl Agent {
         {
             let mut dp = self.dataplane.lock().expect("dataplane lock");
             let dp = dp.as_mut().ok_or_else(|| anyhow::anyhow!("the dataplane is shutting down"))?;
-            dp.reconfigure(&next, compiled)?;
+            dp.reconfigure(&next, &plan, compiled)?;
             done.push(format!("firewall: {} rules active", dp.rules_count()));
         }
         let applied = self.routing.apply(&plan).await?;
@@ -249,6 +251,7 @@ impl Agent {
             refused: services.refused.clone(),
             foreign_dhcp: services.watcher.as_ref().map(|w| w.sightings()).unwrap_or_default(),
             tftp: self.tftp.as_ref().map(Tftp::status),
+            control: ctl::stats(),
         })
     }
 
@@ -489,7 +492,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         .with_context(|| format!("creating state directory {}", config.agent.state_dir.display()))?;
     // The control socket first: it refuses to start a second agent on the
     // same socket before that one's dataplane is touched.
-    let listener = ctl::bind(&config.agent.control_socket).await?;
+    let listener = ctl::bind(&config.agent).await?;
     let metrics_listener = match config.agent.metrics_listen {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
@@ -585,6 +588,10 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     let gc = tokio::spawn(conntrack_gc(agent.clone()));
     let names: Vec<String> = dataplane::interfaces(&config, &plan, None).into_iter().map(|i| i.name).collect();
     let links = tokio::spawn(follow_links(agent.clone(), crate::routing::watch_links(names)?));
+    // Everything privileged is done: only what running needs stays (privileges.rs).
+    if let Err(e) = crate::privileges::drop_after_start() {
+        error!("privileges: {e:#}; running with the capabilities it was started with");
+    }
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -651,6 +658,9 @@ async fn conntrack_gc(agent: Arc<Agent>) {
             Ok(0) => {}
             Ok(n) => tracing::debug!("nat: removed {n} unused binding(s)"),
             Err(e) => warn!("nat gc: {e:#}"),
+        }
+        if let Err(e) = dp.reconcile_quotas() {
+            warn!("quotas: {e:#}");
         }
     }
 }

@@ -10,7 +10,6 @@ use crate::{
     agent::{self, Overrides},
     config::Config,
     ctl::{self, Request, Response},
-    dataplane::pins,
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/coresvc/coresvc.toml";
@@ -122,6 +121,14 @@ pub enum Cmd {
         pin_dir: Option<PathBuf>,
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Run inside this network namespace (a name under /run/netns), where
+        /// the programs are attached, keeping the host's bpffs for the pins.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Also when the programs are attached in another network namespace
+        /// (forwarding there stays as it is, with nothing judging).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -401,13 +408,18 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             other => unexpected(other),
         },
-        Cmd::Unpin { pin_dir, config } => {
+        Cmd::Unpin { pin_dir, config, netns, force } => {
+            if let Some(ns) = &netns {
+                crate::netns::enter(ns)?;
+            }
             let dir = match (pin_dir, config) {
                 (Some(d), _) => d,
                 (None, Some(c)) => Config::load(&c)?.agent.pin_dir,
                 (None, None) => PathBuf::from(coresvc_maps_schema::DEFAULT_PIN_DIR),
             };
-            pins::remove_all(&dir).with_context(|| format!("removing pins under {}", dir.display()))?;
+            for ifname in crate::dataplane::unpin(&dir, force)? {
+                println!("{ifname}: IPv4 forwarding off (nothing judges its traffic any more)");
+            }
             println!("removed the pins under {}", dir.display());
             Ok(())
         }
@@ -468,6 +480,12 @@ pub fn render_status(s: &ctl::Status) -> String {
         s.authority
     );
     let _ = writeln!(o, "config   {}", s.config.display());
+    let c = &s.control;
+    let _ = writeln!(
+        o,
+        "control  {} open, {} accepted, refused {} (peer) {} (busy), {} evicted, {} idle closed",
+        c.active, c.accepted, c.refused_peer, c.refused_busy, c.evicted, c.idle_closed
+    );
     for p in &s.refused {
         let f: Vec<String> = p.findings.iter().map(ToString::to_string).collect();
         let _ = writeln!(o, "REFUSED  segment {} ({}): {}", p.segment, p.interface, f.join("; "));
@@ -663,6 +681,9 @@ fn render_dhcp(o: &mut String, d: &crate::dhcp::DhcpStatus) {
         j.compactions,
         j.failures
     );
+    if let Some(e) = &j.broken {
+        let _ = writeln!(o, "         JOURNAL BROKEN, DHCP answers nothing: {e}");
+    }
 }
 
 /// `coresvc leases` as a table.

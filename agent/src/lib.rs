@@ -12,5 +12,6 @@ pub mod dhcp;
 pub mod dns;
 pub mod metrics;
 pub mod netns;
+pub mod privileges;
 pub mod routing;
 pub mod tftp;

@@ -114,12 +114,11 @@ impl Routing {
         Ok(self.addresses(Some(idx)).await?.into_iter().find_map(|(_, a, l, _)| Ipv4Net::new(a, l).ok()))
     }
 
-    /// Brings the system to `plan`: enables IPv4 forwarding, adds missing
+    /// Brings the system to `plan`: adds missing
     /// addresses and routes (tagged), removes tagged ones the plan no longer
     /// has. Addresses and routes without the tag are never changed.
     pub async fn apply(&self, plan: &Plan) -> Result<Applied> {
         let mut out = Applied::default();
-        enable_forwarding()?;
         // Addresses: the ones no longer wanted go first (an authority switch
         // replaces a segment's address with another in the same network;
         // removing a primary address would take the secondaries with it).
@@ -358,7 +357,6 @@ pub fn watch_links(names: Vec<String>) -> Result<tokio::sync::mpsc::Receiver<Lin
     Ok(rx)
 }
 
-/// IPv4 forwarding in this network namespace.
 /// Removing an interface's primary address keeps its other addresses
 /// (someone else's included) instead of deleting them with it.
 fn promote_secondaries(ifname: &str) {
@@ -370,12 +368,18 @@ fn promote_secondaries(ifname: &str) {
     }
 }
 
-fn enable_forwarding() -> Result<()> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    let now = std::fs::read_to_string(path).context("reading net.ipv4.ip_forward")?;
-    if now.trim() != "1" {
-        std::fs::write(path, "1").context("enabling net.ipv4.ip_forward")?;
-        info!("routing: enabled IPv4 forwarding");
+/// IPv4 forwarding of what arrives on interface `ifname` (the kernel
+/// forwards by the receiving interface's `forwarding`). coresvc turns it on
+/// for an interface only once its programs judge it, and off before they
+/// go (never the namespace-wide `ip_forward`, which would open every
+/// interface, coresvc's or not).
+pub fn set_forwarding(ifname: &str, on: bool) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
+    let want = if on { "1" } else { "0" };
+    let now = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if now.trim() != want {
+        std::fs::write(&path, want).with_context(|| format!("setting {path} to {want}"))?;
+        info!("routing: IPv4 forwarding {} on {ifname}", if on { "enabled" } else { "disabled" });
     }
     Ok(())
 }

@@ -1,13 +1,13 @@
 //! Per-interface verdict counters and per-reason drop counters (per CPU, so
 //! plain increments are race-free).
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{EbpfContext, programs::XdpContext};
 use aya_log_ebpf::{debug, info};
 use coresvc_maps_schema::if_stats_index;
 
 use crate::{
     maps::{DROP_STATS, IF_STATS},
-    packet::frame_len,
+    packet::{Bounds, frame_len},
 };
 
 /// Counts the frame under `verdict` for the interface with stats slot
@@ -34,9 +34,10 @@ pub fn count_verdict(ctx: &XdpContext, slot: u8, verdict: u32) {
     }
 }
 
+/// Counts a dropped frame (XDP or TC) under its reason.
 #[inline(always)]
-pub fn count_drop(ctx: &XdpContext, reason: u32) {
-    debug!(ctx, "drop on ifindex {}: reason {}", ctx.ingress_ifindex() as u32, reason);
+pub fn count_drop<C: EbpfContext + Bounds>(ctx: &C, reason: u32) {
+    debug!(ctx, "drop: reason {}", reason);
     if let Some(c) = DROP_STATS.get_ptr_mut(reason) {
         // SAFETY: a per-CPU slot, written by this CPU only.
         unsafe {

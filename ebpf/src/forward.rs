@@ -24,6 +24,30 @@ use crate::{
 /// `snat`: the source the packet leaves with (NAT after routing).
 #[inline(always)]
 pub fn try_forward(ctx: &XdpContext, p: &Ip4, ifindex: u32, snat: Option<([u8; 4], u16)>) -> Option<u32> {
+    let (addr, port) = match snat {
+        Some((a, port)) => (u32::from_ne_bytes(a), u32::from(port) | SNAT),
+        None => (0, 0),
+    };
+    match forward(ctx, p, ifindex, addr, port) {
+        NOT_FORWARDED => None,
+        v => Some(v),
+    }
+}
+
+const SNAT: u32 = 0x1_0000;
+const NOT_FORWARDED: u32 = u32::MAX;
+
+/// [`try_forward`] as a BPF subprogram (its FIB parameters in a frame of
+/// their own), with scalar arguments and result: `port` has `SNAT` set when
+/// the source is translated to `addr`; `NOT_FORWARDED` for the stack.
+#[inline(never)]
+fn forward(ctx: &XdpContext, p: &Ip4, ifindex: u32, addr: u32, port: u32) -> u32 {
+    let snat = (port & SNAT != 0).then_some((addr.to_ne_bytes(), port as u16));
+    forward_in(ctx, p, ifindex, snat).unwrap_or(NOT_FORWARDED)
+}
+
+#[inline(always)]
+fn forward_in(ctx: &XdpContext, p: &Ip4, ifindex: u32, snat: Option<([u8; 4], u16)>) -> Option<u32> {
     if p.ihl != ipv4::MIN_HDR_LEN || p.fragment || p.ttl <= 1 {
         return None;
     }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use coresvc_maps_schema::{
-    self as schema, CtEntry, CtKey, DnsAnswer, DnsScratch, DnsStats, IfaceInfo, NatBind, NatKey, PacketCount,
-    PrefixData, Rule, Settings,
+    self as schema, CtEntry, CtKey, DnsAnswer, DnsScratch, DnsStats, FragKey, FragVerdict, IfaceInfo, NatBind, NatKey,
+    PacketCount, PktScratch, PrefixData, Rule, Settings, SrcUse,
 };
 
 #[btf_map]
@@ -39,7 +39,7 @@ pub static RULE_STATS: PerCpuArray<PacketCount, { schema::RULE_STATS.max_entries
 pub static RULE_PREFIXES: LpmTrie<PrefixData, u32, { schema::RULE_PREFIXES.max_entries as usize }> = LpmTrie::new();
 
 #[btf_map]
-pub static CONNTRACK: HashMap<CtKey, CtEntry, { schema::CONNTRACK.max_entries as usize }> = HashMap::new();
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { schema::CONNTRACK.max_entries as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static NAT_BIND: HashMap<NatKey, NatBind, { schema::NAT_BIND.max_entries as usize }> = HashMap::new();
@@ -58,6 +58,18 @@ pub static DNS_STATS: PerCpuArray<DnsStats, { schema::DNS_STATS.max_entries as u
 
 #[btf_map]
 pub static DNS_SCRATCH: PerCpuArray<DnsScratch, { schema::DNS_SCRATCH.max_entries as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static SRC_QUOTA: LruHashMap<[u8; 4], SrcUse, { schema::SRC_QUOTA.max_entries as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static SRC_GUARD: LpmTrie<PrefixData, u32, { schema::SRC_GUARD.max_entries as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static FRAGS: LruHashMap<FragKey, FragVerdict, { schema::FRAGS.max_entries as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static PKT_SCRATCH: PerCpuArray<PktScratch, { schema::PKT_SCRATCH.max_entries as usize }> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn settings() -> Option<&'static Settings> {
@@ -87,4 +99,11 @@ pub fn is_local(addr: [u8; 4]) -> bool {
 pub fn in_prefix_set(set: u32, addr: [u8; 4]) -> bool {
     let key = Key::new(64, PrefixData { set: set.to_be_bytes(), addr });
     RULE_PREFIXES.get(&key).is_some()
+}
+
+/// True when `addr` is in [`SRC_GUARD`]'s set `set`.
+#[inline(always)]
+pub fn in_src_guard(set: u32, addr: [u8; 4]) -> bool {
+    let key = Key::new(64, PrefixData { set: set.to_be_bytes(), addr });
+    SRC_GUARD.get(&key).is_some()
 }

@@ -287,6 +287,26 @@ const PROBES: u32 = 16;
 /// says the binding is new (see [`release`]).
 #[inline(always)]
 pub fn bind(s: &Settings, inside: [u8; 4], iport: u16, proto: u8, now: u64) -> Result<(u16, bool), u32> {
+    // In one plain integer: a `Result` of a tuple leaves its payload
+    // undefined on the error path, and the verifier refuses the register
+    // the compiler reads it from.
+    let c = bind_code(s, inside, iport, proto, now);
+    if c & BIND_ERR != 0 { Err(c & 0xff) } else { Ok((c as u16, c & BIND_FRESH != 0)) }
+}
+
+const BIND_FRESH: u32 = 0x1_0000;
+const BIND_ERR: u32 = 0x2_0000;
+
+#[inline(always)]
+fn bind_code(s: &Settings, inside: [u8; 4], iport: u16, proto: u8, now: u64) -> u32 {
+    match bind_in(s, inside, iport, proto, now) {
+        Ok((port, fresh)) => u32::from(port) | if fresh { BIND_FRESH } else { 0 },
+        Err(r) => BIND_ERR | r,
+    }
+}
+
+#[inline(always)]
+fn bind_in(s: &Settings, inside: [u8; 4], iport: u16, proto: u8, now: u64) -> Result<(u16, bool), u32> {
     let nat_addr = s.nat_addr;
     let out_key = key(inside, iport, proto, NAT_DIR_OUT);
     if let Some(b) = NAT_BIND.get_ptr_mut(out_key) {
@@ -315,6 +335,8 @@ pub fn bind(s: &Settings, inside: [u8; 4], iport: u16, proto: u8, now: u64) -> R
     if min == 0 || max < min {
         return Err(reason::NAT_EXHAUSTED);
     }
+    // One host does not take every outside port.
+    crate::conntrack::admit_nat_port(s, inside, now)?;
     let span = max - min + 1;
     let preferred = match iport.checked_rem(span) {
         _ if iport >= min && iport <= max => iport,
@@ -337,6 +359,7 @@ pub fn bind(s: &Settings, inside: [u8; 4], iport: u16, proto: u8, now: u64) -> R
         // SAFETY: copied out at once.
         return unsafe { NAT_BIND.get(out_key).map(|b| (b.port, false)) }.ok_or(reason::NAT_FULL);
     }
+    crate::conntrack::count_nat_port(s, inside);
     Ok((a.found, true))
 }
 

@@ -31,6 +31,36 @@ impl Bounds for TcContext {
     }
 }
 
+/// Copies frame bytes out with the kernel's helper (for the few reads that
+/// would cost the verifier more as bounds-checked packet access).
+pub trait LoadBytes {
+    /// # Safety
+    /// `dst` holds `len` (at least 1) writable bytes.
+    unsafe fn load_raw(&self, offset: u32, dst: *mut u8, len: u32) -> i64;
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: u32, dst: &mut [u8; N]) -> i64 {
+        // SAFETY: `dst` holds N bytes.
+        unsafe { self.load_raw(offset, dst.as_mut_ptr(), N as u32) }
+    }
+}
+
+impl LoadBytes for XdpContext {
+    #[inline(always)]
+    unsafe fn load_raw(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: the caller's promise.
+        unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(self.ctx.cast(), offset, dst.cast(), len) }
+    }
+}
+
+impl LoadBytes for TcContext {
+    #[inline(always)]
+    unsafe fn load_raw(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: the caller's promise.
+        unsafe { aya_ebpf::helpers::bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) }
+    }
+}
+
 /// A pointer to `T` at `offset` from the start of the frame, if the frame
 /// holds all of it.
 #[inline(always)]

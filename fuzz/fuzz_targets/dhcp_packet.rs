@@ -4,6 +4,7 @@
 #![no_main]
 
 use std::{
+    net::Ipv4Addr,
     path::Path,
     sync::{LazyLock, Mutex},
 };
@@ -26,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
     let (server, now) = &mut *guard;
     *now += 1;
     let segment = (seg < 3).then_some(usize::from(seg));
-    let out = server.handle(segment, packet, *now);
+    // From the relay a request names (so relayed paths are reached), else
+    // from a client without an address.
+    let source = packet.get(24..28).map_or(Ipv4Addr::UNSPECIFIED, |g| Ipv4Addr::new(g[0], g[1], g[2], g[3]));
+    let out = server.handle(segment, source, packet, *now);
     if let Some(r) = &out.reply {
         assert!(r.bytes.len() >= 300);
         assert_eq!(r.bytes[0], 2, "a BOOTREPLY");

@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
 /// agent that finds pinned maps.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// The default bpffs directory holding the pins of one coresvc instance.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
@@ -93,8 +93,14 @@ pub struct Settings {
     /// query (0: no limit): a clean stop that keeps the programs sets it,
     /// so cached answers outlive the agent for a restart, not for good.
     pub dns_cache_until_ns: u64,
+    /// Live forwarded connections one source address may have at most (0:
+    /// no limit). Counted in [`SRC_QUOTA`]; the gateway's own are exempt.
+    pub flow_quota: u32,
+    /// Masquerade bindings (outside ports) one inside address may hold at
+    /// most (0: no limit).
+    pub nat_port_quota: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 32 + 256 + 8);
+const _: () = assert!(size_of::<Settings>() == 32 + 256 + 8 + 8);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -142,6 +148,9 @@ pub const SETTINGS_F_FIREWALL: u32 = 1 << 1;
 pub const SETTINGS_F_FAST_FORWARD: u32 = 1 << 2;
 /// Answer DNS queries on the segments from [`DNS_CACHE`] (XDP_TX).
 pub const SETTINGS_F_DNS_CACHE: u32 = 1 << 3;
+/// Hand IPv6 frames to the stack unjudged (`firewall.ipv6 = "stack"`);
+/// without it they are dropped, counted as [`reason::IPV6_POLICY`].
+pub const SETTINGS_F_IPV6_STACK: u32 = 1 << 4;
 
 pub const SETTINGS: MapSpec = MapSpec {
     name: "SETTINGS",
@@ -179,6 +188,12 @@ pub struct IfaceInfo {
     /// The interface's counters in [`IF_STATS`]: 1 to [`MAX_IFACES`]
     /// (0 counts frames on interfaces without an entry here).
     pub stats_slot: u8,
+    /// A segment's network (network order) and prefix length: sources a
+    /// frame arriving here may have (besides [`SRC_GUARD`]'s routes behind
+    /// it). Unused for the uplink.
+    pub cidr: [u8; 4],
+    pub cidr_len: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Connections from this segment to the uplink are masqueraded.
@@ -189,7 +204,7 @@ pub const MAX_IFACES: u32 = 64;
 
 pub const ATTACH_NATIVE: u8 = 1;
 pub const ATTACH_GENERIC: u8 = 2;
-const _: () = assert!(size_of::<IfaceInfo>() == 16);
+const _: () = assert!(size_of::<IfaceInfo>() == 24);
 
 pub const IFACES: MapSpec = MapSpec {
     name: "IFACES",
@@ -287,6 +302,41 @@ pub mod reason {
     pub const NAT_EXHAUSTED: u32 = 8;
     /// The NAT bindings table is full.
     pub const NAT_FULL: u32 = 9;
+    /// A frame on an interface the programs have no entry for (being
+    /// configured, or not coresvc's): never passed unjudged.
+    pub const IFACE_UNKNOWN: u32 = 10;
+    /// The settings are not (yet) this schema's: nothing is configured.
+    pub const NOT_CONFIGURED: u32 = 11;
+    /// Neither IPv4, ARP nor IPv6: VLAN-tagged frames and every other
+    /// ethertype (coresvc serves none of them).
+    pub const L2_UNSERVED: u32 = 12;
+    /// IPv6, dropped by `firewall.ipv6 = "drop"` (the default).
+    pub const IPV6_POLICY: u32 = 13;
+    /// An IPv4 packet whose transport header is cut short (a tiny first
+    /// fragment, a truncated segment): it cannot be judged.
+    pub const L4_TRUNCATED: u32 = 14;
+    /// The source address cannot be on the interface it arrived on (not
+    /// the segment's network or a route behind it; an inside or the
+    /// gateway's own address from the uplink; a martian), or a tracked
+    /// connection's packet on another interface than its side's (BCP 38).
+    pub const SPOOFED: u32 = 15;
+    /// A routing outcome the program cannot judge (a route with
+    /// lightweight-tunnel encapsulation, an unknown FIB result).
+    pub const ROUTE_UNSUPPORTED: u32 = 16;
+    /// The source address has `dataplane.max_flows_per_host` connections.
+    pub const FLOW_QUOTA: u32 = 17;
+    /// The inside address holds `nat.max_ports_per_host` outside ports.
+    pub const NAT_QUOTA: u32 = 18;
+    /// A TCP RST or FIN outside the connection's sequence window.
+    pub const TCP_WINDOW: u32 = 19;
+    /// A later fragment whose first fragment was not seen and judged.
+    pub const FRAG_UNTRACKED: u32 = 20;
+    /// A fragment that could rewrite a judged header (TCP at offset 8,
+    /// RFC 1858).
+    pub const FRAG_INVALID: u32 = 21;
+    /// TC egress: a forwarded packet of no tracked connection (something
+    /// reached the stack unjudged; the last line of defence).
+    pub const EGRESS_UNTRACKED: u32 = 22;
     pub const COUNT: u32 = 64;
 }
 
@@ -300,6 +350,19 @@ pub const DROP_REASON_NAMES: &[(u32, &str)] = &[
     (reason::CT_INVALID, "conntrack-invalid"),
     (reason::NAT_EXHAUSTED, "nat-ports-exhausted"),
     (reason::NAT_FULL, "nat-table-full"),
+    (reason::IFACE_UNKNOWN, "unknown-interface"),
+    (reason::NOT_CONFIGURED, "not-configured"),
+    (reason::L2_UNSERVED, "ethertype-unserved"),
+    (reason::IPV6_POLICY, "ipv6-policy"),
+    (reason::L4_TRUNCATED, "l4-truncated"),
+    (reason::SPOOFED, "source-spoofed"),
+    (reason::ROUTE_UNSUPPORTED, "route-unsupported"),
+    (reason::FLOW_QUOTA, "flow-quota"),
+    (reason::NAT_QUOTA, "nat-port-quota"),
+    (reason::TCP_WINDOW, "tcp-out-of-window"),
+    (reason::FRAG_UNTRACKED, "fragment-untracked"),
+    (reason::FRAG_INVALID, "fragment-invalid"),
+    (reason::EGRESS_UNTRACKED, "egress-untracked"),
 ];
 
 pub fn drop_reason_name(n: u32) -> &'static str {
@@ -333,7 +396,7 @@ pub const LOCAL_ADDRS: MapSpec = MapSpec {
 // ---------------------------------------------------------------- RULES
 
 /// Rules per bank. Bank `b` occupies indices `b * RULES_PER_BANK ..`.
-pub const RULES_PER_BANK: u32 = 128;
+pub const RULES_PER_BANK: u32 = 1024;
 
 /// A compiled firewall rule (see `coresvc_common::firewall`).
 #[repr(C)]
@@ -461,9 +524,21 @@ pub struct CtEntry {
     pub snat_port: u16,
     pub dnat_port: u16,
     pub nat_kind: u8,
-    pub _pad: [u8; 7],
+    /// TCP window scale of each side (originator, replier) from its SYN;
+    /// [`TCP_NO_WSCALE`] when it sent none.
+    pub wscale: [u8; 2],
+    pub _pad: u8,
+    /// TCP: the highest sequence number each side sent (seq + length), and
+    /// the largest window each side advertised (scaled): an RST or FIN is
+    /// accepted only within the receiver's window (loosely, as Linux does).
+    pub seq_end: [u32; 2],
+    pub max_win: [u32; 2],
+    pub _pad2: [u8; 4],
 }
-const _: () = assert!(size_of::<CtEntry>() == 80);
+const _: () = assert!(size_of::<CtEntry>() == 96);
+
+/// `CtEntry::wscale` of a side whose SYN had no window-scale option.
+pub const TCP_NO_WSCALE: u8 = 0xff;
 
 /// No translation.
 pub const NAT_NONE: u8 = 0;
@@ -477,11 +552,14 @@ pub const NAT_DNAT: u8 = 2;
 /// forward to another inside host) and is seen there as `nat_addr:snat_port`.
 pub const NAT_HAIRPIN: u8 = 3;
 
-/// The default size; `dataplane.conntrack_max` overrides it.
+/// The default size; `dataplane.conntrack_max` overrides it. An LRU map, as
+/// Cilium's: when full, a new connection replaces the least recently used
+/// one in the kernel itself (also with the agent dead); per-source quotas
+/// ([`SRC_QUOTA`]) keep one host from pushing everyone else out.
 pub const CONNTRACK: MapSpec = MapSpec {
     name: "CONNTRACK",
     pin: "conntrack",
-    kind: MapKind::Hash,
+    kind: MapKind::LruHash,
     key_size: size_of::<CtKey>() as u32,
     value_size: size_of::<CtEntry>() as u32,
     max_entries: 65536,
@@ -820,6 +898,116 @@ pub const DNS_SCRATCH: MapSpec = MapSpec {
     doc: "per-CPU working memory of the DNS cache (one query at a time)",
 };
 
+// ---------------------------------------------------------------- hardening
+
+/// What one source address uses, for the per-source quotas (value of
+/// [`SRC_QUOTA`]). The programs count up as they create; the agent's
+/// collection counts again from the tables and writes the exact figures
+/// (`reconciled_ns`). Without the agent for a minute, a source at its quota
+/// has its counts halved once a minute, so no host is locked out for good.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SrcUse {
+    /// Forwarded connections it originated.
+    pub flows: u32,
+    /// Masquerade bindings of this inside address.
+    pub nat_ports: u32,
+    /// CLOCK_MONOTONIC ns of the last recount (agent) or halving (program).
+    pub reconciled_ns: u64,
+}
+const _: () = assert!(size_of::<SrcUse>() == 16);
+
+/// After this long without a recount, a source at its quota is halved.
+pub const SRC_QUOTA_STALE_NS: u64 = 60_000_000_000;
+
+pub const SRC_QUOTA: MapSpec = MapSpec {
+    name: "SRC_QUOTA",
+    pin: "src_quota",
+    kind: MapKind::LruHash,
+    key_size: 4,
+    value_size: size_of::<SrcUse>() as u32,
+    max_entries: 16384,
+    doc: "per-source address: forwarded connections and NAT ports in use (quotas)",
+};
+
+/// Prefix set of [`SRC_GUARD`] holding every inside network (segments and
+/// routes behind them) and the gateway's addresses: sources that never
+/// arrive from the uplink. Set `1 + i`: routes behind segment `i`.
+pub const SRC_GUARD_INSIDE: u32 = 0;
+
+/// Source validation (BCP 38): keys are [`PrefixData`] like
+/// [`RULE_PREFIXES`]'.
+pub const SRC_GUARD: MapSpec = MapSpec {
+    name: "SRC_GUARD",
+    pin: "src_guard",
+    kind: MapKind::LpmTrie,
+    key_size: 4 + size_of::<PrefixData>() as u32,
+    value_size: 4,
+    max_entries: 1024,
+    doc: "source validation: inside prefixes (set 0) and routes behind each segment (set 1 + segment)",
+};
+
+/// Key of [`FRAGS`]: one IPv4 datagram's fragments, as they arrive
+/// (`stage` 0, XDP) or leave (`stage` 1, TC egress).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// The IP identification (network order bytes).
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub stage: u8,
+}
+const _: () = assert!(size_of::<FragKey>() == 12);
+
+/// Value of [`FRAGS`]: the verdict of the datagram's first fragment, which
+/// its later fragments (no ports to judge by) follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragVerdict {
+    /// CLOCK_MONOTONIC ns of the first fragment; followed for
+    /// [`FRAG_TIMEOUT_NS`] (the kernel's reassembly timeout).
+    pub first_ns: u64,
+    /// The address the later fragments get: destination at XDP (DNAT),
+    /// source at TC egress (SNAT); 0: unchanged.
+    pub addr: [u8; 4],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<FragVerdict>() == 16);
+
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+pub const FRAGS: MapSpec = MapSpec {
+    name: "FRAGS",
+    pin: "frags",
+    kind: MapKind::LruHash,
+    key_size: size_of::<FragKey>() as u32,
+    value_size: size_of::<FragVerdict>() as u32,
+    max_entries: 8192,
+    doc: "fragmented datagrams: the first fragment's verdict and translation, for the later ones",
+};
+
+/// Per-CPU working memory of the XDP programs for the frame being judged
+/// (its parsed headers, shared by the stages of the pipeline; too big for
+/// the BPF stack). Nothing is kept in it between frames.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct PktScratch {
+    pub bytes: [u8; 256],
+}
+const _: () = assert!(size_of::<PktScratch>() == 256);
+
+pub const PKT_SCRATCH: MapSpec = MapSpec {
+    name: "PKT_SCRATCH",
+    pin: "pkt_scratch",
+    kind: MapKind::PerCpuArray,
+    key_size: 4,
+    value_size: size_of::<PktScratch>() as u32,
+    max_entries: 1,
+    doc: "per-CPU working memory of the XDP programs (the frame being judged)",
+};
+
 /// Every map of the schema, in creation order.
 pub const ALL_MAPS: &[MapSpec] = &[
     SETTINGS,
@@ -838,6 +1026,10 @@ pub const ALL_MAPS: &[MapSpec] = &[
     DNS_EPOCHS,
     DNS_STATS,
     DNS_SCRATCH,
+    SRC_QUOTA,
+    SRC_GUARD,
+    FRAGS,
+    PKT_SCRATCH,
 ];
 
 /// Maps whose size comes from the configuration (checked against it, not
@@ -867,7 +1059,11 @@ pod!(
     DnsKey,
     DnsAnswer,
     DnsStats,
-    DnsScratch
+    DnsScratch,
+    SrcUse,
+    FragKey,
+    FragVerdict,
+    PktScratch
 );
 
 #[cfg(test)]

@@ -141,12 +141,35 @@ pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
 
 /// A TCP segment (20-byte header) with a valid checksum.
 pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(20 + payload.len());
+    let ack = if flags & 0x10 != 0 { 2000 } else { 0 };
+    tcp_seg(src, sport, dst, dport, TcpSeg { flags, seq: 1000, ack, win: 0xffff, options: &[] }, payload)
+}
+
+/// The sequence-space fields of a TCP segment.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSeg<'a> {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub win: u16,
+    /// TCP options, padded to 4 bytes by the caller.
+    pub options: &'a [u8],
+}
+
+/// A TCP segment with the given sequence numbers, window and options, and a
+/// valid checksum.
+pub fn tcp_seg(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, s: TcpSeg, payload: &[u8]) -> Vec<u8> {
+    assert!(s.options.len().is_multiple_of(4) && s.options.len() <= 40);
+    let mut t = Vec::with_capacity(20 + s.options.len() + payload.len());
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&1000u32.to_be_bytes());
-    t.extend_from_slice(&(if flags & 0x10 != 0 { 2000u32 } else { 0 }).to_be_bytes());
-    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(&s.seq.to_be_bytes());
+    t.extend_from_slice(&s.ack.to_be_bytes());
+    t.push(((20 + s.options.len()) as u8 / 4) << 4);
+    t.push(s.flags);
+    t.extend_from_slice(&s.win.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]);
+    t.extend_from_slice(s.options);
     t.extend_from_slice(payload);
     let c = l4_checksum(src, dst, 6, &t);
     t[16..18].copy_from_slice(&c.to_be_bytes());

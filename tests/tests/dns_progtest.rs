@@ -315,11 +315,10 @@ fn malformed_and_unsupported_queries_pass_untouched() {
         let mut f = good.clone();
         f[41] ^= 0x01;
         cases.push(("a bad UDP checksum", f, counter::CHECKSUM));
-        let mut f = good.clone();
-        f[14 + 12] = 10;
-        f[14 + 13] = 99;
-        frames::refresh_ip_checksum(&mut f);
-        cases.push(("a source outside the segment", f, counter::SOURCE));
+        let mut spoofed = good.clone();
+        spoofed[14 + 12] = 10;
+        spoofed[14 + 13] = 99;
+        frames::refresh_ip_checksum(&mut spoofed);
         let mut f = good.clone();
         f[0..6].fill(0xff);
         cases.push(("a broadcast frame", f, counter::SOURCE));
@@ -346,6 +345,13 @@ fn malformed_and_unsupported_queries_pass_untouched() {
             assert_eq!(s.stat(*c), before + 1, "{what}: counted as {}", schema::DNS_COUNTER_NAMES[*c as usize].1);
             assert_eq!(s.stat(counter::HITS), hits, "{what}");
         }
+        // A source outside the segment: not answered, and then dropped by
+        // the firewall's source check (BCP 38).
+        let before = s.stat(counter::SOURCE);
+        let (v, out) = s.xdp(&spoofed);
+        assert_eq!((v, &out), (DROP, &spoofed));
+        assert_eq!(s.stat(counter::SOURCE), before + 1);
+        assert_eq!(s.fw.drops(reason::SPOOFED), 1);
         // A bad IPv4 header checksum: not answered, and dropped by the
         // header checks as before.
         let drops = s.fw.drops(reason::IPV4_BAD_CHECKSUM);

@@ -263,8 +263,9 @@ fn coresvc_removes_only_the_routes_it_added() {
     assert!(r.contains("default via 192.0.2.1 dev up0 proto 197"), "{r}");
     let out = Command::new("ip").args(["-n", &lab.gw_ns(), "-o", "addr", "show", "dev", "mgmt0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("10.10.0.1/24"), "the agent assigned the gateway address");
-    let fwd = lab.exec("gw", ["sysctl", "-n", "net.ipv4.ip_forward"]).unwrap();
-    assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
+    // Forwarding is on for coresvc's interfaces, never namespace-wide.
+    let fwd = lab.exec("gw", ["sysctl", "-n", "net.ipv4.conf.mgmt0.forwarding", "net.ipv4.ip_forward"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&fwd.stdout).split_whitespace().collect::<Vec<_>>(), ["1", "0"]);
     // Somebody else's route.
     coresvc_lab::run(&mut lab.cmd("gw", ["ip", "route", "add", "10.98.0.0/16", "via", "10.10.0.254"])).unwrap();
     let text = std::fs::read_to_string(&cfg).unwrap();

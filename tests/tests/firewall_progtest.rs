@@ -198,20 +198,6 @@ fn a_flow_the_new_rules_forbid_is_cut_on_its_next_packet() {
 }
 
 #[test]
-fn a_full_table_refuses_new_flows_instead_of_allowing_them_untracked() {
-    in_fib_ns(|| {
-        let cfg = example();
-        let mut fw = Fw::new(&cfg, 1);
-        let dvnt = fw.dvnt;
-        assert_eq!(fw.xdp(dvnt, &frame_tcp(CLIENT_MAC, "10.20.0.50", 40000, "192.0.2.1", 443, SYN)).0, PASS);
-        assert_eq!(fw.xdp(dvnt, &frame_tcp(CLIENT_MAC, "10.20.0.50", 40001, "192.0.2.1", 443, SYN)).0, DROP);
-        assert_eq!(fw.drops(reason::CT_FULL), 1);
-        // The tracked one keeps working.
-        assert_eq!(fw.xdp(dvnt, &frame_tcp(CLIENT_MAC, "10.20.0.50", 40000, "192.0.2.1", 443, ACK)).0, PASS);
-    });
-}
-
-#[test]
 fn connections_the_gateway_opens_let_their_replies_in() {
     in_fib_ns(|| {
         let cfg = example();
@@ -247,20 +233,5 @@ fn connections_the_gateway_opens_let_their_replies_in() {
         );
         fw.egress(&dns_answer);
         assert_eq!(fw.flows().len(), 1);
-    });
-}
-
-#[test]
-fn later_fragments_are_judged_without_ports() {
-    in_fib_ns(|| {
-        let cfg = example();
-        let mut fw = Fw::new(&cfg, 1024);
-        let (dvnt, up) = (fw.dvnt, fw.up);
-        let body = [0u8; 16];
-        let frag =
-            |mac, s: &str, d: &str| frames::ipv4(mac, [2, 0xff, 0, 0, 0, 1], ip(s), ip(d), 17, 64, 0x0010, &body);
-        assert_eq!(fw.xdp(dvnt, &frag(CLIENT_MAC, "10.20.0.50", "192.0.2.1")).0, PASS, "egress allows");
-        assert_eq!(fw.xdp(up, &frag(UPSTREAM_MAC, "192.0.2.1", "10.20.0.50")).0, DROP, "inbound denies");
-        assert!(fw.flows().is_empty());
     });
 }

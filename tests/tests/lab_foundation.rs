@@ -215,9 +215,10 @@ fn pinned_maps_of_another_schema_version_are_refused() {
     assert!(xdp_attached(&lab, "mgmt0"), "the earlier programs were left alone:\n{}", lab.log_tail(40));
     let refused_run = &lab.log()[log_before..];
     assert!(!refused_run.contains("attached"), "the refused start attached nothing:\n{refused_run}");
-    // The way out the message names takes the data path down.
+    // The way out the message names takes the data path down (run where
+    // the programs are: it turns their interfaces' forwarding off first).
     let out = Command::new(coresvc_lab::agent_bin().unwrap())
-        .args(["unpin", "--pin-dir"])
+        .args(["unpin", "--netns", &lab.gw_ns(), "--pin-dir"])
         .arg(&lab.paths.pin_dir)
         .output()
         .unwrap();

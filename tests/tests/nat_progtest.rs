@@ -58,7 +58,7 @@ fn masquerade_translates_both_ways_in_the_slow_and_the_fast_path() {
         let e = flows[0].1;
         assert_eq!((e.nat_kind, e.nat_addr, e.snat_port), (NAT_SNAT, [192, 0, 2, 2], 21000), "port preserved");
         assert_eq!(fw.bindings().len(), 2, "one pair: inside -> outside and back");
-        let (_, sent) = fw.egress_out(&syn);
+        let (_, sent) = fw.forwarded(&syn);
         let s = parse(&sent);
         assert_eq!((s.src, s.sport, s.dst, s.dport), (ip("192.0.2.2"), 21000, ip("192.0.2.1"), 443));
         // The answer comes back to the uplink address and is translated before routing.
@@ -90,7 +90,7 @@ fn clients_with_the_same_source_port_get_distinct_outside_ports_kept_for_every_d
         for (mac, client) in [(CLIENT_MAC, "10.20.0.50"), (CLIENT2_MAC, "10.20.0.51")] {
             let q = frame_udp(mac, client, 21000, "192.0.2.1", 53);
             assert_eq!(fw.xdp(dvnt, &q).0, PASS);
-            let s = parse(&fw.egress_out(&q).1);
+            let s = parse(&fw.forwarded(&q).1);
             assert_eq!(s.src, ip("192.0.2.2"));
             assert!((20000..=32767).contains(&s.sport), "{}", s.sport);
             outside.push(s.sport);
@@ -108,12 +108,12 @@ fn clients_with_the_same_source_port_get_distinct_outside_ports_kept_for_every_d
         // port towards another destination.
         let q = frame_udp(CLIENT2_MAC, "10.20.0.51", 21000, "198.51.100.7", 3478);
         assert_eq!(fw.xdp(dvnt, &q).0, PASS);
-        assert_eq!(parse(&fw.egress_out(&q).1).sport, outside[1]);
+        assert_eq!(parse(&fw.forwarded(&q).1).sport, outside[1]);
         assert_eq!(fw.bindings().len(), 4, "two pairs for two inside endpoints");
         // A source port outside the range is mapped into it.
         let q = frame_udp(CLIENT_MAC, "10.20.0.50", 40000, "192.0.2.1", 53);
         assert_eq!(fw.xdp(dvnt, &q).0, PASS);
-        let p = parse(&fw.egress_out(&q).1).sport;
+        let p = parse(&fw.forwarded(&q).1).sport;
         assert!((20000..=32767).contains(&p) && !outside.contains(&p), "{p}");
     });
 }
@@ -136,17 +136,19 @@ fn an_exhausted_port_range_refuses_the_flow_and_counts_it() {
 }
 
 #[test]
-fn a_full_connection_table_leaves_no_binding_behind() {
+fn a_refused_connection_leaves_no_binding_behind() {
     in_fib_ns(|| {
-        let mut fw = nat_fw(20000, 32767, &[], 1);
+        let mut fw = nat_fw(20000, 32767, &[], 1024);
+        fw.settings(|s| s.flow_quota = 1);
         let dvnt = fw.dvnt;
         assert_eq!(fw.xdp(dvnt, &tcp_from(CLIENT_MAC, "10.20.0.50", 21000, "192.0.2.1", 443, SYN)).0, PASS);
-        let (v, _) = fw.xdp(dvnt, &tcp_from(CLIENT2_MAC, "10.20.0.51", 22000, "192.0.2.1", 443, SYN));
+        // The host's second connection, from another port, is over its quota.
+        let (v, _) = fw.xdp(dvnt, &tcp_from(CLIENT_MAC, "10.20.0.50", 22000, "192.0.2.1", 443, SYN));
         assert_eq!(v, DROP);
-        assert_eq!(fw.drops(reason::CT_FULL), 1);
+        assert_eq!(fw.drops(reason::FLOW_QUOTA), 1);
         let b = fw.bindings();
         assert_eq!(b.len(), 2, "only the tracked connection's pair: {b:?}");
-        assert!(b.iter().all(|(k, v)| k.addr != [10, 20, 0, 51] && v.addr != [10, 20, 0, 51]));
+        assert!(b.iter().all(|(k, v)| k.port != 22000 && v.port != 22000));
     });
 }
 
@@ -157,12 +159,12 @@ fn a_half_made_binding_is_mended_with_its_port() {
         let dvnt = fw.dvnt;
         let q = frame_udp(CLIENT_MAC, "10.20.0.50", 40000, "192.0.2.1", 53);
         assert_eq!(fw.xdp(dvnt, &q).0, PASS);
-        let port = parse(&fw.egress_out(&q).1).sport;
+        let port = parse(&fw.forwarded(&q).1).sport;
         fw.remove_binding(NatKey { addr: [192, 0, 2, 2], port, proto: 17, dir: NAT_DIR_IN });
         // A new connection of the same inside endpoint finds the OUT half.
         let q2 = frame_udp(CLIENT_MAC, "10.20.0.50", 40000, "198.51.100.7", 53);
         assert_eq!(fw.xdp(dvnt, &q2).0, PASS);
-        assert_eq!(parse(&fw.egress_out(&q2).1).sport, port, "same outside port");
+        assert_eq!(parse(&fw.forwarded(&q2).1).sport, port, "same outside port");
         let b = fw.bindings();
         assert_eq!(b.len(), 2, "{b:?}");
         let inb = b.iter().find(|(k, _)| k.dir == NAT_DIR_IN).unwrap();
@@ -180,7 +182,7 @@ fn pings_are_masqueraded_by_identifier() {
         for (mac, client) in [(CLIENT_MAC, "10.20.0.50"), (CLIENT2_MAC, "10.20.0.51")] {
             let req = echo(mac, client, "192.0.2.1", 7, false);
             assert_eq!(fw.xdp(dvnt, &req).0, PASS);
-            let s = parse(&fw.egress_out(&req).1);
+            let s = parse(&fw.forwarded(&req).1);
             assert_eq!((s.src, s.icmp_type), (ip("192.0.2.2"), 8));
             ids.push(s.sport);
         }
@@ -202,13 +204,13 @@ fn icmp_errors_about_masqueraded_flows_reach_the_inside_host_translated() {
         // A traceroute probe (UDP) and a TCP connection.
         let probe = frame_udp(CLIENT_MAC, "10.20.0.50", 40000, "192.0.2.1", 33434);
         assert_eq!(fw.xdp(dvnt, &probe).0, PASS);
-        let (_, probe_out) = fw.egress_out(&probe);
+        let (_, probe_out) = fw.forwarded(&probe);
         let syn = tcp_from(CLIENT_MAC, "10.20.0.50", 21000, "192.0.2.1", 443, SYN);
         assert_eq!(fw.xdp(dvnt, &syn).0, PASS);
-        let (_, syn_out) = fw.egress_out(&syn);
+        let (_, syn_out) = fw.forwarded(&syn);
         let ping = echo(CLIENT_MAC, "10.20.0.50", "192.0.2.1", 9, false);
         assert_eq!(fw.xdp(dvnt, &ping).0, PASS);
-        let (_, ping_out) = fw.egress_out(&ping);
+        let (_, ping_out) = fw.forwarded(&ping);
         type Case<'a> = (&'a str, u8, u8, [u8; 4], &'a [u8], u16);
         let cases: [Case; 5] = [
             ("time exceeded (traceroute hop)", 11, 0, [0; 4], &probe_out, 40000),
@@ -255,7 +257,7 @@ fn port_forwards_reach_the_inside_host_and_answer_from_the_uplink_address() {
         // The inside host answers; it leaves as the uplink address and port.
         let answer = tcp_from(PROV_MAC, "10.10.0.10", 80, "192.0.2.1", 50000, SYNACK);
         assert_eq!(fw.xdp(mgmt, &answer).0, PASS);
-        let a = parse(&fw.egress_out(&answer).1);
+        let a = parse(&fw.forwarded(&answer).1);
         assert_eq!((a.src, a.sport, a.dst, a.dport), (ip("192.0.2.2"), 8080, ip("192.0.2.1"), 50000));
         // Established: the fast path translates.
         let (v, out) = fw.xdp(up, &tcp_from(UPSTREAM_MAC, "192.0.2.1", 50000, "192.0.2.2", 8080, ACK));
@@ -287,7 +289,7 @@ fn a_segment_host_reaches_a_forwarded_port_through_the_uplink_address() {
         let d = parse(&out);
         assert_eq!((d.dst, d.dport), (ip("10.10.0.10"), 80));
         assert_eq!(fw.flows()[0].1.nat_kind, NAT_HAIRPIN);
-        let s = parse(&fw.egress_out(&out).1);
+        let s = parse(&fw.forwarded(&out).1);
         assert_eq!((s.src, s.sport, s.dst, s.dport), (ip("192.0.2.2"), 21000, ip("10.10.0.10"), 80));
         // The answer to the uplink address goes back to the client, from the
         // address and port it addressed.
@@ -296,7 +298,7 @@ fn a_segment_host_reaches_a_forwarded_port_through_the_uplink_address() {
         assert_eq!(v, PASS);
         let a = parse(&out);
         assert_eq!((a.dst, a.dport), (ip("10.20.0.50"), 21000));
-        let a = parse(&fw.egress_out(&out).1);
+        let a = parse(&fw.forwarded(&out).1);
         assert_eq!((a.src, a.sport, a.dst, a.dport), (ip("192.0.2.2"), 8080, ip("10.20.0.50"), 21000));
         // And in the fast path once established.
         let (v, out) = fw.xdp(dvnt, &tcp_from(CLIENT_MAC, "10.20.0.50", 21000, "192.0.2.2", 8080, ACK));
@@ -318,7 +320,7 @@ fn a_datagram_no_longer_than_its_header_is_translated() {
         let (c, u) = (ip("10.20.0.50"), ip("192.0.2.1"));
         let empty = frames::ipv4(CLIENT_MAC, GW, c, u, 17, 64, 0, &frames::udp(c, 21000, u, 9, b""));
         assert_eq!(fw.xdp(dvnt, &empty).0, PASS);
-        assert_eq!(parse(&fw.egress_out(&empty).1).src, ip("192.0.2.2"));
+        assert_eq!(parse(&fw.forwarded(&empty).1).src, ip("192.0.2.2"));
         let g = ip("192.0.2.2");
         let back = frames::ipv4(UPSTREAM_MAC, GW, u, g, 17, 64, 0, &frames::udp(u, 9, g, 21000, b""));
         let (v, out) = fw.xdp(up, &back);
@@ -346,7 +348,7 @@ fn icmp_errors_from_inside_about_translated_flows_leave_with_the_outside_address
             &frames::icmp(3, 3, [0; 4], &fwd[frames::IP..]),
         );
         assert_eq!(fw.xdp(mgmt, &unreachable).0, PASS, "related to a tracked flow");
-        let e = parse(&fw.egress_out(&unreachable).1);
+        let e = parse(&fw.forwarded(&unreachable).1);
         assert_eq!((e.src, e.dst), (ip("192.0.2.2"), ip("192.0.2.1")), "no inside address leaves");
         let q = e.inner.unwrap();
         assert_eq!((q.src, q.sport, q.dst, q.dport), (ip("192.0.2.1"), 40000, ip("192.0.2.2"), 7071));
@@ -367,7 +369,7 @@ fn icmp_errors_from_inside_about_translated_flows_leave_with_the_outside_address
             &frames::icmp(3, 3, [0; 4], &answer[frames::IP..]),
         );
         assert_eq!(fw.xdp(dvnt, &refusal).0, PASS);
-        let e = parse(&fw.egress_out(&refusal).1);
+        let e = parse(&fw.forwarded(&refusal).1);
         assert_eq!(e.src, ip("192.0.2.2"));
         let q = e.inner.unwrap();
         assert_eq!((q.src, q.sport, q.dst, q.dport), (ip("192.0.2.1"), 53, ip("192.0.2.2"), 21000));

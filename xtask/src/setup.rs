@@ -49,12 +49,18 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     ("DHCP peers", &["kea-dhcp4-server"]),
     ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),
     ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools", "traceroute"]),
+    // Floods and crafted attacks for the hardening tests (RST sweeps,
+    // conntrack filling, spoofed sources).
+    ("attack and fault tools", &["hping3", "python3-scapy"]),
     // A real firmware client: a diskless qemu guest that PXE boots from
     // coresvc (SeaBIOS with iPXE's ROMs, or OVMF's own PXE chaining iPXE).
     ("PXE boot test", &["qemu-system-x86", "ipxe-qemu", "ipxe", "ovmf"]),
     // `vagrant validate` of vagrant/Vagrantfile (libvirt provider checked by
     // the plugin); ruby runs the Vagrantfile for the topology check.
     ("Vagrant lab checks", &["vagrant", "vagrant-libvirt", "ruby"]),
+    // The unit's limits checked against what the agent really calls, the
+    // journal made append-only; python3 floods the control socket.
+    ("service hardening checks", &["strace", "e2fsprogs", "python3"]),
 ];
 
 /// Of DEBIAN_PACKAGES, those installed from `<release>-backports` on Debian

@@ -158,6 +158,64 @@ fn overlapping_pools() {
     assert_one(&ps, "dhcp.pool[1]", &["overlaps dhcp.pool[0]"]);
 }
 
+const DVNT_POOL: &str = "[[dhcp.pool]]\nsegment = \"dvnt\"\nstart = \"10.20.0.100\"\nend = \"10.20.0.150\"\n";
+
+#[test]
+fn relays_name_a_served_segment_and_reachable_unique_addresses() {
+    let relay = |body: &str| problems(&format!("{DVNT_POOL}[[dhcp.relay]]\n{body}"));
+    assert!(relay("segment = \"dvnt\"\naddresses = [\"10.20.0.50\"]\n").is_empty());
+    assert!(relay("segment = \"dvnt\"\naddresses = [\"10.20.0.50\"]\nsources = [\"10.10.0.9\"]\n").is_empty());
+    assert_one(
+        &relay("segment = \"nope\"\naddresses = [\"10.20.0.50\"]\n"),
+        "dhcp.relay[0].segment",
+        &["\"nope\"", "one of: mgmt, dvnt"],
+    );
+    assert_one(
+        &relay("segment = \"mgmt\"\naddresses = [\"10.10.0.50\"]\n"),
+        "dhcp.relay[0].segment",
+        &["no dhcp.pool", "served segment"],
+    );
+    assert_one(&relay("segment = \"dvnt\"\naddresses = []\n"), "dhcp.relay[0].addresses", &["giaddr"]);
+    assert_one(
+        &relay("segment = \"dvnt\"\naddresses = [\"10.20.0.1\"]\n"),
+        "dhcp.relay[0].addresses[0]",
+        &["coresvc's own"],
+    );
+    assert_one(
+        &relay("segment = \"dvnt\"\naddresses = [\"10.10.0.50\"]\n"),
+        "dhcp.relay[0].addresses[0]",
+        &["not reachable through segment \"dvnt\"", "10.20.0.0/24", "[[route]]"],
+    );
+    assert_one(
+        &relay("segment = \"dvnt\"\naddresses = [\"10.20.0.50\"]\nsources = [\"255.255.255.255\"]\n"),
+        "dhcp.relay[0].sources[0]",
+        &["unicast"],
+    );
+    // A relay beyond a router on the segment: its route makes it reachable.
+    assert!(
+        relay("segment = \"dvnt\"\naddresses = [\"172.16.9.1\"]\n[[route]]\nprefix = \"172.16.0.0/16\"\nvia = \"10.20.0.254\"\n")
+            .is_empty()
+    );
+    // One giaddr, one segment.
+    let ps = problems(&format!(
+        "{DVNT_POOL}[[dhcp.relay]]\nsegment = \"dvnt\"\naddresses = [\"10.20.0.50\"]\n\
+         [[dhcp.relay]]\nsegment = \"dvnt\"\naddresses = [\"10.20.0.51\", \"10.20.0.50\"]\n"
+    ));
+    assert_one(&ps, "dhcp.relay[1].addresses[1]", &["already a relay address of dhcp.relay[0]"]);
+}
+
+#[test]
+fn control_socket_users_and_group_must_exist() {
+    let agent = |body: &str| problems(&format!("[agent]\n{body}"));
+    assert!(agent("control_group = \"root\"\ncontrol_users = [\"nobody\", \"4242\"]\n").is_empty());
+    assert_one(&agent("control_group = \"no-such-group-x\"\n"), "agent.control_group", &["no group", "numeric gid"]);
+    assert_one(
+        &agent("control_users = [\"root\", \"no-such-user-x\"]\n"),
+        "agent.control_users[1]",
+        &["no user", "numeric uid"],
+    );
+}
+
 #[test]
 fn duplicate_macs_in_static_hosts() {
     let ps = problems(
@@ -403,4 +461,14 @@ fn dns_cache_needs_dns() {
     assert!(!Config::parse_str(&text, "t.toml").unwrap().dns_cache_on());
     let e = Config::parse_str(&format!("{BASE}[dataplane]\ndns_cache = \"yes\"\n"), "t.toml").unwrap_err();
     assert!(e.to_string().contains("expected a boolean"), "{e}");
+}
+
+#[test]
+fn quotas_larger_than_what_they_share_are_refused() {
+    let ps = problems("\n[dataplane]\nconntrack_max = 1024\nmax_flows_per_host = 2000\n");
+    assert_one(&ps, "dataplane.max_flows_per_host", &["2000", "conntrack_max = 1024"]);
+    let ps = problems("\n[nat]\nport_min = 20000\nport_max = 20099\nmax_ports_per_host = 101\n");
+    assert_one(&ps, "nat.max_ports_per_host", &["101", "100 ports"]);
+    let c = Config::parse_str(&format!("{BASE}\n[dataplane]\nconntrack_max = 4096\n"), "t.toml").unwrap();
+    assert_eq!((c.dataplane.flow_quota(), c.nat.port_quota()), (512, 3192), "the defaults: an eighth, a quarter");
 }

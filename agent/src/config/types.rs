@@ -48,6 +48,12 @@ pub struct AgentSection {
     pub state_dir: PathBuf,
     /// The control socket `coresvc status` and friends talk to.
     pub control_socket: PathBuf,
+    /// Besides root, members of this group (a name or a gid) may use the
+    /// control socket (it is then mode 0660, group this one).
+    pub control_group: Option<String>,
+    /// Besides root, these users (names or uids) may use the control socket
+    /// (their connections are checked; the file must let them reach it).
+    pub control_users: Vec<String>,
     /// The bpffs directory for this instance's pinned maps and links.
     pub pin_dir: PathBuf,
     /// A tracing filter (`info`, `coresvc=debug,warn`); `RUST_LOG` overrides it.
@@ -70,6 +76,8 @@ impl Default for AgentSection {
         Self {
             state_dir: PathBuf::from("/var/lib/coresvc"),
             control_socket: PathBuf::from("/run/coresvc/control.sock"),
+            control_group: None,
+            control_users: Vec::new(),
             pin_dir: PathBuf::from(coresvc_maps_schema::DEFAULT_PIN_DIR),
             log: "info".to_string(),
             metrics_listen: None,
@@ -120,8 +128,20 @@ pub struct DataplaneSection {
     pub dns_cache: Option<bool>,
     /// Forward established flows from XDP.
     pub fast_forward: bool,
-    /// Size of the connection-tracking table.
+    /// Size of the connection-tracking table (an LRU table: when full, a
+    /// new connection replaces the least recently used one).
     pub conntrack_max: u32,
+    /// Forwarded connections one source address may have at once (0: no
+    /// limit). Absent: an eighth of `conntrack_max`. Refused connections
+    /// are counted as `flow-quota`.
+    pub max_flows_per_host: Option<u32>,
+}
+
+impl DataplaneSection {
+    /// The per-source connection quota in force.
+    pub fn flow_quota(&self) -> u32 {
+        self.max_flows_per_host.unwrap_or(self.conntrack_max / 8)
+    }
 }
 
 impl Default for DataplaneSection {
@@ -132,6 +152,7 @@ impl Default for DataplaneSection {
             dns_cache: None,
             fast_forward: true,
             conntrack_max: 65536,
+            max_flows_per_host: None,
         }
     }
 }
@@ -356,6 +377,10 @@ pub struct DhcpSection {
     pub pools: Vec<Pool>,
     #[serde(rename = "host")]
     pub hosts: Vec<DhcpHost>,
+    /// The relay agents served (requests with giaddr set); no other relayed
+    /// request is answered.
+    #[serde(rename = "relay")]
+    pub relays: Vec<Relay>,
     /// Options for every segment (a pool's own options win).
     #[serde(rename = "option")]
     pub options: Vec<DhcpOption>,
@@ -379,6 +404,7 @@ impl Default for DhcpSection {
             domain_search: Vec::new(),
             pools: Vec::new(),
             hosts: Vec::new(),
+            relays: Vec::new(),
             options: Vec::new(),
             pxe: Pxe::default(),
             probe_wait_ms: 3000,
@@ -400,6 +426,26 @@ pub struct Pool {
     pub domain_search: Option<Vec<String>>,
     #[serde(default, rename = "option")]
     pub options: Vec<DhcpOption>,
+}
+
+/// A DHCP relay agent whose requests are served (as Kea's `relay.ip-addresses`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// The segment whose pools and static hosts serve the relay's clients.
+    pub segment: String,
+    /// The relay's addresses as it writes them in giaddr.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The addresses its datagrams come from; empty: `addresses`.
+    #[serde(default)]
+    pub sources: Vec<Ipv4Addr>,
+}
+
+impl Relay {
+    /// Where this relay's datagrams may come from.
+    pub fn sources(&self) -> &[Ipv4Addr] {
+        if self.sources.is_empty() { &self.addresses } else { &self.sources }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -547,14 +593,27 @@ pub struct FirewallSection {
     pub egress: Action,
     /// From the uplink into segments or to the gateway, when no rule matches.
     pub inbound: Action,
+    /// IPv6 frames on coresvc's interfaces (not served yet): `drop`
+    /// (counted as `ipv6-policy`) or `stack` (handed to the kernel
+    /// unjudged, for a host whose own nftables judges IPv6).
+    pub ipv6: Ipv6Policy,
     #[serde(rename = "rule")]
     pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Policy {
+    #[default]
+    Drop,
+    Stack,
 }
 
 impl Default for FirewallSection {
     fn default() -> Self {
         Self {
             enabled: true,
+            ipv6: Ipv6Policy::Drop,
             to_gateway: GatewayPolicy::Services,
             inter_segment: Action::Deny,
             egress: Action::Allow,
@@ -619,15 +678,26 @@ pub struct NatSection {
     /// kernel's ephemeral ports (net.ipv4.ip_local_port_range).
     pub port_min: u16,
     pub port_max: u16,
+    /// Outside ports one inside address may hold at once (0: no limit).
+    /// Absent: a quarter of the range. Refused flows are counted as
+    /// `nat-port-quota`.
+    pub max_ports_per_host: Option<u32>,
     #[serde(rename = "forward")]
     pub forwards: Vec<PortForward>,
+}
+
+impl NatSection {
+    /// The per-host outside-port quota in force.
+    pub fn port_quota(&self) -> u32 {
+        self.max_ports_per_host.unwrap_or((u32::from(self.port_max).saturating_sub(u32::from(self.port_min)) + 1) / 4)
+    }
 }
 
 impl Default for NatSection {
     fn default() -> Self {
         // Below Linux's ephemeral range (32768-60999): the gateway's own
         // connections use those on the same address.
-        Self { port_min: 20_000, port_max: 32_767, forwards: Vec::new() }
+        Self { port_min: 20_000, port_max: 32_767, max_ports_per_host: None, forwards: Vec::new() }
     }
 }
 

@@ -32,6 +32,7 @@ pub const SUPPORTED_RECORD_TYPES: &[&str] = &["A", "AAAA", "CNAME", "MX", "NS", 
 
 pub fn validate(c: &Config) -> Vec<Problem> {
     let mut v = Validator { c, problems: Vec::new() };
+    v.agent();
     v.segments();
     v.uplink();
     v.routes();
@@ -102,6 +103,27 @@ impl<'a> Validator<'a> {
 
     fn one_of(names: &[&str]) -> String {
         if names.is_empty() { "none are defined".to_string() } else { format!("one of: {}", names.join(", ")) }
+    }
+
+    /// `[agent]`: who may use the control socket must exist on this system.
+    fn agent(&mut self) {
+        let a = &self.c.agent;
+        if let Some(g) = &a.control_group
+            && crate::ctl::resolve_group(g).is_none()
+        {
+            self.err(
+                cfg_path!("agent", "control_group"),
+                format!("no group {g:?} on this system; give an existing group name or a numeric gid"),
+            );
+        }
+        for (i, u) in a.control_users.iter().enumerate() {
+            if crate::ctl::resolve_user(u).is_none() {
+                self.err(
+                    cfg_path!("agent", "control_users", i),
+                    format!("no user {u:?} on this system; give an existing user name or a numeric uid"),
+                );
+            }
+        }
     }
 
     fn segments(&mut self) {
@@ -720,6 +742,88 @@ impl<'a> Validator<'a> {
             }
         }
         self.pxe(&c.dhcp.pxe, cfg_path!("dhcp", "pxe"));
+        self.relays();
+    }
+
+    /// `[[dhcp.relay]]`: a giaddr selects one segment, reachable through
+    /// that segment's interface (the replies go back to it there).
+    fn relays(&mut self) {
+        let c = self.c;
+        let seg_names = self.segment_names();
+        let own: HashSet<Ipv4Addr> = c
+            .segments
+            .iter()
+            .flat_map(|s| [Some(s.gateway), s.reserved])
+            .chain(c.uplink.iter().map(|u| u.address.map(|a| a.addr())))
+            .flatten()
+            .collect();
+        let mut giaddrs: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for (ri, r) in c.dhcp.relays.iter().enumerate() {
+            let Some(si) = self.segment_index(&r.segment) else {
+                self.err(
+                    cfg_path!("dhcp", "relay", ri, "segment"),
+                    format!("segment {:?} is not defined; use {}", r.segment, Self::one_of(&seg_names)),
+                );
+                continue;
+            };
+            let s = &c.segments[si];
+            let served = c.dhcp.pools.iter().any(|p| p.segment == s.name)
+                || c.dhcp.hosts.iter().any(|h| s.cidr.trunc().contains(&h.address));
+            if !served {
+                self.err(
+                    cfg_path!("dhcp", "relay", ri, "segment"),
+                    format!(
+                        "segment {:?} has no dhcp.pool and no dhcp.host: its relays' clients would get nothing; \
+                         add a pool for it or name a served segment",
+                        s.name
+                    ),
+                );
+            }
+            if r.addresses.is_empty() {
+                self.err(
+                    cfg_path!("dhcp", "relay", ri, "addresses"),
+                    "give the relay's addresses as it writes them in giaddr, e.g. [\"10.20.0.254\"]",
+                );
+            }
+            let net = s.cidr.trunc();
+            let routed = |a: Ipv4Addr| {
+                net.contains(&a)
+                    || c.routes.iter().any(|rt| {
+                        rt.prefix.trunc().contains(&a)
+                            && (rt.via.is_some_and(|v| net.contains(&v)) || rt.dev.as_deref() == Some(&s.interface))
+                    })
+            };
+            for (field, list) in [("addresses", &r.addresses), ("sources", &r.sources)] {
+                for (ai, &a) in list.iter().enumerate() {
+                    let path = cfg_path!("dhcp", "relay", ri, field, ai);
+                    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+                        self.err(path, format!("{a} is not a relay agent's unicast address"));
+                    } else if own.contains(&a) {
+                        self.err(path, format!("{a} is one of coresvc's own addresses, not a relay agent's"));
+                    } else if field == "addresses" && !routed(a) {
+                        self.err(
+                            path,
+                            format!(
+                                "{a} is not reachable through segment {:?}'s interface {} (replies go to the relay \
+                                 there): use an address inside {net} or add a [[route]] for it through that segment",
+                                s.name, s.interface
+                            ),
+                        );
+                    } else if field == "addresses"
+                        && let Some(j) = giaddrs.insert(a, ri)
+                    {
+                        self.err(
+                            path,
+                            format!(
+                                "{a} is already a relay address of dhcp.relay[{j}] (segment {:?}); a giaddr selects \
+                                 one segment",
+                                c.dhcp.relays[j].segment
+                            ),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn domain_search(&mut self, list: &[String], base: Vec<PathSeg>) {
@@ -884,6 +988,23 @@ impl<'a> Validator<'a> {
             self.err(
                 cfg_path!("nat", "port_min"),
                 format!("the range {}-{} is empty or starts at 0; use e.g. 20000-60999", n.port_min, n.port_max),
+            );
+        }
+        let range = (u32::from(n.port_max) + 1).saturating_sub(u32::from(n.port_min));
+        if let Some(q) = n.max_ports_per_host.filter(|q| *q > range) {
+            self.err(
+                cfg_path!("nat", "max_ports_per_host"),
+                format!("{q} is more than the {range} ports of nat.port_min..nat.port_max; use at most {range} (0: no limit)"),
+            );
+        }
+        let dp = &c.dataplane;
+        if let Some(q) = dp.max_flows_per_host.filter(|q| *q > dp.conntrack_max) {
+            self.err(
+                cfg_path!("dataplane", "max_flows_per_host"),
+                format!(
+                    "{q} is more than the table holds (dataplane.conntrack_max = {}); use at most that (0: no limit)",
+                    dp.conntrack_max
+                ),
             );
         }
         let mut seen = HashMap::new();

@@ -168,6 +168,41 @@ impl Dataplane {
         Ok(m.keys().filter_map(|k| k.ok()).filter(|k| k.dir == schema::NAT_DIR_OUT).count())
     }
 
+    /// Counts again, from the tables, what each source uses (forwarded
+    /// connections it originated, outside ports it holds) and writes the
+    /// exact figures the programs' quotas check (they only count up
+    /// between two recounts). Sources that use nothing are removed.
+    pub fn reconcile_quotas(&mut self) -> Result<()> {
+        use std::collections::BTreeMap;
+
+        use schema::{NAT_DIR_OUT, NatBind, NatKey, SrcUse};
+        let now = monotonic_ns();
+        let mut uses: BTreeMap<[u8; 4], SrcUse> = BTreeMap::new();
+        for (k, e) in self.conntrack()?.iter().filter_map(|r| r.ok()) {
+            if e.flags & CT_F_LOCAL != 0 || now.saturating_sub(e.last_ns) > ct::timeout_ns(k.proto, e.state) {
+                continue;
+            }
+            let orig = if e.flags & CT_F_ORIG_IS_A != 0 { k.addr_a } else { k.addr_b };
+            uses.entry(orig).or_default().flows += 1;
+        }
+        let binds: BpfHashMap<&MapData, NatKey, NatBind> = BpfHashMap::try_from(self.map(&schema::NAT_BIND)?)?;
+        for k in binds.keys().filter_map(|k| k.ok()).filter(|k| k.dir == NAT_DIR_OUT) {
+            uses.entry(k.addr).or_default().nat_ports += 1;
+        }
+        let mut m: BpfHashMap<&mut MapData, [u8; 4], SrcUse> = BpfHashMap::try_from(self.map_mut(&schema::SRC_QUOTA)?)?;
+        let old: Vec<[u8; 4]> = m.keys().filter_map(|k| k.ok()).collect();
+        for a in old {
+            if !uses.contains_key(&a) {
+                let _ = m.remove(&a);
+            }
+        }
+        for (a, mut u) in uses {
+            u.reconciled_ns = now;
+            m.insert(a, u, 0)?;
+        }
+        Ok(())
+    }
+
     /// Removes expired connections; returns how many.
     pub fn gc(&mut self) -> Result<usize> {
         let now = monotonic_ns();

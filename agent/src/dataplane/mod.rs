@@ -110,6 +110,8 @@ pub struct IfaceSpec {
     pub address: Option<ipnet::Ipv4Net>,
     /// Masquerade this segment's connections to the uplink.
     pub nat: bool,
+    /// A segment's network: the sources its frames may have (BCP 38).
+    pub cidr: Option<ipnet::Ipv4Net>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,6 +151,7 @@ pub fn interfaces(cfg: &Config, plan: &crate::routing::Plan, uplink_found: Optio
             segment_index: i as u32,
             address: addr_of(&s.interface),
             nat: s.nat && cfg.uplink.is_some(),
+            cidr: Some(s.cidr.trunc()),
         })
         .collect();
     if let Some(up) = &cfg.uplink {
@@ -159,6 +162,7 @@ pub fn interfaces(cfg: &Config, plan: &crate::routing::Plan, uplink_found: Optio
             segment_index: 0,
             address: addr_of(&up.interface).or(uplink_found),
             nat: false,
+            cidr: None,
         });
     }
     v
@@ -251,17 +255,25 @@ impl Dataplane {
             dns_serving: false,
         };
         dp.write_settings(cfg)?;
+        dp.write_src_guard(cfg, plan)?;
         dp.set_local_addrs(
             plan.addresses.iter().map(|a| a.addr.addr()).chain(uplink_found.map(|a| a.addr())).collect(),
         )?;
         dp.apply_rules(compiled)?;
-        // Interface entries of a previous run (another configuration) are
-        // replaced by this one's.
-        let previous = dp.clear_ifaces()?;
+        // Interface entries of a previous run are overwritten in place as
+        // each interface is adopted (never emptied first: an adopted program
+        // keeps judging with the old entry until the new one is written),
+        // then the ones no interface has any more are removed.
+        let previous = iface_entries(&dp.ebpf)?;
         for spec in dp.specs.clone() {
             match ifindex(&spec.name) {
                 Some(idx) => dp.attach(spec, idx, &previous)?,
                 None => warn!(interface = %spec.name, "interface does not exist (yet); attached when it appears"),
+            }
+        }
+        for idx in previous.keys() {
+            if !dp.attached.values().any(|a| a.ifindex == *idx) {
+                remove_iface(&mut dp.ebpf, *idx)?;
             }
         }
         info!(
@@ -297,6 +309,9 @@ impl Dataplane {
         if self.dns_serving && cfg.dns_cache_on() {
             flags |= schema::SETTINGS_F_DNS_CACHE;
         }
+        if cfg.firewall.ipv6 == crate::config::Ipv6Policy::Stack {
+            flags |= schema::SETTINGS_F_IPV6_STACK;
+        }
         let mut settings: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(&schema::SETTINGS)?)?;
         // Adopted maps keep their rule banks and generation.
         let mut s = settings.get(&0, 0).unwrap_or_default();
@@ -311,6 +326,8 @@ impl Dataplane {
         s.nat_addr = nat_addr.map(|a| a.octets()).unwrap_or_default();
         s.nat_port_min = cfg.nat.port_min;
         s.nat_port_max = cfg.nat.port_max;
+        s.flow_quota = cfg.dataplane.flow_quota();
+        s.nat_port_quota = cfg.nat.port_quota();
         settings.set(0, s, 0)?;
         self.write_forwards(cfg, nat_addr)
     }
@@ -412,11 +429,72 @@ impl Dataplane {
     }
 
     /// Applies a changed configuration's settings and firewall rules.
-    pub fn reconfigure(&mut self, cfg: &Config, compiled: Vec<rules::Compiled>) -> Result<()> {
+    pub fn reconfigure(
+        &mut self,
+        cfg: &Config,
+        plan: &crate::routing::Plan,
+        compiled: Vec<rules::Compiled>,
+    ) -> Result<()> {
         self.write_settings(cfg)?;
+        self.write_src_guard(cfg, plan)?;
         self.apply_rules(compiled)
     }
 
+    /// Source validation (BCP 38): every inside network (the segments'
+    /// and the routes behind them) in the inside set, which never arrives
+    /// from the uplink, and each segment's routes in its own set (sources
+    /// beyond its own network that may arrive on it). New entries first,
+    /// then the stale ones go.
+    fn write_src_guard(&mut self, cfg: &Config, plan: &crate::routing::Plan) -> Result<()> {
+        let addrs: Vec<Ipv4Addr> = plan.addresses.iter().map(|a| a.addr.addr()).collect();
+        write_src_guard(&mut self.ebpf, cfg, &addrs)
+    }
+}
+
+/// [`Dataplane::write_src_guard`], for any loaded object (the tests' too):
+/// `addrs` are the gateway's own addresses.
+pub fn write_src_guard(ebpf: &mut Ebpf, cfg: &Config, addrs: &[Ipv4Addr]) -> Result<()> {
+    use aya::maps::lpm_trie::{Key, LpmTrie};
+    use schema::{PrefixData, SRC_GUARD_INSIDE};
+    let mut want: BTreeSet<(u32, [u8; 4], u8)> = BTreeSet::new();
+    for (i, seg) in cfg.segments.iter().enumerate() {
+        let n = seg.cidr.trunc();
+        want.insert((SRC_GUARD_INSIDE, n.network().octets(), n.prefix_len()));
+        for r in &cfg.routes {
+            let behind = match (&r.via, &r.dev) {
+                (Some(via), _) => n.contains(via),
+                (None, Some(dev)) => *dev == seg.interface,
+                _ => false,
+            };
+            if behind {
+                let p = r.prefix.trunc();
+                want.insert((SRC_GUARD_INSIDE, p.network().octets(), p.prefix_len()));
+                want.insert((1 + i as u32, p.network().octets(), p.prefix_len()));
+            }
+        }
+    }
+    for a in addrs {
+        want.insert((SRC_GUARD_INSIDE, a.octets(), 32));
+    }
+    let mut m: LpmTrie<&mut MapData, PrefixData, u32> = LpmTrie::try_from(ebpf_map_mut(ebpf, &schema::SRC_GUARD)?)?;
+    let key = |(set, addr, len): (u32, [u8; 4], u8)| {
+        Key::new(32 + u32::from(len), PrefixData { set: set.to_be_bytes(), addr })
+    };
+    for w in &want {
+        m.insert(&key(*w), 1, 0)?;
+    }
+    let old: Vec<Key<PrefixData>> = m.keys().filter_map(|k| k.ok()).collect();
+    for k in old {
+        let d = k.data();
+        let w = (u32::from_be_bytes(d.set), d.addr, (k.prefix_len() - 32) as u8);
+        if !want.contains(&w) {
+            let _ = m.remove(&k);
+        }
+    }
+    Ok(())
+}
+
+impl Dataplane {
     pub fn rules_count(&self) -> usize {
         self.rules.len()
     }
@@ -427,16 +505,6 @@ impl Dataplane {
         info!("firewall: {} rules active (bank {bank}, generation {generation})", compiled.len());
         self.rules = compiled;
         Ok(())
-    }
-
-    /// Empties IFACES and IFACES_LOW, returning what they recorded by
-    /// ifindex.
-    fn clear_ifaces(&mut self) -> Result<BTreeMap<u32, IfaceInfo>> {
-        let old = iface_entries(&self.ebpf)?;
-        for k in old.keys() {
-            remove_iface(&mut self.ebpf, *k)?;
-        }
-        Ok(old)
     }
 
     /// Attaches the programs to a configured interface that (re)appeared.
@@ -489,6 +557,9 @@ impl Dataplane {
             segment: spec.segment_index,
             ipv4: spec.address.map(|a| a.addr().octets()).unwrap_or_default(),
             prefix_len: spec.address.map(|a| a.prefix_len()).unwrap_or(0),
+            cidr: spec.cidr.map(|c| c.network().octets()).unwrap_or_default(),
+            cidr_len: spec.cidr.map(|c| c.prefix_len()).unwrap_or(0),
+            _pad: [0; 3],
             attach_mode: mode.code(),
             flags: if spec.nat { schema::IFACE_F_NAT } else { 0 },
             stats_slot: self.stats_slot(
@@ -498,6 +569,9 @@ impl Dataplane {
             )?,
         };
         set_iface(&mut self.ebpf, ifindex, info)?;
+        // Only now, with the programs attached and the entry written, does
+        // the kernel forward what arrives here.
+        crate::routing::set_forwarding(&spec.name, true)?;
         info!(
             interface = %spec.name,
             ifindex,
@@ -626,10 +700,59 @@ impl Dataplane {
     /// the next start adopts counters and connections.
     pub fn detach(mut self) {
         for (name, _) in std::mem::take(&mut self.attached) {
+            // Nothing judges it from here: the kernel stops forwarding first.
+            if let Err(e) = crate::routing::set_forwarding(&name, false) {
+                warn!(interface = %name, "{e:#}");
+            }
             let n = attach::detach(&self.pin_dir, &name);
             info!(interface = %name, "detached {n} program link(s)");
         }
     }
+}
+
+/// `coresvc unpin`: takes the programs away and removes every pin under
+/// `dir`. First, the kernel stops forwarding on each interface whose pinned
+/// XDP link is attached to the interface of that name in this network
+/// namespace (the same ifindex), so nothing is forwarded unjudged
+/// afterwards; interfaces of other namespaces are never touched. Returns
+/// the interfaces whose forwarding was turned off. An attached link whose
+/// interface is not here (another namespace's) is refused, nothing
+/// changed, unless `force`: forwarding would stay on with nothing judging.
+pub fn unpin(dir: &Path, force: bool) -> Result<Vec<String>> {
+    let parent = dir.parent().unwrap_or(dir);
+    if !dir.exists() && !pins::is_bpffs(parent) {
+        bail!(
+            "{} is not on a bpffs here, so no pin can be seen (`ip netns exec` mounts a /sys of its own): \
+             use `coresvc unpin --netns NAME`, which keeps this mount namespace",
+            parent.display()
+        );
+    }
+    let mut here = Vec::new();
+    let mut elsewhere = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("links").join("xdp")) {
+        for e in entries.flatten() {
+            let ifname = e.file_name().to_string_lossy().replace(':', ".");
+            match sys::pinned_link_ifindex(&e.path(), sys::BPF_LINK_TYPE_XDP).ok().flatten() {
+                Some(idx) if Some(idx) == ifindex(&ifname) => here.push(ifname),
+                Some(_) => elsewhere.push(ifname),
+                None => {}
+            }
+        }
+    }
+    if !elsewhere.is_empty() && !force {
+        elsewhere.sort();
+        bail!(
+            "nothing was changed: the programs on {} are attached in another network namespace than this \
+             command's, where it cannot turn IPv4 forwarding off before they go (forwarding would go on with \
+             nothing judging); run it there with `coresvc unpin --netns NAME`, or add --force",
+            elsewhere.join(", ")
+        );
+    }
+    for ifname in &here {
+        crate::routing::set_forwarding(ifname, false)?;
+    }
+    pins::remove_all(dir).with_context(|| format!("removing pins under {}", dir.display()))?;
+    Ok(here)
 }
 
 /// Writes interface `ifindex`'s entry where the programs look it up:

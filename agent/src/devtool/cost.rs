@@ -293,8 +293,8 @@ fn establish(ebpf: &Ebpf, dst: [u8; 4], dst_mac: [u8; 6], back_to: [u8; 4], back
     if v != XDP_PASS {
         bail!("the flow's SYN was not admitted ({})", verdict_name(v));
     }
-    // The gateway sends it on (TC egress: translation, if any).
-    offline::run_egress(ebpf, &syn)?;
+    // The stack forwards it (TC egress: translation, if any).
+    offline::run_egress(ebpf, dvnt, &syn)?;
     let back = if back_on == uplink { offline::xdp_prog(ebpf, schema::programs::UPLINK_INGRESS)? } else { prog };
     let synack = tcp_frame(server, dst, 80, back_to, 21000, ct::TCP_SYN | ct::TCP_ACK);
     let (v, _, _) = offline::run_xdp(back, back_on, &synack)?;

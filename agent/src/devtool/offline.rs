@@ -98,7 +98,8 @@ pub const FLAGS: u32 =
 
 /// Loads the programs (maps unpinned) and configures them as the agent
 /// would: the settings (schema version, `flags`), each interface's entry
-/// (`(ifindex, entry)`; its address is a local address), `cfg`'s rules.
+/// (`(ifindex, entry)`; its address is a local address), `cfg`'s rules and
+/// source guard ([`install`]).
 pub fn configure(cfg: &Config, conntrack_max: u32, flags: u32, ifaces: &[(u32, IfaceInfo)]) -> Result<Ebpf> {
     let mut ebpf = dataplane::load(None, aya_log::Level::Error, conntrack_max)?;
     let mut s: Array<&mut MapData, Settings> = Array::try_from(map_mut(&mut ebpf, &schema::SETTINGS)?)?;
@@ -109,15 +110,36 @@ pub fn configure(cfg: &Config, conntrack_max: u32, flags: u32, ifaces: &[(u32, I
             BpfHashMap::try_from(map_mut(&mut ebpf, &schema::LOCAL_ADDRS)?)?;
         local.insert(info.ipv4, ifindex, 0)?;
     }
-    let compiled = rules::compile(cfg)?;
-    rules::install(&mut ebpf, &compiled)?;
+    let local: Vec<Ipv4Addr> = ifaces.iter().map(|(_, i)| Ipv4Addr::from(i.ipv4)).collect();
+    install(&mut ebpf, cfg, &local)?;
     Ok(ebpf)
 }
 
+/// Installs `cfg`'s rules (a new bank) and its source guard (the segments,
+/// the routes behind them, the gateway's addresses `local`), as a reload does.
+pub fn install(ebpf: &mut Ebpf, cfg: &Config, local: &[Ipv4Addr]) -> Result<()> {
+    rules::install(ebpf, &rules::compile(cfg)?)?;
+    dataplane::write_src_guard(ebpf, cfg, local)
+}
+
 /// The entry the agent writes for a stand-in of [`FIB`]: `role`, segment
-/// index `segment`, counter slot `slot`.
+/// index `segment`, counter slot `slot` (a segment's own prefix too).
 pub fn stand_in_entry(s: &StandIn, role: u32, segment: u32, slot: u8) -> IfaceInfo {
-    IfaceInfo { role, segment, ipv4: s.addr, prefix_len: s.prefix_len, stats_slot: slot, ..Default::default() }
+    let segment_net = role == schema::ROLE_SEGMENT;
+    let net = |a: [u8; 4]| {
+        let mask = u32::MAX.checked_shl(32 - u32::from(s.prefix_len)).unwrap_or(0);
+        (u32::from_be_bytes(a) & mask).to_be_bytes()
+    };
+    IfaceInfo {
+        role,
+        segment,
+        ipv4: s.addr,
+        prefix_len: s.prefix_len,
+        stats_slot: slot,
+        cidr: if segment_net { net(s.addr) } else { [0; 4] },
+        cidr_len: if segment_net { s.prefix_len } else { 0 },
+        ..Default::default()
+    }
 }
 
 pub fn map_mut<'e>(ebpf: &'e mut Ebpf, m: &schema::MapSpec) -> Result<&'e mut aya::maps::Map> {
@@ -202,15 +224,20 @@ pub fn run_xdp(prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>, 
     Ok((r.return_value, out, r.duration.as_nanos() as u64))
 }
 
-/// Runs the TC egress program on `frame` (as the gateway sends it): the
+/// Runs the TC egress program on `frame` as the stack forwards it,
+/// received on `ingress_ifindex` (0: sent by the gateway itself): the
 /// verdict and the frame as sent.
-pub fn run_egress(ebpf: &Ebpf, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+pub fn run_egress(ebpf: &Ebpf, ingress_ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
     let prog: &SchedClassifier =
         ebpf.program(schema::programs::EGRESS).ok_or_else(|| anyhow!("no egress program"))?.try_into()?;
+    // struct __sk_buff (192 bytes): ingress_ifindex at offset 36.
+    let mut ctx = vec![0u8; 192];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     let mut out = vec![0u8; frame.len() + 256];
     let mut o = TestRunOptions::new();
     o.data_in = Some(frame);
     o.data_out = Some(&mut out);
+    o.ctx_in = Some(&ctx);
     let r = prog.test_run(o).context("BPF_PROG_TEST_RUN")?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out))

@@ -25,6 +25,18 @@
 //! Compaction writes the live records to a new file, syncs it, renames it
 //! over the journal and syncs the directory: a crash leaves either file
 //! whole.
+//!
+//! A failed commit (a write or `fdatasync` error: a full or failing disk)
+//! sends no ACK, and the file is cut back to its last good length and that
+//! cut synced: after a failed `fdatasync` the kernel may have dropped the
+//! pages or marked them clean, so nothing written since the last good
+//! sync can be trusted, and records left there (whole or torn) would be
+//! replayed after later ones. The journal then serves the next commit as
+//! if the failed one never happened (disk full: leases resume when space
+//! returns). When the cut itself fails, the file's state is unknown: the
+//! journal is broken and refuses every further commit (fail-stop, as
+//! PostgreSQL does on fsync failure); a restart replays it and cuts a torn
+//! tail as after a power cut.
 
 use std::{
     fs::{File, OpenOptions},
@@ -95,6 +107,19 @@ pub enum JournalError {
     NotAJournal { path: PathBuf },
     #[error("lease journal {path} has version {found}; this coresvc reads version {VERSION}")]
     Version { path: PathBuf, found: u32 },
+    #[error(
+        "lease journal {path}: a commit failed ({source}) and so did cutting the file back to its last good \
+         record ({cut}); no lease is acknowledged from here: restart coresvc once the file system is writable \
+         (the journal is replayed and cut at its last good record)"
+    )]
+    Broken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        cut: std::io::Error,
+    },
+    #[error("lease journal {path} is broken since an earlier failure; no lease is acknowledged until a restart")]
+    StillBroken { path: PathBuf },
     #[error(
         "lease journal {path} is corrupt at byte {offset} of {len} ({reason}), before its last commit: \
          refusing to drop the leases after it; restore the file from a backup, or move it away to start \
@@ -236,6 +261,8 @@ pub struct Journal {
     pub appended: u64,
     pub commits: u64,
     pub compactions: u64,
+    /// A failed commit could not be cut back: every commit is refused.
+    broken: bool,
 }
 
 impl Journal {
@@ -269,7 +296,7 @@ impl Journal {
             file.sync_all().map_err(io)?;
         }
         let len = (replay.good_len.max(HEADER_LEN)) as u64;
-        Ok((Journal { path, file, len, appended: 0, commits: 0, compactions: 0 }, replay.records))
+        Ok((Journal { path, file, len, appended: 0, commits: 0, compactions: 0, broken: false }, replay.records))
     }
 
     pub fn path(&self) -> &Path {
@@ -284,6 +311,11 @@ impl Journal {
     /// True when the file holds no record.
     pub fn is_empty(&self) -> bool {
         self.len <= HEADER_LEN as u64
+    }
+
+    /// A failed commit could not be undone (see the module doc).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Appends `records` and makes them durable (one `fdatasync` per
@@ -307,9 +339,19 @@ impl Journal {
     }
 
     fn commit(&mut self, bytes: &[u8]) -> Result<(), JournalError> {
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
-        self.file.write_all_at(bytes, self.len).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        if self.broken {
+            return Err(JournalError::StillBroken { path: self.path.clone() });
+        }
+        if let Err(source) = self.file.write_all_at(bytes, self.len).and_then(|()| self.file.sync_data()) {
+            // Nothing after the last good length is trusted: cut it, durably.
+            return Err(match self.file.set_len(self.len).and_then(|()| self.file.sync_all()) {
+                Ok(()) => JournalError::Io { path: self.path.clone(), source },
+                Err(cut) => {
+                    self.broken = true;
+                    JournalError::Broken { path: self.path.clone(), source, cut }
+                }
+            });
+        }
         self.len += bytes.len() as u64;
         self.commits += 1;
         Ok(())
@@ -317,6 +359,9 @@ impl Journal {
 
     /// Replaces the journal with `live` (the state it describes), atomically.
     pub fn compact(&mut self, live: &[LeaseRecord]) -> Result<(), JournalError> {
+        if self.broken {
+            return Err(JournalError::StillBroken { path: self.path.clone() });
+        }
         let io = |source| JournalError::Io { path: self.path.clone(), source };
         let mut buf = header();
         for r in live {
@@ -334,9 +379,15 @@ impl Journal {
 /// Writes `bytes` as `path` atomically: a temporary file, fsync, rename, fsync of the directory.
 fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // (A full disk: the partial copy must not keep the space.)
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
@@ -449,6 +500,28 @@ mod tests {
         let mut h = header();
         h[8] = 9;
         assert!(matches!(replay(&h, Path::new("j")), Err(JournalError::Version { found: 9, .. })));
+    }
+
+    /// A commit that cannot be written nor cut back (here: the file behind
+    /// the journal is open read-only) breaks the journal: every later
+    /// commit is refused without touching the file, with a clear error.
+    #[test]
+    fn a_commit_whose_failure_cannot_be_undone_breaks_the_journal() {
+        let dir = tmpdir("broken");
+        let (mut j, _) = Journal::open(&dir).unwrap();
+        j.append(&[rec(1, RecordState::Bound)]).unwrap();
+        let len = j.len();
+        j.file = File::open(&j.path).unwrap();
+        let e = j.append(&[rec(2, RecordState::Bound)]).unwrap_err();
+        assert!(matches!(e, JournalError::Broken { .. }), "{e}");
+        assert!(e.to_string().contains("no lease is acknowledged") && e.to_string().contains("restart"), "{e}");
+        assert!(j.is_broken());
+        assert!(matches!(j.append(&[rec(3, RecordState::Bound)]), Err(JournalError::StillBroken { .. })));
+        assert!(matches!(j.compact(&[]), Err(JournalError::StillBroken { .. })));
+        assert_eq!((j.len(), std::fs::metadata(&j.path).unwrap().len()), (len, len));
+        drop(j);
+        assert_eq!(Journal::open(&dir).unwrap().1, vec![rec(1, RecordState::Bound)]);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! same address again), or declined (quarantined). A client is known by its
 //! [`ClientKey`] per segment.
 
-use std::{collections::HashMap, net::Ipv4Addr, ops::RangeInclusive};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    ops::RangeInclusive,
+};
 
 use super::journal::{LeaseRecord, RecordState};
 
@@ -117,10 +121,23 @@ impl Range {
     }
 }
 
+/// The leases, indexed so that no operation the receive path makes walks
+/// the pool: by address, by client, free addresses by the time they were
+/// freed, and held addresses by the time their hold ends.
 #[derive(Default)]
 pub struct Table {
     by_addr: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<(usize, ClientKey), Ipv4Addr>,
+    /// Per segment, the addresses a new client may get, oldest freed first:
+    /// released or expired leases at their `expires`, and addresses
+    /// forgotten (an offer's hold or a quarantine ended) at 0, as never
+    /// used. Addresses outside the pools (a static host's, a shrunk pool's)
+    /// may be here: `allocate` skips and forgets them.
+    free: HashMap<usize, BTreeSet<(u64, Ipv4Addr)>>,
+    /// Offers, bound leases and quarantines by the time they end.
+    ends: BTreeSet<(u64, Ipv4Addr)>,
+    /// Addresses `allocate` looked at (its cost, for tests).
+    pub examined: u64,
 }
 
 impl Table {
@@ -146,15 +163,49 @@ impl Table {
         self.by_addr.is_empty()
     }
 
+    /// Enters `l` in the free or the ends index (the one its state belongs to).
+    fn index(&mut self, l: &Lease) {
+        match l.state {
+            State::Released => {
+                self.free.entry(l.segment).or_default().insert((l.expires, l.addr));
+            }
+            State::Offered | State::Bound | State::Declined => {
+                self.ends.insert((l.expires, l.addr));
+            }
+        }
+    }
+
+    fn unindex(&mut self, l: &Lease) {
+        match l.state {
+            State::Released => {
+                if let Some(f) = self.free.get_mut(&l.segment) {
+                    f.remove(&(l.expires, l.addr));
+                }
+            }
+            State::Offered | State::Bound | State::Declined => {
+                self.ends.remove(&(l.expires, l.addr));
+            }
+        }
+    }
+
     /// Stores `lease`, replacing whatever the address had.
     pub fn put(&mut self, lease: Lease) {
-        if let Some(old) = self.by_addr.get(&lease.addr)
-            && let Some(c) = &old.client
-            && (old.client != lease.client || old.segment != lease.segment)
-        {
-            let k = (old.segment, c.clone());
-            if self.by_client.get(&k) == Some(&lease.addr) {
-                self.by_client.remove(&k);
+        match self.by_addr.get(&lease.addr).cloned() {
+            Some(old) => {
+                self.unindex(&old);
+                if let Some(c) = &old.client
+                    && (old.client != lease.client || old.segment != lease.segment)
+                {
+                    let k = (old.segment, c.clone());
+                    if self.by_client.get(&k) == Some(&lease.addr) {
+                        self.by_client.remove(&k);
+                    }
+                }
+            }
+            None => {
+                if let Some(f) = self.free.get_mut(&lease.segment) {
+                    f.remove(&(0, lease.addr));
+                }
             }
         }
         if let Some(c) = &lease.client {
@@ -172,17 +223,21 @@ impl Table {
                 self.by_client.insert(k, lease.addr);
             }
         }
+        self.index(&lease);
         self.by_addr.insert(lease.addr, lease);
     }
 
+    /// Forgets the address: free again, as if never used.
     pub fn remove(&mut self, a: Ipv4Addr) -> Option<Lease> {
         let l = self.by_addr.remove(&a)?;
+        self.unindex(&l);
         if let Some(c) = &l.client {
             let k = (l.segment, c.clone());
             if self.by_client.get(&k) == Some(&a) {
                 self.by_client.remove(&k);
             }
         }
+        self.free.entry(l.segment).or_default().insert((0, a));
         Some(l)
     }
 
@@ -191,12 +246,21 @@ impl Table {
         self.by_addr.get(&a).is_none_or(|l| !l.active(now) && !l.quarantined(now))
     }
 
-    /// An address of `ranges` for a new client: first one never used, then
-    /// the one freed longest ago (so a returning client's old address stays
-    /// its own as long as possible). `excluded` are static addresses.
-    pub fn allocate(&self, ranges: &mut [Range], now: u64, excluded: &dyn Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+    /// An address of `segment`'s `ranges` for a new client: first one never
+    /// used (each range's cursor passes every address once), then the one
+    /// freed longest ago (so a returning client's old address stays its own
+    /// as long as possible). `excluded` are static addresses. Amortised
+    /// O(log n): a full pool costs a look at each range's cursor.
+    pub fn allocate(
+        &mut self,
+        segment: usize,
+        ranges: &mut [Range],
+        now: u64,
+        excluded: &dyn Fn(Ipv4Addr) -> bool,
+    ) -> Option<Ipv4Addr> {
         for r in ranges.iter_mut() {
             while r.cursor <= *r.range.end() {
+                self.examined += 1;
                 let a = Ipv4Addr::from(r.cursor);
                 if !self.by_addr.contains_key(&a) && !excluded(a) {
                     return Some(a);
@@ -207,47 +271,130 @@ impl Table {
                 r.cursor += 1;
             }
         }
-        let mut best: Option<(u64, Ipv4Addr)> = None;
-        for r in ranges.iter() {
-            for n in r.range.clone() {
-                let a = Ipv4Addr::from(n);
-                if excluded(a) {
-                    continue;
-                }
-                let freed_at = match self.by_addr.get(&a) {
-                    None => 0,
-                    Some(l) if !l.active(now) && !l.quarantined(now) => l.expires,
-                    Some(_) => continue,
-                };
-                if best.is_none_or(|(t, _)| freed_at < t) {
-                    best = Some((freed_at, a));
-                }
+        let free = self.free.get_mut(&segment)?;
+        while let Some(&(t, a)) = free.first() {
+            self.examined += 1;
+            let usable = ranges.iter().any(|r| r.contains(a)) && !excluded(a);
+            // (Only released or forgotten addresses are here: free by construction.)
+            if usable && self.by_addr.get(&a).is_none_or(|l| !l.active(now) && !l.quarantined(now)) {
+                return Some(a);
             }
+            free.remove(&(t, a));
         }
-        best.map(|(_, a)| a)
+        None
     }
 
     /// Forgets offers whose hold has passed and ends quarantines; returns
     /// the leases that expired now (bound → expired), for DNS removal.
     pub fn expire(&mut self, now: u64) -> Vec<Lease> {
-        let mut gone = Vec::new();
         let mut expired = Vec::new();
-        for l in self.by_addr.values_mut() {
-            if l.expires > now {
+        while let Some(&(t, a)) = self.ends.first() {
+            if t > now {
+                break;
+            }
+            let Some(l) = self.by_addr.get(&a).cloned() else {
+                self.ends.remove(&(t, a));
                 continue;
-            }
+            };
             match l.state {
-                State::Offered | State::Declined => gone.push(l.addr),
-                State::Bound => {
-                    l.state = State::Released;
-                    expired.push(l.clone());
+                State::Offered | State::Declined => {
+                    self.remove(a);
                 }
-                State::Released => {}
+                State::Bound => {
+                    let mut gone = l.clone();
+                    gone.state = State::Released;
+                    self.put(gone);
+                    expired.push(l);
+                }
+                State::Released => {
+                    self.ends.remove(&(t, a));
+                }
             }
-        }
-        for a in gone {
-            self.remove(a);
         }
         expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The allocation rule written the slow way (every address of every
+    /// range, as before the indexes): never used first, else freed longest ago.
+    fn by_scan(t: &Table, ranges: &[Range], now: u64, excluded: &dyn Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+        let addrs = || ranges.iter().flat_map(|r| r.range.clone()).map(Ipv4Addr::from).filter(|a| !excluded(*a));
+        if let Some(a) = addrs().find(|a| t.get(*a).is_none()) {
+            return Some(a);
+        }
+        addrs()
+            .filter_map(|a| match t.get(a) {
+                Some(l) if !l.active(now) && !l.quarantined(now) => Some((l.expires, a)),
+                _ => None,
+            })
+            .min()
+            .map(|(_, a)| a)
+    }
+
+    #[test]
+    fn the_indexes_allocate_what_a_scan_of_the_pool_would() {
+        let mut seed = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let a = |n: u64| Ipv4Addr::new(10, 20, 0, n as u8);
+        let excluded = |x: Ipv4Addr| x == Ipv4Addr::new(10, 20, 0, 105);
+        let mut t = Table::default();
+        let mut ranges = vec![Range::new(a(100), a(119)), Range::new(a(140), a(149))];
+        let mut now = 1000;
+        for step in 0..20_000 {
+            now += next(3);
+            t.expire(now);
+            // Freed addresses are reused only in the order the scan uses
+            // once the never-used ones are gone; before that both take the
+            // lowest never-used address.
+            let want = by_scan(&t, &ranges, now, &excluded);
+            let got = t.allocate(0, &mut ranges, now, &excluded);
+            let key = |x: Ipv4Addr| t.get(x).map_or(0, |l| l.expires);
+            match (got, want) {
+                (Some(g), Some(w)) => assert_eq!(key(g), key(w), "step {step}: {g} and {w}"),
+                _ => assert_eq!(got, want, "step {step}"),
+            }
+            let client = Some(ClientKey::from_hw(1, &[2, 0, 0, 0, 0, next(40) as u8]));
+            let target = match got {
+                Some(x) if next(2) == 0 => x,
+                _ => a(95 + next(60)),
+            };
+            let state = [State::Offered, State::Bound, State::Released, State::Declined][next(4) as usize];
+            match next(5) {
+                0 => {
+                    t.remove(target);
+                }
+                _ => t.put(Lease {
+                    addr: target,
+                    segment: 0,
+                    state,
+                    expires: now + next(50),
+                    client: client.filter(|_| state != State::Declined),
+                    hw: Vec::new(),
+                    hostname: None,
+                }),
+            }
+            // The indexes hold exactly what the table says.
+            if step % 500 == 0 {
+                let free: BTreeSet<_> = t.free.get(&0).cloned().unwrap_or_default();
+                for l in t.iter() {
+                    let usable = ranges.iter().any(|r| r.contains(l.addr)) && !excluded(l.addr);
+                    let in_free = free.contains(&(l.expires, l.addr));
+                    // (allocate forgets addresses it can never give.)
+                    assert_eq!(in_free || !usable, l.state == State::Released || !usable, "{l:?}");
+                    assert!(!in_free || l.state == State::Released, "{l:?}");
+                    assert_eq!(t.ends.contains(&(l.expires, l.addr)), l.state != State::Released, "{l:?}");
+                }
+                assert!(t.ends.iter().all(|(e, x)| t.get(*x).is_some_and(|l| l.expires == *e)));
+            }
+        }
     }
 }

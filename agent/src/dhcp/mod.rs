@@ -40,7 +40,7 @@ use self::{
 };
 use crate::{
     config::{AuthorityMode, Config},
-    dns::Dns,
+    dns::{Dns, NameChange},
 };
 
 pub const SERVER_PORT: u16 = 67;
@@ -65,6 +65,10 @@ pub struct JournalStatus {
     pub compactions: u64,
     /// Commits that failed (their ACKs were never sent).
     pub failures: u64,
+    /// Set when a failed commit could not be cut back out of the journal:
+    /// DHCP answers nothing more until a restart (fail-stop). The error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
 }
 
 #[derive(Default)]
@@ -74,6 +78,8 @@ struct JournalStats {
     records: AtomicU64,
     compactions: AtomicU64,
     failures: AtomicU64,
+    broken: std::sync::atomic::AtomicBool,
+    broken_error: Mutex<Option<String>>,
 }
 
 /// Work for the commit thread, in state-machine order.
@@ -92,13 +98,19 @@ struct Core {
     server: Server,
     jobs: mpsc::Sender<Job>,
     since_compaction: u64,
+    stats: Arc<JournalStats>,
 }
 
 impl Core {
     /// Runs one datagram through the state machine; returns a reply to send
     /// now (one that needs nothing durable).
-    fn handle(&mut self, segment: usize, bytes: &[u8], now: u64) -> Option<Reply> {
-        let out = self.server.handle(Some(segment), bytes, now);
+    fn handle(&mut self, segment: usize, source: Ipv4Addr, bytes: &[u8], now: u64) -> Option<Reply> {
+        if self.stats.broken.load(Ordering::Relaxed) {
+            // Fail-stop: not even an OFFER, which no ACK could follow.
+            self.server.refuse(server::Drop::JournalBroken);
+            return None;
+        }
+        let out = self.server.handle(Some(segment), source, bytes, now);
         if out.records.is_empty() && out.effects.is_empty() {
             return out.reply;
         }
@@ -120,6 +132,8 @@ pub struct Dhcp {
     stats: Arc<JournalStats>,
     tasks: Vec<JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    /// Applies the DNS effects; ends after the committer (which holds its channel).
+    names: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn unix_now() -> u64 {
@@ -154,9 +168,7 @@ impl Dhcp {
             return Ok(None);
         }
         if let Some(dns) = &dns {
-            for e in server.registrations(now) {
-                apply(dns, &e);
-            }
+            apply(dns, &server.registrations(now));
         }
         info!("dhcp: {} leases from {} ({n} records)", server.leases.len(), journal.path().display());
         let mut send = HashMap::new();
@@ -174,15 +186,26 @@ impl Dhcp {
         let stats = Arc::new(JournalStats::default());
         stats.bytes.store(journal.len(), Ordering::Relaxed);
         let journal_path = journal.path().to_path_buf();
+        let (names_tx, names_thread) = match dns {
+            Some(dns) => {
+                let (tx, rx) = mpsc::channel();
+                let t = std::thread::Builder::new()
+                    .name("dhcp-names".into())
+                    .spawn(move || names(&dns, rx))
+                    .context("dhcp: starting the name registration thread")?;
+                (Some(tx), Some(t))
+            }
+            None => (None, None),
+        };
         let (jobs, rx) = mpsc::channel();
         let committer = {
             let (sender, stats) = (sender.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("dhcp-journal".into())
-                .spawn(move || committer(journal, rx, &sender, dns.as_deref(), &stats))
+                .spawn(move || committer(journal, rx, &sender, names_tx, &stats))
                 .context("dhcp: starting the journal thread")?
         };
-        let core = Arc::new(Mutex::new(Core { server, jobs, since_compaction: 0 }));
+        let core = Arc::new(Mutex::new(Core { server, jobs, since_compaction: 0, stats: stats.clone() }));
         let mut tasks = Vec::new();
         let interfaces = recv.iter().map(|(_, i, _)| i.clone()).collect();
         for (seg, iface, sock) in recv {
@@ -193,8 +216,9 @@ impl Dhcp {
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 1500];
                 loop {
-                    let n = match sock.recv_from(&mut buf).await {
-                        Ok((n, _)) => n,
+                    let (n, source) = match sock.recv_from(&mut buf).await {
+                        Ok((n, std::net::SocketAddr::V4(from))) => (n, *from.ip()),
+                        Ok(_) => continue,
                         Err(e) => {
                             debug!("dhcp: receive on {iface}: {e}");
                             continue;
@@ -203,7 +227,7 @@ impl Dhcp {
                     if n >= 34 && buf[2] == 6 && own_mac.is_some_and(|m| buf[28..34] == m) {
                         continue;
                     }
-                    let reply = core.lock().expect("dhcp lock").handle(seg, &buf[..n], unix_now());
+                    let reply = core.lock().expect("dhcp lock").handle(seg, source, &buf[..n], unix_now());
                     if let Some(r) = reply {
                         sender.send(&r);
                     }
@@ -228,7 +252,7 @@ impl Dhcp {
             "dhcp: serving on {}",
             served.iter().map(|&i| sender.sockets[&i].1.as_str()).collect::<Vec<_>>().join(", ")
         );
-        Ok(Some(Dhcp { core, interfaces, journal_path, stats, tasks, committer: Some(committer) }))
+        Ok(Some(Dhcp { core, interfaces, journal_path, stats, tasks, committer: Some(committer), names: names_thread }))
     }
 
     pub fn status(&self) -> DhcpStatus {
@@ -245,6 +269,7 @@ impl Dhcp {
                 records: s.records.load(Ordering::Relaxed),
                 compactions: s.compactions.load(Ordering::Relaxed),
                 failures: s.failures.load(Ordering::Relaxed),
+                broken: s.broken_error.lock().expect("journal error lock").clone(),
             },
         }
     }
@@ -266,6 +291,9 @@ impl Dhcp {
         }
         let _ = self.core.lock().expect("dhcp lock").jobs.send(Job::Stop);
         if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.names.take() {
             let _ = t.join();
         }
         info!("dhcp: stopped");
@@ -363,34 +391,56 @@ fn set_neighbour(sock: &StdUdpSocket, iface: &str, ip: Ipv4Addr, hw: &[u8; 6]) -
     Ok(())
 }
 
-/// The commit thread: group commit (see the module doc).
-fn committer(mut journal: Journal, rx: mpsc::Receiver<Job>, sender: &Sender, dns: Option<&Dns>, stats: &JournalStats) {
+/// The commit thread: group commit (see the module doc). The DNS effects
+/// of a commit go, after its replies, to the names thread (`names`), so a
+/// registration's cost never delays an ACK.
+fn committer(
+    mut journal: Journal,
+    rx: mpsc::Receiver<Job>,
+    sender: &Sender,
+    names: Option<mpsc::Sender<Vec<Effect>>>,
+    stats: &JournalStats,
+) {
     let mut records = Vec::new();
     let mut done: Vec<(Option<Reply>, Vec<Effect>)> = Vec::new();
     let flush =
         |journal: &mut Journal, records: &mut Vec<LeaseRecord>, done: &mut Vec<(Option<Reply>, Vec<Effect>)>| {
+            let mut durable = true;
             if !records.is_empty() {
-                if let Err(e) = journal.append(records) {
-                    error!("dhcp: {e}; the ACKs of this commit are not sent");
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    records.clear();
-                    done.clear();
-                    return;
+                match journal.append(records) {
+                    Ok(()) => {
+                        stats.commits.store(journal.commits, Ordering::Relaxed);
+                        stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        durable = false;
+                        if journal.is_broken() {
+                            if !stats.broken.swap(true, Ordering::Relaxed) {
+                                error!("dhcp: {e}; DHCP stops answering (fail-stop)");
+                                *stats.broken_error.lock().expect("journal error lock") = Some(e.to_string());
+                            }
+                        } else {
+                            error!(
+                                "dhcp: {e}; the ACKs of this commit are not sent (the journal was cut back to its \
+                                 last good record; clients retry)"
+                            );
+                        }
+                    }
                 }
-                stats.commits.store(journal.commits, Ordering::Relaxed);
-                stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
                 stats.bytes.store(journal.len(), Ordering::Relaxed);
                 records.clear();
             }
-            for (reply, effects) in done.drain(..) {
-                if let Some(r) = reply {
+            // DNS follows the lease table, durable or not; only the replies wait.
+            let mut effects = Vec::new();
+            for (reply, e) in done.drain(..) {
+                if let Some(r) = reply.filter(|_| durable) {
                     sender.send(&r);
                 }
-                if let Some(dns) = dns {
-                    for e in &effects {
-                        apply(dns, e);
-                    }
-                }
+                effects.extend(e);
+            }
+            if let Some(names) = names.as_ref().filter(|_| !effects.is_empty()) {
+                let _ = names.send(effects);
             }
         };
     while let Ok(first) = rx.recv() {
@@ -425,18 +475,38 @@ fn committer(mut journal: Journal, rx: mpsc::Receiver<Job>, sender: &Sender, dns
     }
 }
 
-/// Applies a registration effect to the DNS service.
-fn apply(dns: &Dns, e: &Effect) {
-    match e {
-        Effect::Register { zone, hostname, addr } => {
-            if let Err(err) = dns.register(zone, hostname, *addr) {
-                info!(%addr, "dhcp: client name {hostname}.{zone} not registered: {err}");
-            }
+/// The names thread: applies the DNS effects of every commit queued since
+/// its last change as one change (one copy of each zone touched).
+fn names(dns: &Dns, rx: mpsc::Receiver<Vec<Effect>>) {
+    while let Ok(mut batch) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
         }
-        Effect::Unregister { zone, hostname, addr } => {
-            if let Ok(n) = hickory_proto::rr::Name::from_ascii(format!("{hostname}.{zone}.")) {
-                dns.unregister(&n.to_lowercase(), *addr);
+        apply(dns, &batch);
+    }
+}
+
+/// Applies registration effects to the DNS service, in order, as one
+/// change of its catalog (`Dns::change_names`).
+fn apply(dns: &Dns, effects: &[Effect]) {
+    let changes: Vec<NameChange> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Register { zone, hostname, addr } => {
+                Some(NameChange::Register { zone: zone.clone(), hostname: hostname.clone(), addr: *addr })
             }
+            Effect::Unregister { zone, hostname, addr } => {
+                let n = hickory_proto::rr::Name::from_ascii(format!("{hostname}.{zone}.")).ok()?;
+                Some(NameChange::Unregister { fqdn: n.to_lowercase(), addr: *addr })
+            }
+        })
+        .collect();
+    if changes.is_empty() {
+        return;
+    }
+    for (result, change) in dns.change_names(changes.clone()).into_iter().zip(&changes) {
+        if let (Err(err), NameChange::Register { zone, hostname, addr }) = (result, change) {
+            info!(%addr, "dhcp: client name {hostname}.{zone} not registered: {err}");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! make the records durable before it sends the reply (see `mod.rs`).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -95,8 +95,11 @@ pub enum Drop {
     NoMessageType,
     /// A message type a server never receives (OFFER, ACK, ...).
     UnexpectedType,
-    /// giaddr lies in no served segment.
+    /// giaddr is no configured relay address (`dhcp.relay`).
     UnknownRelay,
+    /// giaddr is a configured relay address, but the datagram came from
+    /// an address that relay does not send from.
+    RelaySource,
     /// Arrived on a segment without pools or static hosts.
     NotServed,
     /// A REQUEST for another server (the client chose its offer).
@@ -105,6 +108,8 @@ pub enum Drop {
     NoAddress,
     /// RELEASE or DECLINE of an address the client does not hold.
     NotHeld,
+    /// The lease journal is broken (fail-stop): nothing is answered.
+    JournalBroken,
 }
 
 impl Drop {
@@ -117,10 +122,12 @@ impl Drop {
             Drop::NoMessageType => "no_message_type",
             Drop::UnexpectedType => "unexpected_type",
             Drop::UnknownRelay => "unknown_relay",
+            Drop::RelaySource => "relay_source",
             Drop::NotServed => "not_served",
             Drop::OtherServer => "other_server",
             Drop::NoAddress => "no_address",
             Drop::NotHeld => "not_held",
+            Drop::JournalBroken => "journal_broken",
         }
     }
 }
@@ -183,6 +190,9 @@ pub struct LeaseInfo {
 pub struct Server {
     pub segments: Vec<Segment>,
     hosts: Vec<StaticHost>,
+    /// The configured relays by giaddr: their segment and the addresses
+    /// their datagrams may come from.
+    relays: HashMap<Ipv4Addr, (usize, Vec<Ipv4Addr>)>,
     excluded: HashSet<Ipv4Addr>,
     cfg: DhcpSection,
     dns_enabled: bool,
@@ -249,9 +259,17 @@ impl Server {
                 pxe: h.pxe.clone(),
             });
         }
+        let mut relays = HashMap::new();
+        for r in &cfg.dhcp.relays {
+            let Some(si) = segments.iter().position(|s| s.name == r.segment) else { continue };
+            for &a in &r.addresses {
+                relays.insert(a, (si, r.sources().to_vec()));
+            }
+        }
         let mut server = Server {
             segments,
             hosts,
+            relays,
             excluded,
             cfg: cfg.dhcp.clone(),
             dns_enabled: cfg.dns.enabled,
@@ -366,15 +384,20 @@ impl Server {
         v
     }
 
-    fn drop(&mut self, why: Drop) -> Outcome {
+    /// Counts a datagram the wrapper refused without handling it.
+    pub fn refuse(&mut self, why: Drop) {
         *self.counters.drops.entry(why.name().to_string()).or_default() += 1;
+    }
+
+    fn drop(&mut self, why: Drop) -> Outcome {
+        self.refuse(why);
         Outcome::default()
     }
 
-    /// Handles one datagram that arrived on `segment`'s interface (`None`:
-    /// an interface that is not a segment) at unix time `now`.
-    pub fn handle(&mut self, segment: Option<usize>, bytes: &[u8], now: u64) -> Outcome {
-        let req = match self.parse(segment, bytes) {
+    /// Handles one datagram from `source` that arrived on `segment`'s
+    /// interface (`None`: an interface that is not a segment) at unix time `now`.
+    pub fn handle(&mut self, segment: Option<usize>, source: Ipv4Addr, bytes: &[u8], now: u64) -> Outcome {
+        let req = match self.parse(segment, source, bytes) {
             Ok(r) => r,
             Err(why) => return self.drop(why),
         };
@@ -404,8 +427,12 @@ impl Server {
     }
 
     /// RFC 2131 §2 and §4.1: the fixed header, the magic cookie, option 53;
-    /// the segment is giaddr's (relayed) or the receiving interface's.
-    fn parse(&self, segment: Option<usize>, bytes: &[u8]) -> Result<Request, Drop> {
+    /// the segment is the configured relay's (giaddr set, RFC 1542 §4.1) or
+    /// the receiving interface's. A relayed request is served only from a
+    /// relay named in `dhcp.relay`, from one of its source addresses: a
+    /// host cannot draw from another segment's pool by writing an address
+    /// of that segment in giaddr.
+    fn parse(&self, segment: Option<usize>, source: Ipv4Addr, bytes: &[u8]) -> Result<Request, Drop> {
         if bytes.len() < 240 {
             return Err(Drop::Malformed);
         }
@@ -428,10 +455,15 @@ impl Server {
         let kind = msg.opts().msg_type().ok_or(Drop::NoMessageType)?;
         let giaddr = msg.giaddr();
         let segment = if !giaddr.is_unspecified() {
-            self.segments.iter().position(|s| s.served && s.net.contains(&giaddr)).ok_or(Drop::UnknownRelay)?
+            let (seg, sources) = self.relays.get(&giaddr).ok_or(Drop::UnknownRelay)?;
+            if !sources.contains(&source) {
+                return Err(Drop::RelaySource);
+            }
+            Some(*seg)
         } else {
-            segment.filter(|&s| self.segments[s].served).ok_or(Drop::NotServed)?
+            segment
         };
+        let segment = segment.filter(|&s| self.segments[s].served).ok_or(Drop::NotServed)?;
         let key = match msg.opts().get(OptionCode::ClientIdentifier) {
             Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => ClientKey::from_client_id(id),
             _ => ClientKey::from_hw(u8::from(msg.htype()), msg.chaddr()),
@@ -515,7 +547,7 @@ impl Server {
                 .or_else(|| {
                     let excluded = &self.excluded;
                     let mut ranges = std::mem::take(&mut self.segments[seg].ranges);
-                    let a = self.leases.allocate(&mut ranges, now, &|a| excluded.contains(&a));
+                    let a = self.leases.allocate(seg, &mut ranges, now, &|a| excluded.contains(&a));
                     self.segments[seg].ranges = ranges;
                     a
                 });
@@ -827,31 +859,44 @@ impl Server {
     }
 }
 
-/// The option lengths dhcproto asserts (in debug builds) instead of
-/// checking: RFC 4039 rapid commit (0), RFC 4578 client network interface
-/// (3), RFC 4702 client FQDN (at least 3), RFC 6926 times (4).
+/// The option lengths dhcproto asserts (in debug builds) or subtracts from
+/// instead of checking: RFC 4039 rapid commit (0), RFC 4578 client network
+/// interface (3), RFC 4702 client FQDN (at least 3), RFC 6926 times (4) and
+/// status code (at least 1). Adjacent fragments of one code are one option
+/// of their summed length (RFC 3396, as dhcproto reads them), so the check
+/// is of the sum.
 fn options_sane(mut opts: &[u8]) -> bool {
-    while let Some((&code, rest)) = opts.split_first() {
+    // The option being read: its code and the length of its fragments so far.
+    let mut current: Option<(u8, usize)> = None;
+    loop {
+        let code = opts.first().copied();
+        if let Some((c, len)) = current
+            && code != Some(c)
+        {
+            let ok = match c {
+                80 => len == 0,
+                94 => len == 3,
+                81 => len >= 3,
+                151 => len >= 1,
+                152..=155 => len == 4,
+                _ => true,
+            };
+            if !ok {
+                return false;
+            }
+            current = None;
+        }
         match code {
-            0 => opts = rest,
-            255 => return true,
-            _ => {
-                let Some((&len, rest)) = rest.split_first() else { return true };
-                let ok = match code {
-                    80 => len == 0,
-                    94 => len == 3,
-                    81 => len >= 3,
-                    152..=155 => len == 4,
-                    _ => true,
-                };
-                if !ok {
-                    return false;
-                }
-                opts = rest.get(usize::from(len)..).unwrap_or(&[]);
+            None | Some(255) => return true,
+            Some(0) => opts = &opts[1..],
+            Some(c) => {
+                let Some(&len) = opts.get(1) else { return true };
+                let len = usize::from(len);
+                current = Some((c, current.map_or(0, |(_, l)| l) + len));
+                opts = opts.get(2 + len..).unwrap_or(&[]);
             }
         }
     }
-    true
 }
 
 /// RFC 2131 §4.4.5: T1 = 0.5 and T2 = 0.875 of the lease.

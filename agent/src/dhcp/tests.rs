@@ -55,8 +55,14 @@ fn bytes(m: &Message) -> Vec<u8> {
     b
 }
 
+/// Runs `m` as if it came from its relay (giaddr), else from a client
+/// without an address.
 fn run(s: &mut Server, seg: usize, m: &Message, now: u64) -> (Outcome, Option<Message>) {
-    let out = s.handle(Some(seg), &bytes(m), now);
+    run_from(s, seg, m.giaddr(), m, now)
+}
+
+fn run_from(s: &mut Server, seg: usize, source: Ipv4Addr, m: &Message, now: u64) -> (Outcome, Option<Message>) {
+    let out = s.handle(Some(seg), source, &bytes(m), now);
     let reply = out.reply.as_ref().map(|r| Message::decode(&mut Decoder::new(&r.bytes)).unwrap());
     (out, reply)
 }
@@ -333,16 +339,26 @@ fn a_full_pool_gives_no_offer_and_is_counted() {
     assert_eq!(dora(&mut s, DVNT, mac(3), T0 + 2).0, a);
 }
 
+/// A relay for dvntm that sends from dvnt (a router with a leg on each).
+fn with_dvntm_relay(mut cfg: Config) -> Config {
+    cfg.dhcp.relays.push(crate::config::Relay {
+        segment: "dvntm".into(),
+        addresses: vec![Ipv4Addr::new(10, 30, 0, 50)],
+        sources: vec![Ipv4Addr::new(10, 20, 0, 50)],
+    });
+    cfg
+}
+
 #[test]
-fn relayed_requests_are_served_from_giaddrs_segment_with_option_82() {
-    let mut s = server();
+fn relayed_requests_are_served_from_the_relays_segment_with_option_82() {
+    let mut s = Server::new(&with_dvntm_relay(config()), Vec::new());
     let mut d = msg(MessageType::Discover, mac(1));
     d.set_giaddr(Ipv4Addr::new(10, 30, 0, 50)).set_hops(1);
     let mut info = RelayAgentInformation::default();
     info.insert(RelayInfo::AgentCircuitId(b"port-7".to_vec()));
     d.opts_mut().insert(DhcpOption::RelayAgentInformation(info.clone()));
-    // Arriving on dvnt's interface, but relayed for dvntm.
-    let (out, offer) = run(&mut s, DVNT, &d, T0);
+    // Arriving on dvnt's interface from the relay's dvnt address, relayed for dvntm.
+    let (out, offer) = run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 50), &d, T0);
     let offer = offer.unwrap();
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 30, 0, 100));
     assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 30, 0, 50));
@@ -356,10 +372,51 @@ fn relayed_requests_are_served_from_giaddrs_segment_with_option_82() {
     }
     let reply = out.reply.unwrap();
     assert_eq!((reply.segment, reply.dest), (DVNTM, Dest::Relay(Ipv4Addr::new(10, 30, 0, 50))));
+    // The example's relay on dvnt (perfdhcp on dvnt-client) sends from its giaddr.
+    let mut d2 = msg(MessageType::Discover, mac(2));
+    d2.set_giaddr(Ipv4Addr::new(10, 20, 0, 50));
+    assert_eq!(run(&mut s, DVNT, &d2, T0).1.unwrap().yiaddr(), Ipv4Addr::new(10, 20, 0, 100));
     // A relay outside every segment: dropped and counted.
     d.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
-    assert!(run(&mut s, DVNT, &d, T0).1.is_none());
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 50), &d, T0).1.is_none());
     assert_eq!(s.counters.drops["unknown_relay"], 1);
+}
+
+/// Issue 17 item 14: a host on one segment cannot draw from another
+/// segment's pool by writing an address of that segment in giaddr; only
+/// the configured relay, from its own source addresses, can.
+#[test]
+fn a_giaddr_is_served_only_from_its_configured_relay() {
+    let mut s = server();
+    let mut d = msg(MessageType::Discover, mac(1));
+    // A host on dvnt claims to relay for dvntm (no relay is configured there).
+    d.set_giaddr(Ipv4Addr::new(10, 30, 0, 77));
+    let (out, r) = run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &d, T0);
+    assert!(r.is_none() && out.records.is_empty());
+    assert_eq!(s.counters.drops.get("unknown_relay"), Some(&1), "{:?}", s.counters.drops);
+    // An address of its own segment that is no configured relay: the same.
+    d.set_giaddr(Ipv4Addr::new(10, 20, 0, 60));
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &d, T0).1.is_none());
+    assert_eq!(s.counters.drops.get("unknown_relay"), Some(&2));
+    // The configured relay's giaddr, from another source (a host on dvntm
+    // writing dvnt's relay address): refused too.
+    d.set_giaddr(Ipv4Addr::new(10, 20, 0, 50));
+    assert!(run_from(&mut s, DVNTM, Ipv4Addr::new(10, 30, 0, 60), &d, T0).1.is_none());
+    assert_eq!(s.counters.drops.get("relay_source"), Some(&1), "{:?}", s.counters.drops);
+    // REQUESTs are held to the same rule (INIT-REBOOT for a dvntm address).
+    let mut r = msg(MessageType::Request, mac(1));
+    r.set_giaddr(Ipv4Addr::new(10, 30, 0, 77));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 30, 0, 100)));
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &r, T0).1.is_none());
+    assert!(s.leases.is_empty(), "nothing was offered or bound");
+    // Once dvntm's relay is configured (sending from dvnt), it is served.
+    let mut s = Server::new(&with_dvntm_relay(config()), Vec::new());
+    d.set_giaddr(Ipv4Addr::new(10, 30, 0, 50));
+    let offer = run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 50), &d, T0).1.expect("an offer");
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 30, 0, 100));
+    // ... but not from another host writing its giaddr.
+    assert!(run_from(&mut s, DVNT, Ipv4Addr::new(10, 20, 0, 60), &d, T0).1.is_none());
+    assert_eq!(s.counters.drops.get("relay_source"), Some(&1));
 }
 
 fn pxe_offer(s: &mut Server, hw: [u8; 6], arch: Option<u16>, extra: &[DhcpOption]) -> Message {
@@ -502,13 +559,13 @@ fn malformed_input_is_dropped_with_a_reason() {
         (bytes(&msg(MessageType::Offer, mac(1))), "unexpected_type"),
     ];
     for (b, why) in cases {
-        let out = s.handle(Some(DVNT), &b, T0);
+        let out = s.handle(Some(DVNT), Ipv4Addr::UNSPECIFIED, &b, T0);
         assert!(out.reply.is_none() && out.records.is_empty(), "{why}");
         assert_eq!(s.counters.drops.get(why), Some(&1), "{why}: {:?}", s.counters.drops);
     }
     // A segment without pools or hosts (none here: every example segment is
     // served) and an interface that is no segment.
-    assert!(s.handle(None, &good, T0).reply.is_none());
+    assert!(s.handle(None, Ipv4Addr::UNSPECIFIED, &good, T0).reply.is_none());
     assert_eq!(s.counters.drops["not_served"], 1);
 }
 
@@ -564,7 +621,8 @@ fn random_input_never_panics_or_corrupts_the_lease_store() {
                 m.set_ciaddr(Ipv4Addr::new(10, 20, 0, 90 + rng.below(120) as u8));
             }
             if rng.below(4) == 0 {
-                m.set_giaddr(Ipv4Addr::new(10, rng.below(40) as u8, 0, 7));
+                let relay = [Ipv4Addr::new(10, 20, 0, 50), Ipv4Addr::new(10, rng.below(40) as u8, 0, 7)];
+                m.set_giaddr(relay[rng.below(2) as usize]);
             }
             if rng.below(4) == 0 {
                 m.opts_mut().insert(DhcpOption::Hostname(format!("h{}", rng.below(10))));
@@ -580,7 +638,8 @@ fn random_input_never_panics_or_corrupts_the_lease_store() {
             b
         };
         let seg = [Some(MGMT), Some(DVNT), Some(DVNTM), None][rng.below(4) as usize];
-        let out = s.handle(seg, &b, now);
+        let source = [Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 20, 0, 50)][rng.below(2) as usize];
+        let out = s.handle(seg, source, &b, now);
         for r in &out.records {
             journal::encode(r, &mut journal_bytes);
             all.push(r.clone());
@@ -618,4 +677,163 @@ fn random_input_never_panics_or_corrupts_the_lease_store() {
     };
     assert_eq!(bound(&back), bound(&s));
     assert!(s.counters.acks > 100, "the random requests reached the state machine: {:?}", s.counters);
+}
+
+/// RFC 3396: an option split into fragments of the same code is one
+/// option of their concatenated length. dhcproto concatenates them and
+/// then asserts the length of fixed-size options in debug builds; the
+/// server must refuse such packets before that, and keep serving.
+#[test]
+fn repeated_option_fragments_are_refused_without_a_panic() {
+    let mut s = server();
+    let good = bytes(&msg(MessageType::Discover, mac(1)));
+    // The options of `good` start at 240; splice fragments in after option 53.
+    let with = |frags: &[&[u8]]| {
+        let mut b = good[..240].to_vec();
+        b.extend_from_slice(&[53, 1, 1]);
+        for f in frags {
+            b.extend_from_slice(f);
+        }
+        b.push(255);
+        b
+    };
+    let cases: Vec<Vec<u8>> = vec![
+        // Client network interface (94, 3 bytes) twice: 6 bytes.
+        with(&[&[94, 3, 1, 3, 0], &[94, 3, 1, 3, 0]]),
+        // Rapid commit (80, empty) with a one-byte fragment.
+        with(&[&[80, 0], &[80, 1, 0]]),
+        // RFC 6926 times (4 bytes) as two fragments of 4.
+        with(&[&[152, 4, 0, 0, 0, 1], &[152, 4, 0, 0, 0, 1]]),
+        // Bulk lease query status code (151) without a code byte.
+        with(&[&[151, 0]]),
+        // The same code many times (fragments of one byte each).
+        with(&(0..200).map(|_| &[94u8, 1, 7][..]).collect::<Vec<_>>()),
+    ];
+    for (i, b) in cases.iter().enumerate() {
+        let out = s.handle(Some(DVNT), Ipv4Addr::UNSPECIFIED, b, T0);
+        assert!(out.reply.is_none() && out.records.is_empty(), "case {i}");
+    }
+    assert_eq!(s.counters.drops.get("malformed"), Some(&(cases.len() as u64)), "{:?}", s.counters.drops);
+    // Fragments that add up to a valid option are one option (RFC 3396 §5):
+    // a host name in two pieces is served.
+    let b = with(&[&[12, 3, b'b', b'o', b'x'], &[12, 2, b'-', b'1'], &[55, 2, 1, 3]]);
+    let (_, offer) = {
+        let out = s.handle(Some(DVNT), Ipv4Addr::UNSPECIFIED, &b, T0);
+        let r = out.reply.as_ref().map(|r| Message::decode(&mut Decoder::new(&r.bytes)).unwrap());
+        (out, r)
+    };
+    assert_eq!(kind(&offer.expect("an offer")), MessageType::Offer);
+    assert_eq!(
+        s.leases.of_client(DVNT, &super::leases::ClientKey::from_hw(1, &mac(1))).and_then(|l| l.hostname.clone()),
+        Some("box-1".to_string())
+    );
+}
+
+/// Issue 17 item 15: with the pool full, a DISCOVER from a new client must
+/// not look at every address of the pool (under the lock every receive
+/// task shares); nor may picking a freed address cost more in a large pool.
+/// Counted in addresses examined, not timed.
+#[test]
+fn allocation_cost_does_not_grow_with_the_pool_size() {
+    let mut per_discover = Vec::new();
+    for size in [200u32, 60_000] {
+        let mut cfg = config();
+        cfg.segments[DVNT].cidr = "10.20.0.0/16".parse().unwrap();
+        let start = Ipv4Addr::new(10, 20, 1, 0);
+        cfg.dhcp.pools[0].start = start;
+        cfg.dhcp.pools[0].end = Ipv4Addr::from(u32::from(start) + size - 1);
+        let mut s = Server::new(&cfg, Vec::new());
+        // Every address bound to its own client.
+        for i in 0..size {
+            let hw = (u64::from(i) + 0x0200_0000_0000).to_be_bytes()[2..].to_vec();
+            s.leases.put(super::leases::Lease {
+                addr: Ipv4Addr::from(u32::from(start) + i),
+                segment: DVNT,
+                state: State::Bound,
+                expires: T0 + 3600,
+                client: Some(super::leases::ClientKey::from_hw(1, &hw)),
+                hw,
+                hostname: None,
+            });
+        }
+        // The first DISCOVER may walk past the never-used addresses once.
+        run(&mut s, DVNT, &msg(MessageType::Discover, [4, 0, 0, 0, 0, 0]), T0);
+        let before = s.leases.examined;
+        let t = std::time::Instant::now();
+        for n in 1..=50u8 {
+            let (out, r) = run(&mut s, DVNT, &msg(MessageType::Discover, [4, 0, 0, 0, 1, n]), T0);
+            assert!(r.is_none() && out.records.is_empty());
+        }
+        let exhausted = (s.leases.examined - before) / 50;
+        eprintln!("pool of {size}: {exhausted} addresses examined per DISCOVER when full ({:?} for 50)", t.elapsed());
+        assert_eq!(s.counters.pool_exhausted, 51);
+        // Ten clients release; new clients get exactly those, oldest freed first.
+        for i in 0..10u32 {
+            let hw = (u64::from(i * 7) + 0x0200_0000_0000).to_be_bytes()[2..].to_vec();
+            let mut rel = msg(MessageType::Release, hw[..].try_into().unwrap());
+            rel.set_ciaddr(Ipv4Addr::from(u32::from(start) + i * 7));
+            run(&mut s, DVNT, &rel, T0 + 10 + u64::from(i));
+        }
+        let before = s.leases.examined;
+        for n in 0..10u32 {
+            let (_, offer) = run(&mut s, DVNT, &msg(MessageType::Discover, [5, 0, 0, 0, 0, n as u8]), T0 + 30);
+            assert_eq!(offer.expect("a freed address").yiaddr(), Ipv4Addr::from(u32::from(start) + n * 7));
+        }
+        let freed = (s.leases.examined - before) / 10;
+        eprintln!("pool of {size}: {freed} addresses examined per DISCOVER for a freed address");
+        per_discover.push((size, exhausted, freed));
+    }
+    for (size, exhausted, freed) in per_discover {
+        assert!(
+            exhausted <= 2 && freed <= 2,
+            "pool of {size}: {exhausted} and {freed} addresses examined per DISCOVER"
+        );
+    }
+}
+
+/// Issue 17 item 15: registering a group commit's client names copies the
+/// DNS zones they touch once, not once per name (each copy is of the whole
+/// zone, every registered name included): the catalog is published once
+/// for the lot. Counted by the epochs publishing gives the zones.
+#[test]
+fn a_batch_of_registrations_publishes_the_catalog_once() {
+    let mut cfg = config();
+    let dir = std::env::temp_dir().join(format!("coresvc-dhcp-reg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    cfg.agent.state_dir = dir.clone();
+    let dns = crate::dns::Dns::new(&cfg).unwrap();
+    let zone = hickory_proto::rr::Name::from_ascii("dvnt.deevnet.net.").unwrap();
+    let epoch = |d: &crate::dns::Dns| {
+        let c = d.resolver.catalog();
+        c.zone_epochs[c.zone_index(&zone).unwrap()]
+    };
+    let before = epoch(&dns);
+    let effects: Vec<Effect> = (0..100u8)
+        .map(|i| Effect::Register {
+            zone: "dvnt.deevnet.net".into(),
+            hostname: format!("client-{i}"),
+            addr: Ipv4Addr::new(10, 20, 0, 100 + i),
+        })
+        .chain([Effect::Unregister {
+            zone: "dvnt.deevnet.net".into(),
+            hostname: "client-7".into(),
+            addr: Ipv4Addr::new(10, 20, 0, 107),
+        }])
+        .collect();
+    super::apply(&dns, &effects);
+    let published = epoch(&dns) - before;
+    // (Each publication gives new epochs to the forward and the reverse zone.)
+    assert!(published <= 2, "the catalog was published {published} times for one batch");
+    let c = dns.resolver.catalog();
+    let a = |n: &str| c.lookup(&hickory_proto::rr::Name::from_ascii(n).unwrap(), hickory_proto::rr::RecordType::A);
+    assert_eq!(a("client-99.dvnt.deevnet.net.").unwrap().answers.len(), 1);
+    assert_eq!(a("client-7.dvnt.deevnet.net.").unwrap().answers.len(), 0, "unregistered in the same batch");
+    let ptr = c
+        .lookup(
+            &hickory_proto::rr::Name::from_ascii("150.0.20.10.in-addr.arpa.").unwrap(),
+            hickory_proto::rr::RecordType::PTR,
+        )
+        .unwrap();
+    assert_eq!(ptr.answers.len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
 }

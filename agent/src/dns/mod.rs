@@ -334,51 +334,88 @@ impl Dns {
     /// static data (a host, service or record) or by another address.
     /// Registering the same name and address again is a no-op.
     pub fn register(&self, zone: &str, hostname: &str, addr: Ipv4Addr) -> Result<Name, RegisterError> {
-        let _one = self.changing.lock().expect("changing lock");
-        let mut dynamic = self.dynamic.lock().expect("dynamic lock");
-        let origin = build::name(zone).map_err(|e| RegisterError::BadName(e.to_string()))?;
-        let fqdn = Name::from_ascii(hostname)
-            .and_then(|n| n.append_domain(&origin))
-            .map_err(|e| RegisterError::BadName(format!("{hostname}: {e}")))?
-            .to_lowercase();
-        if hostname.is_empty() || hostname.contains('.') {
-            return Err(RegisterError::BadName(hostname.to_string()));
-        }
-        match dynamic.get(&fqdn) {
-            Some(a) if *a == addr => return Ok(fqdn),
-            Some(a) => return Err(RegisterError::Taken { name: fqdn.to_string(), by: format!("a lease of {a}") }),
-            None => {}
-        }
-        let mut catalog = (*self.resolver.catalog()).clone();
-        if catalog.zone_for(&fqdn).map(|z| z.origin.clone()) != Some(origin.clone()) {
-            return Err(RegisterError::NoZone(zone.to_string()));
-        }
-        if catalog.exists(&fqdn) {
-            return Err(RegisterError::Taken { name: fqdn.to_string(), by: "static zone data".into() });
-        }
-        add_registration(&mut catalog, &fqdn, addr).map_err(|e| RegisterError::BadName(format!("{e:#}")))?;
-        dynamic.insert(fqdn.clone(), addr);
-        if let Err(e) = self.publish(catalog, Changed::Names(vec![fqdn.clone(), build::ptr_name(addr)])) {
-            warn!(name = %fqdn, "dns: {e:#}");
-        }
-        info!(name = %fqdn, %addr, "dns: registered");
-        Ok(fqdn)
+        let change = NameChange::Register { zone: zone.to_string(), hostname: hostname.to_string(), addr };
+        self.change_names(vec![change]).pop().expect("one result per change")
     }
 
     /// Removes a registration made by [`Dns::register`] (release, expiry).
     pub fn unregister(&self, fqdn: &Name, addr: Ipv4Addr) {
+        let _ = self.change_names(vec![NameChange::Unregister { fqdn: fqdn.clone(), addr }]);
+    }
+
+    /// [`Dns::register`] and [`Dns::unregister`] for many names, in order,
+    /// with one new catalog: each zone they touch is copied (a copy holds
+    /// every name registered there) and re-indexed once, and the catalog is
+    /// published once. One result per change (`Ok` for an unregistration).
+    pub fn change_names(&self, changes: Vec<NameChange>) -> Vec<Result<Name, RegisterError>> {
         let _one = self.changing.lock().expect("changing lock");
         let mut dynamic = self.dynamic.lock().expect("dynamic lock");
-        if dynamic.get(fqdn) != Some(&addr) {
-            return;
+        let mut next: Option<Catalog> = None;
+        let mut touched: Vec<Name> = Vec::new();
+        let mut names: Vec<Name> = Vec::new();
+        let mut results = Vec::with_capacity(changes.len());
+        for change in changes {
+            let catalog = next.get_or_insert_with(|| (*self.resolver.catalog()).clone());
+            match change {
+                NameChange::Register { zone, hostname, addr } => {
+                    let r = (|| {
+                        let origin = build::name(&zone).map_err(|e| RegisterError::BadName(e.to_string()))?;
+                        let fqdn = Name::from_ascii(&hostname)
+                            .and_then(|n| n.append_domain(&origin))
+                            .map_err(|e| RegisterError::BadName(format!("{hostname}: {e}")))?
+                            .to_lowercase();
+                        if hostname.is_empty() || hostname.contains('.') {
+                            return Err(RegisterError::BadName(hostname.clone()));
+                        }
+                        match dynamic.get(&fqdn) {
+                            Some(a) if *a == addr => return Ok(fqdn),
+                            Some(a) => {
+                                return Err(RegisterError::Taken {
+                                    name: fqdn.to_string(),
+                                    by: format!("a lease of {a}"),
+                                });
+                            }
+                            None => {}
+                        }
+                        if catalog.zone_for(&fqdn).map(|z| z.origin.clone()) != Some(origin.clone()) {
+                            return Err(RegisterError::NoZone(zone.clone()));
+                        }
+                        if catalog.exists(&fqdn) {
+                            return Err(RegisterError::Taken { name: fqdn.to_string(), by: "static zone data".into() });
+                        }
+                        if let Err(e) = add_registration(catalog, &fqdn, addr, &mut touched) {
+                            remove_registration(catalog, &fqdn, addr, &mut touched);
+                            return Err(RegisterError::BadName(format!("{e:#}")));
+                        }
+                        dynamic.insert(fqdn.clone(), addr);
+                        names.extend([fqdn.clone(), build::ptr_name(addr)]);
+                        info!(name = %fqdn, %addr, "dns: registered");
+                        Ok(fqdn)
+                    })();
+                    results.push(r);
+                }
+                NameChange::Unregister { fqdn, addr } => {
+                    if dynamic.get(&fqdn) == Some(&addr) {
+                        dynamic.remove(&fqdn);
+                        remove_registration(catalog, &fqdn, addr, &mut touched);
+                        names.extend([fqdn.clone(), build::ptr_name(addr)]);
+                        info!(name = %fqdn, %addr, "dns: unregistered");
+                    }
+                    results.push(Ok(fqdn));
+                }
+            }
         }
-        dynamic.remove(fqdn);
-        let mut catalog = (*self.resolver.catalog()).clone();
-        remove_registration(&mut catalog, fqdn, addr);
-        if let Err(e) = self.publish(catalog, Changed::Names(vec![fqdn.clone(), build::ptr_name(addr)])) {
-            warn!(name = %fqdn, "dns: {e:#}");
+        if let Some(mut catalog) = next.filter(|_| !names.is_empty()) {
+            for origin in &touched {
+                if let Some(Err(e)) = catalog.zone_mut(origin).map(|z| z.finish()) {
+                    warn!(zone = %origin, "dns: {e}");
+                }
+            }
+            if let Err(e) = self.publish(catalog, Changed::Names(names)) {
+                warn!("dns: {e:#}");
+            }
         }
-        info!(name = %fqdn, %addr, "dns: unregistered");
+        results
     }
 
     /// Re-reads the zone files (and the configured zone data). A bad file is
@@ -409,12 +446,18 @@ impl Dns {
         let mut catalog = build_with_moves(cfg, &moves)?;
         // Registrations stay: they belong to live leases.
         let dynamic = self.dynamic.lock().expect("dynamic lock");
+        let mut touched = Vec::new();
         for (name, addr) in dynamic.iter() {
             if !catalog.exists(name) {
-                let _ = add_registration(&mut catalog, name, *addr);
+                let _ = add_registration(&mut catalog, name, *addr, &mut touched);
             }
         }
         drop(dynamic);
+        for origin in &touched {
+            if let Some(z) = catalog.zone_mut(origin) {
+                z.finish()?;
+            }
+        }
         // Unchanged zones carry over (serials and epochs): their answers, and
         // forwarded ones, stay valid in the XDP cache.
         let changed = match catalog.carry_over(&self.resolver.catalog()) {
@@ -499,33 +542,47 @@ pub enum RegisterError {
     Taken { name: String, by: String },
 }
 
+/// One change [`Dns::change_names`] makes.
+#[derive(Debug, Clone)]
+pub enum NameChange {
+    Register { zone: String, hostname: String, addr: Ipv4Addr },
+    Unregister { fqdn: Name, addr: Ipv4Addr },
+}
+
 /// Adds A `fqdn` → `addr` and, where a reverse zone covers `addr`, its PTR.
-fn add_registration(catalog: &mut Catalog, fqdn: &Name, addr: Ipv4Addr) -> Result<()> {
+/// The zones changed are added to `touched` (they need `finish`).
+fn add_registration(catalog: &mut Catalog, fqdn: &Name, addr: Ipv4Addr, touched: &mut Vec<Name>) -> Result<()> {
     let origin = catalog.zone_for(fqdn).map(|z| z.origin.clone()).ok_or_else(|| anyhow!("no zone for {fqdn}"))?;
     let zone = catalog.zone_mut(&origin).expect("zone exists");
     let ttl = zone.negative_soa().ttl.max(60);
     zone.insert(Record::from_rdata(fqdn.clone(), ttl, RData::A(A(addr))))?;
-    zone.finish()?;
+    touch(touched, origin);
     let ptr = build::ptr_name(addr);
     if let Some(rev) = catalog.zone_for(&ptr).map(|z| z.origin.clone()) {
         let z = catalog.zone_mut(&rev).expect("zone exists");
         z.insert(Record::from_rdata(ptr, ttl, RData::PTR(PTR(fqdn.clone()))))?;
-        z.finish()?;
+        touch(touched, rev);
     }
     Ok(())
 }
 
-fn remove_registration(catalog: &mut Catalog, fqdn: &Name, addr: Ipv4Addr) {
+fn remove_registration(catalog: &mut Catalog, fqdn: &Name, addr: Ipv4Addr, touched: &mut Vec<Name>) {
     if let Some(origin) = catalog.zone_for(fqdn).map(|z| z.origin.clone()) {
         let zone = catalog.zone_mut(&origin).expect("zone exists");
         zone.remove(fqdn, RecordType::A, Some(&RData::A(A(addr))));
-        let _ = zone.finish();
+        touch(touched, origin);
     }
     let ptr = build::ptr_name(addr);
     if let Some(rev) = catalog.zone_for(&ptr).map(|z| z.origin.clone()) {
         let z = catalog.zone_mut(&rev).expect("zone exists");
         z.remove(&ptr, RecordType::PTR, Some(&RData::PTR(PTR(fqdn.clone()))));
-        let _ = z.finish();
+        touch(touched, rev);
+    }
+}
+
+fn touch(touched: &mut Vec<Name>, origin: Name) {
+    if !touched.contains(&origin) {
+        touched.push(origin);
     }
 }
 

@@ -17,6 +17,13 @@ use coresvc_maps_schema::{
     self as schema, CtEntry, CtKey, NatBind, NatKey, PacketCount, ROLE_SEGMENT, ROLE_UPLINK, Settings,
 };
 
+/// The gateway's addresses in the FIB namespace.
+pub const LOCAL: [[u8; 4]; 3] = [[10, 10, 0, 1], [10, 20, 0, 1], [192, 0, 2, 2]];
+
+/// TC verdicts.
+pub const TC_OK: u32 = 0;
+pub const TC_SHOT: u32 = 2;
+
 pub const DROP: u32 = 1;
 pub const PASS: u32 = 2;
 pub const REDIRECT: u32 = 4;
@@ -114,7 +121,20 @@ impl Fw {
     }
 
     pub fn install(&mut self, cfg: &Config) {
-        rules::install(&mut self.ebpf, &rules::compile(cfg).unwrap()).unwrap();
+        let local: Vec<Ipv4Addr> = LOCAL.iter().map(|a| Ipv4Addr::from(*a)).collect();
+        offline::install(&mut self.ebpf, cfg, &local).unwrap();
+    }
+
+    /// Changes the settings entry.
+    pub fn settings(&mut self, f: impl FnOnce(&mut Settings)) {
+        offline::update_settings(&mut self.ebpf, f).unwrap();
+    }
+
+    /// Runs the TC egress program on `frame` as the stack forwards it,
+    /// received on `ingress_ifindex` (0: sent by the gateway itself):
+    /// (verdict, the frame as sent).
+    pub fn egress_from(&mut self, ingress_ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        offline::run_egress(&self.ebpf, ingress_ifindex, frame).expect("BPF_PROG_TEST_RUN")
     }
 
     /// Runs the XDP program on `frame` arriving on `ifindex`: (verdict, output).
@@ -136,7 +156,20 @@ impl Fw {
 
     /// Runs the TC egress program on `frame`: (verdict, the frame as sent).
     pub fn egress_out(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        offline::run_egress(&self.ebpf, frame).expect("BPF_PROG_TEST_RUN")
+        self.egress_from(0, frame)
+    }
+
+    /// Runs the TC egress program on `frame` as the stack forwards it,
+    /// received on the interface of its source (10.10/16 mgmt, 10.20/16
+    /// dvnt, else the uplink): (verdict, the frame as sent).
+    pub fn forwarded(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let src = &frame[frames::IP + 12..frames::IP + 14];
+        let from = match src {
+            [10, 10] => self.mgmt,
+            [10, 20] => self.dvnt,
+            _ => self.up,
+        };
+        self.egress_from(from, frame)
     }
 
     /// Turns on masquerade for both segments behind the uplink address
