@@ -183,6 +183,7 @@ pub fn run(b: &BenchLab, o: &Opts) -> Result<Vec<Section>> {
     step("bench", "kernel forwarding with an equivalent nftables ruleset");
     lab.stop_agent(libc::SIGTERM, Duration::from_secs(10))?;
     lab.nft("gw", NFT_RULES)?;
+    traffic::kernel_forwarding(&lab, true)?;
     let counter = |name: &'static str| {
         let lab = &lab;
         move || traffic::nft_counter(lab, "gw", "inet", "bench", name)
@@ -209,6 +210,8 @@ pub fn run(b: &BenchLab, o: &Opts) -> Result<Vec<Section>> {
     let (mut bare, delivered) = peer_row(&lab, bare_name, &frame, &TO_PROVISIONER, o, &expect)?;
     let n = end_tool(&mut bare, tool);
     counted(&mut bare, "the bare redirect", n, delivered);
+    // (bpf_fib_lookup, like the kernel, forwards only what arrives where forwarding is on.)
+    traffic::kernel_forwarding(&lab, false)?;
 
     let mut pps = Section::new("forward", "Forwarding dvnt -> mgmt, 64-byte UDP, delivered to an XDP sink", "pps");
     pps.generator = traffic::generator_text();

@@ -67,6 +67,7 @@ pub fn run(b: &BenchLab, o: &Opts) -> Result<Vec<Section>> {
     step("bench", "kernel forwarding with nftables masquerade");
     lab.stop_agent(libc::SIGTERM, Duration::from_secs(10))?;
     lab.nft("gw", NFT_MASQUERADE)?;
+    traffic::kernel_forwarding(&lab, true)?;
     let counter = |name: &str| traffic::nft_counter(&lab, "gw", "inet", "bench_filter", name);
     let before = counter("out_udp")?;
     let (mut kernel, delivered) = peer_row(&lab, kernel_name, &frame, &TO_UPSTREAM, o, &[])?;
@@ -90,6 +91,8 @@ pub fn run(b: &BenchLab, o: &Opts) -> Result<Vec<Section>> {
     let (mut bare, delivered) = peer_row(&lab, bare_name, &frame, &untranslated, o, &expect)?;
     let n = end_tool(&mut bare, tool);
     counted(&mut bare, "the bare redirect", n, delivered);
+    // (bpf_fib_lookup, like the kernel, forwards only what arrives where forwarding is on.)
+    traffic::kernel_forwarding(&lab, false)?;
 
     let mut pps = Section::new("nat", "NAT dvnt -> upstream, 64-byte UDP, delivered to an XDP sink", "pps");
     pps.generator = traffic::generator_text();

@@ -225,6 +225,14 @@ pub fn coresvc_verdict(lab: &Lab, iface: &str, verdict: &str) -> Result<u64> {
         .with_context(|| format!("no {verdict} counter for {iface} in coresvc status"))
 }
 
+/// The kernel's IPv4 forwarding in the gateway (every interface): the
+/// kernel rows' router. coresvc turns it on per interface while its
+/// programs judge it and off when they go.
+pub fn kernel_forwarding(lab: &Lab, on: bool) -> Result<()> {
+    let v = if on { "net.ipv4.ip_forward=1" } else { "net.ipv4.ip_forward=0" };
+    coresvc_lab::run(&mut lab.cmd(&lab.topo.gateway, ["sysctl", "-qw", v]))
+}
+
 /// `ip` on the gateway.
 pub fn gw_ip(lab: &Lab, args: &[&str]) -> Result<()> {
     coresvc_lab::run(Command::new("ip").args(["-n", &lab.gw_ns()]).args(args))
