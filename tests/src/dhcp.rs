@@ -273,9 +273,13 @@ pub struct Captured {
     /// The sender's MAC address and UDP source port.
     pub src_mac: [u8; 6],
     pub sport: u16,
+    /// The UDP length field (header included): the datagram's size even
+    /// when the capture holds only its first fragment or a snapshot.
+    pub udp_len: u16,
 }
 
-/// The UDP payloads of every IPv4/UDP frame in a pcap file.
+/// The UDP payloads of every IPv4/UDP frame in a pcap file (first
+/// fragments only: later ones carry no UDP header).
 pub fn pcap_udp_payloads(bytes: &[u8]) -> Result<Vec<Captured>> {
     if bytes.len() < 24 {
         return Ok(Vec::new());
@@ -299,12 +303,16 @@ pub fn pcap_udp_payloads(bytes: &[u8]) -> Result<Vec<Captured>> {
         if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
             continue;
         }
+        if u16::from_be_bytes([frame[20], frame[21]]) & 0x1fff != 0 {
+            continue;
+        }
         let ihl = usize::from(frame[14] & 0x0f) * 4;
         let udp = 14 + ihl;
         if let Some(p) = frame.get(udp + 8..) {
             let src_mac = frame[6..12].try_into().expect("6 bytes");
             let sport = u16::from_be_bytes([frame[udp], frame[udp + 1]]);
-            out.push(Captured { payload: p.to_vec(), src_mac, sport });
+            let udp_len = u16::from_be_bytes([frame[udp + 4], frame[udp + 5]]);
+            out.push(Captured { payload: p.to_vec(), src_mac, sport, udp_len });
         }
     }
     Ok(out)

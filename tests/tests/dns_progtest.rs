@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Instant};
+use std::{collections::HashSet, net::IpAddr, time::Instant};
 
 use coresvc::{
     config::Config,
@@ -15,7 +15,7 @@ use coresvc::{
         cache::{Entry, Key, now_ns},
         handler::{Step, Transport},
         wire,
-        xdp::{XdpCache, key_of},
+        xdp::key_of,
     },
 };
 use coresvc_lab::frames;
@@ -73,12 +73,7 @@ impl Setup {
         let cfg = config(extra);
         let mut fw = Fw::new(&cfg, 1024);
         fw.set_flag(SETTINGS_F_DNS_CACHE, true);
-        let cache = fw.ebpf.take_map(schema::DNS_CACHE.name).unwrap();
-        let epochs = fw.ebpf.take_map(schema::DNS_EPOCHS.name).unwrap();
-        let rrl = fw.ebpf.take_map(schema::DNS_RRL_CFG.name).unwrap();
-        let dns = Dns::new(&cfg).unwrap();
-        let x = XdpCache::from_maps(cache, epochs, true).unwrap().with_rate_limit_map(rrl).unwrap();
-        dns.attach_xdp(Arc::new(x)).unwrap();
+        let dns = coresvc::devtool::offline::dns_service(&mut fw.ebpf, &cfg).unwrap();
         Setup { fw, dns, cfg, gw_mac: mac_of("d_dvnt") }
     }
 

@@ -6,6 +6,7 @@ mod bench;
 mod fuzz;
 mod lab;
 mod setup;
+mod suite;
 mod util;
 
 use std::{path::PathBuf, process::Command};
@@ -37,11 +38,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit, BPF_PROG_TEST_RUN and lab integration tests.
-    Test {
-        /// Only tests whose name contains this.
-        filter: Option<String>,
-    },
+    /// Run every test: unit, BPF_PROG_TEST_RUN and lab integration tests,
+    /// and every benchmark in its smoke mode (`bench_smoke_*`).
+    Test(TestArgs),
     /// The namespace lab.
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -93,7 +92,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 run_host(&args)
             }
         }
-        Cmd::Test { filter } => test(filter),
+        Cmd::Test(t) => test(&t),
         Cmd::Lab(c) => lab::main(c),
         Cmd::Bench(b) => bench::main(b),
         Cmd::Fuzz(f) => fuzz::main(f),
@@ -161,9 +160,56 @@ fn run_host(args: &[String]) -> Result<()> {
     Err(anyhow::anyhow!("cannot run {}: {err}", bin.display()))
 }
 
-fn test(filter: Option<String>) -> Result<()> {
+/// `cargo xtask test [FILTER] [--test FILE] [--list]`.
+#[derive(clap::Args, Debug, Default)]
+struct TestArgs {
+    /// Only tests whose name contains this (libtest's filter).
+    filter: Option<String>,
+    /// Only the integration test file tests/tests/FILE.rs (e.g. `pxe_boot`).
+    #[arg(long = "test", value_name = "FILE")]
+    file: Option<String>,
+    /// Dry mode: list the tests that would run and fail if there are none.
+    #[arg(long)]
+    list: bool,
+}
+
+impl TestArgs {
+    /// `cargo test` arguments for this selection (before `--`, after it).
+    fn cargo_args(&self) -> (Vec<String>, Vec<String>) {
+        let mut before = vec!["test".to_string(), "--no-fail-fast".to_string()];
+        if let Some(f) = &self.file {
+            before.extend(["--test".to_string(), f.clone()]);
+        }
+        (before, self.filter.iter().cloned().collect())
+    }
+
+    fn describe(&self) -> String {
+        match (&self.filter, &self.file) {
+            (None, None) => "every test".into(),
+            (Some(f), None) => format!("tests matching {f:?}"),
+            (None, Some(t)) => format!("tests of tests/tests/{t}.rs"),
+            (Some(f), Some(t)) => format!("tests of tests/tests/{t}.rs matching {f:?}"),
+        }
+    }
+}
+
+fn test(args: &TestArgs) -> Result<()> {
     setup::run(&setup::SetupOpts::default())?;
     let root = workspace_root();
+    if let Some(f) = &args.file {
+        check_test_file(f)?;
+    }
+    if args.list {
+        let found = suite::list(&root, args)?;
+        for t in &found {
+            println!("{t}");
+        }
+        println!("{} test(s): {}", found.len(), args.describe());
+        if found.is_empty() {
+            anyhow::bail!("no test matches: {}", args.describe());
+        }
+        return Ok(());
+    }
     step("test", "cargo fmt --check");
     cmd_status(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))
         .map_err(|e| e.context("code is not formatted: run `cargo fmt --all`"))?;
@@ -173,12 +219,13 @@ fn test(filter: Option<String>) -> Result<()> {
     // The integration tests run the real binary: build it first.
     step("test", "cargo build -p coresvc (the binary the lab tests run)");
     cmd_status(Command::new("cargo").current_dir(&root).args(["build", "-p", "coresvc", "--bins"]))?;
-    step("test", "cargo test (unit, BPF_PROG_TEST_RUN and lab tests)");
+    step("test", &format!("cargo test: {} (unit, BPF_PROG_TEST_RUN, lab and bench smoke tests)", args.describe()));
+    let (before, after) = args.cargo_args();
     let mut c = Command::new("cargo");
     // Every test binary runs even when one fails: the closing line counts all.
-    c.current_dir(&root).args(["test", "--no-fail-fast"]);
-    if let Some(f) = &filter {
-        c.arg("--").arg(f);
+    c.current_dir(&root).args(&before);
+    if !after.is_empty() {
+        c.arg("--").args(&after);
     }
     let (status, totals) = run_counting(&mut c)?;
     // One closing line for the whole suite (cargo prints one per test binary).
@@ -187,9 +234,22 @@ fn test(filter: Option<String>) -> Result<()> {
         anyhow::bail!("cargo test failed ({status})");
     }
     if totals.passed == 0 {
-        anyhow::bail!("no test ran{}", filter.map(|f| format!(" (filter {f:?})")).unwrap_or_default());
+        anyhow::bail!("no test ran: {}", args.describe());
     }
     Ok(())
+}
+
+/// `--test FILE` names an integration test file of the lab package.
+fn check_test_file(name: &str) -> Result<()> {
+    let dir = workspace_root().join("tests").join("tests");
+    if dir.join(format!("{name}.rs")).is_file() {
+        return Ok(());
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".rs").map(str::to_string))
+        .collect();
+    files.sort();
+    anyhow::bail!("no test file tests/tests/{name}.rs; the files are: {}", files.join(", "))
 }
 
 #[derive(Default)]

@@ -1,6 +1,7 @@
 //! The BPF_PROG_TEST_RUN harness shared by the progtest suites: a
 //! namespace whose FIB stands in for the gateway's, and the programs loaded
-//! and configured as the agent would.
+//! and configured as the agent would (the offline dataplane of
+//! `coresvc::devtool::offline`, which `coresvc devtool prog-cost` measures).
 #![allow(dead_code)]
 
 use std::{net::Ipv4Addr, process::Command};
@@ -8,17 +9,12 @@ use std::{net::Ipv4Addr, process::Command};
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use coresvc::{
-    config::Config,
-    dataplane::{iface_entry, rules, set_iface},
-};
+use coresvc::{config::Config, dataplane::rules, devtool::offline};
 use coresvc_common::conntrack as ct;
 use coresvc_lab::{frames, raw::in_netns};
 use coresvc_maps_schema::{
-    self as schema, CtEntry, CtKey, IfaceInfo, NatBind, NatKey, PacketCount, ROLE_SEGMENT, ROLE_UPLINK,
-    SETTINGS_F_DROP_INVALID_IPV4, SETTINGS_F_FAST_FORWARD, SETTINGS_F_FIREWALL, Settings,
+    self as schema, CtEntry, CtKey, NatBind, NatKey, PacketCount, ROLE_SEGMENT, ROLE_UPLINK, Settings,
 };
 
 /// The gateway's addresses in the FIB namespace.
@@ -61,18 +57,10 @@ impl FibNs {
             let out = Command::new("ip").args(["-n", &name]).args(args).output().unwrap();
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        // (This kernel has no dummy interfaces: veth pairs with both ends here.)
-        for (dev, addr) in [("d_mgmt", "10.10.0.1/24"), ("d_dvnt", "10.20.0.1/24"), ("d_up", "192.0.2.2/24")] {
-            let peer = dev.replace("d_", "p_");
-            sh(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
-            sh(&["addr", "add", addr, "dev", dev]);
-            sh(&["link", "set", dev, "up"]);
-            sh(&["link", "set", &peer, "up"]);
+        // The stand-ins of the offline dataplane `coresvc devtool prog-cost` measures.
+        for args in offline::fib_commands() {
+            sh(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
-        sh(&["neigh", "add", "10.10.0.10", "lladdr", "02:00:00:0a:00:0a", "dev", "d_mgmt", "nud", "permanent"]);
-        sh(&["neigh", "add", "10.20.0.50", "lladdr", "02:00:00:14:00:32", "dev", "d_dvnt", "nud", "permanent"]);
-        sh(&["neigh", "add", "192.0.2.1", "lladdr", "02:00:00:c0:00:01", "dev", "d_up", "nud", "permanent"]);
-        sh(&["route", "add", "default", "via", "192.0.2.1"]);
         let out = Command::new("ip")
             .args(["netns", "exec", &name, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
             .output()
@@ -121,70 +109,32 @@ pub fn example() -> Config {
 
 impl Fw {
     pub fn new(cfg: &Config, conntrack_max: u32) -> Self {
-        let mut ebpf = coresvc::dataplane::load(None, aya_log::Level::Error, conntrack_max).unwrap();
         let (mgmt, dvnt, up) = (ifindex("d_mgmt"), ifindex("d_dvnt"), ifindex("d_up"));
-        {
-            let mut s: Array<&mut MapData, Settings> = Array::try_from(ebpf.map_mut("SETTINGS").unwrap()).unwrap();
-            let flags = SETTINGS_F_DROP_INVALID_IPV4 | SETTINGS_F_FIREWALL | SETTINGS_F_FAST_FORWARD;
-            s.set(0, Settings { schema_version: schema::SCHEMA_VERSION, flags, ..Default::default() }, 0).unwrap();
-        }
-        {
-            let info = |role, segment, a: [u8; 4], slot| IfaceInfo {
-                role,
-                segment,
-                ipv4: a,
-                prefix_len: 24,
-                stats_slot: slot,
-                cidr: if role == ROLE_SEGMENT { [a[0], a[1], a[2], 0] } else { [0; 4] },
-                cidr_len: if role == ROLE_SEGMENT { 24 } else { 0 },
-                ..Default::default()
-            };
-            set_iface(&mut ebpf, mgmt, info(ROLE_SEGMENT, 0, [10, 10, 0, 1], 1)).unwrap();
-            set_iface(&mut ebpf, dvnt, info(ROLE_SEGMENT, 1, [10, 20, 0, 1], 2)).unwrap();
-            set_iface(&mut ebpf, up, info(ROLE_UPLINK, 0, [192, 0, 2, 2], 3)).unwrap();
-        }
-        {
-            let mut m: BpfHashMap<&mut MapData, [u8; 4], u32> =
-                BpfHashMap::try_from(ebpf.map_mut("LOCAL_ADDRS").unwrap()).unwrap();
-            for a in LOCAL {
-                m.insert(a, 1, 0).unwrap();
-            }
-        }
-        let mut fw = Fw { ebpf, mgmt, dvnt, up };
-        fw.install(cfg);
-        fw
+        let entry = offline::stand_in_entry;
+        let ifaces = [
+            (mgmt, entry(&offline::FIB[0], ROLE_SEGMENT, 0, 1)),
+            (dvnt, entry(&offline::FIB[1], ROLE_SEGMENT, 1, 2)),
+            (up, entry(&offline::FIB[2], ROLE_UPLINK, 0, 3)),
+        ];
+        let ebpf = offline::configure(cfg, conntrack_max, offline::FLAGS, &ifaces).unwrap();
+        Fw { ebpf, mgmt, dvnt, up }
     }
 
     pub fn install(&mut self, cfg: &Config) {
-        rules::install(&mut self.ebpf, &rules::compile(cfg).unwrap()).unwrap();
         let local: Vec<Ipv4Addr> = LOCAL.iter().map(|a| Ipv4Addr::from(*a)).collect();
-        coresvc::dataplane::write_src_guard(&mut self.ebpf, cfg, &local).unwrap();
+        offline::install(&mut self.ebpf, cfg, &local).unwrap();
     }
 
     /// Changes the settings entry.
     pub fn settings(&mut self, f: impl FnOnce(&mut Settings)) {
-        let mut s: Array<&mut MapData, Settings> = Array::try_from(self.ebpf.map_mut("SETTINGS").unwrap()).unwrap();
-        let mut v = s.get(&0, 0).unwrap();
-        f(&mut v);
-        s.set(0, v, 0).unwrap();
+        offline::update_settings(&mut self.ebpf, f).unwrap();
     }
 
     /// Runs the TC egress program on `frame` as the stack forwards it,
     /// received on `ingress_ifindex` (0: sent by the gateway itself):
     /// (verdict, the frame as sent).
     pub fn egress_from(&mut self, ingress_ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = self.ebpf.program_mut(schema::programs::EGRESS).unwrap().try_into().unwrap();
-        // struct __sk_buff (192 bytes): ingress_ifindex at offset 36.
-        let mut ctx = vec![0u8; 192];
-        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut o = TestRunOptions::new();
-        o.data_in = Some(frame);
-        o.data_out = Some(&mut out);
-        o.ctx_in = Some(&ctx);
-        let r = prog.test_run(o).expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        offline::run_egress(&self.ebpf, ingress_ifindex, frame).expect("BPF_PROG_TEST_RUN")
     }
 
     /// Runs the XDP program on `frame` arriving on `ifindex`: (verdict, output).
@@ -194,21 +144,9 @@ impl Fw {
 
     /// Runs XDP program `prog` on `frame` arriving on `ifindex`: (verdict, output).
     pub fn xdp_prog(&mut self, prog: &str, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let mut ctx = Vec::new();
-        for v in [0u32, frame.len() as u32, 0, ifindex, 0, 0] {
-            ctx.extend_from_slice(&v.to_ne_bytes());
-        }
-        // Room for frames the program grows (DNS answers).
-        let mut out = vec![0u8; frame.len() + 2048];
-        let mut o = TestRunOptions::new();
-        o.data_in = Some(frame);
-        o.data_out = Some(&mut out);
-        o.ctx_in = Some(&ctx);
-        let r = prog.test_run(o).expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        let prog = offline::xdp_prog(&self.ebpf, prog).unwrap();
+        let (verdict, out, _) = offline::run_xdp(prog, ifindex, frame).expect("BPF_PROG_TEST_RUN");
+        (verdict, out)
     }
 
     /// Runs the TC egress program on `frame` (as the gateway sends it).
@@ -238,25 +176,9 @@ impl Fw {
     /// 192.0.2.2, outside ports `min..=max`, and the given port forwards
     /// (outside port, proto, inside address, inside port).
     pub fn enable_nat(&mut self, min: u16, max: u16, forwards: &[(u16, u8, &str, u16)]) {
-        {
-            let mut s: Array<&mut MapData, Settings> = Array::try_from(self.ebpf.map_mut("SETTINGS").unwrap()).unwrap();
-            let mut v = s.get(&0, 0).unwrap();
-            v.nat_addr = [192, 0, 2, 2];
-            v.nat_port_min = min;
-            v.nat_port_max = max;
-            s.set(0, v, 0).unwrap();
-        }
-        for i in [self.mgmt, self.dvnt] {
-            let mut info = iface_entry(&self.ebpf, i).unwrap().unwrap();
-            info.flags |= schema::IFACE_F_NAT;
-            set_iface(&mut self.ebpf, i, info).unwrap();
-        }
-        let mut m: BpfHashMap<&mut MapData, NatKey, NatBind> =
-            BpfHashMap::try_from(self.ebpf.map_mut("NAT_FWD").unwrap()).unwrap();
-        for &(port, proto, to, to_port) in forwards {
-            let k = NatKey { addr: [192, 0, 2, 2], port, proto, dir: schema::NAT_DIR_IN };
-            m.insert(k, NatBind { addr: ip(to).octets(), port: to_port, ..Default::default() }, 0).unwrap();
-        }
+        let forwards: Vec<(u16, u8, [u8; 4], u16)> =
+            forwards.iter().map(|&(p, proto, to, to_port)| (p, proto, ip(to).octets(), to_port)).collect();
+        offline::enable_nat(&mut self.ebpf, [192, 0, 2, 2], (min, max), &[self.mgmt, self.dvnt], &forwards).unwrap();
     }
 
     /// The masquerade bindings.
@@ -280,14 +202,7 @@ impl Fw {
 
     /// Sets or clears `SETTINGS_F_*` bits.
     pub fn set_flag(&mut self, flag: u32, on: bool) {
-        let mut s: Array<&mut MapData, Settings> = Array::try_from(self.ebpf.map_mut("SETTINGS").unwrap()).unwrap();
-        let mut v = s.get(&0, 0).unwrap();
-        if on {
-            v.flags |= flag;
-        } else {
-            v.flags &= !flag;
-        }
-        s.set(0, v, 0).unwrap();
+        offline::set_flag(&mut self.ebpf, flag, on).unwrap();
     }
 
     /// The DNS cache counters of segment `segment` (summed over CPUs).

@@ -1,49 +1,85 @@
-//! `cargo xtask bench dns`, one lab, one run, the same names throughout:
+//! `cargo xtask bench dns`, one lab, one run, the same names throughout,
+//! each server measured alone (coresvc stopped with its programs detached
+//! for every peer's rows):
 //!
-//! 1. dnsperf from a segment client against coresvc's DNS service (the
-//!    agent path, XDP cache off) and against dnsmasq serving the same
-//!    records: queries per second and the ratio.
-//! 2. A kxdpgun flood (knot-dnsutils: AF_XDP, one thread, the client's veth)
-//!    against (a) coresvc with the XDP answer cache, warmed by one query per
-//!    name, (b) coresvc's agent alone (cache off), (c) dnsmasq alone,
-//!    (d) the lab's limit: `coresvc devtool reflect`, a bare XDP program on
-//!    the gateway's segment interface that sends every query back with
-//!    addresses and ports swapped. Queries and answers per second, the
-//!    share answered, the responses' rcodes, and the ratios of (a) to the
-//!    others. Before (a)'s flood every name answered by the fast path is
-//!    checked against the agent's own answer (over TCP, which XDP never
-//!    answers); after it, the cache's counters show who answered.
-//! 3. `coresvc devtool dns-cost`: the segment program's cost per answer from
-//!    BPF_PROG_TEST_RUN, against passing the query on, the reflector and an
-//!    empty program.
+//! 1. The agent path, dnsperf from dvnt-client over UDP and over TCP:
+//!    coresvc's DNS service with the XDP answer cache off, Knot (knotd,
+//!    authoritative for the same zones, exported by `coresvc zone export`)
+//!    and dnsmasq (the same records); for UDP, dnsperf against the bare XDP
+//!    reflector is the generator's ceiling, the offered rate of the others.
+//! 2. A flood from the benchmarks' generator (gen.rs), answers counted by
+//!    rcode by an XDP sink on dvnt-client: the XDP answer cache (warmed, its
+//!    answers first checked against the agent's), the agent alone, Knot,
+//!    dnsmasq, and the lab's limit: `devtool reflect`, which sends each
+//!    query back as it came (the sink checks they come back as queries).
+//!
+//! Before a server's rows, each name of the mix is asked with kdig and the
+//! rcode and answer records compared with the hand-written expectations
+//! ([`QUERIES`]); during them the server's own counter must rise by at least
+//! what was answered, and every response must be NOERROR or NXDOMAIN.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use coresvc_lab::{AgentOpts, Lab};
-use serde_json::Value;
+use coresvc_lab::{AgentOpts, Lab, dns::Knot};
 
-use super::{BenchLab, forward::Bg, ratio};
+use super::{
+    BenchLab, Opts,
+    forward::{end_tool, gateway_tool},
+    isolation::{self, Flat, Tool},
+    report::{Check, Ratio, Row, Section},
+    traffic,
+};
 use crate::util::step;
 
-/// The segment the clients flood, its gateway address and dnsmasq's.
+/// The segment the clients query, coresvc's, dnsmasq's and Knot's addresses.
 const SEGMENT: &str = "dvnt";
 const CORESVC: &str = "10.20.0.1";
 const DNSMASQ: &str = "10.20.0.3";
+const KNOT: &str = "10.20.0.4";
 
-/// The query mix: names both servers answer the same way.
-const QUERIES: &[(&str, &str)] = &[
-    ("provisioner-01.mgmt.deevnet.net", "A"),
-    ("artifacts.mgmt.deevnet.net", "A"),
-    ("artifacts.dvntm.deevnet.net", "A"),
-    ("pxe.mgmt.deevnet.net", "A"),
-    ("ns.mgmt.deevnet.net", "A"),
-    ("1.0.10.10.in-addr.arpa", "PTR"),
-    ("nothing-here.mgmt.deevnet.net", "A"),
+/// One question of the mix and what every server must answer (the data
+/// of examples/coresvc.toml).
+pub struct Question {
+    pub name: &'static str,
+    pub rtype: &'static str,
+    pub code: u16,
+    pub rcode: &'static str,
+    /// The answer records: (type, presentation).
+    pub answers: &'static [(&'static str, &'static str)],
+}
+
+const fn q(
+    name: &'static str,
+    rtype: &'static str,
+    code: u16,
+    rcode: &'static str,
+    answers: &'static [(&'static str, &'static str)],
+) -> Question {
+    Question { name, rtype, code, rcode, answers }
+}
+
+/// The query mix.
+pub const QUERIES: &[Question] = &[
+    q("provisioner-01.mgmt.deevnet.net", "A", 1, "NOERROR", &[("A", "10.10.0.10")]),
+    q(
+        "artifacts.mgmt.deevnet.net",
+        "A",
+        1,
+        "NOERROR",
+        &[("CNAME", "provisioner-01-dvntm.mgmt.deevnet.net."), ("A", "10.10.0.10")],
+    ),
+    q("pxe.mgmt.deevnet.net", "A", 1, "NOERROR", &[("CNAME", "provisioner-01.mgmt.deevnet.net."), ("A", "10.10.0.10")]),
+    q("ns.mgmt.deevnet.net", "A", 1, "NOERROR", &[("A", "10.10.0.1")]),
+    q("1.0.10.10.in-addr.arpa", "PTR", 12, "NOERROR", &[("PTR", "ns.mgmt.deevnet.net.")]),
+    q("nothing-here.mgmt.deevnet.net", "A", 1, "NXDOMAIN", &[]),
 ];
 
+/// The zones Knot serves, as coresvc exports them.
+const ZONES: &[&str] = &["mgmt.deevnet.net", "0.10.10.in-addr.arpa"];
+
 /// The same records for dnsmasq, authoritative for nothing else.
-fn dnsmasq_args(listen: &str) -> Vec<String> {
+fn dnsmasq_args() -> Vec<String> {
     let mut a: Vec<String> = [
         "--keep-in-foreground",
         "--no-resolv",
@@ -56,188 +92,190 @@ fn dnsmasq_args(listen: &str) -> Vec<String> {
         "--dns-forward-max=1000",
         "--pid-file",
         "--user=root",
+        "--port=53",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    a.push(format!("--listen-address={listen}"));
-    a.push("--port=53".into());
+    a.push(format!("--listen-address={DNSMASQ}"));
     a.push("--host-record=provisioner-01.mgmt.deevnet.net,10.10.0.10".into());
     a.push("--host-record=provisioner-01-dvntm.mgmt.deevnet.net,10.10.0.10".into());
     a.push("--host-record=ns.mgmt.deevnet.net,10.10.0.1".into());
     a.push("--cname=artifacts.mgmt.deevnet.net,provisioner-01-dvntm.mgmt.deevnet.net".into());
-    a.push("--cname=artifacts.dvntm.deevnet.net,artifacts.mgmt.deevnet.net".into());
     a.push("--cname=pxe.mgmt.deevnet.net,provisioner-01.mgmt.deevnet.net".into());
     a
 }
 
-pub fn run(b: &BenchLab, seconds: u64) -> Result<()> {
-    let mut lab = b.lab()?;
-    let cache_off = lab.config_with("bench-dns.toml", |s| s.replace("dns_cache = true", "dns_cache = false"))?;
-    let cache_on = lab.config_with("bench-dns-xdp.toml", |s| s)?;
-    lab.start_agent(&AgentOpts::new(&cache_off))?;
-    // dnsmasq on a second address of the same segment, in the gateway.
-    dnsmasq_address(&lab)?;
-    let dnsmasq = Bg(lab
-        .cmd("gw", ["dnsmasq"])
-        .args(dnsmasq_args(DNSMASQ))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting dnsmasq (package dnsmasq-base)")?);
-    std::thread::sleep(Duration::from_millis(500));
-    let result = measure(&mut lab, seconds, &cache_on);
-    drop(dnsmasq);
-    drop(lab);
-    result
+/// Every name of the mix answered by `server` as [`QUERIES`] says.
+fn expected_answers(lab: &Lab, server: &str, args: &[&str]) -> Check {
+    let mut wrong = Vec::new();
+    for Question { name, rtype: t, rcode, answers: want, .. } in QUERIES {
+        match lab.kdig("dvnt-client", server, name, t, args) {
+            Ok(r) => {
+                let mut got: Vec<(String, String)> =
+                    r.answers.iter().map(|a| (a.rtype.clone(), a.text.to_ascii_lowercase())).collect();
+                let mut want: Vec<(String, String)> =
+                    want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+                got.sort();
+                want.sort();
+                if r.rcode != *rcode || got != want {
+                    wrong.push(format!("{name} {t}: {} {got:?}, expected {rcode} {want:?}", r.rcode));
+                }
+            }
+            Err(e) => wrong.push(format!("{name} {t}: {e:#}")),
+        }
+    }
+    Check::that(wrong.is_empty(), format!("answers of the {} names as expected", QUERIES.len()), || wrong.join("; "))
 }
 
-/// dnsmasq's address on the segment (again: an agent that starts or stops
-/// may have flushed it).
-fn dnsmasq_address(lab: &Lab) -> Result<()> {
-    coresvc_lab::run(Command::new("ip").args(["-n", &lab.gw_ns(), "addr", "replace", "10.20.0.3/24", "dev", "dvnt0"]))
+/// What dnsperf printed for one run.
+struct Perf {
+    sent: u64,
+    completed: u64,
+    lost: u64,
+    qps: f64,
+    rcodes: Vec<(String, u64)>,
 }
 
-fn measure(lab: &mut Lab, seconds: u64, cache_on: &std::path::Path) -> Result<()> {
-    check_same_answers(lab)?;
-    let qfile =
-        lab.write_file("queries.txt", &QUERIES.iter().map(|(n, t)| format!("{n} {t}\n")).collect::<String>())?;
-    step("bench", &format!("dnsperf for {seconds} s against coresvc ({CORESVC}) and dnsmasq ({DNSMASQ})"));
-    let ours = dnsperf(lab, CORESVC, &qfile, seconds)?;
-    let theirs = dnsperf(lab, DNSMASQ, &qfile, seconds)?;
-    let gw_mac = super::forward::mac(lab, "gw", "dvnt0")?;
-
-    step("bench", &format!("kxdpgun for {seconds} s against the agent alone (XDP cache off)"));
-    let agent = kxdpgun(lab, CORESVC, gw_mac, &qfile, seconds)?;
-    agent.check_rcodes("the agent")?;
-
-    step("bench", "coresvc with the XDP cache: warm it, check its answers against the agent's");
-    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10))?;
-    lab.start_agent(&AgentOpts::new(cache_on))?;
-    dnsmasq_address(lab)?;
-    check_fast_path(lab)?;
-    step("bench", &format!("kxdpgun for {seconds} s against the XDP cache"));
-    let (hits, misses, asked) = (cache_counter(lab, "hits")?, cache_counter(lab, "misses")?, agent_queries(lab)?);
-    let xdp = kxdpgun(lab, CORESVC, gw_mac, &qfile, seconds)?;
-    xdp.check_rcodes("the XDP cache")?;
-    let (hits, misses, asked) =
-        (cache_counter(lab, "hits")? - hits, cache_counter(lab, "misses")? - misses, agent_queries(lab)? - asked);
-
-    step("bench", &format!("kxdpgun for {seconds} s against dnsmasq alone (coresvc stopped)"));
-    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10))?;
-    dnsmasq_address(lab)?;
-    let peer = kxdpgun(lab, DNSMASQ, gw_mac, &qfile, seconds)?;
-    peer.check_rcodes("dnsmasq")?;
-
-    step("bench", &format!("kxdpgun for {seconds} s against a bare XDP reflector on dvnt0 (the lab's limit)"));
-    let bin = coresvc_lab::agent_bin()?;
-    let reflector = Bg(Command::new(&bin)
-        .args(["devtool", "reflect", "--netns", &lab.gw_ns(), "--iface", "dvnt0"])
-        .stderr(std::process::Stdio::null())
-        .spawn()?);
-    std::thread::sleep(Duration::from_millis(500));
-    let limit = kxdpgun(lab, CORESVC, gw_mac, &qfile, seconds);
-    drop(reflector);
-    let limit = limit?;
-
-    step("bench", "the segment program's cost per answer (BPF_PROG_TEST_RUN)");
-    let cost: Value = serde_json::from_str(&crate::util::cmd_output(
-        Command::new(&bin)
-            .args(["devtool", "dns-cost", "--netns", &lab.gw_ns(), "--config"])
-            .arg(cache_on)
-            .arg("--queries")
-            .arg(&qfile),
-    )?)?;
-    let ns = |k: &str| cost[k].as_f64().unwrap_or(f64::NAN);
-
-    println!(
-        "\nDNS, dnsperf from dvnt-client, {} names (authoritative data, CNAME chains, PTR, NXDOMAIN):",
-        QUERIES.len()
-    );
-    println!("  coresvc (agent path, XDP cache off)  {:>10.0} queries/s  ({:.2}% lost)", ours.qps, ours.lost);
-    println!("  dnsmasq 2.90                         {:>10.0} queries/s  ({:.2}% lost)", theirs.qps, theirs.lost);
-    println!("  ratio coresvc/dnsmasq                {:>10}", ratio(ours.qps, theirs.qps));
-    println!("\nDNS flood, kxdpgun from dvnt-client (AF_XDP, one thread, {seconds} s each), the same names:");
-    println!("                                       sent/s   answers/s  answered     NOERROR    NXDOMAIN");
-    for (what, f) in [
-        ("coresvc XDP answer cache", &xdp),
-        ("coresvc agent (cache off)", &agent),
-        ("dnsmasq 2.90 (coresvc stopped)", &peer),
-        ("bare XDP reflector (limit)", &limit),
-    ] {
-        println!(
-            "  {what:<31} {:>10.0}  {:>10.0}  {:>7.2}%  {:>10}  {:>10}",
-            f.sent_pps,
-            f.answers_pps,
-            f.answered_pct(),
-            f.rcode("NOERROR"),
-            f.rcode("NXDOMAIN")
+fn dnsperf(lab: &Lab, server: &str, qfile: &std::path::Path, seconds: u64, tcp: bool) -> Result<Perf> {
+    let mode = if tcp { "tcp" } else { "udp" };
+    let out = lab
+        .cmd(
+            "dvnt-client",
+            ["dnsperf", "-m", mode, "-s", server, "-l", &seconds.to_string(), "-c", "8", "-q", "500", "-T", "2", "-d"],
+        )
+        .arg(qfile)
+        .output()
+        .context("running dnsperf (package dnsperf)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first = |label: &str| -> Option<f64> {
+        let l = text.lines().find(|l| l.trim_start().starts_with(label))?;
+        l.trim_start()[label.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let (Some(sent), Some(completed), Some(qps)) =
+        (first("Queries sent:"), first("Queries completed:"), first("Queries per second:"))
+    else {
+        // What a single client sees, and who listens: the reason, in the error.
+        let probe = lab.exec(
+            "dvnt-client",
+            ["kdig", "+timeout=2", "+retry=0", &format!("+{mode}"), &format!("@{server}"), "ns.mgmt.deevnet.net"],
+        )?;
+        let listen = lab.exec("gw", ["ss", "-Hnlp", &format!("src {server}")])?;
+        bail!(
+            "dnsperf printed no statistics ({}):\n{text}{}\nkdig +{mode}: {}{}\nlistening on {server}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&probe.stdout),
+            String::from_utf8_lossy(&probe.stderr),
+            String::from_utf8_lossy(&listen.stdout)
         );
-    }
-    println!("  (the reflector sends each query back as it came: no rcode of its own)");
-    println!("  XDP cache / reflector           {:>10}   (target >= 0.90x)", ratio(xdp.answers_pps, limit.answers_pps));
-    println!("  XDP cache / dnsmasq             {:>10}", ratio(xdp.answers_pps, peer.answers_pps));
-    println!("  XDP cache / agent               {:>10}", ratio(xdp.answers_pps, agent.answers_pps));
-    println!(
-        "  during the XDP flood: {hits} answers from the cache, {misses} misses, {asked} queries to the agent \
-         ({} answers counted by kxdpgun)",
-        xdp.answers
-    );
-    let runs = cost["runs"].as_u64().unwrap_or(0);
-    println!("\nCost per packet in the program, BPF_PROG_TEST_RUN (median of {runs} single runs per name):");
-    let empty = ns("empty_ns_median");
-    for (what, v) in [
-        ("answer from the XDP cache", ns("answer_ns_median")),
-        ("query passed on (cache off)", ns("pass_ns_median")),
-        ("bare reflector", ns("reflect_ns_median")),
-    ] {
-        println!("  {what:<31} {v:>6.0} ns  ({:>4.0} ns net of the measurement's own)", v - empty);
-    }
-    println!("  empty program (the measurement) {empty:>5.0} ns");
-    println!("  target: an answer from the cache under 300 ns");
-    Ok(())
+    };
+    // "Response codes:       NOERROR 24396 (50.00%), NXDOMAIN 24395 (50.00%)"
+    let rcodes = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("Response codes:"))
+        .map(|r| {
+            r.split(',')
+                .filter_map(|p| {
+                    let mut w = p.split_whitespace();
+                    Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Perf {
+        sent: sent as u64,
+        completed: completed as u64,
+        lost: first("Queries lost:").unwrap_or(0.0) as u64,
+        qps,
+        rcodes,
+    })
 }
 
-/// The answer data of a reply, sorted: (name, type, rdata).
-fn data(r: &coresvc_lab::dns::Reply) -> Vec<(String, String, String)> {
-    let mut v: Vec<(String, String, String)> =
-        r.answers.iter().map(|x| (x.name.clone(), x.rtype.clone(), x.rdata.clone())).collect();
-    v.sort();
-    v
+/// The mix has names that exist and one that does not: NOERROR and
+/// NXDOMAIN, both, and nothing else.
+fn rcode_checks(row: &mut Row, noerror: u64, nxdomain: u64, other: &[(String, u64)]) {
+    row.check(Check::that(noerror > 0 && nxdomain > 0, "NOERROR and NXDOMAIN answers", || {
+        format!("NOERROR {noerror}, NXDOMAIN {nxdomain}")
+    }));
+    let other: Vec<String> = other.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+    row.check(Check::that(other.is_empty(), "no other rcode", || other.join(", ")));
+    row.counts.push(format!("NOERROR {noerror}"));
+    row.counts.push(format!("NXDOMAIN {nxdomain}"));
 }
 
-/// Both servers must give the same rcode and answer data for the mix.
-fn check_same_answers(lab: &Lab) -> Result<()> {
-    for (name, t) in QUERIES {
-        let a = lab.kdig("dvnt-client", CORESVC, name, t, &[])?;
-        let b = lab.kdig("dvnt-client", DNSMASQ, name, t, &[])?;
-        if a.rcode != b.rcode || data(&a) != data(&b) {
-            bail!("coresvc and dnsmasq answer {name} {t} differently:\n  {a:?}\n  {b:?}");
-        }
-    }
-    Ok(())
+/// A dnsperf run as a row: the rcodes checked, the server's counter risen
+/// by at least every completed query (`counter.2`: by at least this much,
+/// when it counts something else).
+fn perf_row(name: &str, p: &Perf, counter: (&str, u64)) -> Row {
+    perf_row_min(name, p, counter, p.completed)
 }
 
-/// Warms the cache with the flood's questions (no EDNS, as kxdpgun asks
-/// them), then asks each again: answered by XDP (the hit counter rises by
-/// one each), with the rcode and data the agent itself gives (over TCP,
-/// which the cache never answers).
-fn check_fast_path(lab: &Lab) -> Result<()> {
-    for (name, t) in QUERIES {
-        lab.kdig("dvnt-client", CORESVC, name, t, &["+noedns"])?;
+fn perf_row_min(name: &str, p: &Perf, counter: (&str, u64), need: u64) -> Row {
+    let mut row = Row::new(name);
+    row.achieved = Some(p.qps);
+    let get = |r: &str| p.rcodes.iter().find(|(n, _)| n == r).map(|(_, c)| *c).unwrap_or(0);
+    let other: Vec<(String, u64)> =
+        p.rcodes.iter().filter(|(n, _)| n != "NOERROR" && n != "NXDOMAIN").cloned().collect();
+    rcode_checks(&mut row, get("NOERROR"), get("NXDOMAIN"), &other);
+    row.check(Check::that(counter.1 >= need, format!("{} rose by {need} or more", counter.0), || {
+        format!("{} counted, {} answered", counter.1, p.completed)
+    }));
+    row.counts.push(format!("sent {}, answered {}, lost {}", p.sent, p.completed, p.lost));
+    row.counts.push(format!("{} {}", counter.0, counter.1));
+    row
+}
+
+/// A row that could not be measured: why, as its failed check.
+fn failed(name: &str, e: anyhow::Error) -> Row {
+    let mut r = Row::new(name);
+    r.check(Check::failed("measured", format!("{e:#}")));
+    r
+}
+
+/// The flood's frames: each name of the mix, to `server`.
+fn frames(lab: &Lab, server: &str) -> Result<Vec<Vec<u8>>> {
+    let (gw, client) = (traffic::mac(lab, "gw", "dvnt0")?, traffic::mac(lab, "dvnt-client", "eth0")?);
+    Ok(QUERIES
+        .iter()
+        .enumerate()
+        .map(|(i, q)| traffic::dns_query(gw, client, server, q.name, q.code, 0x4000 + i as u16))
+        .collect())
+}
+
+/// A flood as a row: what came back counted by rcode (responses; with
+/// `reflected`, queries sent back unchanged instead).
+fn flood_row(lab: &Lab, name: &str, server: &str, o: &Opts, reflected: bool) -> Result<(Row, u64)> {
+    let f = traffic::flood(lab, &frames(lab, server)?, "dvnt-client", None, o.seconds)?;
+    let mut row = f.row(name);
+    let (noerror, nxdomain, other, queries) =
+        (f.count("dns_noerror"), f.count("dns_nxdomain"), f.count("dns_other_rcode"), f.count("dns_not_response"));
+    if reflected {
+        row.check(Check::that(
+            queries > 0 && noerror + nxdomain + other == 0,
+            "what came back are the queries",
+            || format!("{queries} queries, {} responses", noerror + nxdomain + other),
+        ));
+        row.counts.push(format!("queries reflected {queries}"));
+        Ok((row, queries))
+    } else {
+        rcode_checks(&mut row, noerror, nxdomain, &[("other".into(), other)]);
+        row.check(Check::that(queries == 0, "every message back is a response", || format!("{queries} were not")));
+        Ok((row, noerror + nxdomain + other))
     }
-    let before = cache_counter(lab, "hits")?;
-    for (name, t) in QUERIES {
-        let fast = lab.kdig("dvnt-client", CORESVC, name, t, &["+noedns"])?;
-        let agent = lab.kdig("dvnt-client", CORESVC, name, t, &["+noedns", "+tcp"])?;
-        if fast.rcode != agent.rcode || data(&fast) != data(&agent) {
-            bail!("the XDP cache and the agent answer {name} {t} differently:\n  {fast:?}\n  {agent:?}");
-        }
-    }
-    let hits = cache_counter(lab, "hits")? - before;
-    if hits != QUERIES.len() as u64 {
-        bail!("{hits} of {} questions were answered from the XDP cache after warming it", QUERIES.len());
-    }
-    Ok(())
+}
+
+/// The server's counter rose by `n`, at least the `answered` count.
+fn counted(row: &mut Row, who: &str, n: u64, answered: u64) {
+    row.check(Check::that(n >= answered, format!("{who} counted every answer"), || {
+        format!("{n} counted, {answered} answered")
+    }));
+    row.counts.push(format!("{who} {n}"));
+}
+
+/// A DNS counter of coresvc (`dns.counters.NAME`).
+fn coresvc_counter(lab: &Lab, name: &str) -> Result<u64> {
+    lab.status_json()?["dns"]["counters"][name].as_u64().with_context(|| format!("no DNS counter {name}"))
 }
 
 /// The XDP cache's counter `field` on the flooded segment.
@@ -250,110 +288,243 @@ fn cache_counter(lab: &Lab, field: &str) -> Result<u64> {
         .with_context(|| format!("no XDP cache counter {field} for {SEGMENT} in coresvc status"))
 }
 
-/// UDP queries the agent's DNS service received.
-fn agent_queries(lab: &Lab) -> Result<u64> {
-    lab.status_json()?["dns"]["counters"]["queries_udp"].as_u64().context("no DNS counter queries_udp")
-}
-
-/// What kxdpgun printed for one flood.
-struct Flood {
-    sent_pps: f64,
-    answers_pps: f64,
-    sent: u64,
-    answers: u64,
-    /// `responded <RCODE>: <n>` lines.
-    rcodes: Vec<(String, u64)>,
-}
-
-impl Flood {
-    fn answered_pct(&self) -> f64 {
-        if self.sent == 0 { 0.0 } else { 100.0 * self.answers as f64 / self.sent as f64 }
+/// Warms the cache with the flood's questions (no EDNS, as the flood asks
+/// them), then asks each again: answered by XDP (the hit counter rises by
+/// one each), with the rcode and data the agent itself gives (over TCP,
+/// which the cache never answers).
+fn cache_answers_as_the_agent(lab: &Lab) -> Result<Check> {
+    for q in QUERIES {
+        lab.kdig("dvnt-client", CORESVC, q.name, q.rtype, &["+noedns"])?;
     }
-
-    fn rcode(&self, name: &str) -> u64 {
-        self.rcodes.iter().find(|(n, _)| n == name).map(|(_, c)| *c).unwrap_or(0)
-    }
-
-    /// The mix has names that exist and one that does not: any other rcode
-    /// (SERVFAIL, REFUSED, FORMERR...) is a wrong answer.
-    fn check_rcodes(&self, who: &str) -> Result<()> {
-        if self.answers == 0 {
-            bail!("{who} answered none of kxdpgun's {} queries", self.sent);
+    let before = cache_counter(lab, "hits")?;
+    let mut wrong = Vec::new();
+    for Question { name, rtype: t, .. } in QUERIES {
+        let fast = lab.kdig("dvnt-client", CORESVC, name, t, &["+noedns"])?;
+        let agent = lab.kdig("dvnt-client", CORESVC, name, t, &["+noedns", "+tcp"])?;
+        let data = |r: &coresvc_lab::dns::Reply| {
+            let mut v: Vec<(String, String)> = r.answers.iter().map(|a| (a.rtype.clone(), a.rdata.clone())).collect();
+            v.sort();
+            v
+        };
+        if fast.rcode != agent.rcode || data(&fast) != data(&agent) {
+            wrong.push(format!("{name} {t}: {fast:?} vs {agent:?}"));
         }
-        if let Some((n, c)) = self.rcodes.iter().find(|(n, _)| n != "NOERROR" && n != "NXDOMAIN") {
-            bail!("{who} answered {c} of kxdpgun's queries with {n}");
-        }
-        if self.rcode("NOERROR") == 0 || self.rcode("NXDOMAIN") == 0 {
-            bail!("{who}: kxdpgun saw {:?}, expected both NOERROR and NXDOMAIN answers", self.rcodes);
-        }
-        Ok(())
     }
-}
-
-/// kxdpgun on dvnt-client's veth (it replaces the lab's XDP pass program
-/// there with its own, which also lets XDP_TX answers in) flooding
-/// `server` for `seconds`.
-fn kxdpgun(lab: &Lab, server: &str, gw_mac: [u8; 6], qfile: &std::path::Path, seconds: u64) -> Result<Flood> {
-    let mac = gw_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let out = lab
-        .cmd("dvnt-client", ["kxdpgun", "-t", &seconds.to_string(), "-Q", "10000000", "-I", "eth0", "-R", &mac, "-i"])
-        .arg(qfile)
-        .arg(server)
-        .output()
-        .context("running kxdpgun (package knot-dnsutils)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("kxdpgun failed ({}):\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let hits = cache_counter(lab, "hits")? - before;
+    if hits != QUERIES.len() as u64 {
+        wrong.push(format!("{hits} of {} questions answered from the XDP cache after warming it", QUERIES.len()));
     }
-    // "total queries:     949580 (316526 pps)", "responded NOERROR:   813926".
-    let numbers = |label: &str| -> Option<(u64, f64)> {
-        let l = text.lines().find(|l| l.starts_with(label))?;
-        let mut w = l[label.len()..].split_whitespace();
-        let n = w.next()?.parse().ok()?;
-        let pps = w.next()?.trim_start_matches('(').parse().ok()?;
-        Some((n, pps))
-    };
-    let (Some((sent, sent_pps)), Some((answers, answers_pps))) = (numbers("total queries:"), numbers("total replies:"))
-    else {
-        bail!("kxdpgun printed no totals:\n{text}");
-    };
-    let rcodes = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("responded "))
-        .filter_map(|l| {
-            let (name, n) = l.split_once(':')?;
-            Some((name.trim().to_string(), n.trim().parse().ok()?))
-        })
-        .collect();
-    Ok(Flood { sent_pps, answers_pps, sent, answers, rcodes })
+    Ok(Check::that(wrong.is_empty(), "the XDP cache answers as the agent does", || wrong.join("; ")))
 }
 
-struct Perf {
-    qps: f64,
-    lost: f64,
+/// An address of the gateway's dvnt interface for a peer (again after an
+/// agent start or stop: routing may have flushed it).
+fn address(lab: &Lab, a: &str) -> Result<()> {
+    traffic::gw_ip(lab, &["addr", "replace", &format!("{a}/24"), "dev", "dvnt0"])
 }
 
-fn dnsperf(lab: &Lab, server: &str, qfile: &std::path::Path, seconds: u64) -> Result<Perf> {
-    let out = lab
-        .cmd(
-            "dvnt-client",
-            ["dnsperf", "-s", server, "-l", &seconds.to_string(), "-c", "8", "-q", "500", "-T", "2", "-d"],
-        )
-        .arg(qfile)
-        .output()
-        .context("running dnsperf (package dnsperf)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |label: &str| -> Option<f64> {
-        text.lines().find(|l| l.trim_start().starts_with(label)).and_then(|l| {
-            l.split_whitespace().find_map(|w| w.trim_end_matches('%').trim_start_matches('(').parse::<f64>().ok())
-        })
+/// The rows of one server, grouped by section.
+#[derive(Default)]
+struct Rows {
+    udp: Vec<Row>,
+    tcp: Vec<Row>,
+    flood: Vec<Row>,
+}
+
+pub fn run(b: &BenchLab, o: &Opts) -> Result<Vec<Section>> {
+    let mut lab = b.lab()?;
+    let secs = o.seconds;
+    let cache_off = super::config(&lab, "bench-dns.toml", |s| s.replace("dns_cache = true", "dns_cache = false"))?;
+    let cache_on = super::config(&lab, "bench-dns-xdp.toml", |s| s)?;
+    let qfile = lab
+        .write_file("queries.txt", &QUERIES.iter().map(|q| format!("{} {}\n", q.name, q.rtype)).collect::<String>())?;
+    let mut rows = Rows::default();
+    let gw_ifaces = [("dvnt0", "segment_ingress")];
+
+    step("bench", "coresvc, the agent path (XDP cache off): dnsperf UDP and TCP, a flood");
+    lab.start_agent(&AgentOpts::new(&cache_off))?;
+    let mut zones = Vec::new();
+    for z in ZONES {
+        let out = lab.coresvc(["zone", "export", z])?;
+        if !out.status.success() {
+            bail!("coresvc zone export {z}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        zones.push((*z, lab.write_file(&format!("{z}.zone"), &String::from_utf8_lossy(&out.stdout))?));
+    }
+    let pre = {
+        let mut v = isolation::coresvc_present(&isolation::attached(&lab)?, "gw", &gw_ifaces);
+        v.push(expected_answers(&lab, CORESVC, &[]));
+        v
     };
-    let qps = field("Queries per second:").with_context(|| format!("dnsperf printed no rate:\n{text}"))?;
-    let lost = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("Queries lost:"))
-        .and_then(|l| l.split('(').nth(1))
-        .and_then(|p| p.trim_end_matches(['%', ')']).parse().ok())
-        .unwrap_or(0.0);
-    Ok(Perf { qps, lost })
+    for tcp in [false, true] {
+        let c = if tcp { "queries_tcp" } else { "queries_udp" };
+        let before = coresvc_counter(&lab, c)?;
+        let mut row = match dnsperf(&lab, CORESVC, &qfile, secs, tcp) {
+            Ok(p) => perf_row("coresvc agent (XDP cache off)", &p, ("coresvc", coresvc_counter(&lab, c)? - before)),
+            Err(e) => failed("coresvc agent (XDP cache off)", e),
+        };
+        row.checks.splice(0..0, pre.clone());
+        if tcp { rows.tcp.push(row) } else { rows.udp.push(row) }
+    }
+    let before = coresvc_counter(&lab, "queries_udp")?;
+    let (mut row, answered) = flood_row(&lab, "coresvc agent (XDP cache off)", CORESVC, o, false)?;
+    counted(&mut row, "coresvc queries_udp", coresvc_counter(&lab, "queries_udp")? - before, answered);
+    row.checks.splice(0..0, pre.clone());
+    rows.flood.push(row);
+
+    step("bench", "coresvc with the XDP cache: warmed, checked against the agent, flooded");
+    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10))?;
+    lab.start_agent(&AgentOpts::new(&cache_on))?;
+    let mut pre = isolation::coresvc_present(&isolation::attached(&lab)?, "gw", &gw_ifaces);
+    pre.push(cache_answers_as_the_agent(&lab)?);
+    let (hits, asked) = (cache_counter(&lab, "hits")?, coresvc_counter(&lab, "queries_udp")?);
+    let (mut row, answered) = flood_row(&lab, "coresvc XDP answer cache", CORESVC, o, false)?;
+    counted(&mut row, "XDP cache hits", cache_counter(&lab, "hits")? - hits, answered);
+    row.counts.push(format!("queries that reached the agent {}", coresvc_counter(&lab, "queries_udp")? - asked));
+    row.checks.splice(0..0, pre);
+    rows.flood.push(row);
+    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10))?;
+
+    step("bench", "Knot alone (coresvc stopped, programs detached): the same zones");
+    address(&lab, KNOT)?;
+    let zone_refs: Vec<(&str, &std::path::Path)> = zones.iter().map(|(z, p)| (*z, p.as_path())).collect();
+    let knot = Knot::start(&lab, "gw", &[&format!("{KNOT}@53")], &zone_refs)?;
+    let pre = {
+        let mut v = isolation::peer_checks(&lab, &[])?;
+        v.push(expected_answers(&lab, KNOT, &[]));
+        v
+    };
+    for tcp in [false, true] {
+        let c = if tcp { "mod-stats.request-protocol[tcp4]" } else { "mod-stats.request-protocol[udp4]" };
+        let (flat, before) = (Flat::start(&lab.paths.pin_dir)?, knot.stat(c)?);
+        let mut row = match dnsperf(&lab, KNOT, &qfile, secs, tcp) {
+            Ok(p) => perf_row("Knot (knotd, authoritative)", &p, ("Knot mod-stats", knot.stat(c)? - before)),
+            Err(e) => failed("Knot (knotd, authoritative)", e),
+        };
+        row.checks.splice(0..0, pre.clone());
+        row.check(flat.check());
+        if tcp { rows.tcp.push(row) } else { rows.udp.push(row) }
+    }
+    let c = "mod-stats.request-protocol[udp4]";
+    let (flat, before) = (Flat::start(&lab.paths.pin_dir)?, knot.stat(c)?);
+    let (mut row, answered) = flood_row(&lab, "Knot (knotd, authoritative)", KNOT, o, false)?;
+    counted(&mut row, "Knot mod-stats udp4", knot.stat(c)? - before, answered);
+    row.checks.splice(0..0, pre);
+    row.check(flat.check());
+    rows.flood.push(row);
+    drop(knot);
+
+    step("bench", "dnsmasq alone (coresvc stopped): the same records");
+    address(&lab, DNSMASQ)?;
+    let mut dnsmasq = Tool::spawn(&lab, "dnsmasq", {
+        let mut c = lab.cmd("gw", ["dnsmasq"]);
+        c.args(dnsmasq_args());
+        c
+    })?;
+    dnsmasq.wait_until(Duration::from_secs(10), || {
+        lab.kdig("dvnt-client", DNSMASQ, "ns.mgmt.deevnet.net", "A", &[]).is_ok()
+    })?;
+    let stats = || -> Result<u64> {
+        let mut n = 0;
+        for s in ["hits.bind", "misses.bind"] {
+            let r = lab.kdig("dvnt-client", DNSMASQ, s, "TXT", &["-c", "CH"])?;
+            // kdig's JSON keeps the TXT string's quotes, escaped.
+            let text = r.answers.first().map(|a| a.text.replace(['\\', '"'], "")).unwrap_or_default();
+            n += text.trim().parse::<u64>().with_context(|| format!("dnsmasq's {s}: {text:?}"))?;
+        }
+        Ok(n)
+    };
+    let pre = {
+        let mut v = isolation::peer_checks(&lab, &[])?;
+        v.push(expected_answers(&lab, DNSMASQ, &[]));
+        v
+    };
+    // dnsmasq answers TCP in forked children, whose counts its own
+    // statistics never see: for TCP its counter is the connections the
+    // gateway's stack accepted for it (the only TCP server there).
+    let accepted = || -> Result<u64> {
+        let t = coresvc_lab::dns::check(&mut lab.cmd("gw", ["cat", "/proc/net/snmp"]))?;
+        let mut tcp = t.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+        let i = names.split_whitespace().position(|n| n == "PassiveOpens").context("no Tcp PassiveOpens")?;
+        values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).context("Tcp PassiveOpens")
+    };
+    for tcp in [false, true] {
+        let (flat, before, opens) = (Flat::start(&lab.paths.pin_dir)?, stats()?, accepted()?);
+        let mut row = match dnsperf(&lab, DNSMASQ, &qfile, secs, tcp) {
+            Ok(p) if tcp => perf_row_min("dnsmasq", &p, ("connections accepted for dnsmasq", accepted()? - opens), 1),
+            Ok(p) => perf_row("dnsmasq", &p, ("dnsmasq hits+misses", stats()? - before)),
+            Err(e) => failed("dnsmasq", e),
+        };
+        row.checks.splice(0..0, pre.clone());
+        row.check(flat.check());
+        if tcp { rows.tcp.push(row) } else { rows.udp.push(row) }
+    }
+    let (flat, before) = (Flat::start(&lab.paths.pin_dir)?, stats()?);
+    let (mut row, answered) = flood_row(&lab, "dnsmasq", DNSMASQ, o, false)?;
+    counted(&mut row, "dnsmasq hits+misses", stats()? - before, answered);
+    row.checks.splice(0..0, pre);
+    row.check(flat.check());
+    row.check(dnsmasq.alive());
+    rows.flood.push(row);
+    let (c, _) = dnsmasq.stop();
+    rows.flood.last_mut().expect("a row").check(c);
+
+    step("bench", "the bare XDP reflector on dvnt0 (the lab's limit; dnsperf's ceiling)");
+    let reflector = "bare XDP reflector (devtool, the lab's limit)";
+    let expect = [("gw", "dvnt0", "reflect")];
+    let tool = gateway_tool(&lab, "reflector", "reflect", "reflect", &["dvnt0"])?;
+    let pre = isolation::peer_checks(&lab, &expect)?;
+    let flat = Flat::start(&lab.paths.pin_dir)?;
+    let mut ceiling = match dnsperf(&lab, CORESVC, &qfile, secs, false) {
+        Ok(p) => {
+            let mut r = Row::new(reflector);
+            r.achieved = Some(p.qps);
+            r.counts.push(format!("sent {}, answered {} (the queries sent back)", p.sent, p.completed));
+            r
+        }
+        Err(e) => failed(reflector, e),
+    };
+    ceiling.checks.splice(0..0, pre.clone());
+    let (mut row, reflected) = flood_row(&lab, reflector, CORESVC, o, true)?;
+    row.checks.splice(0..0, pre);
+    let handled = end_tool(&mut row, tool);
+    counted(&mut row, "the reflector", handled, reflected);
+    row.check(flat.check());
+    ceiling.check(flat.check());
+    rows.flood.push(row);
+
+    // dnsperf's ceiling is what it offers every server.
+    for r in &mut rows.udp {
+        r.offered = ceiling.figure();
+    }
+    rows.udp.push(ceiling);
+
+    let ours = "coresvc agent (XDP cache off)";
+    let knot = "Knot (knotd, authoritative)";
+    let mut udp = Section::new("dns", "DNS agent path, dnsperf over UDP", "queries/s");
+    udp.generator = format!(
+        "dnsperf -c 8 -q 500 -T 2 from dvnt-client, {} names; offered = dnsperf's own ceiling (its rate against the \
+         bare reflector)",
+        QUERIES.len()
+    );
+    udp.rows = rows.udp;
+    udp.ratios = vec![Ratio::noted(ours, "dnsmasq", "target >= 1.5x"), Ratio::noted(ours, knot, "target >= 1.0x")];
+    let mut tcp = Section::new("dns", "DNS agent path, dnsperf over TCP", "queries/s");
+    tcp.generator = "dnsperf -m tcp -c 8 -q 500 -T 2 from dvnt-client (closed loop: no offered rate)".into();
+    tcp.rows = rows.tcp;
+    tcp.ratios = vec![Ratio::noted(ours, "dnsmasq", "target >= 1.5x"), Ratio::noted(ours, knot, "target >= 1.0x")];
+    let mut flood = Section::new("dns", "DNS flood, answers counted by an XDP sink on dvnt-client", "answers/s");
+    flood.generator = traffic::generator_text();
+    flood.rows = rows.flood;
+    let xdp = "coresvc XDP answer cache";
+    flood.ratios = vec![
+        Ratio::noted(xdp, reflector, "target >= 0.90x"),
+        Ratio::new(xdp, "dnsmasq"),
+        Ratio::new(xdp, ours),
+        Ratio::new(ours, "dnsmasq"),
+        Ratio::new(ours, knot),
+    ];
+    flood.notes.push(format!("{secs} s per row, one run; the reflector sends each query back unchanged"));
+    Ok(vec![udp, tcp, flood])
 }

@@ -1,22 +1,23 @@
 //! `cargo xtask bench forward`: 64-byte UDP frames from dvnt-client through
 //! the gateway to provisioner, counted by an XDP sink on provisioner's
 //! interface, for (1) coresvc's fast path with the firewall and conntrack in
-//! the path, (2) the kernel's forwarding with an equivalent nftables
-//! ruleset, (3) the lab's limit: a bare XDP program that only looks the route
-//! up, rewrites MACs, decrements the TTL and redirects. Plus iperf3 TCP for
-//! (1) and (2). One lab, one run, one generator: trafgen (netsniff-ng) on
-//! one CPU, as the issue's reference figures were measured.
+//! the path, (2) the kernel's forwarding with an equivalent nftables ruleset
+//! (coresvc stopped, its programs detached), (3) the lab's limit: a bare XDP
+//! program that only looks the route up, rewrites MACs, decrements the TTL
+//! and redirects. Plus iperf3 TCP for (1) and (2). One lab, one run; the
+//! generator is `devtool blast` (gen.rs).
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use coresvc_lab::{AgentOpts, Lab};
-use serde_json::Value;
 
-use super::{BenchLab, ratio};
+use super::{
+    BenchLab, Opts,
+    isolation::{self, Flat, Tool},
+    report::{Check, Ratio, Row, Section},
+    traffic::{self, Flood},
+};
 use crate::util::step;
 
 const BENCH_RULES: &str = r#"
@@ -38,189 +39,188 @@ action = "allow"
 "#;
 
 const NFT_RULES: &str = "table inet bench {
+  counter fwd_udp {}
+  counter fwd_tcp {}
   chain forward {
     type filter hook forward priority 0; policy drop;
+    ct state established,related tcp dport 5201 counter name fwd_tcp accept
     ct state established,related accept
-    iifname \"dvnt0\" oifname \"mgmt0\" udp dport 9 accept
+    iifname \"dvnt0\" oifname \"mgmt0\" udp dport 9 counter name fwd_udp accept
     iifname \"dvnt0\" oifname \"mgmt0\" tcp dport 5201 accept
     iifname \"mgmt0\" accept
   }
 }
 ";
 
-pub(super) fn mac(lab: &Lab, node: &str, iface: &str) -> Result<[u8; 6]> {
-    let out = lab.exec(node, ["cat", &format!("/sys/class/net/{iface}/address")])?;
-    let s = String::from_utf8_lossy(&out.stdout);
-    let mut m = [0u8; 6];
-    for (b, p) in m.iter_mut().zip(s.trim().split(':')) {
-        *b = u8::from_str_radix(p, 16)?;
-    }
-    Ok(m)
-}
-
-/// A 64-byte frame (60 + FCS on the wire): UDP 10.20.0.50:4000 -> `to`:9.
-pub(super) fn frame(dst: [u8; 6], src: [u8; 6], to: &str) -> String {
-    let payload = [0u8; 18];
-    let (s, d) = ("10.20.0.50".parse().unwrap(), to.parse().unwrap());
-    let f = coresvc_lab::frames::ipv4(src, dst, s, d, 17, 64, 0, &coresvc_lab::frames::udp(s, 4000, d, 9, &payload));
-    f.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Where a measurement's frames go: the sink's node (its `eth0`), the
-/// address pinged first (neighbour entries on both sides, so the first frames
-/// are not queued), and the source every delivered frame must have, if any.
+/// Where a flood's frames go: the sink's node (its `eth0`), the address
+/// pinged first (neighbour entries on both sides, so the first frames are
+/// not queued), and the source every delivered frame must have, if any.
 pub(super) struct Target<'a> {
     pub sink_node: &'a str,
     pub ping: &'a str,
     pub expect_src: Option<&'a str>,
 }
 
-pub(super) const TO_PROVISIONER: Target<'static> =
-    Target { sink_node: "provisioner", ping: "10.10.0.10", expect_src: None };
+const TO_PROVISIONER: Target<'static> = Target { sink_node: "provisioner", ping: "10.10.0.10", expect_src: None };
 
-/// What a measurement saw.
-pub(super) struct Measured {
-    /// Delivered packets per second at the sink.
-    pub pps: f64,
-    /// trafgen's own rate.
-    pub offered: f64,
-    /// Delivered packets with another source than expected.
-    pub other_source: u64,
-}
-
-/// Delivered packets per second at the sink while trafgen (one CPU, as fast
-/// as it can) sends `frame` from dvnt-client; also trafgen's own rate.
-pub(super) fn measure(lab: &Lab, frame: &str, seconds: u64, t: &Target) -> Result<Measured> {
+/// One flood into a row: offered, achieved and the generator's checks.
+pub(super) fn flood_row(lab: &Lab, name: &str, frame: &[u8], t: &Target, o: &Opts) -> Result<(Row, Flood)> {
     let _ = lab.exec("dvnt-client", ["ping", "-c", "1", "-W", "1", t.ping]);
-    let bin = coresvc_lab::agent_bin()?;
-    let mut sink = Command::new(&bin);
-    sink.args(["devtool", "sink", "--netns", &lab.ns(t.sink_node), "--iface", "eth0", "--warmup", "1"])
-        .args(["--seconds", &seconds.to_string()]);
+    let f = traffic::flood(lab, &[frame.to_vec()], t.sink_node, t.expect_src, o.seconds)?;
+    let mut row = f.row(name);
+    row.check(Check::that(f.count("packets") > 0, format!("frames delivered to {}", t.sink_node), || "none".into()));
     if let Some(src) = t.expect_src {
-        sink.args(["--expect-src", src]);
+        let other = f.count("other_source");
+        row.check(Check::that(other == 0, format!("every delivered frame from {src}"), || format!("{other} were not")));
     }
-    let sink = sink.stdout(Stdio::piped()).spawn().context("starting the sink")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let bytes: Vec<String> = (0..frame.len()).step_by(2).map(|i| format!("0x{}", &frame[i..i + 2])).collect();
-    let conf = lab.write_file("trafgen.cfg", &format!("{{ {} }}\n", bytes.join(", ")))?;
-    let started = std::time::Instant::now();
-    // Bounded by a packet count (it stops by itself), in its own process
-    // group (trafgen forks a worker per CPU; the group gets the signal).
-    use std::os::unix::process::CommandExt as _;
-    let limit = (seconds + 10) * 4_000_000;
-    let mut trafgen = lab
-        .cmd("dvnt-client", ["trafgen", "--dev", "eth0", "--cpus", "1", "--num", &limit.to_string(), "--conf"])
-        .arg(&conf)
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting trafgen (package netsniff-ng)")?;
-    let out = sink.wait_with_output();
-    // SAFETY: kill(2) on our child's process group: trafgen prints its totals on SIGINT.
-    unsafe { libc::kill(-(trafgen.id() as i32), libc::SIGINT) };
-    let out = out?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut err = String::new();
-    use std::io::Read as _;
-    if let Some(mut e) = trafgen.stdout.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let _ = trafgen.wait();
-    let v: Value = serde_json::from_slice(&out.stdout).context("sink output")?;
-    // "N packets outgoing" in trafgen's summary.
-    if !err.contains("packets outgoing") {
-        bail!("trafgen sent nothing: {err}");
-    }
-    let sent = err
-        .lines()
-        .find(|l| l.contains("packets outgoing"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    Ok(Measured {
-        pps: v["pps"].as_f64().unwrap_or(0.0),
-        offered: sent / elapsed,
-        other_source: v["other_source"].as_u64().unwrap_or(0),
-    })
+    Ok((row, f))
 }
 
-/// iperf3 TCP from dvnt-client to a server on `node` at `addr`: bits/s.
-pub(super) fn iperf(lab: &Lab, node: &str, addr: &str, seconds: u64) -> Result<f64> {
-    let mut server = lab.cmd(node, ["iperf3", "-s", "-1", "-B", addr]).stdout(Stdio::null()).spawn()?;
-    lab.wait_tcp(node, addr, 5201)?;
-    let out = lab.exec("dvnt-client", ["iperf3", "-c", addr, "-t", &seconds.to_string(), "-J"])?;
-    let _ = server.wait();
-    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    v["end"]["sum_received"]["bits_per_second"].as_f64().context("no iperf3 result")
+/// A coresvc row: its programs where they belong, and its fast path (XDP
+/// redirects on `iface`) carrying at least every delivered frame.
+pub(super) fn coresvc_row(
+    lab: &Lab,
+    name: &str,
+    frame: &[u8],
+    t: &Target,
+    o: &Opts,
+    gw_ifaces: &[(&str, &str)],
+) -> Result<Row> {
+    let mut checks = isolation::coresvc_present(&isolation::attached(lab)?, &lab.topo.gateway, gw_ifaces);
+    let before = traffic::coresvc_verdict(lab, "dvnt0", "redirect")?;
+    let (mut row, f) = flood_row(lab, name, frame, t, o)?;
+    let redirected = traffic::coresvc_verdict(lab, "dvnt0", "redirect")? - before;
+    let delivered = f.count("packets");
+    checks.push(Check::that(redirected >= delivered, "every delivered frame redirected by coresvc's XDP", || {
+        format!("{redirected} redirected, {delivered} delivered")
+    }));
+    row.checks.splice(0..0, checks);
+    row.counts.push(format!("coresvc XDP redirects {redirected}"));
+    Ok(row)
 }
 
-/// Fails unless coresvc redirected frames from XDP on dvnt0: otherwise a
-/// measurement would not be of the fast path.
-pub(super) fn ensure_fast_path(lab: &Lab, what: &str) -> Result<()> {
-    let status = lab.status_json()?;
-    let redirected = status["dataplane"]["interfaces"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == "dvnt0"))
-        .and_then(|i| i["verdicts"]["redirect"]["packets"].as_u64())
-        .unwrap_or(0);
-    if redirected == 0 {
-        bail!(
-            "coresvc forwarded nothing from XDP: the measurement would not be of the fast path ({what})\n{}\n{}",
-            serde_json::to_string_pretty(&status["dataplane"])?,
-            String::from_utf8_lossy(&lab.coresvc(["flows"])?.stdout)
-        );
+/// A peer's row: checked isolated before (`expect`: the peer's programs),
+/// coresvc's counters flat through it. Returns it with the frames
+/// delivered, for the peer's own counter ([`counted`]).
+pub(super) fn peer_row(
+    lab: &Lab,
+    name: &str,
+    frame: &[u8],
+    t: &Target,
+    o: &Opts,
+    expect: &[(&str, &str, &str)],
+) -> Result<(Row, u64)> {
+    let mut checks = isolation::peer_checks(lab, expect)?;
+    let flat = Flat::start(&lab.paths.pin_dir)?;
+    let (mut row, f) = flood_row(lab, name, frame, t, o)?;
+    checks.push(flat.check());
+    row.checks.splice(0..0, checks);
+    Ok((row, f.count("packets")))
+}
+
+/// The peer's own counter `who` rose by `counted`: at least every
+/// delivered frame.
+pub(super) fn counted(row: &mut Row, who: &str, counted: u64, delivered: u64) {
+    row.check(Check::that(counted >= delivered, format!("{who} counted every delivered frame"), || {
+        format!("{counted} counted, {delivered} delivered")
+    }));
+    row.counts.push(format!("{who} {counted}"));
+}
+
+/// A devtool (`redirect`, `reflect`) on the gateway: started, checked
+/// attached on every interface of `ifaces` as `prog`.
+pub(super) fn gateway_tool(lab: &Lab, what: &str, tool: &str, prog: &str, ifaces: &[&str]) -> Result<Tool> {
+    let gw = lab.gw_ns();
+    let mut args = vec![tool, "--netns", &gw];
+    for i in ifaces {
+        args.extend(["--iface", i]);
     }
-    Ok(())
+    let mut t = Tool::devtool(lab, what, &args)?;
+    t.wait_until(Duration::from_secs(10), || {
+        isolation::attached(lab)
+            .is_ok_and(|a| ifaces.iter().all(|i| isolation::present(&a, "gw", i, prog).failure.is_none()))
+    })?;
+    Ok(t)
 }
 
-pub(super) struct Bg(pub Child);
-impl Drop for Bg {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+/// Ends a gateway tool: checks it ran through the row and ended cleanly;
+/// the frames it handled (its own counter).
+pub(super) fn end_tool(row: &mut Row, mut tool: Tool) -> u64 {
+    row.check(tool.alive());
+    let (c, out) = tool.stop();
+    row.check(c);
+    match serde_json::from_str::<serde_json::Value>(out.trim()).ok().and_then(|v| v["handled"].as_u64()) {
+        Some(n) => n,
+        None => {
+            row.check(Check::failed("the tool's own count", format!("it printed {out:?}")));
+            0
+        }
     }
 }
 
-pub fn run(b: &BenchLab, seconds: u64) -> Result<()> {
+pub fn run(b: &BenchLab, o: &Opts) -> Result<Vec<Section>> {
     let mut lab = b.lab()?;
-    let cfg = lab.config_with("bench-forward.toml", |s| s + BENCH_RULES)?;
+    let cfg = super::config(&lab, "bench-forward.toml", |s| s + BENCH_RULES)?;
     lab.start_agent(&AgentOpts::new(&cfg))?;
-    let f = frame(mac(&lab, "gw", "dvnt0")?, mac(&lab, "dvnt-client", "eth0")?, "10.10.0.10");
+    let frame =
+        traffic::udp64(traffic::mac(&lab, "gw", "dvnt0")?, traffic::mac(&lab, "dvnt-client", "eth0")?, "10.10.0.10");
+    let secs = o.seconds;
+    let ours_name = "coresvc fast path (firewall + conntrack)";
+    let kernel_name = "kernel + nftables (coresvc stopped)";
+    let bare_name = "bare XDP redirect (the lab's limit)";
+    let gw_ifaces = [("dvnt0", "segment_ingress"), ("mgmt0", "segment_ingress")];
 
     step("bench", "coresvc: firewall + conntrack + XDP fast path");
-    let Measured { pps: ours, offered: offered1, .. } = measure(&lab, &f, seconds, &TO_PROVISIONER)?;
-    ensure_fast_path(&lab, &format!("{ours:.0} pps delivered, {offered1:.0} offered"))?;
-    let tcp_ours = iperf(&lab, "provisioner", "10.10.0.10", seconds)?;
+    let ours = coresvc_row(&lab, ours_name, &frame, &TO_PROVISIONER, o, &gw_ifaces)?;
+    let tcp_before = traffic::coresvc_verdict(&lab, "dvnt0", "redirect")?;
+    let tcp_ours = traffic::iperf(&lab, "provisioner", "10.10.0.10", secs)?;
+    let mut tcp_ours_row = Row::new("coresvc");
+    tcp_ours_row.achieved = Some(tcp_ours / 1e9);
+    let redirected = traffic::coresvc_verdict(&lab, "dvnt0", "redirect")? - tcp_before;
+    tcp_ours_row.check(Check::that(redirected > 0, "the transfer took coresvc's fast path", || "no redirects".into()));
+    tcp_ours_row.counts.push(format!("coresvc XDP redirects {redirected}"));
 
     step("bench", "kernel forwarding with an equivalent nftables ruleset");
     lab.stop_agent(libc::SIGTERM, Duration::from_secs(10))?;
-    let nft = lab.write_file("bench.nft", NFT_RULES)?;
-    coresvc_lab::run(lab.cmd("gw", ["nft", "-f"]).arg(&nft))?;
-    let Measured { pps: kernel, offered: offered2, .. } = measure(&lab, &f, seconds, &TO_PROVISIONER)?;
-    let tcp_kernel = iperf(&lab, "provisioner", "10.10.0.10", seconds)?;
+    lab.nft("gw", NFT_RULES)?;
+    traffic::kernel_forwarding(&lab, true)?;
+    let counter = |name: &'static str| {
+        let lab = &lab;
+        move || traffic::nft_counter(lab, "gw", "inet", "bench", name)
+    };
+    let before = counter("fwd_udp")()?;
+    let (mut kernel, delivered) = peer_row(&lab, kernel_name, &frame, &TO_PROVISIONER, o, &[])?;
+    counted(&mut kernel, "nftables counter fwd_udp", counter("fwd_udp")()? - before, delivered);
+    let flat = Flat::start(&lab.paths.pin_dir)?;
+    let tcp_before = counter("fwd_tcp")()?;
+    let tcp_kernel = traffic::iperf(&lab, "provisioner", "10.10.0.10", secs)?;
+    let mut tcp_kernel_row = Row::new("kernel + nftables (coresvc stopped)");
+    tcp_kernel_row.checks = isolation::peer_checks(&lab, &[])?;
+    tcp_kernel_row.check(flat.check());
+    let tcp_counted = counter("fwd_tcp")()? - tcp_before;
+    tcp_kernel_row
+        .check(Check::that(tcp_counted > 0, "nftables counted the transfer", || "fwd_tcp did not rise".into()));
+    tcp_kernel_row.counts.push(format!("nftables fwd_tcp {tcp_counted}"));
+    tcp_kernel_row.achieved = Some(tcp_kernel / 1e9);
     coresvc_lab::run(&mut lab.cmd("gw", ["nft", "flush", "ruleset"]))?;
 
     step("bench", "bare XDP redirect (the lab's limit)");
-    let redirect = Bg(Command::new(coresvc_lab::agent_bin()?)
-        .args(["devtool", "redirect", "--netns", &lab.gw_ns(), "--iface", "dvnt0", "--iface", "mgmt0"])
-        .stderr(Stdio::null())
-        .spawn()?);
-    std::thread::sleep(Duration::from_millis(500));
-    let Measured { pps: bare, offered: offered3, .. } = measure(&lab, &f, seconds, &TO_PROVISIONER)?;
-    drop(redirect);
+    let tool = gateway_tool(&lab, "bare redirect", "redirect", "bare_redirect", &["dvnt0", "mgmt0"])?;
+    let expect = [("gw", "dvnt0", "bare_redirect"), ("gw", "mgmt0", "bare_redirect")];
+    let (mut bare, delivered) = peer_row(&lab, bare_name, &frame, &TO_PROVISIONER, o, &expect)?;
+    let n = end_tool(&mut bare, tool);
+    counted(&mut bare, "the bare redirect", n, delivered);
+    // (bpf_fib_lookup, like the kernel, forwards only what arrives where forwarding is on.)
+    traffic::kernel_forwarding(&lab, false)?;
 
-    println!("\nForwarding dvnt -> mgmt, 64-byte UDP, delivered to an XDP sink ({seconds} s each, one run):");
-    println!("  generator offered              {:>10.0} / {:>10.0} / {:>10.0} pps", offered1, offered2, offered3);
-    println!("  coresvc fast path (fw + ct)    {ours:>10.0} pps");
-    println!("  kernel + nftables              {kernel:>10.0} pps");
-    println!("  bare XDP redirect (limit)      {bare:>10.0} pps");
-    println!("  coresvc / bare redirect        {:>10}", ratio(ours, bare));
-    println!("  coresvc / kernel + nftables    {:>10}", ratio(ours, kernel));
-    println!("TCP, iperf3 dvnt-client -> provisioner ({seconds} s):");
-    println!("  coresvc                        {:>10.2} Gbit/s", tcp_ours / 1e9);
-    println!("  kernel + nftables              {:>10.2} Gbit/s", tcp_kernel / 1e9);
-    println!("  coresvc / kernel + nftables    {:>10}", ratio(tcp_ours, tcp_kernel));
-    Ok(())
+    let mut pps = Section::new("forward", "Forwarding dvnt -> mgmt, 64-byte UDP, delivered to an XDP sink", "pps");
+    pps.generator = traffic::generator_text();
+    pps.rows = vec![ours, kernel, bare];
+    pps.ratios = vec![Ratio::new(ours_name, bare_name), Ratio::new(ours_name, kernel_name)];
+    pps.notes.push(format!("{secs} s per row, one run"));
+    let mut tcp = Section::new("forward", "Forwarding dvnt -> mgmt, iperf3 TCP (one stream)", "Gbit/s");
+    tcp.generator = "iperf3 -c on dvnt-client (closed loop: no offered rate)".into();
+    tcp.rows = vec![tcp_ours_row, tcp_kernel_row];
+    tcp.ratios = vec![Ratio::new("coresvc", "kernel + nftables (coresvc stopped)")];
+    Ok(vec![pps, tcp])
 }
