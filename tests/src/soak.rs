@@ -42,6 +42,10 @@ pub struct Report {
     pub nat_transfers_ok: u64,
     /// Well-behaved NAT'd transfers that did not arrive whole.
     pub nat_transfers_broken: u64,
+    /// How each broken transfer ended: node, curl's exit code, bytes, seconds.
+    pub nat_broken_how: Vec<String>,
+    /// When each kill -9 happened, from the start.
+    pub kills_at: Vec<Duration>,
     pub acks_seen: usize,
     /// ACKed addresses not in the store at the end, or ACKed to two clients.
     pub acked_leases_lost: usize,
@@ -54,7 +58,7 @@ impl Report {
     /// The figures, one per line.
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "soak: {:?}, {} kill -9", self.duration, self.kills);
+        let _ = writeln!(s, "soak: {:?}, {} kill -9 (at {:?})", self.duration, self.kills, self.kills_at);
         let _ = writeln!(
             s,
             "  agent RSS: {} KiB at start, {} KiB at end, {} KiB at most",
@@ -74,6 +78,9 @@ impl Report {
             "  NAT'd transfers of well-behaved clients: {} whole, {} broken",
             self.nat_transfers_ok, self.nat_transfers_broken
         );
+        for how in &self.nat_broken_how {
+            let _ = writeln!(s, "    broken: {how}");
+        }
         let _ = writeln!(s, "  DHCP: {} ACKs captured, {} ACKed leases lost", self.acks_seen, self.acked_leases_lost);
         let _ = writeln!(s, "  connections at the end: {}", self.connections_at_end);
         let drops: Vec<String> = self.drops.iter().map(|(n, c)| format!("{n} {c}")).collect();
@@ -217,20 +224,34 @@ pub fn run(duration: Duration, kill_every: Duration) -> Result<Report> {
     // Well-behaved NAT'd transfers, from two segments (2 MB each, slowed so
     // that kills land in the middle of some).
     let (nat_ok, nat_broken) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let nat_broken_how = Arc::new(std::sync::Mutex::new(Vec::new()));
     for node in ["provisioner", "dvntm-client"] {
-        let (lab, ok, bad) = (lab.clone(), nat_ok.clone(), nat_broken.clone());
+        let (lab, ok, bad, how) = (lab.clone(), nat_ok.clone(), nat_broken.clone(), nat_broken_how.clone());
         let want = file.len();
         loops.push(spawn_loop(&stop, move || {
             let c = lab.lock().unwrap().cmd(
                 node,
-                ["curl", "-s", "-m", "60", "--limit-rate", "1M", "-o", "/dev/null", "-w", "%{size_download}"],
+                [
+                    "curl",
+                    "-s",
+                    "-m",
+                    "60",
+                    "--limit-rate",
+                    "1M",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download} exit %{exitcode} after %{time_total}s (connect %{time_connect}s)",
+                ],
             );
             let mut c = c;
             c.arg("http://192.0.2.1/f");
-            if output_of(c).trim() == want.to_string() {
+            let out = output_of(c);
+            if out.split_whitespace().next() == Some(want.to_string().as_str()) && out.contains("exit 0 ") {
                 ok.fetch_add(1, Ordering::Relaxed);
             } else {
                 bad.fetch_add(1, Ordering::Relaxed);
+                how.lock().unwrap().push(format!("{node}: {} bytes, at {:?}", out.trim(), start.elapsed()));
             }
         }));
     }
@@ -252,6 +273,7 @@ pub fn run(duration: Duration, kill_every: Duration) -> Result<Report> {
             std::thread::sleep(Duration::from_millis(500));
             l.start_agent(&AgentOpts::new(&cfg))?;
             report.kills += 1;
+            report.kills_at.push(start.elapsed());
             next_kill = Instant::now() + kill_every;
         }
     }
@@ -282,6 +304,7 @@ pub fn run(duration: Duration, kill_every: Duration) -> Result<Report> {
     report.tftp_failed = tftp_failed.load(Ordering::Relaxed);
     report.nat_transfers_ok = nat_ok.load(Ordering::Relaxed);
     report.nat_transfers_broken = nat_broken.load(Ordering::Relaxed);
+    report.nat_broken_how = std::mem::take(&mut *nat_broken_how.lock().unwrap());
     let acked = acks_in(&pcap)?;
     report.acks_seen = acked.len();
     report.acked_leases_lost = leases_lost(&lab, &acked)?;
