@@ -583,8 +583,6 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         services: std::sync::RwLock::new(services),
         tftp,
     });
-    let metrics = metrics_listener.map(|l| crate::metrics::serve(l, agent.clone()));
-    let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     let gc = tokio::spawn(conntrack_gc(agent.clone()));
     let names: Vec<String> = dataplane::interfaces(&config, &plan, None).into_iter().map(|i| i.name).collect();
     let links = tokio::spawn(follow_links(agent.clone(), crate::routing::watch_links(names)?));
@@ -592,6 +590,10 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
     if let Err(e) = crate::privileges::drop_after_start() {
         error!("privileges: {e:#}; running with the capabilities it was started with");
     }
+    // The control socket answers (and so the agent looks ready) only once
+    // the capabilities are gone: nobody sees a started agent holding more.
+    let metrics = metrics_listener.map(|l| crate::metrics::serve(l, agent.clone()));
+    let server = tokio::spawn(ctl::serve(listener, agent.clone()));
     info!(socket = %config.agent.control_socket.display(), "coresvc {} running", env!("CARGO_PKG_VERSION"));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;

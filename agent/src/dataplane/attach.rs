@@ -118,13 +118,17 @@ pub fn egress(prog: &mut SchedClassifier, dir: &Path, ifname: &str, ifindex: u32
     Ok(false)
 }
 
-/// Detaches what `xdp`/`egress` attached to `ifname` (unpins and closes the links).
-pub fn detach(dir: &Path, ifname: &str) -> usize {
+/// Unpins and closes what `xdp`/`egress` attached to `ifname`; returns how
+/// many and their link ids (the kernel releases them once the loaded object,
+/// which holds them too, goes).
+pub fn detach(dir: &Path, ifname: &str) -> (usize, Vec<u32>) {
     let mut n = 0;
+    let mut ids = Vec::new();
     for path in [xdp_pin(dir, ifname), egress_pin(dir, ifname)] {
         if !path.exists() {
             continue;
         }
+        ids.extend(super::sys::pinned_link_id(&path).ok());
         match PinnedLink::from_pin(&path).map(|p| p.unpin()) {
             Ok(Ok(fd_link)) => {
                 drop(fd_link);
@@ -137,5 +141,5 @@ pub fn detach(dir: &Path, ifname: &str) -> usize {
             }
         }
     }
-    n
+    (n, ids)
 }

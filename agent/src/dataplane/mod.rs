@@ -705,13 +705,27 @@ impl Dataplane {
     /// Detaches every program (removing the link pins). Maps stay pinned so
     /// the next start adopts counters and connections.
     pub fn detach(mut self) {
-        for (name, _) in std::mem::take(&mut self.attached) {
+        let mut gone = Vec::new();
+        for (name, links) in std::mem::take(&mut self.attached) {
             // Nothing judges it from here: the kernel stops forwarding first.
             if let Err(e) = crate::routing::set_forwarding(&name, false) {
                 warn!(interface = %name, "{e:#}");
             }
-            let n = attach::detach(&self.pin_dir, &name);
-            info!(interface = %name, "detached {n} program link(s)");
+            // Our descriptors of the links go first, the pins next.
+            drop(links);
+            let (n, ids) = attach::detach(&self.pin_dir, &name);
+            info!(interface = %name, "unpinned {n} program link(s)");
+            gone.extend(ids);
+        }
+        // The loaded object holds the links too: once it goes, the kernel
+        // lets go of them (a moment after their last pin). Detached means
+        // that, not only that the pins went.
+        drop(self);
+        let left = sys::wait_links_gone(&gone, std::time::Duration::from_secs(5));
+        if left.is_empty() {
+            info!("detached: no program link of coresvc's is left");
+        } else {
+            warn!("links {left:?} still exist 5 s after their pins were removed");
         }
     }
 }
@@ -757,7 +771,19 @@ pub fn unpin(dir: &Path, force: bool) -> Result<Vec<String>> {
     for ifname in &here {
         crate::routing::set_forwarding(ifname, false)?;
     }
+    let mut ids = Vec::new();
+    for kind in ["xdp", "tc-egress"] {
+        for e in std::fs::read_dir(dir.join("links").join(kind)).into_iter().flatten().flatten() {
+            ids.extend(sys::pinned_link_id(&e.path()).ok());
+        }
+    }
     pins::remove_all(dir).with_context(|| format!("removing pins under {}", dir.display()))?;
+    // Return only once the kernel has let go of the programs (it releases a
+    // link a moment after its last pin goes).
+    let left = sys::wait_links_gone(&ids, std::time::Duration::from_secs(5));
+    if !left.is_empty() {
+        bail!("the pins are gone but links {left:?} are still attached 5 s later");
+    }
     Ok(here)
 }
 

@@ -82,3 +82,49 @@ pub fn pinned_link_ifindex(path: &Path, link_type: u32) -> io::Result<Option<u32
     let info = link_info(&fd)?;
     Ok((info.type_ == link_type).then_some(info.union[0]))
 }
+
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+
+/// `union bpf_attr` for BPF_LINK_GET_FD_BY_ID (`link_id`, `next_id`,
+/// `open_flags`).
+#[repr(C)]
+#[derive(Default)]
+struct GetByIdAttr {
+    link_id: u32,
+    next_id: u32,
+    open_flags: u32,
+    _pad: [u32; 29],
+}
+
+/// The id of the link pinned at `path`.
+pub fn pinned_link_id(path: &Path) -> io::Result<u32> {
+    Ok(link_info(&obj_get(path)?)?.id)
+}
+
+/// Whether link `id` still exists (is still attached where it was).
+fn link_alive(id: u32) -> bool {
+    let mut attr = GetByIdAttr { link_id: id, ..Default::default() };
+    match bpf(BPF_LINK_GET_FD_BY_ID, (&mut attr as *mut GetByIdAttr).cast(), size_of::<GetByIdAttr>()) {
+        Ok(fd) => {
+            // SAFETY: the kernel returned a new fd that we own.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            true
+        }
+        Err(e) => e.raw_os_error() != Some(libc::ENOENT),
+    }
+}
+
+/// Waits until none of the links `ids` exists, at most `timeout`; returns
+/// the ones still there. A link whose last pin and descriptor are gone is
+/// released by the kernel a moment later (bpffs frees its inode after an
+/// RCU grace period), so "unpinned" is not yet "detached".
+pub fn wait_links_gone(ids: &[u32], timeout: std::time::Duration) -> Vec<u32> {
+    let start = std::time::Instant::now();
+    loop {
+        let alive: Vec<u32> = ids.iter().copied().filter(|&id| link_alive(id)).collect();
+        if alive.is_empty() || start.elapsed() >= timeout {
+            return alive;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
