@@ -103,9 +103,6 @@ pub enum Cmd {
     /// The DNS cache: list or flush it.
     #[command(subcommand)]
     Dns(DnsCmd),
-    /// Benchmark and lab helpers (sink, bare redirect, frame blaster).
-    #[command(subcommand, hide = true)]
-    Devtool(crate::devtool::Devtool),
     /// DHCP leases: address, MAC or client id, host name, expiry, segment.
     Leases {
         #[command(flatten)]
@@ -396,7 +393,6 @@ pub fn main(cli: Cli) -> Result<()> {
             print!("{text}");
             Ok(())
         }
-        Cmd::Devtool(d) => crate::devtool::main(d),
         Cmd::Leases { target, json } => match call(&target, &Request::Leases)? {
             Response::Leases { leases } => {
                 if json {

@@ -7,7 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
-pub mod devtool;
 pub mod dhcp;
 pub mod dns;
 pub mod metrics;

@@ -605,7 +605,7 @@ pub fn rate_limit(tat: &mut u64, limited: &mut u32, now: u64, interval: u64, bur
 /// 02:00:00:00:00:01), IPv4 from `src` to `dst` (ID 0x1234, DF, TTL 64),
 /// UDP from `sport` to port 53, the DNS message `msg`; checksums complete.
 /// Returns its length, or `None` when `out` is too short. For tests and
-/// `coresvc devtool dns-cost`.
+/// `coresvc-devtool dns-cost`.
 pub fn query_frame(out: &mut [u8], src: [u8; 4], dst: [u8; 4], sport: u16, msg: &[u8]) -> Option<usize> {
     let n = FRAME_DNS + msg.len();
     let f = out.get_mut(..n)?;

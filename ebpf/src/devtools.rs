@@ -184,7 +184,7 @@ const BLAST_BYTES: usize = 128;
 /// Writes the next of `BLAST_FRAMES` over the frame it was given (which
 /// must be `BLAST_BYTES` long), trims it to that frame's length and sends
 /// it back out of the interface it came in on. Run with BPF_PROG_TEST_RUN's
-/// live-frames mode (`coresvc devtool blast`), every run transmits one
+/// live-frames mode (`coresvc-devtool blast`), every run transmits one
 /// frame: a generator with no per-packet userspace work. The whole frame is
 /// written on every run because the kernel recycles the pages without
 /// rewriting them, and the path measured may have changed them in place
@@ -229,7 +229,7 @@ fn try_tx(ctx: &XdpContext) -> Option<u32> {
     Some(xdp_action::XDP_TX)
 }
 
-/// Does nothing: `coresvc devtool prog-cost` times it to know the share of
+/// Does nothing: `coresvc-devtool prog-cost` times it to know the share of
 /// the measurement itself in every figure.
 #[xdp]
 pub fn pass(_ctx: XdpContext) -> u32 {

@@ -69,6 +69,19 @@ pub fn agent_bin() -> Result<PathBuf> {
     )
 }
 
+/// The `coresvc-devtool` binary (the benchmarks' and tests' tools):
+/// `CORESVC_DEVTOOL_BIN`, else beside the coresvc binary.
+pub fn devtool_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CORESVC_DEVTOOL_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let bin = agent_bin()?.with_file_name("coresvc-devtool");
+    if !bin.is_file() {
+        bail!("no {}: build it first (`cargo build -p coresvc-devtool`, which `cargo xtask test` does)", bin.display());
+    }
+    Ok(bin)
+}
+
 /// Paths of one lab instance.
 #[derive(Debug, Clone)]
 pub struct LabPaths {

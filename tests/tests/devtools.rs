@@ -11,8 +11,8 @@ use serde_json::Value;
 fn the_sink_takes_a_node_over_and_counts_what_arrives() {
     let mut lab = Lab::for_test().unwrap();
     lab.start_agent(&AgentOpts::new(coresvc_lab::default_config())).unwrap();
-    let sink = std::process::Command::new(coresvc_lab::agent_bin().unwrap())
-        .args(["devtool", "sink", "--netns", &lab.ns("upstream"), "--iface", "eth0"])
+    let sink = std::process::Command::new(coresvc_lab::devtool_bin().unwrap())
+        .args(["sink", "--netns", &lab.ns("upstream"), "--iface", "eth0"])
         .args(["--warmup", "0.5", "--seconds", "3", "--expect-src", "192.0.2.2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

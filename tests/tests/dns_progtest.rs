@@ -73,7 +73,7 @@ impl Setup {
         let cfg = config(extra);
         let mut fw = Fw::new(&cfg, 1024);
         fw.set_flag(SETTINGS_F_DNS_CACHE, true);
-        let dns = coresvc::devtool::offline::dns_service(&mut fw.ebpf, &cfg).unwrap();
+        let dns = coresvc_devtool::offline::dns_service(&mut fw.ebpf, &cfg).unwrap();
         Setup { fw, dns, cfg, gw_mac: mac_of("d_dvnt") }
     }
 

@@ -75,6 +75,10 @@ impl BenchLab {
         let bin = crate::build_release()?;
         // SAFETY: set before any thread is started.
         unsafe { std::env::set_var("CORESVC_BIN", &bin) };
+        // SAFETY: as above.
+        unsafe {
+            std::env::set_var("CORESVC_DEVTOOL_BIN", crate::target_dir().join("release").join("coresvc-devtool"))
+        };
         Ok(BenchLab { _private: () })
     }
 

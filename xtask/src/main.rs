@@ -118,8 +118,15 @@ pub fn release_bin() -> PathBuf {
 /// Builds target/release/coresvc (and with it the eBPF object).
 pub fn build_release() -> Result<PathBuf> {
     setup::run(&setup::SetupOpts::default())?;
-    step("build", "cargo build --release -p coresvc");
-    cmd_status(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "coresvc"]))?;
+    step("build", "cargo build --release -p coresvc -p coresvc-devtool (the benchmarks' tools)");
+    cmd_status(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "coresvc",
+        "-p",
+        "coresvc-devtool",
+    ]))?;
     Ok(release_bin())
 }
 
@@ -217,8 +224,15 @@ fn test(args: &TestArgs) -> Result<()> {
     cmd_status(Command::new("cargo").current_dir(&root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))
         .map_err(|e| e.context("clippy found problems"))?;
     // The integration tests run the real binary: build it first.
-    step("test", "cargo build -p coresvc (the binary the lab tests run)");
-    cmd_status(Command::new("cargo").current_dir(&root).args(["build", "-p", "coresvc", "--bins"]))?;
+    step("test", "cargo build -p coresvc -p coresvc-devtool (the binaries the lab tests run)");
+    cmd_status(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "coresvc",
+        "-p",
+        "coresvc-devtool",
+        "--bins",
+    ]))?;
     step("test", &format!("cargo test: {} (unit, BPF_PROG_TEST_RUN, lab and bench smoke tests)", args.describe()));
     let (before, after) = args.cargo_args();
     let mut c = Command::new("cargo");

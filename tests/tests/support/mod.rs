@@ -1,7 +1,7 @@
 //! The BPF_PROG_TEST_RUN harness shared by the progtest suites: a
 //! namespace whose FIB stands in for the gateway's, and the programs loaded
 //! and configured as the agent would (the offline dataplane of
-//! `coresvc::devtool::offline`, which `coresvc devtool prog-cost` measures).
+//! `coresvc_devtool::offline`, which `coresvc-devtool prog-cost` measures).
 #![allow(dead_code)]
 
 use std::{net::Ipv4Addr, process::Command};
@@ -10,8 +10,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
 };
-use coresvc::{config::Config, dataplane::rules, devtool::offline};
+use coresvc::{config::Config, dataplane::rules};
 use coresvc_common::conntrack as ct;
+use coresvc_devtool::offline;
 use coresvc_lab::{frames, raw::in_netns};
 use coresvc_maps_schema::{
     self as schema, CtEntry, CtKey, NatBind, NatKey, PacketCount, ROLE_SEGMENT, ROLE_UPLINK, Settings,
@@ -57,7 +58,7 @@ impl FibNs {
             let out = Command::new("ip").args(["-n", &name]).args(args).output().unwrap();
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        // The stand-ins of the offline dataplane `coresvc devtool prog-cost` measures.
+        // The stand-ins of the offline dataplane `coresvc-devtool prog-cost` measures.
         for args in offline::fib_commands() {
             sh(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }

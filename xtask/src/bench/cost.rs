@@ -1,5 +1,5 @@
 //! `cargo xtask bench cost`: ns per packet in the programs themselves,
-//! from `coresvc devtool prog-cost` (BPF_PROG_TEST_RUN on the offline
+//! from `coresvc-devtool prog-cost` (BPF_PROG_TEST_RUN on the offline
 //! dataplane the progtest suites use, in a namespace of its own): a DNS
 //! answer from the XDP cache, a query passed on, the bare reflector, an
 //! established flow forwarded and masqueraded, and a new flow judged after
@@ -25,8 +25,8 @@ pub fn run(_b: &BenchLab, o: &Opts) -> Result<Vec<Section>> {
     let runs = if o.smoke { 2000 } else { 20_000 };
     step("bench", &format!("devtool prog-cost, {runs} single runs per frame"));
     let out = cmd_output(
-        std::process::Command::new(coresvc_lab::agent_bin()?)
-            .args(["devtool", "prog-cost", "--config"])
+        std::process::Command::new(coresvc_lab::devtool_bin()?)
+            .args(["prog-cost", "--config"])
             .arg(coresvc_lab::default_config())
             .arg("--queries")
             .arg(&queries)

@@ -224,7 +224,7 @@ pub fn peer_checks(lab: &Lab, expect: &[(&str, &str, &str)]) -> Result<Vec<Check
     Ok(v)
 }
 
-/// A benchmark tool (`coresvc devtool ...`, tcpdump, a server) run as a
+/// A benchmark tool (`coresvc-devtool ...`, tcpdump, a server) run as a
 /// child: its stderr goes to a file read back when it fails, its stdout is
 /// kept for the figures it prints when it ends.
 pub struct Tool {
@@ -247,10 +247,10 @@ impl Tool {
         Ok(Tool { name: name.into(), child: Some(child), stderr })
     }
 
-    /// `coresvc devtool ARGS` as a tool.
+    /// `coresvc-devtool ARGS` as a tool.
     pub fn devtool(lab: &Lab, name: &str, args: &[&str]) -> Result<Tool> {
-        let mut c = Command::new(coresvc_lab::agent_bin()?);
-        c.arg("devtool").args(args);
+        let mut c = Command::new(coresvc_lab::devtool_bin()?);
+        c.args(args);
         Tool::spawn(lab, name, c)
     }
 

@@ -1,8 +1,8 @@
-//! The benchmarks' packet generator and counter: `coresvc devtool blast`
+//! The benchmarks' packet generator and counter: `coresvc-devtool blast`
 //! (BPF_PROG_TEST_RUN's live-frames mode from dvnt-client's veth, one
 //! sender thread per CPU, no per-packet userspace work: stronger than
 //! trafgen or kxdpgun on this 2-core machine, whose single sender thread
-//! was the limit of several rows) and `coresvc devtool sink` (an XDP
+//! was the limit of several rows) and `coresvc-devtool sink` (an XDP
 //! program on the receiving node's veth that counts and drops what
 //! arrives, DNS responses by rcode).
 
@@ -24,7 +24,7 @@ pub fn threads() -> u32 {
 
 pub fn generator_text() -> String {
     format!(
-        "coresvc devtool blast: BPF_PROG_TEST_RUN live frames out of dvnt-client's veth, {} sender thread(s), \
+        "coresvc-devtool blast: BPF_PROG_TEST_RUN live frames out of dvnt-client's veth, {} sender thread(s), \
          one per CPU",
         threads()
     )

@@ -1,5 +1,5 @@
-//! `coresvc devtool`: helpers for benchmarks and lab experiments (hidden
-//! from `--help`): a counting XDP sink, a bare XDP forwarder and a bare DNS
+//! `coresvc-devtool`: helpers for benchmarks and lab experiments, a binary
+//! of its own (nothing of it ships in `coresvc`): a counting XDP sink, a bare XDP forwarder and a bare DNS
 //! reflector (the lab's limits), a frame generator, which load the separate
 //! `coresvc-devtools` object; and the data path's cost per packet, measured
 //! with BPF_PROG_TEST_RUN on the data path's own object (nothing attached,
@@ -191,7 +191,7 @@ pub fn main(cmd: Devtool) -> Result<()> {
         Devtool::ProgCost { .. } => None,
     };
     if let Some(ns) = ns {
-        crate::netns::enter(&ns)?;
+        coresvc::netns::enter(&ns)?;
     }
     match cmd {
         Devtool::Sink { iface, warmup, seconds, expect_src, linger, .. } => {
@@ -303,7 +303,7 @@ const BLAST_BYTES: usize = 128;
 /// out of `iface` for `seconds` with the `tx` program in live-frames mode
 /// (which writes each frame itself: the kernel recycles its pages unwritten).
 fn blast(iface: &str, frames: &[Vec<u8>], threads: u32, seconds: f64) -> Result<Blasted> {
-    let ifindex = crate::dataplane::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
+    let ifindex = coresvc::dataplane::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
     if frames.is_empty() || frames.len() > BLAST_MAX_FRAMES {
         bail!("1 to {BLAST_MAX_FRAMES} frames, not {}", frames.len());
     }

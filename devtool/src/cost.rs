@@ -1,6 +1,6 @@
-//! `coresvc devtool prog-cost`: what the data path costs per packet in the
+//! `coresvc-devtool prog-cost`: what the data path costs per packet in the
 //! program itself, from BPF_PROG_TEST_RUN on the offline dataplane
-//! ([`super::offline`]): no generator, link or stack in the figure.
+//! ([`crate::offline`]): no generator, link or stack in the figure.
 //!
 //! Each row is the median of single runs (`repeat` would run the program
 //! again on the frame its previous run wrote: the DNS answer, a decremented
@@ -17,8 +17,8 @@ use coresvc_common::{checksum, conntrack as ct, dns::FRAME_DNS};
 use coresvc_maps_schema::{self as schema, ROLE_SEGMENT, ROLE_UPLINK};
 use serde::Serialize;
 
-use super::offline::{self, FIB, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
-use crate::config::Config;
+use crate::offline::{self, FIB, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use coresvc::config::Config;
 
 /// What `prog-cost` measures.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ fn verdict_name(v: u32) -> &'static str {
 /// The example topology's interfaces in this namespace: (mgmt, dvnt, up).
 fn stand_ins() -> Result<(u32, u32, u32)> {
     let idx =
-        |n: &str| crate::dataplane::ifindex(n).with_context(|| format!("no interface {n}: not in a FIB namespace"));
+        |n: &str| coresvc::dataplane::ifindex(n).with_context(|| format!("no interface {n}: not in a FIB namespace"));
     Ok((idx(FIB[0].name)?, idx(FIB[1].name)?, idx(FIB[2].name)?))
 }
 
@@ -160,7 +160,7 @@ pub fn measure(
     runs: u32,
 ) -> Result<Cost> {
     let cfg = Config::load(config)?;
-    let mut tools = super::object(None)?;
+    let mut tools = crate::object(None)?;
     for p in ["pass", "reflect"] {
         let x: &mut Xdp = tools.program_mut(p).ok_or_else(|| anyhow!("no program {p}"))?.try_into()?;
         x.load()?;
@@ -197,7 +197,7 @@ fn dns(cfg: &Config, queries: &std::path::Path, tools: &Ebpf, runs: u32, seen: &
         rr::{Name, RecordType},
     };
 
-    use crate::dns::handler::{Step, Transport};
+    use coresvc::dns::handler::{Step, Transport};
     let mut cfg = cfg.clone();
     let state = std::env::temp_dir().join(format!("coresvc-prog-cost-{}", std::process::id()));
     std::fs::create_dir_all(&state)?;
@@ -354,7 +354,7 @@ fn nat(cfg: &Config, runs: u32, seen: &mut Vec<Vec<u8>>) -> Result<Row> {
 }
 
 fn firewall(cfg: &Config, n: u32, runs: u32, seen: &mut Vec<Vec<u8>>) -> Result<Row> {
-    use crate::config::{Action, PortRange, Proto, Rule};
+    use coresvc::config::{Action, PortRange, Proto, Rule};
     let name = format!("firewall: a new flow judged after {n} user rule(s), none matching (default deny)");
     let mut cfg = cfg.clone();
     // Rules for other ports first: the flow's packet is compared with each.
@@ -368,7 +368,7 @@ fn firewall(cfg: &Config, n: u32, runs: u32, seen: &mut Vec<Vec<u8>>) -> Result<
         action: Action::Allow,
     });
     cfg.firewall.rules.splice(0..0, extra);
-    if let Err(e) = crate::dataplane::rules::compile(&cfg) {
+    if let Err(e) = coresvc::dataplane::rules::compile(&cfg) {
         return Ok(Row {
             case: "firewall",
             name,

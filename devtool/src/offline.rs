@@ -1,7 +1,7 @@
 //! One offline dataplane: the programs loaded and configured as the agent
 //! configures them (settings, interfaces, local addresses, the rule bank,
 //! NAT, the DNS answer cache filled by the real DNS service), nothing
-//! attached, frames fed with BPF_PROG_TEST_RUN. `coresvc devtool prog-cost`
+//! attached, frames fed with BPF_PROG_TEST_RUN. `coresvc-devtool prog-cost`
 //! measures with it and the progtest suites (`tests/tests/support`) test
 //! with it: one setup, so what is measured is what is tested.
 //!
@@ -19,7 +19,7 @@ use aya::{
 };
 use coresvc_maps_schema::{self as schema, IfaceInfo, NatBind, NatKey, Settings};
 
-use crate::{
+use coresvc::{
     config::Config,
     dataplane::{self, iface_entry, rules, set_iface},
     dns::{Dns, xdp::XdpCache},
