@@ -17,12 +17,16 @@ pub mod build;
 pub mod cache;
 pub mod forward;
 pub mod handler;
+pub mod journal;
 mod mmsg;
+pub mod notify;
 pub mod rrl;
 pub mod server;
 pub mod stats;
+pub mod tsig;
 pub mod wire;
 pub mod xdp;
+pub mod xfr;
 pub mod zone;
 
 use std::{
@@ -73,6 +77,12 @@ pub struct Dns {
     moves_path: PathBuf,
     listen: Vec<SocketAddr>,
     tasks: Mutex<Vec<server::Worker>>,
+    /// The differences IXFR answers with (see `journal`).
+    journal: Arc<Mutex<journal::Journal>>,
+    /// Zone serials saved across restarts.
+    serials: Mutex<journal::Serials>,
+    /// NOTIFY to the secondaries (while serving).
+    notifier: Mutex<Option<notify::Notifier>>,
 }
 
 /// `coresvc status`'s DNS part.
@@ -224,18 +234,65 @@ impl Dns {
         for i in zones {
             bump(&mut catalog, i, &mut writes);
         }
+        let notify = self.stamp(&mut catalog);
         self.resolver.set_catalog(catalog);
+        self.serials.lock().expect("serials lock").save(self.resolver.catalog().zones());
+        if let Some(n) = self.notifier.lock().expect("notifier lock").as_ref() {
+            n.changed(notify);
+        }
         if let Some(x) = self.resolver.xdp() {
             x.write_epochs(&writes).context("invalidating the XDP answer cache")?;
         }
         Ok(())
     }
 
+    /// Serials for `next` after the catalog in force: a zone whose content
+    /// changed gets a serial above its old one and a journal entry; one
+    /// whose content did not keeps its serial. Returns the zones changed.
+    fn stamp(&self, next: &mut Catalog) -> Vec<Name> {
+        let old = self.resolver.catalog();
+        let mut journal = self.journal.lock().expect("journal lock");
+        let mut changed = Vec::new();
+        for n in next.zone_arcs_mut() {
+            let Some(o) = old.zone_arcs().iter().find(|o| o.origin == n.origin) else {
+                journal.clear(&n.origin);
+                changed.push(n.origin.clone());
+                continue;
+            };
+            if Arc::ptr_eq(o, n) {
+                continue;
+            }
+            if o.same_data(n) {
+                *n = o.clone();
+                continue;
+            }
+            if !journal::serial_gt(n.serial(), o.serial()) {
+                Arc::make_mut(n).set_serial(journal::next_serial(o.serial(), now_serial()));
+            }
+            journal.record(o, n);
+            changed.push(n.origin.clone());
+        }
+        for o in old.zones() {
+            if !next.zones().any(|z| z.origin == o.origin) {
+                journal.clear(&o.origin);
+            }
+        }
+        changed
+    }
+
     /// The service's state (zones, cache, forwarder) without sockets.
     pub fn new(cfg: &Config) -> Result<Dns> {
         let moves_path = cfg.agent.state_dir.join(MOVES_FILE);
         let moves = load_moves(&moves_path);
-        let catalog = build_with_moves(cfg, &moves)?;
+        let mut catalog = build_with_moves(cfg, &moves)?;
+        // Serials go on from the last run's (the same content keeps its serial).
+        let serials = journal::Serials::load(&cfg.agent.state_dir);
+        for z in catalog.zone_arcs_mut() {
+            let s = serials.resume(z, now_serial());
+            if s != z.serial() {
+                Arc::make_mut(z).set_serial(s);
+            }
+        }
         let stats = Arc::new(Stats::default());
         let forwarder = forwarder_for(cfg, stats.clone());
         let cache = Cache::new(
@@ -247,6 +304,10 @@ impl Dns {
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
         resolver.set_rate_limit(&cfg.dns.rate_limit);
+        let journal = Arc::new(Mutex::new(journal::Journal::default()));
+        resolver.set_xfr(xfr_for(cfg, &journal)?);
+        let mut serials = serials;
+        serials.save(resolver.catalog().zones());
         Ok(Dns {
             resolver,
             config: Mutex::new(cfg.clone()),
@@ -257,6 +318,9 @@ impl Dns {
             moves_path,
             listen: Vec::new(),
             tasks: Mutex::new(Vec::new()),
+            journal,
+            serials: Mutex::new(serials),
+            notifier: Mutex::new(None),
         })
     }
 
@@ -274,6 +338,11 @@ impl Dns {
             self.tasks.get_mut().expect("dns tasks lock").extend(tasks);
             self.listen.push(addr);
         }
+        let sources = cfg.segments.iter().map(|s| (s.cidr.trunc(), s.gateway)).collect();
+        let n = notify::Notifier::start(self.resolver.clone(), sources);
+        // Secondaries learn of this run's serials at once.
+        n.changed(self.resolver.catalog().zones().map(|z| z.origin.clone()));
+        *self.notifier.get_mut().expect("notifier lock") = Some(n);
         info!(
             "dns: serving {} zone(s) on {}",
             self.resolver.catalog().zones().count(),
@@ -454,6 +523,7 @@ impl Dns {
             x.set_enabled(cfg.dns_cache_on());
         }
         self.resolver.set_rate_limit(&cfg.dns.rate_limit);
+        self.resolver.set_xfr(xfr_for(cfg, &self.journal)?);
         self.resolver.set_forwarder(forwarder_for(cfg, self.resolver.stats.clone()));
         *self.config.lock().expect("config lock") = cfg.clone();
         Ok(())
@@ -488,6 +558,7 @@ impl Dns {
 
     /// Closes the sockets (the service stays shared with DHCP until it stops too).
     pub fn stop(&self) {
+        self.notifier.lock().expect("notifier lock").take();
         for t in self.tasks.lock().expect("dns tasks lock").drain(..) {
             t.stop();
         }
@@ -502,6 +573,14 @@ impl Drop for Dns {
             t.stop();
         }
     }
+}
+
+/// Transfers and TSIG when secondaries or keys are configured.
+fn xfr_for(cfg: &Config, journal: &Arc<Mutex<journal::Journal>>) -> Result<Option<xfr::Xfr>> {
+    if cfg.dns.secondaries.is_empty() && cfg.dns.tsig_keys.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(xfr::Xfr::new(cfg, journal.clone())?))
 }
 
 fn forwarder_for(cfg: &Config, stats: Arc<Stats>) -> Forwarder {
