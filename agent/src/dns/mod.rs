@@ -761,6 +761,34 @@ mod tests {
     }
 
     #[test]
+    fn every_change_of_content_moves_the_serial_on_and_is_journaled() {
+        let (d, dir) = dns();
+        let serial = |d: &Dns, z: &str| d.status().zones.iter().find(|s| s.name == z).unwrap().serial;
+        let (fwd, rev) = ("dvnt.deevnet.net.", "0.20.10.in-addr.arpa.");
+        let (f0, r0) = (serial(&d, fwd), serial(&d, rev));
+        let addr: Ipv4Addr = "10.20.0.170".parse().unwrap();
+        let fqdn = d.register("dvnt.deevnet.net", "serial-box", addr).unwrap();
+        let (f1, r1) = (serial(&d, fwd), serial(&d, rev));
+        assert!(journal::serial_gt(f1, f0) && journal::serial_gt(r1, r0), "{f0}->{f1} {r0}->{r1}");
+        // The same registration again changes nothing.
+        d.register("dvnt.deevnet.net", "serial-box", addr).unwrap();
+        assert_eq!(serial(&d, fwd), f1);
+        d.unregister(&fqdn, addr);
+        let f2 = serial(&d, fwd);
+        assert!(journal::serial_gt(f2, f1));
+        let j = d.journal.lock().unwrap();
+        let diffs = j.since(&n(fwd), f0, f2).expect("both changes journaled");
+        assert_eq!(diffs.len(), 2);
+        assert_eq!(diffs[0].added.len(), 1);
+        assert_eq!(diffs[1].removed, diffs[0].added);
+        drop(j);
+        // A zone reload with the same data keeps the serial.
+        d.zone_reload().unwrap();
+        assert_eq!(serial(&d, fwd), f2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn static_and_service_names_are_never_overridden() {
         let (d, dir) = dns();
         for name in ["artifacts", "provisioner-01", "ns"] {

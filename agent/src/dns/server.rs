@@ -362,8 +362,7 @@ async fn serve_tcp(
                     inflight += 1;
                     let tx = ftx.clone();
                     tokio::spawn(async move {
-                        let framed = tokio::task::spawn_blocking(move || job.run()).await.unwrap_or_default();
-                        let _ = tx.send(framed).await;
+                        let _ = tx.send(job.run().await).await;
                     });
                 }
             }

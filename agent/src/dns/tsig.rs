@@ -188,21 +188,37 @@ pub fn stripped(m: &[u8], t: &Tsig) -> Vec<u8> {
     v
 }
 
-/// The variables after the message in the digest (§4.3.3): all of them, or
-/// the timers alone (messages after the first of a multi-message response).
-fn variables(out: &mut Vec<u8>, key: &[u8], alg: &[u8], time: u64, fudge: u16, error: u16, other: &[u8], full: bool) {
-    if full {
-        out.extend_from_slice(&key.to_ascii_lowercase());
-        out.extend_from_slice(&CLASS_ANY.to_be_bytes());
-        out.extend_from_slice(&0u32.to_be_bytes());
-        out.extend_from_slice(&alg.to_ascii_lowercase());
+/// The TSIG variables that go into the digest after the message (§4.3.3).
+struct Vars<'a> {
+    key: &'a [u8],
+    alg: &'a [u8],
+    time: u64,
+    fudge: u16,
+    error: u16,
+    other: &'a [u8],
+}
+
+impl Vars<'_> {
+    fn of(t: &Tsig) -> Vars<'_> {
+        Vars { key: &t.key_wire, alg: &t.alg_wire, time: t.time, fudge: t.fudge, error: t.error, other: &t.other }
     }
-    out.extend_from_slice(&time.to_be_bytes()[2..]);
-    out.extend_from_slice(&fudge.to_be_bytes());
-    if full {
-        out.extend_from_slice(&error.to_be_bytes());
-        out.extend_from_slice(&(other.len() as u16).to_be_bytes());
-        out.extend_from_slice(other);
+
+    /// All of them, or the timers alone (messages after the first of a
+    /// multi-message response).
+    fn put(&self, out: &mut Vec<u8>, full: bool) {
+        if full {
+            out.extend_from_slice(&self.key.to_ascii_lowercase());
+            out.extend_from_slice(&CLASS_ANY.to_be_bytes());
+            out.extend_from_slice(&0u32.to_be_bytes());
+            out.extend_from_slice(&self.alg.to_ascii_lowercase());
+        }
+        out.extend_from_slice(&self.time.to_be_bytes()[2..]);
+        out.extend_from_slice(&self.fudge.to_be_bytes());
+        if full {
+            out.extend_from_slice(&self.error.to_be_bytes());
+            out.extend_from_slice(&(self.other.len() as u16).to_be_bytes());
+            out.extend_from_slice(self.other);
+        }
     }
 }
 
@@ -233,7 +249,7 @@ pub fn verify(keys: &Keys, m: &[u8], t: &Tsig, now: u64) -> Verdict {
         return Verdict::BadSig;
     }
     let mut d = stripped(m, t);
-    variables(&mut d, &t.key_wire, &t.alg_wire, t.time, t.fudge, t.error, &t.other, true);
+    Vars::of(t).put(&mut d, true);
     if hmac::verify(&key.hmac, &d, &t.mac).is_err() {
         return Verdict::BadSig;
     }
@@ -254,7 +270,7 @@ pub fn verify_response(key: &Key, m: &[u8], request_mac: &[u8], now: u64) -> boo
     d.extend_from_slice(&(request_mac.len() as u16).to_be_bytes());
     d.extend_from_slice(request_mac);
     d.extend_from_slice(&stripped(m, &t));
-    variables(&mut d, &t.key_wire, &t.alg_wire, t.time, t.fudge, t.error, &t.other, true);
+    Vars::of(&t).put(&mut d, true);
     hmac::verify(&key.hmac, &d, &t.mac).is_ok() && now.abs_diff(t.time) <= u64::from(t.fudge)
 }
 
@@ -283,7 +299,7 @@ pub fn sign(m: &mut Vec<u8>, key: &Key, chain: Chain<'_>, time: u64, error: u16,
         }
     };
     d.extend_from_slice(m);
-    variables(&mut d, &key.wire, &alg, time, FUDGE, error, other, full);
+    Vars { key: &key.wire, alg: &alg, time, fudge: FUDGE, error, other }.put(&mut d, full);
     let mac = hmac::sign(&key.hmac, &d).as_ref().to_vec();
     append(m, &key.wire, &alg, time, &mac, error, other);
     mac

@@ -7,7 +7,9 @@
 //! one snapshot of the zone (the catalog in force when it was asked) on a
 //! task of its own ([`Job`]), so the query path never waits for it;
 //! `dns.transfer_max` transfers run at once, at most [`PER_CLIENT`] per
-//! address. Everything refused is counted.
+//! secondary; more wait for a slot (a secondary asks for many zones at
+//! once), bounded by the TCP connection caps, and are refused after
+//! [`QUEUE_WAIT`]. Everything refused is counted.
 
 use std::{
     collections::HashMap,
@@ -19,7 +21,7 @@ use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
     rr::{Name, RData, Record, RecordType},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{
     handler::{Resolver, Served, Step, Transport},
@@ -37,6 +39,8 @@ pub const PER_CLIENT: usize = 2;
 const MESSAGE_MAX: usize = 60_000;
 /// Records tried in one message first.
 const CHUNK: usize = 400;
+/// A transfer waits this long at most for a slot, then is refused.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A key's secret, from the configuration or its file.
 pub fn key_secret(cfg: &Config, k: &TsigKey) -> Result<Vec<u8>, String> {
@@ -72,8 +76,10 @@ impl Secondary {
 pub struct Xfr {
     pub secondaries: Vec<Secondary>,
     keys: Keys,
+    /// Transfers running at once: in all, and per secondary address (only
+    /// configured addresses get this far, so the map is bounded).
     slots: Arc<Semaphore>,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_client: HashMap<IpAddr, Arc<Semaphore>>,
     journal: Arc<Mutex<Journal>>,
 }
 
@@ -89,24 +95,6 @@ pub fn wants(m: &[u8]) -> bool {
         }
     }
     m[10..12] != [0, 0] && tsig::find(m).is_some()
-}
-
-/// A slot of a running transfer for one client address.
-struct ClientSlot {
-    ip: IpAddr,
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().expect("xfr clients lock");
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// The signing state of a response: the key and the request's MAC.
@@ -139,8 +127,8 @@ pub struct Job {
     content: Content,
     signer: Option<Signer>,
     stats: Arc<Stats>,
-    _slot: OwnedSemaphorePermit,
-    _client: ClientSlot,
+    slots: Arc<Semaphore>,
+    mine: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Job {
@@ -173,7 +161,12 @@ impl Xfr {
             secondaries,
             keys,
             slots: Arc::new(Semaphore::new(cfg.dns.transfer_max.max(1) as usize)),
-            per_client: Arc::new(Mutex::new(HashMap::new())),
+            per_client: cfg
+                .dns
+                .secondaries
+                .iter()
+                .map(|s| (IpAddr::V4(s.address), Arc::new(Semaphore::new(PER_CLIENT))))
+                .collect(),
             journal,
         })
     }
@@ -307,20 +300,8 @@ impl Xfr {
                 }
             };
         }
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            s.inc(&s.xfr_overload);
+        let Some(mine) = self.per_client.get(&client).cloned() else {
             return refuse(out, ResponseCode::Refused);
-        };
-        let client_slot = {
-            let mut m = self.per_client.lock().expect("xfr clients lock");
-            let n = m.entry(client).or_insert(0);
-            if *n >= PER_CLIENT {
-                drop(m);
-                s.inc(&s.xfr_overload);
-                return refuse(out, ResponseCode::Refused);
-            }
-            *n += 1;
-            ClientSlot { ip: client, map: self.per_client.clone() }
         };
         Served::Transfer(Box::new(Job {
             request,
@@ -328,8 +309,8 @@ impl Xfr {
             content,
             signer,
             stats: r.stats.clone(),
-            _slot: slot,
-            _client: client_slot,
+            slots: self.slots.clone(),
+            mine,
         }))
     }
 }
@@ -388,8 +369,34 @@ fn encode(req: &Message, records: &[Record], first: bool) -> Vec<u8> {
 }
 
 impl Job {
-    /// The transfer's messages, signed and framed for TCP.
-    pub fn run(self) -> Vec<u8> {
+    /// Waits for a slot (in all and for its secondary, at most
+    /// [`QUEUE_WAIT`]: then REFUSED), then builds the transfer's messages on
+    /// a blocking thread: signed and framed for TCP.
+    pub async fn run(self) -> Vec<u8> {
+        let slots = (self.slots.clone(), self.mine.clone());
+        let permits = tokio::time::timeout(QUEUE_WAIT, async move {
+            let a = slots.0.acquire_owned().await.ok()?;
+            let b = slots.1.acquire_owned().await.ok()?;
+            Some((a, b))
+        })
+        .await;
+        let Ok(Some(permits)) = permits else {
+            self.stats.inc(&self.stats.xfr_overload);
+            self.stats.inc(&self.stats.xfr_refused);
+            let mut b = error_message(&self.request, ResponseCode::Refused);
+            if let Some(sg) = &self.signer {
+                sg.sign_one(&mut b);
+            }
+            let mut out = (b.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&b);
+            return out;
+        };
+        let out = tokio::task::spawn_blocking(move || self.build()).await.unwrap_or_default();
+        drop(permits);
+        out
+    }
+
+    fn build(self) -> Vec<u8> {
         let soa = self.zone.soa().clone();
         let mut rrs: Vec<Record> = vec![soa.clone()];
         let s = &self.stats;
