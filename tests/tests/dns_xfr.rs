@@ -162,6 +162,18 @@ fn kdig_axfr(lab: &Lab, node: &str, server: &str, zone: &str, key: Option<&str>)
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// How many messages a signed AXFR of `zone` took (kdig's statistics).
+fn kdig_messages(lab: &Lab, zone: &str, key: &str) -> usize {
+    let o = lab
+        .exec("provisioner", ["kdig", "+timeout=5", "+retry=0", "-y", key, &format!("@{GW_MGMT}"), zone, "AXFR"])
+        .unwrap();
+    let t = String::from_utf8_lossy(&o.stdout);
+    // ";; Received 123456 B (7 messages, 3002 records)"
+    t.lines()
+        .find_map(|l| l.split_once(" B (").and_then(|(_, r)| r.split_whitespace().next()?.parse().ok()))
+        .unwrap_or_else(|| panic!("no statistics in {t}"))
+}
+
 fn serial(lab: &Lab, node: &str, server: &str, zone: &str) -> Option<u32> {
     let r = lab.kdig(node, server, zone, "SOA", &["+norecurse"]).ok()?;
     let soa = r.answers.iter().find(|rr| rr.rtype == "SOA")?;
@@ -262,11 +274,22 @@ fn knot_and_nsd_follow_moves_registrations_and_reloads_through_notify_and_ixfr()
     drop(c);
 }
 
+/// A zone too big for one message: `n` TXT records.
+fn big_zone(n: usize) -> String {
+    let mut z = String::from("\n[[zone]]\nname = \"big.deevnet.net\"\nrole = \"site\"\n");
+    for i in 0..n {
+        z.push_str(&format!(
+            "[[zone.record]]\nname = \"t{i}\"\ntype = \"TXT\"\ndata = '\"record {i} of a zone that needs many messages\"'\n"
+        ));
+    }
+    z
+}
+
 #[test]
 fn transfers_need_the_key_and_a_secondary_address() {
     let mut lab = Lab::for_test().unwrap();
     let extra = secondaries(false);
-    let cfg = lab.config_with("coresvc.toml", |s| s + &extra).unwrap();
+    let cfg = lab.config_with("coresvc.toml", |s| s + &big_zone(3000) + &extra).unwrap();
     lab.start_agent(&AgentOpts::new(cfg)).unwrap();
     let zone = "mgmt.deevnet.net";
     let good = format!("hmac-sha256:xfr-knot:{KNOT_SECRET}");
@@ -285,6 +308,64 @@ fn transfers_need_the_key_and_a_secondary_address() {
     // The right key from another address: REFUSED.
     let t = kdig_axfr(&lab, "dvnt-client", GW_DVNT, zone, Some(&good));
     assert!(t.contains("REFUSED"), "{t}");
+    // A transfer of many messages, each signed and chained to the one
+    // before: kdig verifies every MAC.
+    let t = kdig_axfr(&lab, "provisioner", GW_MGMT, "big.deevnet.net", Some(&good));
+    let stats: Vec<&str> = t.lines().filter(|l| l.contains("messages")).collect();
+    let z = axfr(&lab, "provisioner", GW_MGMT, "big.deevnet.net", Some(&good)).unwrap();
+    assert_eq!(z.iter().filter(|l| l.contains(" txt ")).count(), 3000, "{stats:?}");
+    let msgs = kdig_messages(&lab, "big.deevnet.net", &good);
+    assert!(msgs > 1, "a zone of 3000 records in {msgs} message(s)");
+    eprintln!("big.deevnet.net: 3002 records in {msgs} messages, every one TSIG-verified by kdig");
+    // IXFR over UDP from the current serial: the SOA alone.
+    let cur = serial(&lab, "provisioner", GW_MGMT, zone).unwrap();
+    let o = lab
+        .exec(
+            "provisioner",
+            [
+                "kdig",
+                "+notcp",
+                "+timeout=3",
+                "+retry=0",
+                "-y",
+                &good,
+                &format!("@{GW_MGMT}"),
+                zone,
+                &format!("IXFR={cur}"),
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let soas = text.lines().filter(|l| !l.starts_with(';') && l.contains("\tSOA\t")).count();
+    assert_eq!(soas, 1, "{text}");
+    // A flood of transfers from the secondary: every one answered (the
+    // zone, or REFUSED once the TCP caps are reached), the query path
+    // answering meanwhile.
+    let kids: Vec<_> = (0..40)
+        .map(|_| {
+            lab.cmd(
+                "provisioner",
+                ["kdig", "+timeout=20", "+retry=0", "-y", &good, &format!("@{GW_MGMT}"), "big.deevnet.net", "AXFR"],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let r = lab.kdig("dvnt-client", GW_DVNT, zone, "SOA", &[]).unwrap();
+    assert_eq!(r.rcode, "NOERROR", "queries are answered during a flood of transfers");
+    let (mut whole, mut other) = (0, 0);
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        let t = String::from_utf8_lossy(&o.stdout);
+        if t.lines().filter(|l| l.contains("\tTXT\t")).count() == 3000 { whole += 1 } else { other += 1 }
+    }
+    let c = counter(&lab, "tcp_rejected_per_client") + counter(&lab, "xfr_overload");
+    eprintln!(
+        "flood of 40 transfers: {whole} whole, {other} not (connections refused at the caps and transfers refused: {c})"
+    );
+    assert!(whole >= 1 && (other == 0 || c > 0), "{whole} whole, {other} other, {c} counted");
     // A signed SOA query (what a secondary's refresh asks) gets a signed answer.
     let r = lab.kdig("provisioner", GW_MGMT, zone, "SOA", &["-y", &good]).unwrap();
     assert_eq!(r.rcode, "NOERROR");

@@ -8,6 +8,8 @@ use std::{collections::HashMap, sync::Arc};
 use hickory_proto::rr::Name;
 use ring::hmac;
 
+use super::wire::skip_name;
+
 /// The RR type and class of a TSIG record (RFC 8945 §4.2).
 const TYPE_TSIG: u16 = 250;
 const CLASS_ANY: u16 = 255;
@@ -99,18 +101,6 @@ pub struct Tsig {
 
 fn be16(m: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*m.get(at)?, *m.get(at + 1)?]))
-}
-
-fn skip_name(m: &[u8], mut pos: usize) -> Option<usize> {
-    loop {
-        let l = *m.get(pos)?;
-        match l & 0xc0 {
-            0 if l == 0 => return Some(pos + 1),
-            0 => pos += 1 + usize::from(l),
-            0xc0 => return (pos + 2 <= m.len()).then_some(pos + 2),
-            _ => return None,
-        }
-    }
 }
 
 /// An uncompressed name at `pos` (as TSIG's owner and algorithm must be):

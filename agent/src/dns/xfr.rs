@@ -174,6 +174,13 @@ impl Xfr {
     /// Answers a message [`wants`] chose.
     pub fn serve(&self, r: &Resolver, bytes: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Served {
         let s = &r.stats;
+        if !r.allowed(client) {
+            // Only the segments are served: the ordinary path refuses it.
+            return match r.handle(bytes, client, transport) {
+                Step::Reply(b) => reply(out, b),
+                _ => Served::Dropped,
+            };
+        }
         let t = match tsig::find(bytes) {
             None => None,
             Some(Ok(t)) => Some(t),
