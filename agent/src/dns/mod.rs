@@ -788,6 +788,75 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A burst of 40 registrations in two zones is one NOTIFY per zone,
+    /// signed; answered, none is sent again.
+    #[test]
+    fn a_burst_of_changes_is_one_signed_notify_per_zone() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let sec = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = sec.local_addr().unwrap().port();
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coresvc.toml");
+            let mut cfg = Config::load(&p).unwrap();
+            let dir = std::env::temp_dir().join(format!("coresvc-notify-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            cfg.agent.state_dir = dir.clone();
+            let secret = "c2VjcmV0c2VjcmV0c2VjcmV0";
+            cfg.dns.tsig_keys.push(crate::config::TsigKey {
+                name: "burst-key".into(),
+                algorithm: "hmac-sha256".into(),
+                secret: Some(secret.into()),
+                secret_file: None,
+            });
+            cfg.dns.secondaries.push(crate::config::Secondary {
+                address: Ipv4Addr::LOCALHOST,
+                port,
+                key: Some("burst-key".into()),
+                zones: Vec::new(),
+                notify: true,
+            });
+            let d = Dns::new(&cfg).unwrap();
+            *d.notifier.lock().unwrap() = Some(notify::Notifier::start(d.resolver.clone(), Vec::new()));
+            for i in 0..40u8 {
+                d.register("dvnt.deevnet.net", &format!("burst-{i}"), Ipv4Addr::new(10, 20, 0, 100 + i)).unwrap();
+                // Spread out (the notifier runs in between), as a burst of leases comes.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let key = tsig::Key::new(&n("burst-key."), &tsig::decode_secret(secret).unwrap());
+            let mut keys = tsig::Keys::default();
+            keys.insert(tsig::Key::new(&n("burst-key."), &tsig::decode_secret(secret).unwrap()));
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            let end = tokio::time::Instant::now() + notify::COALESCE * 2 + std::time::Duration::from_millis(1500);
+            while let Ok(Ok((len, from))) = tokio::time::timeout_at(end, sec.recv_from(&mut buf)).await {
+                let b = &buf[..len];
+                let t = tsig::find(b).expect("signed").unwrap();
+                assert!(matches!(tsig::verify(&keys, b, &t, tsig::now()), tsig::Verdict::Good(_)));
+                let m = hickory_proto::op::Message::from_vec(&tsig::stripped(b, &t)).unwrap();
+                assert_eq!(m.metadata.op_code, hickory_proto::op::OpCode::Notify);
+                seen.push(m.queries[0].name().to_string());
+                let mut r = hickory_proto::op::Message::response(m.metadata.id, m.metadata.op_code);
+                r.queries = m.queries.clone();
+                let mut rb = r.to_vec().unwrap();
+                tsig::sign(&mut rb, &key, tsig::Chain::Response(&t.mac), tsig::now(), 0, &[]);
+                sec.send_to(&rb, from).await.unwrap();
+            }
+            // One per zone (two if a slow machine spread the burst over two
+            // windows), never one per change; each answered, none repeated.
+            for z in ["0.20.10.in-addr.arpa.", "dvnt.deevnet.net."] {
+                let k = seen.iter().filter(|s| *s == z).count();
+                assert!((1..=2).contains(&k), "{z}: {k} NOTIFYs for 40 changes: {seen:?}");
+            }
+            assert_eq!(
+                seen.len(),
+                seen.iter().filter(|s| s.ends_with("in-addr.arpa.") || *s == "dvnt.deevnet.net.").count()
+            );
+            let c = d.resolver.stats.snapshot();
+            assert_eq!((c.notify_sent, c.notify_answered), (seen.len() as u64, seen.len() as u64));
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+
     #[test]
     fn static_and_service_names_are_never_overridden() {
         let (d, dir) = dns();
