@@ -272,6 +272,15 @@ fn knot_and_nsd_follow_moves_registrations_and_reloads_through_notify_and_ixfr()
         eprintln!("nsd log:\n{}", std::fs::read_to_string(&n.log).unwrap_or_default());
     }
     drop(c);
+
+    // A restart with changed content: the journal (in memory) is gone, so
+    // Knot's IXFR is answered with the whole zone, and Knot follows.
+    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"coresvc management zone, reloaded\"", "\"changed while stopped\"")).unwrap();
+    lab.start_agent(&AgentOpts::new(cfg.clone())).unwrap();
+    converged(&lab, "provisioner", KNOT_ADDR, &zones, "restart with changed content");
+    assert!(counter(&lab, "xfr_ixfr_full") >= 1, "{}", lab.status_json().unwrap()["dns"]["counters"]);
 }
 
 /// A zone too big for one message: `n` TXT records.
