@@ -11,6 +11,10 @@
 //! changed, is swapped in, and the epochs are written to the XDP answer
 //! cache before the change returns, so no cached answer of the old data is
 //! served after it (see `xdp`).
+//!
+//! `publish` also gives every zone whose content changed a higher serial
+//! and journals the differences (`journal`, for IXFR), and hands the zone
+//! to the NOTIFY task (`notify`); transfers and TSIG are `xfr` and `tsig`.
 
 pub mod answers;
 pub mod build;
