@@ -232,6 +232,25 @@ impl Knot {
         for (origin, file) in zones {
             conf.push_str(&format!("  - domain: {origin}\n    file: {}\n", file.display()));
         }
+        Knot::launch(lab, node, dir, &conf, listen[0], zones[0].0)
+    }
+
+    /// Starts knotd on `node` with the configuration `conf` (its run
+    /// directory is the one returned by [`Knot::dir_for`]). Waits until it
+    /// answers `zone`'s SOA on `listen` (`addr@port`): for a secondary, until
+    /// its first transfer is done.
+    pub fn start_conf(lab: &Lab, node: &str, name: &str, conf: &str, listen: &str, zone: &str) -> Result<Knot> {
+        Knot::launch(lab, node, Knot::dir_for(lab, name)?, conf, listen, zone)
+    }
+
+    /// The run directory of a knotd started with [`Knot::start_conf`].
+    pub fn dir_for(lab: &Lab, name: &str) -> Result<PathBuf> {
+        let dir = lab.paths.run_dir.join(format!("knot-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    fn launch(lab: &Lab, node: &str, dir: PathBuf, conf: &str, listen: &str, zone: &str) -> Result<Knot> {
         let conf_path = dir.join("knot.conf");
         std::fs::write(&conf_path, conf)?;
         let log = std::fs::File::create(dir.join("knot.log"))?;
@@ -244,12 +263,12 @@ impl Knot {
             .spawn()
             .context("starting knotd (package knot, installed by cargo xtask setup)")?;
         let mut k = Knot { child, dir };
-        // Ready when it answers the first zone's SOA.
-        let (addr, port) = listen[0].split_once('@').unwrap_or((listen[0], "53"));
+        // Ready when it answers the zone's SOA.
+        let (addr, port) = listen.split_once('@').unwrap_or((listen, "53"));
         let start = Instant::now();
         loop {
             let ok = lab
-                .exec(node, ["kdig", "+timeout=1", "+retry=0", &format!("@{addr}"), "-p", port, zones[0].0, "SOA"])
+                .exec(node, ["kdig", "+timeout=1", "+retry=0", &format!("@{addr}"), "-p", port, zone, "SOA"])
                 .map(|o| String::from_utf8_lossy(&o.stdout).contains("NOERROR"))
                 .unwrap_or(false);
             if ok {

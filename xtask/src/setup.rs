@@ -44,7 +44,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     // peers' daemons never start on install (see policy-rc.d below); tests
     // and benchmarks start their own instances inside the lab.
     ("DNS clients and load", &["bind9-dnsutils", "knot-dnsutils", "dnsperf"]),
-    ("DNS peers", &["knot", "dnsmasq-base"]),
+    // nsd: a second secondary of coresvc's zones (tests/tests/dns_xfr.rs).
+    ("DNS peers", &["knot", "dnsmasq-base", "nsd"]),
     ("DHCP clients and load", &["isc-dhcp-client", "udhcpc", "dhcpcd", "kea-admin"]),
     ("DHCP peers", &["kea-dhcp4-server"]),
     ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),

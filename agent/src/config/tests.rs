@@ -506,3 +506,23 @@ fn dns_limits_are_checked() {
     let rl = Config::parse_str(&text, "t.toml").unwrap().dns.rate_limit;
     assert_eq!((rl.responses_per_second, rl.slip, rl.ipv4_prefix_length), (50, 2, 24));
 }
+
+#[test]
+fn transfer_keys_and_secondaries_are_checked() {
+    const KEY: &str = "[[dns.tsig_key]]\nname = \"xfr\"\nsecret = \"c2VjcmV0c2VjcmV0\"\n";
+    assert!(problems(&format!("{KEY}[[dns.secondary]]\naddress = \"10.10.0.10\"\nkey = \"xfr\"\n")).is_empty());
+    let ps = problems("[[dns.tsig_key]]\nname = \"xfr\"\nsecret = \"not base64!\"\n");
+    assert_one(&ps, "dns.tsig_key[0].secret", &["base64"]);
+    let ps = problems("[[dns.tsig_key]]\nname = \"xfr\"\nalgorithm = \"hmac-md5\"\nsecret = \"c2VjcmV0\"\n");
+    assert_one(&ps, "dns.tsig_key[0].algorithm", &["hmac-sha256"]);
+    let ps = problems("[[dns.tsig_key]]\nname = \"xfr\"\nsecret_file = \"/nonexistent/xfr.key\"\n");
+    assert_one(&ps, "dns.tsig_key[0].secret_file", &["/nonexistent/xfr.key"]);
+    let ps = problems(&format!("{KEY}[[dns.secondary]]\naddress = \"10.10.0.10\"\nkey = \"other\"\n"));
+    assert_one(&ps, "dns.secondary[0].key", &["other", "xfr"]);
+    let ps = problems("[[dns.secondary]]\naddress = \"192.0.2.9\"\n");
+    assert_one(&ps, "dns.secondary[0].address", &["192.0.2.9", "segment"]);
+    let ps = problems("[[dns.secondary]]\naddress = \"10.10.0.10\"\nzones = [\"nope.example\"]\n");
+    assert_one(&ps, "dns.secondary[0].zones[0]", &["nope.example", "mgmt.deevnet.net"]);
+    let ps = problems("[dns]\ntransfer_max = 0\n");
+    assert_one(&ps, "dns.transfer_max", &["1 to 1024"]);
+}

@@ -250,6 +250,56 @@ pub struct DnsSection {
     pub tcp_write_timeout: Duration,
     /// Response rate limiting of UDP answers (agent and XDP cache).
     pub rate_limit: RateLimit,
+    /// Secondaries (Knot, BIND, NSD): the only addresses allowed zone
+    /// transfers (AXFR, IXFR), and where NOTIFY goes on every change.
+    #[serde(rename = "secondary")]
+    pub secondaries: Vec<Secondary>,
+    /// TSIG keys (RFC 8945) named by secondaries.
+    #[serde(rename = "tsig_key")]
+    pub tsig_keys: Vec<TsigKey>,
+    /// Zone transfers served at once at most (each secondary address at
+    /// most two of them); more are refused.
+    pub transfer_max: u32,
+}
+
+/// A secondary server of the local zones.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secondary {
+    /// Its address: transfers from it are allowed, NOTIFYs go to it.
+    pub address: Ipv4Addr,
+    /// The port its NOTIFYs go to.
+    #[serde(default = "dns_port")]
+    pub port: u16,
+    /// A `[[dns.tsig_key]]` name: its transfers must be signed with it, and
+    /// the NOTIFYs to it are.
+    pub key: Option<String>,
+    /// The zones it serves (default: every local zone, reverse ones too).
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// Send it NOTIFY on changes.
+    #[serde(default = "yes")]
+    pub notify: bool,
+}
+
+fn dns_port() -> u16 {
+    53
+}
+
+/// A TSIG key: its name, the algorithm, and the base64 secret given in
+/// place or in a file (as `keymgr -t NAME hmac-sha256` prints it).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigKey {
+    pub name: String,
+    #[serde(default = "hmac_sha256")]
+    pub algorithm: String,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+fn hmac_sha256() -> String {
+    "hmac-sha256".into()
 }
 
 /// Response rate limiting (as Knot's and BIND's RRL): UDP answers to one
@@ -296,6 +346,9 @@ impl Default for DnsSection {
             tcp_max_per_client: 16,
             tcp_write_timeout: Duration(2),
             rate_limit: RateLimit::default(),
+            secondaries: Vec::new(),
+            tsig_keys: Vec::new(),
+            transfer_max: 8,
         }
     }
 }

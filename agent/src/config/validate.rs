@@ -617,12 +617,86 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
+        self.transfers();
         if c.dataplane.dns_cache == Some(true) && !c.dns.enabled {
             self.err(
                 cfg_path!("dataplane", "dns_cache"),
                 "the XDP answer cache answers with the DNS service's data, and dns.enabled is false; \
                  set dataplane.dns_cache = false (or remove it), or enable DNS",
             );
+        }
+    }
+
+    /// `[[dns.tsig_key]]` and `[[dns.secondary]]`.
+    fn transfers(&mut self) {
+        let c = self.c;
+        let mut names: Vec<String> = Vec::new();
+        for (i, k) in c.dns.tsig_keys.iter().enumerate() {
+            let n = k.name.trim_end_matches('.').to_ascii_lowercase();
+            if !valid_name(&n) {
+                self.err(
+                    cfg_path!("dns", "tsig_key", i, "name"),
+                    format!("{:?} is not a valid key name (a domain name, e.g. \"xfr-knot\")", k.name),
+                );
+            } else if names.contains(&n) {
+                self.err(cfg_path!("dns", "tsig_key", i, "name"), format!("key {n} is defined twice"));
+            }
+            names.push(n);
+            if !k.algorithm.eq_ignore_ascii_case("hmac-sha256") {
+                self.err(
+                    cfg_path!("dns", "tsig_key", i, "algorithm"),
+                    format!("{:?} is not offered; use \"hmac-sha256\"", k.algorithm),
+                );
+            }
+            match crate::dns::xfr::key_secret(c, k) {
+                Ok(_) => {}
+                Err(e) => {
+                    let field = if k.secret_file.is_some() { "secret_file" } else { "secret" };
+                    self.err(cfg_path!("dns", "tsig_key", i, field), e);
+                }
+            }
+        }
+        if c.dns.transfer_max == 0 || c.dns.transfer_max > 1024 {
+            self.err(
+                cfg_path!("dns", "transfer_max"),
+                format!(
+                    "{} is not a usable cap on concurrent zone transfers; use 1 to 1024, e.g. 8",
+                    c.dns.transfer_max
+                ),
+            );
+        }
+        let zones: Vec<String> = c.zones.iter().map(|z| z.name.trim_end_matches('.').to_ascii_lowercase()).collect();
+        for (i, s) in c.dns.secondaries.iter().enumerate() {
+            if !c.segments.iter().any(|g| g.cidr.trunc().contains(&s.address)) {
+                self.err(
+                    cfg_path!("dns", "secondary", i, "address"),
+                    format!("{} is on no segment; DNS (and so zone transfers) is served on the segments only: use an address inside a segment's cidr", s.address),
+                );
+            }
+            if let Some(k) = &s.key {
+                let k = k.trim_end_matches('.').to_ascii_lowercase();
+                if !names.contains(&k) {
+                    self.err(
+                        cfg_path!("dns", "secondary", i, "key"),
+                        format!(
+                            "no [[dns.tsig_key]] is named {k:?}; define it or name one of: {}",
+                            if names.is_empty() { "(none defined)".to_string() } else { names.join(", ") }
+                        ),
+                    );
+                }
+            }
+            for (j, z) in s.zones.iter().enumerate() {
+                let z = z.trim_end_matches('.').to_ascii_lowercase();
+                if !zones.contains(&z) && !z.ends_with(".in-addr.arpa") {
+                    self.err(
+                        cfg_path!("dns", "secondary", i, "zones", j),
+                        format!("{z:?} is not a local zone; use one of: {}", zones.join(", ")),
+                    );
+                }
+            }
+            if s.port == 0 {
+                self.err(cfg_path!("dns", "secondary", i, "port"), "use the port the secondary listens on, e.g. 53");
+            }
         }
     }
 

@@ -56,6 +56,8 @@ pub enum Served {
     Dropped,
     /// Ask upstream, then finish with [`Resolver::finish`].
     Forward(Box<Pending>),
+    /// A zone transfer (TCP): run it on a task, send what it returns.
+    Transfer(Box<super::xfr::Job>),
 }
 
 /// What to do with a query.
@@ -141,6 +143,8 @@ pub struct Resolver {
     /// cache), `[dns.rate_limit]`.
     rrl: RwLock<Arc<RateLimiter>>,
     rrl_config: RwLock<crate::config::RateLimit>,
+    /// Zone transfers and TSIG (`[[dns.secondary]]`); none: AXFR/IXFR refused.
+    xfr: RwLock<Option<Arc<super::xfr::Xfr>>>,
 }
 
 impl Resolver {
@@ -155,6 +159,7 @@ impl Resolver {
             xdp: OnceLock::new(),
             rrl: RwLock::new(Arc::new(RateLimiter::off())),
             rrl_config: RwLock::new(crate::config::RateLimit::default()),
+            xfr: RwLock::new(None),
         }
     }
 
@@ -249,6 +254,11 @@ impl Resolver {
         kept: &mut AnswerCache,
         out: &mut Vec<u8>,
     ) -> Served {
+        if super::xfr::wants(bytes)
+            && let Some(x) = self.xfr()
+        {
+            return x.serve(self, bytes, client, transport, out);
+        }
         let udp = transport == Transport::Udp;
         let xdp_on = udp && self.xdp().is_some_and(|x| x.enabled());
         let parsed = Parsed::of(bytes);
@@ -277,7 +287,15 @@ impl Resolver {
         }
     }
 
-    fn allowed(&self, ip: IpAddr) -> bool {
+    pub fn xfr(&self) -> Option<Arc<super::xfr::Xfr>> {
+        self.xfr.read().expect("xfr lock").clone()
+    }
+
+    pub fn set_xfr(&self, x: Option<super::xfr::Xfr>) {
+        *self.xfr.write().expect("xfr lock") = x.map(Arc::new);
+    }
+
+    pub(super) fn allowed(&self, ip: IpAddr) -> bool {
         ip.is_loopback() || self.clients.iter().any(|n| n.contains(&ip))
     }
 

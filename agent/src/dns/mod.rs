@@ -11,18 +11,26 @@
 //! changed, is swapped in, and the epochs are written to the XDP answer
 //! cache before the change returns, so no cached answer of the old data is
 //! served after it (see `xdp`).
+//!
+//! `publish` also gives every zone whose content changed a higher serial
+//! and journals the differences (`journal`, for IXFR), and hands the zone
+//! to the NOTIFY task (`notify`); transfers and TSIG are `xfr` and `tsig`.
 
 pub mod answers;
 pub mod build;
 pub mod cache;
 pub mod forward;
 pub mod handler;
+pub mod journal;
 mod mmsg;
+pub mod notify;
 pub mod rrl;
 pub mod server;
 pub mod stats;
+pub mod tsig;
 pub mod wire;
 pub mod xdp;
+pub mod xfr;
 pub mod zone;
 
 use std::{
@@ -73,6 +81,12 @@ pub struct Dns {
     moves_path: PathBuf,
     listen: Vec<SocketAddr>,
     tasks: Mutex<Vec<server::Worker>>,
+    /// The differences IXFR answers with (see `journal`).
+    journal: Arc<Mutex<journal::Journal>>,
+    /// Zone serials saved across restarts.
+    serials: Mutex<journal::Serials>,
+    /// NOTIFY to the secondaries (while serving).
+    notifier: Mutex<Option<notify::Notifier>>,
 }
 
 /// `coresvc status`'s DNS part.
@@ -224,18 +238,65 @@ impl Dns {
         for i in zones {
             bump(&mut catalog, i, &mut writes);
         }
+        let notify = self.stamp(&mut catalog);
         self.resolver.set_catalog(catalog);
+        self.serials.lock().expect("serials lock").save(self.resolver.catalog().zones());
+        if let Some(n) = self.notifier.lock().expect("notifier lock").as_ref() {
+            n.changed(notify);
+        }
         if let Some(x) = self.resolver.xdp() {
             x.write_epochs(&writes).context("invalidating the XDP answer cache")?;
         }
         Ok(())
     }
 
+    /// Serials for `next` after the catalog in force: a zone whose content
+    /// changed gets a serial above its old one and a journal entry; one
+    /// whose content did not keeps its serial. Returns the zones changed.
+    fn stamp(&self, next: &mut Catalog) -> Vec<Name> {
+        let old = self.resolver.catalog();
+        let mut journal = self.journal.lock().expect("journal lock");
+        let mut changed = Vec::new();
+        for n in next.zone_arcs_mut() {
+            let Some(o) = old.zone_arcs().iter().find(|o| o.origin == n.origin) else {
+                journal.clear(&n.origin);
+                changed.push(n.origin.clone());
+                continue;
+            };
+            if Arc::ptr_eq(o, n) {
+                continue;
+            }
+            if o.same_data(n) {
+                *n = o.clone();
+                continue;
+            }
+            if !journal::serial_gt(n.serial(), o.serial()) {
+                Arc::make_mut(n).set_serial(journal::next_serial(o.serial(), now_serial()));
+            }
+            journal.record(o, n);
+            changed.push(n.origin.clone());
+        }
+        for o in old.zones() {
+            if !next.zones().any(|z| z.origin == o.origin) {
+                journal.clear(&o.origin);
+            }
+        }
+        changed
+    }
+
     /// The service's state (zones, cache, forwarder) without sockets.
     pub fn new(cfg: &Config) -> Result<Dns> {
         let moves_path = cfg.agent.state_dir.join(MOVES_FILE);
         let moves = load_moves(&moves_path);
-        let catalog = build_with_moves(cfg, &moves)?;
+        let mut catalog = build_with_moves(cfg, &moves)?;
+        // Serials go on from the last run's (the same content keeps its serial).
+        let serials = journal::Serials::load(&cfg.agent.state_dir);
+        for z in catalog.zone_arcs_mut() {
+            let s = serials.resume(z, now_serial());
+            if s != z.serial() {
+                Arc::make_mut(z).set_serial(s);
+            }
+        }
         let stats = Arc::new(Stats::default());
         let forwarder = forwarder_for(cfg, stats.clone());
         let cache = Cache::new(
@@ -247,6 +308,10 @@ impl Dns {
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
         resolver.set_rate_limit(&cfg.dns.rate_limit);
+        let journal = Arc::new(Mutex::new(journal::Journal::default()));
+        resolver.set_xfr(xfr_for(cfg, &journal)?);
+        let mut serials = serials;
+        serials.save(resolver.catalog().zones());
         Ok(Dns {
             resolver,
             config: Mutex::new(cfg.clone()),
@@ -257,6 +322,9 @@ impl Dns {
             moves_path,
             listen: Vec::new(),
             tasks: Mutex::new(Vec::new()),
+            journal,
+            serials: Mutex::new(serials),
+            notifier: Mutex::new(None),
         })
     }
 
@@ -274,6 +342,11 @@ impl Dns {
             self.tasks.get_mut().expect("dns tasks lock").extend(tasks);
             self.listen.push(addr);
         }
+        let sources = cfg.segments.iter().map(|s| (s.cidr.trunc(), s.gateway)).collect();
+        let n = notify::Notifier::start(self.resolver.clone(), sources);
+        // Secondaries learn of this run's serials at once.
+        n.changed(self.resolver.catalog().zones().map(|z| z.origin.clone()));
+        *self.notifier.get_mut().expect("notifier lock") = Some(n);
         info!(
             "dns: serving {} zone(s) on {}",
             self.resolver.catalog().zones().count(),
@@ -454,6 +527,7 @@ impl Dns {
             x.set_enabled(cfg.dns_cache_on());
         }
         self.resolver.set_rate_limit(&cfg.dns.rate_limit);
+        self.resolver.set_xfr(xfr_for(cfg, &self.journal)?);
         self.resolver.set_forwarder(forwarder_for(cfg, self.resolver.stats.clone()));
         *self.config.lock().expect("config lock") = cfg.clone();
         Ok(())
@@ -488,6 +562,7 @@ impl Dns {
 
     /// Closes the sockets (the service stays shared with DHCP until it stops too).
     pub fn stop(&self) {
+        self.notifier.lock().expect("notifier lock").take();
         for t in self.tasks.lock().expect("dns tasks lock").drain(..) {
             t.stop();
         }
@@ -502,6 +577,14 @@ impl Drop for Dns {
             t.stop();
         }
     }
+}
+
+/// Transfers and TSIG when secondaries or keys are configured.
+fn xfr_for(cfg: &Config, journal: &Arc<Mutex<journal::Journal>>) -> Result<Option<xfr::Xfr>> {
+    if cfg.dns.secondaries.is_empty() && cfg.dns.tsig_keys.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(xfr::Xfr::new(cfg, journal.clone())?))
 }
 
 fn forwarder_for(cfg: &Config, stats: Arc<Stats>) -> Forwarder {
@@ -679,6 +762,103 @@ mod tests {
         assert_eq!(c.lookup(&n("client-7.dvnt.deevnet.net."), RecordType::A).unwrap().rcode, ResponseCode::NXDomain);
         assert_eq!(c.lookup(&n("150.0.20.10.in-addr.arpa."), RecordType::PTR).unwrap().rcode, ResponseCode::NXDomain);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn every_change_of_content_moves_the_serial_on_and_is_journaled() {
+        let (d, dir) = dns();
+        let serial = |d: &Dns, z: &str| d.status().zones.iter().find(|s| s.name == z).unwrap().serial;
+        let (fwd, rev) = ("dvnt.deevnet.net.", "0.20.10.in-addr.arpa.");
+        let (f0, r0) = (serial(&d, fwd), serial(&d, rev));
+        let addr: Ipv4Addr = "10.20.0.170".parse().unwrap();
+        let fqdn = d.register("dvnt.deevnet.net", "serial-box", addr).unwrap();
+        let (f1, r1) = (serial(&d, fwd), serial(&d, rev));
+        assert!(journal::serial_gt(f1, f0) && journal::serial_gt(r1, r0), "{f0}->{f1} {r0}->{r1}");
+        // The same registration again changes nothing.
+        d.register("dvnt.deevnet.net", "serial-box", addr).unwrap();
+        assert_eq!(serial(&d, fwd), f1);
+        d.unregister(&fqdn, addr);
+        let f2 = serial(&d, fwd);
+        assert!(journal::serial_gt(f2, f1));
+        let j = d.journal.lock().unwrap();
+        let diffs = j.since(&n(fwd), f0, f2).expect("both changes journaled");
+        assert_eq!(diffs.len(), 2);
+        assert_eq!(diffs[0].added.len(), 1);
+        assert_eq!(diffs[1].removed, diffs[0].added);
+        drop(j);
+        // A zone reload with the same data keeps the serial.
+        d.zone_reload().unwrap();
+        assert_eq!(serial(&d, fwd), f2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A burst of 40 registrations in two zones is one NOTIFY per zone,
+    /// signed; answered, none is sent again.
+    #[test]
+    fn a_burst_of_changes_is_one_signed_notify_per_zone() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let sec = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = sec.local_addr().unwrap().port();
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coresvc.toml");
+            let mut cfg = Config::load(&p).unwrap();
+            let dir = std::env::temp_dir().join(format!("coresvc-notify-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            cfg.agent.state_dir = dir.clone();
+            let secret = "c2VjcmV0c2VjcmV0c2VjcmV0";
+            cfg.dns.tsig_keys.push(crate::config::TsigKey {
+                name: "burst-key".into(),
+                algorithm: "hmac-sha256".into(),
+                secret: Some(secret.into()),
+                secret_file: None,
+            });
+            cfg.dns.secondaries.push(crate::config::Secondary {
+                address: Ipv4Addr::LOCALHOST,
+                port,
+                key: Some("burst-key".into()),
+                zones: Vec::new(),
+                notify: true,
+            });
+            let d = Dns::new(&cfg).unwrap();
+            *d.notifier.lock().unwrap() = Some(notify::Notifier::start(d.resolver.clone(), Vec::new()));
+            for i in 0..40u8 {
+                d.register("dvnt.deevnet.net", &format!("burst-{i}"), Ipv4Addr::new(10, 20, 0, 100 + i)).unwrap();
+                // Spread out (the notifier runs in between), as a burst of leases comes.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let key = tsig::Key::new(&n("burst-key."), &tsig::decode_secret(secret).unwrap());
+            let mut keys = tsig::Keys::default();
+            keys.insert(tsig::Key::new(&n("burst-key."), &tsig::decode_secret(secret).unwrap()));
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            let end = tokio::time::Instant::now() + notify::COALESCE * 2 + std::time::Duration::from_millis(1500);
+            while let Ok(Ok((len, from))) = tokio::time::timeout_at(end, sec.recv_from(&mut buf)).await {
+                let b = &buf[..len];
+                let t = tsig::find(b).expect("signed").unwrap();
+                assert!(matches!(tsig::verify(&keys, b, &t, tsig::now()), tsig::Verdict::Good(_)));
+                let m = hickory_proto::op::Message::from_vec(&tsig::stripped(b, &t)).unwrap();
+                assert_eq!(m.metadata.op_code, hickory_proto::op::OpCode::Notify);
+                seen.push(m.queries[0].name().to_string());
+                let mut r = hickory_proto::op::Message::response(m.metadata.id, m.metadata.op_code);
+                r.queries = m.queries.clone();
+                let mut rb = r.to_vec().unwrap();
+                tsig::sign(&mut rb, &key, tsig::Chain::Response(&t.mac), tsig::now(), 0, &[]);
+                sec.send_to(&rb, from).await.unwrap();
+            }
+            // One per zone (two if a slow machine spread the burst over two
+            // windows), never one per change; each answered, none repeated.
+            for z in ["0.20.10.in-addr.arpa.", "dvnt.deevnet.net."] {
+                let k = seen.iter().filter(|s| *s == z).count();
+                assert!((1..=2).contains(&k), "{z}: {k} NOTIFYs for 40 changes: {seen:?}");
+            }
+            assert_eq!(
+                seen.len(),
+                seen.iter().filter(|s| s.ends_with("in-addr.arpa.") || *s == "dvnt.deevnet.net.").count()
+            );
+            let c = d.resolver.stats.snapshot();
+            assert_eq!((c.notify_sent, c.notify_answered), (seen.len() as u64, seen.len() as u64));
+            let _ = std::fs::remove_dir_all(dir);
+        });
     }
 
     #[test]

@@ -226,7 +226,8 @@ fn udp_loop(
             } else {
                 match resolver.serve(s.msg, from.ip(), Transport::Udp, &mut kept, s.out) {
                     Served::Replied => true,
-                    Served::Dropped => false,
+                    // Transfers are TCP only (Xfr::serve never makes one here).
+                    Served::Dropped | Served::Transfer(_) => false,
                     Served::Forward(p) => {
                         let (sock, resolver, rrl) = (sock.clone(), resolver.clone(), rrl.clone());
                         rt.spawn(async move {
@@ -324,6 +325,7 @@ async fn serve_tcp(
     l: &TcpLimits,
     kept: &Mutex<AnswerCache>,
 ) -> End {
+    // Framed answers of forwarded queries and transfers, as they finish.
     let (ftx, mut frx) = mpsc::channel::<Vec<u8>>(TCP_MAX_INFLIGHT);
     let mut input: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
@@ -349,7 +351,18 @@ async fn serve_tcp(
                     inflight += 1;
                     let (tx, resolver) = (ftx.clone(), resolver.clone());
                     tokio::spawn(async move {
-                        let _ = tx.send(resolver.finish(*p).await).await;
+                        let mut framed = Vec::new();
+                        frame(&mut framed, &resolver.finish(*p).await);
+                        let _ = tx.send(framed).await;
+                    });
+                }
+                // A zone transfer: built on a blocking thread from its
+                // snapshot, every message framed (the query path goes on).
+                Served::Transfer(job) => {
+                    inflight += 1;
+                    let tx = ftx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(job.run().await).await;
                     });
                 }
             }
@@ -380,7 +393,7 @@ async fn serve_tcp(
             },
             Some(b) = frx.recv(), if inflight > 0 => {
                 inflight -= 1;
-                frame(&mut out, &b);
+                out.extend_from_slice(&b);
             }
             () = tokio::time::sleep_until(idle_at), if inflight == 0 => return End::Idle,
         }

@@ -56,6 +56,18 @@ counters! {
     upstream_mismatched: "upstream datagrams ignored (wrong source, ID or question, or too late)",
     upstream_overflow: "queries answered at once (SERVFAIL, or a chain's local part) because dns.forward_max questions were outstanding, or as many clients waited for the same one",
     upstream_sockets_opened: "pooled upstream UDP sockets opened (each on a new random port)",
+    xfr_axfr: "zone transfers served: AXFR",
+    xfr_ixfr: "zone transfers served: IXFR with the differences since the client's serial",
+    xfr_ixfr_full: "zone transfers served: IXFR answered with the whole zone (its serial not in the journal)",
+    xfr_ixfr_current: "zone transfers served: IXFR answered with the SOA alone (the client is up to date)",
+    xfr_refused: "zone transfers refused (not a secondary's address or key, a zone not served, over a cap)",
+    xfr_overload: "zone transfers refused at dns.transfer_max or the cap per secondary",
+    tsig_badkey: "signed messages with an unknown key or algorithm (NOTAUTH, BADKEY)",
+    tsig_badsig: "signed messages whose MAC did not verify (NOTAUTH, BADSIG)",
+    tsig_badtime: "signed messages outside the time window (NOTAUTH, BADTIME)",
+    notify_sent: "NOTIFY messages sent to secondaries (tries included)",
+    notify_answered: "NOTIFY messages the secondary answered",
+    notify_given_up: "NOTIFYs given up after every try went unanswered",
 }
 
 impl Stats {

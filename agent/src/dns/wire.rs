@@ -15,7 +15,7 @@ pub const TYPE_OPT: u16 = 41;
 
 /// Offset after the name at `pos`: plain labels up to the root, or up to a
 /// compression pointer.
-fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
+pub(super) fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
     loop {
         let l = *msg.get(pos)?;
         match l & 0xc0 {

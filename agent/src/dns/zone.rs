@@ -394,6 +394,15 @@ impl Catalog {
         Some(changed)
     }
 
+    /// The zones as shared snapshots (a transfer holds one).
+    pub fn zone_arcs(&self) -> &[Arc<Zone>] {
+        &self.zones
+    }
+
+    pub fn zone_arcs_mut(&mut self) -> &mut [Arc<Zone>] {
+        &mut self.zones
+    }
+
     pub fn zones(&self) -> impl Iterator<Item = &Zone> {
         self.zones.iter().map(|z| z.as_ref())
     }
