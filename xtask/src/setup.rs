@@ -46,7 +46,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     ("DNS clients and load", &["bind9-dnsutils", "knot-dnsutils", "dnsperf"]),
     ("DNS peers", &["knot", "dnsmasq-base"]),
     ("DHCP clients and load", &["isc-dhcp-client", "udhcpc", "dhcpcd", "kea-admin"]),
-    ("DHCP peers", &["kea-dhcp4-server"]),
+    // kea-ctrl-agent: the lease API (lease4-add, lease4-get-all) of the authority handoff tests.
+    ("DHCP peers", &["kea-dhcp4-server", "kea-ctrl-agent"]),
     ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),
     ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools", "traceroute"]),
     // Floods and crafted attacks for the hardening tests (RST sweeps,
