@@ -2,12 +2,6 @@
 //! about: rebuild when it changes, and say how to get it when it is missing.
 fn main() {
     println!("cargo:rerun-if-env-changed=PATH");
-    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("bpf") {
-        // Global BPF functions: the verifier checks each once, on its own.
-        println!(
-            "cargo:rustc-link-arg-bin=coresvc-ebpf=--export=coresvc_dns_answer,coresvc_process,coresvc_parse_xdp,coresvc_related,coresvc_tracked,coresvc_dnat,coresvc_new_flow,coresvc_wscale_xdp,coresvc_wscale_tc"
-        );
-    }
     match which::which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
         Err(_) if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("bpf") => {

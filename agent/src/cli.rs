@@ -551,13 +551,28 @@ pub fn render_status(s: &ctl::Status) -> String {
         let _ = writeln!(o, "dns      listening on {}", listen.join(", "));
         let _ = writeln!(
             o,
-            "         queries {} udp, {} tcp; {} authoritative, {} cache hits, {} forwarded ({} cached entries)",
-            c.queries_udp, c.queries_tcp, c.authoritative, c.cache_hits, c.cache_misses, dns.cache_entries
+            "         queries {} udp, {} tcp; {} authoritative, {} cache hits, {} forwarded ({} cached entries, {} KiB, {} evicted)",
+            c.queries_udp,
+            c.queries_tcp,
+            c.authoritative,
+            c.cache_hits,
+            c.cache_misses,
+            dns.cache_entries,
+            dns.cache_bytes / 1024,
+            dns.cache_evictions
         );
         let _ = writeln!(
             o,
-            "         noerror {}, nxdomain {}, servfail {}, refused {}, formerr {}, truncated {}, dropped {}",
-            c.noerror, c.nxdomain, c.servfail, c.refused, c.formerr, c.truncated, c.dropped_malformed
+            "         noerror {}, nxdomain {}, servfail {}, refused {}, formerr {}, truncated {}, dropped {}, rate-limited {} (slipped {})",
+            c.noerror,
+            c.nxdomain,
+            c.servfail,
+            c.refused,
+            c.formerr,
+            c.truncated,
+            c.dropped_malformed,
+            c.rate_limited,
+            c.rate_limit_slipped
         );
         let _ = writeln!(
             o,
@@ -638,12 +653,14 @@ fn render_dns_cache(
             seg.passes.iter().filter(|(_, n)| **n > 0).map(|(reason, n)| format!("{reason} {n}")).collect();
         let _ = writeln!(
             o,
-            "         segment {:<10} hits {}, misses {}, expired {}, invalidated {}; passed: {}",
+            "         segment {:<10} hits {}, misses {}, expired {}, invalidated {}, rate-limited {} (slipped {}); passed: {}",
             seg.segment,
             seg.hits,
             seg.misses,
             seg.expired,
             seg.invalidated,
+            seg.rate_limited,
+            seg.slipped,
             if passes.is_empty() { "none".to_string() } else { passes.join(", ") }
         );
     }

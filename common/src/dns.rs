@@ -45,7 +45,8 @@ pub const KEY_F_DO: u8 = 1 << 1;
 /// DNS header bytes and bits (RFC 1035 §4.1.1).
 pub const HDR_LEN: usize = 12;
 const FLAG_QR: u8 = 0x80;
-const FLAG_TC: u8 = 0x02;
+/// TC (in header byte 2): the answer is truncated.
+pub const FLAG_TC: u8 = 0x02;
 const OPCODE_MASK: u8 = 0x78;
 /// RD (in header byte 2) and CD (byte 3): copied from the query.
 pub const FLAG_RD: u8 = 0x01;
@@ -566,7 +567,41 @@ impl FrameBuf {
     }
 }
 
-/// Writes a query frame to `out`: Ethernet (02:00:00:00:00:02 to
+/// What response rate limiting does with an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Within the rate: send it.
+    Send,
+    /// Over the rate, its turn to slip: send it truncated (TC set, no
+    /// records), so a real client asks again over TCP.
+    Slip,
+    /// Over the rate: send nothing.
+    Drop,
+}
+
+/// Response rate limiting of one client prefix (the program's and the
+/// agent's, as Knot's and BIND's RRL limit answers): GCRA, the token bucket
+/// written as a schedule. `tat` is when the prefix's next answer is due at
+/// the sustained rate (one per `interval` ns); an answer may run at most
+/// `burst` ns ahead of the present (a burst of `burst / interval + 1`).
+/// Over it, every `slip`-th answer slips (0: none); `limited` counts the
+/// others since the last slip.
+#[inline(always)]
+pub fn rate_limit(tat: &mut u64, limited: &mut u32, now: u64, interval: u64, burst: u64, slip: u32) -> Limit {
+    let due = if *tat < now { now } else { *tat };
+    if due - now <= burst {
+        *tat = due + interval;
+        return Limit::Send;
+    }
+    *limited += 1;
+    if slip != 0 && *limited >= slip {
+        *limited = 0;
+        return Limit::Slip;
+    }
+    Limit::Drop
+}
+
+/// Writes a query frame to `out`: Ethernet (02:00:00:00:00:02 to/// Writes a query frame to `out`: Ethernet (02:00:00:00:00:02 to
 /// 02:00:00:00:00:01), IPv4 from `src` to `dst` (ID 0x1234, DF, TTL 64),
 /// UDP from `sport` to port 53, the DNS message `msg`; checksums complete.
 /// Returns its length, or `None` when `out` is too short. For tests and
@@ -662,6 +697,40 @@ mod tests {
 
     fn parse(msg: &[u8]) -> Result<Query, Pass> {
         parse_named(msg).map(|(q, _)| q)
+    }
+
+    /// A rate of 10 per second with a burst of 5: five at once, then one
+    /// per 100 ms; over it every second answer slips (slip 2), none with 0.
+    #[test]
+    fn rate_limit_is_a_token_bucket_with_slip() {
+        const MS: u64 = 1_000_000;
+        let (interval, burst) = (100 * MS, 4 * 100 * MS);
+        let (mut tat, mut limited) = (0, 0);
+        let t0 = 1_000_000 * MS;
+        let mut step = |now: u64, slip: u32| rate_limit(&mut tat, &mut limited, now, interval, burst, slip);
+        for i in 0..5 {
+            assert_eq!(step(t0, 2), Limit::Send, "burst {i}");
+        }
+        let over: Vec<Limit> = (0..4).map(|_| step(t0, 2)).collect();
+        assert_eq!(over, [Limit::Drop, Limit::Slip, Limit::Drop, Limit::Slip]);
+        assert_eq!(step(t0 + 50 * MS, 0), Limit::Drop, "not yet");
+        assert_eq!(step(t0 + 100 * MS, 0), Limit::Send, "one per interval");
+        assert_eq!(step(t0 + 100 * MS, 0), Limit::Drop);
+        // A second later the burst is back (and no more).
+        let later = t0 + 2_000 * MS;
+        let sent = (0..10).filter(|_| step(later, 0) == Limit::Send).count();
+        assert_eq!(sent, 5);
+        // Over a long run: the rate.
+        let (mut tat, mut limited) = (0, 0);
+        let mut n = 0;
+        for ms in 0..10_000u64 {
+            for _ in 0..3 {
+                if rate_limit(&mut tat, &mut limited, t0 + ms * MS, interval, burst, 0) == Limit::Send {
+                    n += 1;
+                }
+            }
+        }
+        assert!((100..=106).contains(&n), "{n} in 10 s at 10/s");
     }
 
     #[test]

@@ -22,18 +22,18 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use coresvc_common::{
-    dns::{self, ANSWER_HEADERS, FRAME_AT, Pass, QUERY_MAX},
+    dns::{self, ANSWER_HEADERS, FRAME_AT, Limit, Pass, QUERY_MAX},
     firewall::{Flow, ZONE_GATEWAY},
     proto::{eth, ipproto, ipv4, port},
 };
 use coresvc_maps_schema::{
-    DNS_KEY_WORDS, DNS_MAX_AGING, DNS_MAX_SECTIONS, DNS_MAX_ZONES, DnsAnswer, IfaceInfo, SETTINGS_F_FIREWALL, Settings,
-    dns_counter as counter, dns_verdict,
+    DNS_KEY_WORDS, DNS_MAX_AGING, DNS_MAX_SECTIONS, DNS_MAX_ZONES, DNS_RRL_SLOTS, DnsAnswer, DnsRrlBucket, IfaceInfo,
+    SETTINGS_F_FIREWALL, Settings, dns_counter as counter, dns_verdict,
 };
 
 use crate::{
     firewall,
-    maps::{DNS_CACHE, DNS_EPOCHS, DNS_SCRATCH, DNS_STATS},
+    maps::{DNS_CACHE, DNS_EPOCHS, DNS_RRL, DNS_RRL_CFG, DNS_SCRATCH, DNS_STATS},
     packet::{frame_len, ptr_at, ptr_at_mut},
 };
 
@@ -142,6 +142,11 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
         // Another question with the same hash.
         return Err(counter::MISSES);
     }
+    if e.flags[0] & dns::FLAG_RD != 0 && f.query().at(2) & dns::FLAG_RD == 0 {
+        // An answer for queries with RD set (a chain the agent followed
+        // upstream); without RD the agent answers with the local part.
+        return Err(counter::MISSES);
+    }
     let mut now = clock();
     // Past its expiry, or past the end a clean stop of the agent set.
     let until = settings.dns_cache_until_ns;
@@ -185,6 +190,24 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
         firewall::count(slot, frame as u64);
     }
     let qlen = q.question_len();
+    let packed = (u32::from(q.question_sum) << 16) | ((seg & 63) << SEG_SHIFT) | qlen as u32;
+    // Response rate limiting: over the client prefix's rate the answer is
+    // dropped, or (every slip-th) sent truncated.
+    match rate_limit(f.saddr(), now) {
+        Limit::Send => {}
+        Limit::Drop => {
+            count(seg, counter::RATE_LIMITED);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        Limit::Slip => {
+            let delta = (ANSWER_HEADERS + qlen) as i32 - frame as i32;
+            // SAFETY: no preconditions (the frame only shrinks).
+            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+                return Err(counter::NO_ROOM);
+            }
+            return Ok(slip(ctx, u32::from(e.flags[0]) | (u32::from(e.flags[1]) << 8), packed));
+        }
+    }
     let delta = (ANSWER_HEADERS + qlen + slen) as i32 - frame as i32;
     // The frame is resized at its tail, which leaves the question where
     // the answer has it (the headers before it are as long as the query's):
@@ -200,8 +223,50 @@ fn serve(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, seg: u32) -> 
     }
     // From here on the frame is changed: never back to the normal path.
     let moved = if in_place { 0 } else { MOVED };
-    let packed = (u32::from(q.question_sum) << 16) | ((seg & 63) << SEG_SHIFT) | moved | qlen as u32;
-    Ok(build(ctx, e, now, packed, e.expires_ns))
+    Ok(build(ctx, e, now, packed | moved, e.expires_ns))
+}
+
+/// The rate limit's verdict for an answer to `saddr` (host order) at `now`
+/// (`DNS_RRL_CFG`; off: always [`Limit::Send`]). The prefix's slot in
+/// `DNS_RRL` is this CPU's: a prefix gets the rate on every CPU that
+/// answers it.
+#[inline(always)]
+fn rate_limit(saddr: u32, now: u64) -> Limit {
+    let Some(cfg) = DNS_RRL_CFG.get(0) else { return Limit::Send };
+    if cfg.interval_ns == 0 {
+        return Limit::Send;
+    }
+    let prefix = saddr & cfg.prefix_mask;
+    let slot = (prefix.wrapping_mul(0x9e37_79b1) >> 16) & (DNS_RRL_SLOTS - 1);
+    let Some(b) = DNS_RRL.get_ptr_mut(slot) else { return Limit::Send };
+    // SAFETY: this CPU's slot, used by this program run only.
+    let b = unsafe { &mut *b };
+    if b.prefix != prefix {
+        // Another prefix's slot: it is this one's now.
+        *b = DnsRrlBucket { tat_ns: 0, prefix, limited: 0 };
+    }
+    dns::rate_limit(&mut b.tat_ns, &mut b.limited, now, cfg.interval_ns, cfg.burst_ns, cfg.slip)
+}
+
+/// Answers with the headers and the question alone, TC set (the frame is
+/// already that long): a rate-limited client that is real asks again over
+/// TCP. `flags` holds the entry's header bytes 2 (low byte) and 3; `packed`
+/// is `build`'s. A subprogram of its own.
+#[inline(never)]
+fn slip(ctx: &XdpContext, flags: u32, packed: u32) -> u32 {
+    let seg = (packed >> SEG_SHIFT) & 63;
+    let qlen = ((packed & 0xff) as usize).clamp(5, dns::MAX_NAME + 4);
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return unwritten(seg) };
+    // SAFETY: this CPU's slot, filled by `serve` for this frame.
+    let (_, f) = unsafe { &mut *scratch }.split();
+    // RD marks an RD-only entry there; the query's own RD is copied.
+    let flags = [(flags as u8 & !dns::FLAG_RD) | dns::FLAG_TC, (flags >> 8) as u8];
+    f.turn_around(flags, [0; 6], (packed >> 16) as u16, qlen, 0, 0);
+    let Some(to) = ptr_at_mut::<[u8; ANSWER_HEADERS], XdpContext>(ctx, 0) else { return unwritten(seg) };
+    // SAFETY: as in `build`.
+    unsafe { copy_headers(to as *mut u8, f.bytes.as_ptr() as *const u64) };
+    count(seg, counter::SLIPPED);
+    xdp_action::XDP_TX
 }
 
 /// In `build`'s `packed`: the question moved with the frame's start.
@@ -434,7 +499,7 @@ fn count(seg: u32, c: u32) {
     if let Some(s) = DNS_STATS.get_ptr_mut(seg & 63) {
         // SAFETY: a per-CPU slot; `c` indexes one of its u64 counters.
         unsafe {
-            let p = (s as *mut u64).add((c & (counter::COUNT - 1)) as usize);
+            let p = (s as *mut u64).add(c.min(counter::COUNT - 1) as usize);
             *p += 1;
         }
     }

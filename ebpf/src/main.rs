@@ -86,70 +86,11 @@ fn decide<const SEGMENT: bool>(ctx: &XdpContext, iface: &IfaceInfo) -> Result<u3
     // gateway they are judged by the firewall packet by packet (the cache
     // asks it too) and never tracked.
     if SEGMENT && settings.flags & SETTINGS_F_DNS_CACHE != 0 && iface.role == ROLE_SEGMENT {
-        let v = coresvc_dns_answer(ctx.ctx, settings, iface);
-        if v != CONTINUE {
+        if let Some(v) = dns::answer(ctx, settings, iface) {
             return Ok(v);
         }
     }
-    decode(coresvc_process(ctx.ctx, settings, iface))
-}
-
-/// The DNS answer cache as a global BPF function (checked once, on its own):
-/// an XDP action, or [`CONTINUE`].
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn coresvc_dns_answer(
-    ctx: *mut aya_ebpf::bindings::xdp_md,
-    settings: *const Settings,
-    iface: *const IfaceInfo,
-) -> u32 {
-    // SAFETY: null or valid, from [`decide`].
-    let (Some(settings), Some(iface)) = (unsafe { settings.as_ref() }, unsafe { iface.as_ref() }) else {
-        return CONTINUE;
-    };
-    dns::answer(&XdpContext::new(ctx), settings, iface).unwrap_or(CONTINUE)
-}
-
-/// [`process`] as a global BPF function.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn coresvc_process(
-    ctx: *mut aya_ebpf::bindings::xdp_md,
-    settings: *const Settings,
-    iface: *const IfaceInfo,
-) -> u32 {
-    // SAFETY: null or valid, from [`decide`].
-    let (Some(settings), Some(iface)) = (unsafe { settings.as_ref() }, unsafe { iface.as_ref() }) else {
-        return encode(Err(reason::NOT_CONFIGURED));
-    };
-    process(&XdpContext::new(ctx), settings, iface)
-}
-
-/// A stage of the ingress pipeline as a global BPF function: the verifier
-/// checks each once, on its own, with only its argument types known (so
-/// every pointer is checked for null), and the stages' verification adds up
-/// instead of multiplying. `ebpf/build.rs` exports them by name.
-macro_rules! stage {
-    ($(#[$m:meta])* $name:ident($ctx:ident, $s:ident, $i:ident, $k:ident: *$q:ident Pkt, $as:ident) => $body:expr) => {
-        $(#[$m])*
-        #[unsafe(no_mangle)]
-        #[inline(never)]
-        pub extern "C" fn $name(
-            raw: *mut aya_ebpf::bindings::xdp_md,
-            $s: *const Settings,
-            $i: *const IfaceInfo,
-            $k: *$q Pkt,
-        ) -> u32 {
-            // SAFETY: null or valid: the caller's settings and interface
-            // entries (map values) and the frame's scratch memory.
-            let (Some($s), Some($i), Some($k)) = (unsafe { $s.as_ref() }, unsafe { $i.as_ref() }, unsafe { $k.$as() })
-            else {
-                return encode(Err(reason::NOT_CONFIGURED));
-            };
-            let $ctx = XdpContext::new(raw);
-            $body
-        }
-    };
+    decode(process(ctx, settings, iface))
 }
 
 /// A frame being judged, shared by the stages of [`process`].
@@ -177,10 +118,9 @@ pub struct Pkt {
 const _: () = assert!(size_of::<Pkt>() <= size_of::<coresvc_maps_schema::PktScratch>());
 const _: () = assert!(align_of::<Pkt>() <= align_of::<coresvc_maps_schema::PktScratch>());
 
-/// A stage's outcome in one scalar (a BPF subprogram returns one register):
-/// an XDP action, `DROP_BIT | reason`, or [`CONTINUE`].
+/// [`process`]'s outcome in one scalar (a BPF subprogram returns one
+/// register): an XDP action, or `DROP_BIT | reason`.
 const DROP_BIT: u32 = 0x100;
-const CONTINUE: u32 = u32::MAX;
 
 #[inline(always)]
 fn encode(r: Result<u32, u32>) -> u32 {
@@ -196,9 +136,10 @@ fn decode(c: u32) -> Result<u32, u32> {
 }
 
 /// Everything but the DNS cache. A function of its own (a BPF subprogram),
-/// so its stack frame and the cache's are never both on the stack; its
-/// stages are subprograms too, each with a frame of its own.
-#[inline(always)]
+/// so its stack frame and the cache's are never both on the stack (the
+/// frame's facts live in per-CPU scratch memory, [`Pkt`]). Its result in
+/// one scalar: a subprogram returns one register.
+#[inline(never)]
 fn process(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo) -> u32 {
     encode(stages(ctx, settings, iface))
 }
@@ -217,14 +158,13 @@ fn stages(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo) -> Result<u3
     // SAFETY: this CPU's scratch memory, large enough (asserted below);
     // nothing else uses it during this program run.
     let k = unsafe { &mut *(k as *mut Pkt) };
-    match parse::coresvc_parse_xdp(ctx.ctx, &mut k.p) {
-        parse::FRAME_IPV4 => {}
+    match parse::frame(ctx)? {
+        Frame::Ipv4(p) => k.p = p,
         // Neighbour discovery: never routed.
-        parse::FRAME_ARP => return Ok(PASS),
+        Frame::Arp => return Ok(PASS),
         // Not served yet: dropped unless the operator hands it to the stack.
-        parse::FRAME_IPV6 if settings.flags & SETTINGS_F_IPV6_STACK != 0 => return Ok(PASS),
-        parse::FRAME_IPV6 => return Err(reason::IPV6_POLICY),
-        c => return Err(c & 0xff),
+        Frame::Ipv6 if settings.flags & SETTINGS_F_IPV6_STACK != 0 => return Ok(PASS),
+        Frame::Ipv6 => return Err(reason::IPV6_POLICY),
     }
     k.now = conntrack::now();
     // A later fragment follows its first fragment's verdict.
@@ -245,60 +185,41 @@ fn stages(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo) -> Result<u3
         k.wscale = parse::tcp_wscale(ctx);
     }
     if settings.nat_addr != [0; 4] && k.p.daddr == settings.nat_addr {
-        let c = dnat(ctx, settings, iface, k);
-        if c != CONTINUE {
-            return decode(c);
+        if let Some(v) = dnat(ctx, settings, iface, k)? {
+            return Ok(v);
         }
     }
     // ICMP errors about a tracked connection are related traffic.
     if parse::is_icmp_error(&k.p) {
-        let c = coresvc_related(ctx.ctx, iface, k);
-        if c != CONTINUE {
-            return decode(c);
+        if let Some(v) = related(ctx, iface, k)? {
+            return Ok(v);
         }
     }
-    let c = tracked(ctx, settings, iface, k);
-    if c != CONTINUE {
-        return decode(c);
+    if let Some(e) = conntrack::lookup(&k.t, k.now) {
+        return tracked(ctx, settings, iface, k, e);
     }
-    decode(new_flow(ctx, settings, iface, k))
+    new_flow(ctx, settings, iface, k)
 }
 
 /// An ICMP error about a tracked connection (from where that connection's
-/// other side is): related, let through. A global BPF function.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn coresvc_related(ctx: *mut aya_ebpf::bindings::xdp_md, iface: *const IfaceInfo, k: *const Pkt) -> u32 {
-    // SAFETY: null or valid, from the caller's frame.
-    let (Some(iface), Some(k)) = (unsafe { iface.as_ref() }, unsafe { k.as_ref() }) else {
-        return encode(Err(reason::NOT_CONFIGURED));
-    };
-    let ctx = XdpContext::new(ctx);
-    let Some(inner) = parse::icmp_inner(&ctx, &k.p) else { return CONTINUE };
-    if !firewall::related(&ctx, inner, k.p.daddr, k.ifindex, k.now) {
-        return CONTINUE;
+/// other side is): related, let through.
+#[inline(always)]
+fn related(ctx: &XdpContext, iface: &IfaceInfo, k: &Pkt) -> Result<Option<u32>, u32> {
+    let Some(inner) = parse::icmp_inner(ctx, &k.p) else { return Ok(None) };
+    if !firewall::related(ctx, inner, k.p.daddr, k.ifindex, k.now) {
+        return Ok(None);
     }
     if !firewall::source_ok(&k.p, iface) {
-        return encode(Err(reason::SPOOFED));
+        return Err(reason::SPOOFED);
     }
-    xdp_action::XDP_PASS
+    Ok(Some(xdp_action::XDP_PASS))
 }
 
 /// Destination NAT, before routing: traffic for the masquerade address is
 /// a reply to a masqueraded connection (or an ICMP error about one), or for
-/// a port forward.
+/// a port forward. `Some(action)` when decided here.
 #[inline(always)]
-fn dnat(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &mut Pkt) -> u32 {
-    coresvc_dnat(ctx.ctx, settings, iface, k)
-}
-
-stage! {
-    /// [`dnat`] as a global BPF function.
-    coresvc_dnat(ctx, settings, iface, k: *mut Pkt, as_mut) => dnat_in(&ctx, settings, iface, k)
-}
-
-#[inline(always)]
-fn dnat_in(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &mut Pkt) -> u32 {
+fn dnat(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &mut Pkt) -> Result<Option<u32>, u32> {
     let p = &mut k.p;
     if parse::is_icmp_error(p) {
         if let Some((qs, qsp, qd, qdp, qproto)) = parse::icmp_inner(ctx, p) {
@@ -308,33 +229,27 @@ fn dnat_in(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &mut Pkt
                     // (The outer destination is the quoted source, as translated.)
                     if firewall::related(ctx, (a, ap, qd, qdp, qproto), a, k.ifindex, k.now) {
                         if !firewall::source_ok(p, iface) {
-                            return encode(Err(reason::SPOOFED));
+                            return Err(reason::SPOOFED);
                         }
-                        if nat::xdp_icmp_error_in(ctx, p, a, ap).is_none() {
-                            return encode(Err(reason::IPV4_TRUNCATED));
-                        }
+                        nat::xdp_icmp_error_in(ctx, p, a, ap).ok_or(reason::IPV4_TRUNCATED)?;
                         // Routed to the inside host by the stack.
-                        return xdp_action::XDP_PASS;
+                        return Ok(Some(xdp_action::XDP_PASS));
                     }
                 }
             }
         }
-        return CONTINUE;
+        return Ok(None);
     }
     if let Some((a, ap)) = nat::lookup_in(settings.nat_addr, p.dport, p.proto) {
         let sport = if p.proto == ipproto::ICMP { ap } else { p.sport };
         if conntrack::lookup(&conntrack::tuple_of(p.saddr, sport, a, ap, p.proto), k.now).is_some() {
-            if nat::xdp_rewrite(ctx, p, false, a, ap).is_none() {
-                return encode(Err(reason::IPV4_TRUNCATED));
-            }
+            nat::xdp_rewrite(ctx, p, false, a, ap).ok_or(reason::IPV4_TRUNCATED)?;
             p.daddr = a;
             p.dport = ap;
             p.sport = sport;
         }
     } else if let Some((b, bp)) = nat::lookup_forward(settings.nat_addr, p.dport, p.proto) {
-        if nat::xdp_rewrite(ctx, p, false, b, bp).is_none() {
-            return encode(Err(reason::IPV4_TRUNCATED));
-        }
+        nat::xdp_rewrite(ctx, p, false, b, bp).ok_or(reason::IPV4_TRUNCATED)?;
         k.forwarded_port = p.dport;
         p.daddr = b;
         p.dport = bp;
@@ -343,26 +258,13 @@ fn dnat_in(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &mut Pkt
         k.translated = p.daddr;
         k.t = conntrack::tuple(p);
     }
-    CONTINUE
+    Ok(None)
 }
 
-/// A packet of a tracked connection: accounted, checked again against new
-/// rules, and fast-forwarded when it may be. [`CONTINUE`] when untracked.
+/// A packet of tracked connection `e`: accounted, checked again against
+/// new rules, and fast-forwarded when it may be.
 #[inline(always)]
-fn tracked(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &Pkt) -> u32 {
-    coresvc_tracked(ctx.ctx, settings, iface, k)
-}
-
-stage! {
-    /// [`tracked`] as a global BPF function.
-    coresvc_tracked(ctx, settings, iface, k: *const Pkt, as_ref) => {
-        let Some(e) = conntrack::lookup(&k.t, k.now) else { return CONTINUE };
-        encode(tracked_in(&ctx, settings, iface, k, e))
-    }
-}
-
-#[inline(always)]
-fn tracked_in(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &Pkt, e: *mut CtEntry) -> Result<u32, u32> {
+fn tracked(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &Pkt, e: *mut CtEntry) -> Result<u32, u32> {
     const PASS: u32 = xdp_action::XDP_PASS;
     let p = &k.p;
     let from_orig = conntrack::from_orig(e, &k.t);
@@ -428,17 +330,7 @@ fn tracked_in(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &Pkt,
 /// source checked, the rules asked, a forwarded flow tracked (and
 /// masqueraded) from its first packet.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &Pkt) -> u32 {
-    coresvc_new_flow(ctx.ctx, settings, iface, k)
-}
-
-stage! {
-    /// [`new_flow`] as a global BPF function.
-    coresvc_new_flow(ctx, settings, iface, k: *const Pkt, as_ref) => encode(new_flow_in(&ctx, settings, iface, k))
-}
-
-#[inline(always)]
-fn new_flow_in(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &Pkt) -> Result<u32, u32> {
+fn new_flow(ctx: &XdpContext, settings: &Settings, iface: &IfaceInfo, k: &Pkt) -> Result<u32, u32> {
     const PASS: u32 = xdp_action::XDP_PASS;
     let p = &k.p;
     if !firewall::source_ok(p, iface) {

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use coresvc_maps_schema::{
-    self as schema, CtEntry, CtKey, DnsAnswer, DnsScratch, DnsStats, FragKey, FragVerdict, IfaceInfo, NatBind, NatKey,
-    PacketCount, PktScratch, PrefixData, Rule, Settings, SrcUse,
+    self as schema, CtEntry, CtKey, DnsAnswer, DnsRrlBucket, DnsRrlConfig, DnsScratch, DnsStats, FragKey, FragVerdict,
+    IfaceInfo, NatBind, NatKey, PacketCount, PktScratch, PrefixData, Rule, Settings, SrcUse,
 };
 
 #[btf_map]
@@ -70,6 +70,12 @@ pub static FRAGS: LruHashMap<FragKey, FragVerdict, { schema::FRAGS.max_entries a
 
 #[btf_map]
 pub static PKT_SCRATCH: PerCpuArray<PktScratch, { schema::PKT_SCRATCH.max_entries as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static DNS_RRL_CFG: Array<DnsRrlConfig, { schema::DNS_RRL_CFG.max_entries as usize }> = Array::new();
+
+#[btf_map]
+pub static DNS_RRL: PerCpuArray<DnsRrlBucket, { schema::DNS_RRL.max_entries as usize }> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn settings() -> Option<&'static Settings> {

@@ -73,29 +73,6 @@ pub fn frame<C: Bounds>(ctx: &C) -> Result<Frame, u32> {
     }
 }
 
-/// [`frame`]'s outcome for XDP in one scalar, the packet written to `out`
-/// (a global BPF function: checked once, on its own).
-pub const FRAME_IPV4: u32 = 0;
-pub const FRAME_ARP: u32 = 1;
-pub const FRAME_IPV6: u32 = 2;
-pub const FRAME_DROP: u32 = 0x100;
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn coresvc_parse_xdp(ctx: *mut aya_ebpf::bindings::xdp_md, out: *mut Ip4) -> u32 {
-    // SAFETY: null or valid, from the caller's frame.
-    let Some(out) = (unsafe { out.as_mut() }) else { return FRAME_DROP };
-    match frame(&aya_ebpf::programs::XdpContext::new(ctx)) {
-        Ok(Frame::Ipv4(p)) => {
-            *out = p;
-            FRAME_IPV4
-        }
-        Ok(Frame::Arp) => FRAME_ARP,
-        Ok(Frame::Ipv6) => FRAME_IPV6,
-        Err(r) => FRAME_DROP | r,
-    }
-}
-
 /// The IPv4 packet of a frame known to carry IPv4.
 #[inline(always)]
 pub fn ipv4<C: Bounds>(ctx: &C) -> Result<Ip4, u32> {
@@ -184,46 +161,9 @@ pub fn ipv4<C: Bounds>(ctx: &C) -> Result<Ip4, u32> {
 /// The window-scale option of a TCP SYN (RFC 7323 §2.2), capped at 14, or
 /// [`NO_WSCALE`]. A BPF subprogram: only SYNs get here, and it reads with
 /// the kernel's load helper into per-CPU scratch memory (no packet bounds
-/// to prove in its loop, nothing on the stack).
-#[inline(always)]
-pub fn tcp_wscale<C: Wscale>(ctx: &C) -> u8 {
-    ctx.wscale() as u8
-}
-
-/// The option walk as a global BPF function per program type (checked
-/// once, on its own).
-pub trait Wscale {
-    fn wscale(&self) -> u32;
-}
-
-impl Wscale for aya_ebpf::programs::XdpContext {
-    #[inline(always)]
-    fn wscale(&self) -> u32 {
-        coresvc_wscale_xdp(self.ctx)
-    }
-}
-
-impl Wscale for aya_ebpf::programs::TcContext {
-    #[inline(always)]
-    fn wscale(&self) -> u32 {
-        coresvc_wscale_tc(self.skb.skb)
-    }
-}
-
-#[unsafe(no_mangle)]
+/// to prove, nothing on the stack).
 #[inline(never)]
-pub extern "C" fn coresvc_wscale_xdp(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
-    u32::from(wscale_of(&aya_ebpf::programs::XdpContext::new(ctx)))
-}
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn coresvc_wscale_tc(skb: *mut aya_ebpf::bindings::__sk_buff) -> u32 {
-    u32::from(wscale_of(&aya_ebpf::programs::TcContext::new(skb)))
-}
-
-#[inline(always)]
-fn wscale_of<C: LoadBytes>(ctx: &C) -> u8 {
+pub fn tcp_wscale<C: LoadBytes>(ctx: &C) -> u8 {
     let mut b = [0u8; 1];
     if ctx.load(L3 as u32, &mut b) != 0 {
         return NO_WSCALE;
@@ -270,7 +210,7 @@ struct Walk {
 /// One option of the walk: returns 1 (stop) at the end, or with the scale.
 #[inline(never)]
 extern "C" fn walk_step(_n: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` on `wscale_of`'s stack.
+    // SAFETY: `ctx` is the `Walk` on `tcp_wscale`'s stack.
     let w = unsafe { &mut *(ctx as *mut Walk) };
     let Some(s) = DNS_SCRATCH.get_ptr(0) else { return 1 };
     // SAFETY: this CPU's scratch memory, filled by `wscale_of`.

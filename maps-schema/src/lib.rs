@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// The version of this ABI. Stored in [`SETTINGS`] entry 0 and checked by an
 /// agent that finds pinned maps.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// The default bpffs directory holding the pins of one coresvc instance.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/coresvc";
@@ -708,7 +708,8 @@ pub struct DnsAnswer {
     /// How many entries of `ttl_at` are used.
     pub aging: u8,
     /// DNS header bytes 2 and 3 (QR, opcode, AA, RA, rcode) without RD and
-    /// CD, which come from the query.
+    /// CD, which come from the query. RD set here: the answer is for
+    /// queries with RD set only.
     pub flags: [u8; 2],
     /// ANCOUNT, NSCOUNT, ARCOUNT (network order).
     pub counts: [u8; 6],
@@ -755,6 +756,12 @@ pub struct DnsStats {
     /// Answers dropped because the entry changed while it was copied (a
     /// preallocated map reuses an entry at once); the client asks again.
     pub dropped_changed: u64,
+    /// Answers not sent: the client's prefix was over its rate
+    /// ([`DNS_RRL_CFG`]); the query is dropped.
+    pub rate_limited: u64,
+    /// Answers over the rate sent truncated instead (TC set, no records):
+    /// a real client retries over TCP.
+    pub slipped: u64,
 }
 const _: () = assert!(size_of::<DnsStats>() == 8 * dns_counter::COUNT as usize);
 
@@ -804,7 +811,11 @@ pub mod dns_counter {
     pub const NO_ROOM: u32 = 14;
     /// The entry changed while it was copied: the frame is dropped.
     pub const CHANGED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Over the rate limit: dropped.
+    pub const RATE_LIMITED: u32 = 16;
+    /// Over the rate limit: answered truncated (TC=1).
+    pub const SLIPPED: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 /// Names of the counters of [`DnsStats`], by number.
@@ -825,6 +836,8 @@ pub const DNS_COUNTER_NAMES: &[(u32, &str)] = &[
     (dns_counter::FIREWALL, "firewall"),
     (dns_counter::NO_ROOM, "no-room"),
     (dns_counter::CHANGED, "entry-changed"),
+    (dns_counter::RATE_LIMITED, "rate-limited"),
+    (dns_counter::SLIPPED, "slipped"),
 ];
 
 /// The answer cache: questions the agent answered (local data and
@@ -1008,6 +1021,66 @@ pub const PKT_SCRATCH: MapSpec = MapSpec {
     doc: "per-CPU working memory of the XDP programs (the frame being judged)",
 };
 
+// ---------------------------------------------------------------- DNS RRL
+
+/// Response rate limiting of the XDP answer cache (as Knot's and BIND's
+/// RRL): answers to one client prefix are limited to a rate with a burst
+/// (GCRA, `coresvc_common::dns::rate_limit`); over it, every `slip`-th
+/// answer goes out truncated (TC=1) and the others are dropped. Written by
+/// the agent from `[dns.rate_limit]`; `interval_ns` 0 is off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DnsRrlConfig {
+    /// Nanoseconds per answer at the sustained rate (1e9 / rate); 0: off.
+    pub interval_ns: u64,
+    /// How far ahead of the present a prefix's schedule may run: the burst
+    /// beyond the first answer, (burst - 1) * interval.
+    pub burst_ns: u64,
+    /// Every `slip`-th limited answer is sent truncated; 0: none.
+    pub slip: u32,
+    /// The IPv4 prefix mask (host order), e.g. 0xffffff00 for /24.
+    pub prefix_mask: u32,
+}
+const _: () = assert!(size_of::<DnsRrlConfig>() == 24);
+
+pub const DNS_RRL_CFG: MapSpec = MapSpec {
+    name: "DNS_RRL_CFG",
+    pin: "dns_rrl_cfg",
+    kind: MapKind::Array,
+    key_size: 4,
+    value_size: size_of::<DnsRrlConfig>() as u32,
+    max_entries: 1,
+    doc: "DNS response rate limiting of the XDP cache: rate, burst, slip, prefix (index 0)",
+};
+
+/// A client prefix's state (per CPU): a direct-mapped table, so a prefix
+/// takes over a slot another one held (sources are the segment's hosts,
+/// so few prefixes meet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DnsRrlBucket {
+    /// The theoretical arrival time of the next answer (CLOCK_MONOTONIC ns).
+    pub tat_ns: u64,
+    /// The prefix (host order) the slot holds.
+    pub prefix: u32,
+    /// Limited answers since the last slip.
+    pub limited: u32,
+}
+const _: () = assert!(size_of::<DnsRrlBucket>() == 16);
+
+/// Slots of [`DNS_RRL`] (a power of two).
+pub const DNS_RRL_SLOTS: u32 = 1024;
+
+pub const DNS_RRL: MapSpec = MapSpec {
+    name: "DNS_RRL",
+    pin: "dns_rrl",
+    kind: MapKind::PerCpuArray,
+    key_size: 4,
+    value_size: size_of::<DnsRrlBucket>() as u32,
+    max_entries: DNS_RRL_SLOTS,
+    doc: "DNS response rate limiting state per client prefix (hashed slot), per CPU",
+};
+
 /// Every map of the schema, in creation order.
 pub const ALL_MAPS: &[MapSpec] = &[
     SETTINGS,
@@ -1030,6 +1103,8 @@ pub const ALL_MAPS: &[MapSpec] = &[
     SRC_GUARD,
     FRAGS,
     PKT_SCRATCH,
+    DNS_RRL_CFG,
+    DNS_RRL,
 ];
 
 /// Maps whose size comes from the configuration (checked against it, not
@@ -1063,7 +1138,9 @@ pod!(
     SrcUse,
     FragKey,
     FragVerdict,
-    PktScratch
+    PktScratch,
+    DnsRrlConfig,
+    DnsRrlBucket
 );
 
 #[cfg(test)]

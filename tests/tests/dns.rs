@@ -200,31 +200,92 @@ fn answers_match_knot_for_the_same_zone() {
         ("0.20.10.in-addr.arpa", "SOA"),
         ("0.20.10.in-addr.arpa", "NS"),
     ];
+    let cases: Vec<(&str, &str, &[&str])> = queries
+        .iter()
+        .flat_map(|(n, t)| [&[][..], &["+edns"][..], &["+tcp"][..]].map(|extra| (*n, *t, extra)))
+        .collect();
+    assert_same_as_knot(&lab, &cases);
+}
+
+/// Every query of `cases` (name, type, kdig options) gets equivalent
+/// answers from coresvc and from the Knot on port 5300 of the gateway.
+fn assert_same_as_knot(lab: &Lab, cases: &[(&str, &str, &[&str])]) {
+    let mut mismatches = Vec::new();
+    for (name, t, extra) in cases {
+        let ours = lab.kdig("dvnt-client", GW_DVNT, name, t, extra).unwrap();
+        let mut knot_args = vec!["-p", "5300"];
+        knot_args.extend_from_slice(extra);
+        let theirs = lab.kdig("dvnt-client", GW_DVNT, name, t, &knot_args).unwrap();
+        if !same_answer(&ours, &theirs) {
+            mismatches.push(format!("{name} {t} {extra:?}:\n  coresvc {ours:?}\n  knot    {theirs:?}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{} mismatch(es):\n{}", mismatches.len(), mismatches.join("\n"));
+}
+
+/// Issue 17.13, against Knot serving the same data: a zone file's apex NS
+/// set replaces the generated one, and a local CNAME whose target is outside
+/// every zone is answered with the CNAME (NOERROR) when the client does not
+/// ask for recursion, and when following it upstream fails (no upstream
+/// runs in this test).
+#[test]
+fn zone_file_ns_and_cnames_leaving_the_zones_answer_as_knot() {
+    let mut lab = Lab::for_test().unwrap();
+    let file = lab
+        .write_file(
+            "files.example.zone",
+            "$ORIGIN files.example.\n$TTL 300\n\
+             @ IN SOA ns1.files.example. hostmaster.files.example. 7 3600 600 604800 60\n\
+             @ IN NS ns1\n@ IN NS ns2.elsewhere.example.\nns1 IN A 10.20.0.7\nwww IN A 10.20.0.8\n\
+             away IN CNAME www.example.org.\n",
+        )
+        .unwrap();
+    let cfg = config(&lab, |s| {
+        s.replace("upstream_timeout = \"2s\"", "upstream_timeout = \"1s\"")
+            + &format!("\n[[zone]]\nname = \"files.example\"\nrole = \"site\"\nfile = \"{}\"\n", file.display())
+    });
+    lab.start_agent(&AgentOpts::new(cfg)).unwrap();
+    let out = lab.coresvc(["zone", "export", "ref.deevnet.net"]).unwrap();
+    let reference = lab.write_file("ref.zone", &String::from_utf8(out.stdout).unwrap()).unwrap();
+    let _knot =
+        Knot::start(&lab, "gw", &["10.20.0.1@5300"], &[("files.example", &file), ("ref.deevnet.net", &reference)])
+            .unwrap();
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("files.example", "NS", &[]),
+        ("files.example", "NS", &["+tcp"]),
+        ("files.example", "SOA", &[]),
+        ("files.example", "ANY", &[]),
+        ("ns1.files.example", "A", &[]),
+        ("ns.files.example", "A", &[]),
+        ("www.files.example", "A", &[]),
+        ("nope.files.example", "A", &[]),
+        ("outside.ref.deevnet.net", "A", &["+norec"]),
+        ("outside.ref.deevnet.net", "AAAA", &["+norec", "+tcp"]),
+        ("outside.ref.deevnet.net", "A", &["+norec", "+edns"]),
+        ("away.files.example", "A", &["+norec"]),
+        // Recursion asked for, the upstream silent: the chase fails.
+        ("outside.ref.deevnet.net", "A", &[]),
+        ("away.files.example", "A", &["+tcp"]),
+    ];
+    assert_same_as_knot(&lab, cases);
+    assert!(dns_counter(&lab, "upstream_timeouts") >= 2, "the chases were tried upstream");
+}
+
+/// Equivalent responses: rcode, AA, TC, the three sections as record sets
+/// and EDNS present or not (RA differs by design: coresvc also recurses).
+fn same_answer(ours: &Reply, theirs: &Reply) -> bool {
     let norm = |v: &[Rr]| -> Vec<(String, String, u64, String)> {
         let mut v: Vec<_> = v.iter().map(|r| (r.name.clone(), r.rtype.clone(), r.ttl, r.rdata.clone())).collect();
         v.sort();
         v
     };
-    let mut mismatches = Vec::new();
-    for (name, t) in queries {
-        for extra in [&[][..], &["+edns"][..], &["+tcp"][..]] {
-            let ours = lab.kdig("dvnt-client", GW_DVNT, name, t, extra).unwrap();
-            let mut knot_args = vec!["-p", "5300"];
-            knot_args.extend_from_slice(extra);
-            let theirs = lab.kdig("dvnt-client", GW_DVNT, name, t, &knot_args).unwrap();
-            let same = ours.rcode == theirs.rcode
-                && ours.aa == theirs.aa
-                && ours.tc == theirs.tc
-                && norm(&ours.answers) == norm(&theirs.answers)
-                && norm(&ours.authority) == norm(&theirs.authority)
-                && norm(&ours.additional) == norm(&theirs.additional)
-                && ours.edns_size.is_some() == theirs.edns_size.is_some();
-            if !same {
-                mismatches.push(format!("{name} {t} {extra:?}:\n  coresvc {ours:?}\n  knot    {theirs:?}"));
-            }
-        }
-    }
-    assert!(mismatches.is_empty(), "{} mismatch(es):\n{}", mismatches.len(), mismatches.join("\n"));
+    ours.rcode == theirs.rcode
+        && ours.aa == theirs.aa
+        && ours.tc == theirs.tc
+        && norm(&ours.answers) == norm(&theirs.answers)
+        && norm(&ours.authority) == norm(&theirs.authority)
+        && norm(&ours.additional) == norm(&theirs.additional)
+        && ours.edns_size.is_some() == theirs.edns_size.is_some()
 }
 
 #[test]
@@ -526,6 +587,96 @@ fn identical_questions_in_flight_share_one_upstream_query() {
     assert!(dns_counter(&lab, "coalesced") >= 1);
 }
 
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Issue 17.9: dnsperf floods random names of a forwarded domain while the
+/// upstream takes every question and never answers. The agent keeps its
+/// file descriptors bounded (pooled upstream sockets, `forward_max`
+/// questions outstanding), answers the overflow SERVFAIL at once, and local
+/// names keep being answered over UDP and TCP during the flood.
+#[test]
+fn a_random_name_flood_against_a_silent_upstream_stays_bounded() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let lab = lab_with(|s| s.replace("forward_max = 150", "forward_max = 100"));
+    let pid = lab.agent_pid().unwrap();
+    // The black hole: reads every question, answers none.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let hole = {
+        let (ns, stop, seen) = (lab.ns("upstream"), stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            in_netns(&ns, move || {
+                let s = UdpSocket::bind("192.0.2.1:53")?;
+                s.set_read_timeout(Some(Duration::from_millis(100)))?;
+                let mut buf = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    if s.recv_from(&mut buf).is_ok() {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        })
+    };
+    let mut names = String::new();
+    for i in 0..60_000u64 {
+        let r = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+        names.push_str(&format!("r{r:x}-{i}.flood.example A\n"));
+    }
+    let file = lab.write_file("flood.txt", &names).unwrap();
+    let before = open_fds(pid);
+    let secs = 6;
+    let flood = lab
+        .cmd(
+            "dvnt-client",
+            ["dnsperf", "-s", GW_DVNT, "-l", &secs.to_string(), "-Q", "5000", "-c", "4", "-q", "5000", "-t", "2", "-d"],
+        )
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let (mut most, mut local_ok, mut local_asked) = (before, 0, 0);
+    while start.elapsed() < Duration::from_secs(secs) {
+        most = most.max(open_fds(pid));
+        for extra in [&[][..], &["+tcp"][..]] {
+            local_asked += 1;
+            if let Ok(r) = lab.kdig("dvnt-client", GW_DVNT, "provisioner-01.mgmt.deevnet.net", "A", extra)
+                && r.answer_texts() == ["provisioner-01.mgmt.deevnet.net. A 10.10.0.10"]
+            {
+                local_ok += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = flood.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = open_fds(pid);
+    stop.store(true, Ordering::Relaxed);
+    hole.join().unwrap().unwrap();
+    let upstream = seen.load(Ordering::Relaxed);
+    println!("fds before {before}, at most {most}, after {after}; {upstream} questions upstream\n{report}");
+    // Pooled sockets (32), retired ones still waiting (each holds one of the
+    // 100 admitted questions) and some slack for the rest of the agent.
+    assert!(most <= before + 32 + 100 + 40, "file descriptors grew from {before} to {most}");
+    assert!(after <= before + 32 + 10, "{after} file descriptors once the flood is over ({before} before)");
+    assert_eq!(local_ok, local_asked, "local names answered during the flood");
+    assert!(dns_counter(&lab, "upstream_overflow") > 1000, "the overflow was answered at once");
+    assert!(report.contains("SERVFAIL"), "dnsperf saw the SERVFAILs: {report}");
+    // At most forward_max questions per upstream timeout (2 s) reached the
+    // upstream, plus one round.
+    assert!(upstream <= 100 * (secs as usize / 2 + 2), "{upstream} questions upstream");
+    assert!(upstream >= 100, "the flood reached the upstream ({upstream})");
+    assert!(dns_counter(&lab, "upstream_queries") as usize <= 100 * (secs as usize / 2 + 2));
+}
+
 #[test]
 fn tcp_connections_are_capped_and_idle_ones_closed() {
     let lab = lab_with(|s| {
@@ -555,6 +706,233 @@ fn tcp_connections_are_capped_and_idle_ones_closed() {
     assert!(third_closed, "the connection over the cap is closed");
     assert!(idle_closed, "an idle connection is closed");
     assert!(dns_counter(&lab, "tcp_rejected") >= 1);
+}
+
+/// One framed query (TCP), and its answer read back.
+fn tcp_ask(s: &mut TcpStream, id: u16, name: &str) -> std::io::Result<u16> {
+    let q = wire_query(id, name);
+    let mut f = (q.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&q);
+    s.write_all(&f)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut m = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut m)?;
+    Ok(u16::from_be_bytes([m[0], m[1]]))
+}
+
+/// Issue 17.10: one client address gets `tcp_max_per_client` connections;
+/// more are closed at once while its others, and other clients, are served.
+#[test]
+fn tcp_connections_per_client_are_capped() {
+    let lab = lab_with(|s| s.replace("tcp_max_per_client = 16", "tcp_max_per_client = 2"));
+    let server: SocketAddr = "10.20.0.1:53".parse().unwrap();
+    let (third_closed, first_served) = in_netns(&lab.ns("dvnt-client"), move || {
+        let mut a = TcpStream::connect(server)?;
+        let _b = TcpStream::connect(server)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = TcpStream::connect(server)?;
+        c.set_read_timeout(Some(Duration::from_millis(800)))?;
+        let mut buf = [0u8; 1];
+        let third_closed = matches!(c.read(&mut buf), Ok(0) | Err(_));
+        a.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let first_served = tcp_ask(&mut a, 4242, "provisioner-01.mgmt.deevnet.net")? == 4242;
+        Ok((third_closed, first_served))
+    })
+    .unwrap();
+    assert!(third_closed, "the client's third connection is closed");
+    assert!(first_served, "its first one is still served");
+    // Another client, meanwhile.
+    let other: SocketAddr = "10.10.0.1:53".parse().unwrap();
+    let id = in_netns(&lab.ns("provisioner"), move || {
+        let mut s = TcpStream::connect_timeout(&other, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(tcp_ask(&mut s, 77, "provisioner-01.mgmt.deevnet.net")?)
+    })
+    .unwrap();
+    assert_eq!(id, 77);
+    assert!(dns_counter(&lab, "tcp_rejected_per_client") >= 1);
+    assert_eq!(dns_counter(&lab, "tcp_rejected"), 0, "not the global cap");
+}
+
+/// Issue 17.10: a client that pipelines queries and never reads the answers
+/// is closed once a write of the server's cannot complete for
+/// `tcp_write_timeout`: well within the idle timeout of the first write of
+/// its own that blocked.
+#[test]
+fn a_tcp_client_that_never_reads_is_closed() {
+    let lab = lab_with(|s| {
+        s.replace("tcp_idle_timeout = \"10s\"", "tcp_idle_timeout = \"3s\"")
+            .replace("tcp_write_timeout = \"2s\"", "tcp_write_timeout = \"1s\"")
+    });
+    let server: SocketAddr = "10.20.0.1:53".parse().unwrap();
+    let (sent, blocked_to_closed) = in_netns(&lab.ns("dvnt-client"), move || {
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+        // A small receive buffer: the answers pile up at the server.
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt with a c_int of the stated size on our socket.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        s.set_write_timeout(Some(Duration::from_millis(300)))?;
+        let mut chunk = Vec::new();
+        for id in 0..200u16 {
+            let q = wire_query(id, "provisioner-01.mgmt.deevnet.net");
+            chunk.extend_from_slice(&(q.len() as u16).to_be_bytes());
+            chunk.extend_from_slice(&q);
+        }
+        let start = std::time::Instant::now();
+        let (mut sent, mut blocked) = (0usize, None);
+        while start.elapsed() < Duration::from_secs(15) {
+            match s.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    blocked.get_or_insert_with(std::time::Instant::now);
+                }
+                // Reset or broken: the server closed it.
+                Err(_) => return Ok((sent, blocked.map(|b| b.elapsed()))),
+            }
+        }
+        Ok((sent, None))
+    })
+    .unwrap();
+    let took = blocked_to_closed.unwrap_or_else(|| panic!("still open after 15 s ({sent} bytes of queries sent)"));
+    assert!(took < Duration::from_secs(3), "closed {took:?} after the client's writes blocked");
+    assert!(dns_counter(&lab, "tcp_write_timeouts") >= 1);
+    // The service is fine.
+    assert_eq!(
+        lab.kdig("dvnt-client", GW_DVNT, "provisioner-01.mgmt.deevnet.net", "A", &["+tcp"]).unwrap().answers.len(),
+        1
+    );
+}
+
+/// What a burst of UDP queries from one client got back.
+#[derive(Debug, Default)]
+struct Burst {
+    sent: usize,
+    answered: usize,
+    truncated: usize,
+    secs: f64,
+}
+
+/// Sends `n` queries for `name` to `server` from `node` as fast as it can,
+/// then collects the replies for a second.
+fn burst(lab: &Lab, node: &str, server: &str, name: &'static str, n: usize) -> Burst {
+    let to: SocketAddr = format!("{server}:53").parse().unwrap();
+    in_netns(&lab.ns(node), move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let start = std::time::Instant::now();
+        let mut b = Burst { sent: n, ..Default::default() };
+        let mut buf = [0u8; 1500];
+        let mut take = |s: &UdpSocket, b: &mut Burst| {
+            while let Ok((len, _)) = s.recv_from(&mut buf) {
+                if len < 12 {
+                    continue;
+                }
+                if buf[2] & 0x02 != 0 {
+                    assert_eq!(&buf[6..12], &[0; 6], "a truncated answer has no records");
+                    b.truncated += 1;
+                } else {
+                    b.answered += 1;
+                }
+            }
+        };
+        // In rounds of 20, reading what came back in between (no socket
+        // buffer overflows on either side).
+        s.set_read_timeout(Some(Duration::from_millis(2)))?;
+        for id in 0..n {
+            s.send_to(&wire_query(id as u16, name), to)?;
+            if id % 20 == 19 {
+                take(&s, &mut b);
+            }
+        }
+        b.secs = start.elapsed().as_secs_f64();
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        take(&s, &mut b);
+        Ok(b)
+    })
+    .unwrap()
+}
+
+/// Issue 17.11 in the lab: one client floods (a burst of its own, then
+/// kxdpgun) with response rate limiting at 50 answers/s per /24, slip 2:
+/// the XDP cache and then the agent (cache off) answer about the rate, send
+/// truncated answers (TC) for every second limited one and drop the rest,
+/// counted; a client of another segment is answered all along, and the
+/// limited one still gets its answers over TCP.
+#[test]
+fn response_rate_limiting_in_the_xdp_cache_and_the_agent() {
+    let mut lab = Lab::for_test().unwrap();
+    let cfg = config(&lab, |s| s.replace("responses_per_second = 0 ", "responses_per_second = 50 "));
+    lab.start_agent(&AgentOpts::new(cfg.clone())).unwrap();
+    let name = "provisioner-01.mgmt.deevnet.net";
+    let well_behaved = |lab: &Lab| {
+        for _ in 0..3 {
+            let r = lab.kdig("dvntm-client", "10.30.0.1", name, "A", &[]).unwrap();
+            assert_eq!(r.answers.len(), 1, "another prefix is answered: {r:?}");
+            assert!(!r.tc);
+        }
+        let r = lab.kdig("dvnt-client", GW_DVNT, name, "A", &["+tcp"]).unwrap();
+        assert_eq!(r.answers.len(), 1, "TCP is never limited");
+    };
+    // Warm the XDP cache; wait for the bucket to fill again.
+    ask(&lab, name, "A");
+    std::thread::sleep(Duration::from_secs(2));
+    let b = burst(&lab, "dvnt-client", GW_DVNT, name, 2000);
+    println!("XDP: {b:?}");
+    // The burst (50), the rate while it lasted, on each CPU at most.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    assert!(b.answered as f64 <= cpus * (50.0 + 50.0 * b.secs) + 5.0, "{b:?}");
+    assert!(b.answered >= 40, "the burst was answered: {b:?}");
+    assert!(b.truncated >= 500, "every second limited answer slips: {b:?}");
+    assert!(b.answered + b.truncated < b.sent - 500, "the rest were dropped: {b:?}");
+    let limited = xdp_counter(&lab, "dvnt", "rate_limited");
+    assert!(limited >= 500 && xdp_counter(&lab, "dvnt", "slipped") >= 500, "counted in the program");
+    well_behaved(&lab);
+    // kxdpgun from the same client for two seconds.
+    let qfile = lab.write_file("rrl-queries.txt", &format!("{name} A\n")).unwrap();
+    let mac = String::from_utf8(lab.exec("gw", ["cat", "/sys/class/net/dvnt0/address"]).unwrap().stdout).unwrap();
+    let out = lab
+        .cmd("dvnt-client", ["kxdpgun", "-t", "2", "-Q", "20000", "-I", "eth0", "-R", mac.trim(), "-i"])
+        .arg(&qfile)
+        .arg(GW_DVNT)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kxdpgun: {text}{}", String::from_utf8_lossy(&out.stderr));
+    println!("kxdpgun:\n{text}");
+    let more = xdp_counter(&lab, "dvnt", "rate_limited") - limited;
+    assert!(more >= 10_000, "kxdpgun's flood was limited ({more} more):\n{text}");
+    well_behaved(&lab);
+    // The agent alone (the XDP cache off).
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("dns_cache = true", "dns_cache = false");
+    std::fs::write(&cfg, text).unwrap();
+    let out = lab.coresvc(["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = burst(&lab, "dvnt-client", GW_DVNT, name, 2000);
+    println!("agent: {b:?}");
+    println!("agent counters {}", lab.status_json().unwrap()["dns"]["counters"]);
+    println!(
+        "{}",
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("responses_per") || l.contains("dns_cache"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(b.answered as f64 <= 50.0 + 50.0 * b.secs + 5.0, "{b:?}");
+    assert!(b.answered >= 40 && b.truncated >= 500, "{b:?}");
+    assert!(dns_counter(&lab, "rate_limited") >= 500 && dns_counter(&lab, "rate_limit_slipped") >= 500);
+    well_behaved(&lab);
 }
 
 // ---------------------------------------------------------------- XDP cache

@@ -65,19 +65,30 @@ data = '"0123456789012345678901234567890123456789012345678901234567890123456789"
 
 impl Setup {
     fn new() -> Self {
-        let cfg = config(LARGE);
+        Self::with(LARGE)
+    }
+
+    /// With `extra` zone data (TOML) instead of LARGE.
+    fn with(extra: &str) -> Self {
+        let cfg = config(extra);
         let mut fw = Fw::new(&cfg, 1024);
         fw.set_flag(SETTINGS_F_DNS_CACHE, true);
         let cache = fw.ebpf.take_map(schema::DNS_CACHE.name).unwrap();
         let epochs = fw.ebpf.take_map(schema::DNS_EPOCHS.name).unwrap();
+        let rrl = fw.ebpf.take_map(schema::DNS_RRL_CFG.name).unwrap();
         let dns = Dns::new(&cfg).unwrap();
-        dns.attach_xdp(Arc::new(XdpCache::from_maps(cache, epochs, true).unwrap())).unwrap();
+        let x = XdpCache::from_maps(cache, epochs, true).unwrap().with_rate_limit_map(rrl).unwrap();
+        dns.attach_xdp(Arc::new(x)).unwrap();
         Setup { fw, dns, cfg, gw_mac: mac_of("d_dvnt") }
     }
 
     /// A query from the dvnt client to its gateway's DNS service.
     fn frame(&self, payload: &[u8], sport: u16) -> Vec<u8> {
-        let (c, g) = (ip(CLIENT), ip(GW));
+        self.frame_from(CLIENT, payload, sport)
+    }
+
+    fn frame_from(&self, client: &str, payload: &[u8], sport: u16) -> Vec<u8> {
+        let (c, g) = (ip(client), ip(GW));
         frames::ipv4(CLIENT_MAC, self.gw_mac, c, g, 17, 64, 0, &frames::udp(c, sport, g, 53, payload))
     }
 
@@ -214,7 +225,7 @@ fn xdp_answers_equal_the_agents_byte_for_byte() {
             Some(Opt { payload: 512, dnssec_ok: false, cookie: true }),
         ];
         let mut seen = HashSet::new();
-        let mut answered = 0;
+        let (mut answered, mut asked_agent) = (0, 0);
         for (i, (name, t)) in corpus.iter().enumerate() {
             for (j, o) in opts.iter().enumerate() {
                 let what = format!("{name} {t} {}", if o.is_some() { "edns" } else { "" });
@@ -231,6 +242,19 @@ fn xdp_answers_equal_the_agents_byte_for_byte() {
                 // Another client asks with another case, ID and flags: the agent fills the cache.
                 s.agent(&query(id ^ 0x5555, &mix_case(name, i + j + 1), *t, *o));
                 let reference = s.agent(&asked);
+                asked_agent += 2;
+                if name.starts_with("outside.") && !id.is_multiple_of(2) {
+                    // A chain followed upstream, asked without RD: the agent
+                    // answers with the local CNAME alone; the cache's entry
+                    // (filled for RD=1) is not for this query.
+                    let m = Message::from_vec(&reference).unwrap();
+                    assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 1), "{what}");
+                    let misses = s.stat(counter::MISSES);
+                    let (v, out) = s.xdp(&frame);
+                    assert_eq!((v, &out), (PASS, &frame), "{what}: RD=0 is the agent's");
+                    assert_eq!(s.stat(counter::MISSES), misses + 1, "{what}");
+                    continue;
+                }
                 let at = Instant::now();
                 let (v, out) = s.xdp(&frame);
                 assert_eq!(v, TX, "{what}: answered from the cache");
@@ -249,7 +273,7 @@ fn xdp_answers_equal_the_agents_byte_for_byte() {
         // The DNS service's own query counter saw none of the answers above.
         assert_eq!(
             s.dns.resolver.stats.snapshot().queries_udp,
-            2 * answered + 1,
+            asked_agent + 1,
             "the agent answered only what it was asked directly"
         );
         let _ = std::fs::remove_dir_all(&s.cfg.agent.state_dir);
@@ -495,5 +519,113 @@ fn changes_invalidate_entries_before_they_return() {
         for c in [&s.cfg.agent.state_dir, &deny.agent.state_dir, &by_prefix.agent.state_dir] {
             let _ = std::fs::remove_dir_all(c);
         }
+    });
+}
+
+/// Issue 17.11 in the program: over the client prefix's rate the cache's
+/// answers are dropped, every slip-th sent truncated (TC, the question and
+/// nothing else, checksums right), counted; another prefix is answered;
+/// off again, everything is.
+#[test]
+fn the_xdp_cache_limits_answers_per_prefix() {
+    in_fib_ns(|| {
+        let mut s = Setup::new();
+        let limit = |rate: u32, burst: u32, prefix: u8| coresvc::config::RateLimit {
+            responses_per_second: rate,
+            burst,
+            slip: 2,
+            ipv4_prefix_length: prefix,
+            ..Default::default()
+        };
+        // One answer per second, four at once, per /32 (so that a second
+        // host of the segment is another prefix).
+        s.dns.resolver.set_rate_limit(&limit(1, 4, 32));
+        let q = query(
+            0x4242,
+            "provisioner-01.mgmt.deevnet.net.",
+            RecordType::A,
+            Some(Opt { payload: 1232, dnssec_ok: false, cookie: false }),
+        );
+        s.agent(&q);
+        let f = s.frame(&q, 40500);
+        let mut verdicts = Vec::new();
+        let mut slipped = Vec::new();
+        for _ in 0..10 {
+            let (v, out) = s.xdp(&f);
+            if v == TX && out.len() < f.len() {
+                slipped.push(out);
+                verdicts.push("slip");
+            } else {
+                verdicts.push(match v {
+                    TX => "answer",
+                    DROP => "drop",
+                    _ => "pass",
+                });
+            }
+        }
+        assert_eq!(
+            verdicts,
+            ["answer", "answer", "answer", "answer", "drop", "slip", "drop", "slip", "drop", "slip"],
+            "a burst of four, then every second one slips"
+        );
+        assert_eq!((s.stat(counter::RATE_LIMITED), s.stat(counter::SLIPPED)), (3, 3));
+        let qf = frames::parse(&f);
+        for out in &slipped {
+            let p = frames::parse(out);
+            assert!(p.all_ok(), "checksums: {p:?}");
+            assert_eq!((p.src, p.dst, p.sport, p.dport), (qf.dst, qf.src, 53, qf.sport));
+            let m = Message::from_vec(&out[42..]).unwrap();
+            assert!(m.metadata.truncation && m.metadata.message_type == MessageType::Response);
+            assert_eq!((m.metadata.id, m.answers.len(), m.authorities.len(), m.additionals.len()), (0x4242, 0, 0, 0));
+            assert_eq!(&out[42 + 12..], &q[12..q.len() - 11], "the question as asked");
+        }
+        // Another host (another /32) is answered.
+        let other = s.frame_from("10.20.0.51", &q, 40501);
+        assert_eq!(s.xdp(&other).0, TX);
+        // Per /24 it is the same prefix, and over its rate.
+        s.dns.resolver.set_rate_limit(&limit(1, 1, 24));
+        let (_, out) = s.xdp(&other);
+        assert_eq!(s.xdp(&other).0, DROP, "the segment's /24 is over its rate ({})", out.len());
+        // Off: answered.
+        s.dns.resolver.set_rate_limit(&limit(0, 0, 24));
+        for _ in 0..5 {
+            let (v, out) = s.xdp(&f);
+            assert_eq!((v, out.len() > f.len()), (TX, true));
+        }
+        let _ = std::fs::remove_dir_all(&s.cfg.agent.state_dir);
+    });
+}
+
+/// With the XDP cache on, the agent's kept answers serve only what the
+/// program cannot hold (here an answer over 512 bytes); an answer the
+/// program takes is computed again on every miss, which refills the cache.
+#[test]
+fn kept_answers_leave_to_the_xdp_cache_what_it_holds() {
+    in_fib_ns(|| {
+        // Answers of over 512 bytes: more than an entry of the program's holds.
+        let huge: String = (0..8)
+            .map(|i| format!("[[zone.record]]\nname = \"huge\"\ntype = \"TXT\"\ndata = '\"{i}{}\"'\n", "x".repeat(90)))
+            .collect();
+        let s = Setup::with(&huge);
+        let r = &s.dns.resolver;
+        let mut kept = coresvc::dns::answers::AnswerCache::new(16);
+        let mut out = Vec::new();
+        let client = IpAddr::V4(ip(CLIENT));
+        let edns = Some(Opt { payload: 1232, dnssec_ok: false, cookie: false });
+        let serve = |kept: &mut coresvc::dns::answers::AnswerCache, out: &mut Vec<u8>, q: &[u8]| {
+            let before = r.stats.snapshot().answered_kept;
+            assert!(matches!(r.serve(q, client, Transport::Udp, kept, out), coresvc::dns::handler::Served::Replied));
+            kept.flush(&r.stats);
+            r.stats.snapshot().answered_kept - before
+        };
+        let small = query(2, "provisioner-01.mgmt.deevnet.net.", RecordType::A, edns);
+        let large = query(2, "huge.ref.deevnet.net.", RecordType::TXT, edns);
+        assert_eq!(serve(&mut kept, &mut out, &small), 0);
+        assert!(s.dns.resolver.xdp().unwrap().get(&key_of(&small).unwrap().key).is_some(), "in the XDP cache");
+        assert_eq!(serve(&mut kept, &mut out, &small), 0, "a miss of the program's is computed again");
+        assert_eq!(serve(&mut kept, &mut out, &large), 0);
+        assert!(out.len() > 512 && s.dns.resolver.xdp().unwrap().get(&key_of(&large).unwrap().key).is_none());
+        assert_eq!(serve(&mut kept, &mut out, &large), 1, "what the program cannot hold is the agent's to copy");
+        let _ = std::fs::remove_dir_all(&s.cfg.agent.state_dir);
     });
 }

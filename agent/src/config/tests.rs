@@ -472,3 +472,37 @@ fn quotas_larger_than_what_they_share_are_refused() {
     let c = Config::parse_str(&format!("{BASE}\n[dataplane]\nconntrack_max = 4096\n"), "t.toml").unwrap();
     assert_eq!((c.dataplane.flow_quota(), c.nat.port_quota()), (512, 3192), "the defaults: an eighth, a quarter");
 }
+
+#[test]
+fn dns_limits_are_checked() {
+    assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));
+    assert_eq!("16MiB".parse::<ByteSize>().unwrap(), ByteSize(16 << 20));
+    assert_eq!("1 GiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 30));
+    assert_eq!("4096".parse::<ByteSize>().unwrap(), ByteSize(4096));
+    assert!("12MB".parse::<ByteSize>().is_err());
+    let text = format!("{BASE}[dns]\ncache_bytes = \"1MiB\"\n");
+    assert_eq!(Config::parse_str(&text, "t.toml").unwrap().dns.cache_bytes, ByteSize(1 << 20));
+    assert_one(&problems("[dns]\ncache_bytes = 1000\n"), "dns.cache_bytes", &["too small", "64KiB"]);
+    assert_one(&problems("[dns]\nforward_max = 0\n"), "dns.forward_max", &["1 to 10000"]);
+    assert_one(&problems("[dns]\nupstream_sockets = 5000\n"), "dns.upstream_sockets", &["1 to 1024"]);
+    assert_one(&problems("[dns]\ntcp_max_per_client = 0\n"), "dns.tcp_max_per_client", &["at least one"]);
+    assert_one(&problems("[dns]\ntcp_write_timeout = 0\n"), "dns.tcp_write_timeout", &["at least 1 second"]);
+    assert_one(
+        &problems("[dns.rate_limit]\nslip = 11\n"),
+        "dns.rate_limit.slip",
+        &["0 (drop every limited answer) to 10"],
+    );
+    assert_one(
+        &problems("[dns.rate_limit]\nipv4_prefix_length = 33\n"),
+        "dns.rate_limit.ipv4_prefix_length",
+        &["8 to 32"],
+    );
+    assert_one(
+        &problems("[dns.rate_limit]\nresponses_per_second = 2000000\n"),
+        "dns.rate_limit.responses_per_second",
+        &["1 to 1000000"],
+    );
+    let text = format!("{BASE}[dns.rate_limit]\nresponses_per_second = 50\n");
+    let rl = Config::parse_str(&text, "t.toml").unwrap().dns.rate_limit;
+    assert_eq!((rl.responses_per_second, rl.slip, rl.ipv4_prefix_length), (50, 2, 24));
+}

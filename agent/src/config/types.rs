@@ -228,16 +228,58 @@ pub struct DnsSection {
     pub forwards: Vec<Forward>,
     /// Entries in the answer cache.
     pub cache_size: u32,
+    /// Bytes the answer cache may hold (records and their bookkeeping);
+    /// the least recently used entries go first.
+    pub cache_bytes: ByteSize,
     /// Upper bound on cached TTLs.
     pub max_ttl: Duration,
     /// Upper bound on cached negative answers (RFC 2308).
     pub max_negative_ttl: Duration,
     /// Time to wait for one upstream before trying the next.
     pub upstream_timeout: Duration,
+    /// Questions outstanding upstream at most (as dnsmasq's
+    /// dns-forward-max); queries beyond get SERVFAIL at once.
+    pub forward_max: u32,
+    /// Pooled UDP sockets for upstream questions, per address family (each
+    /// on a random port, renewed as it is used).
+    pub upstream_sockets: u32,
     /// A TCP connection without a complete query for this long is closed.
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most (all addresses together).
     pub tcp_max_connections: u32,
+    /// Open TCP connections at most from one client address.
+    pub tcp_max_per_client: u32,
+    /// A TCP write (answers to a client that does not read them) that takes
+    /// longer closes the connection; at most `tcp_idle_timeout` applies.
+    pub tcp_write_timeout: Duration,
+    /// Response rate limiting of UDP answers (agent and XDP cache).
+    pub rate_limit: RateLimit,
+}
+
+/// Response rate limiting (as Knot's and BIND's RRL): UDP answers to one
+/// client prefix at most at a rate, with a burst; over it every `slip`-th
+/// answer is sent truncated (TC set) so real clients retry over TCP, the
+/// others are dropped. TCP is never limited (its sources cannot be forged).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Answers per second per prefix; 0 turns rate limiting off (the
+    /// default, as in Knot and BIND).
+    pub responses_per_second: u32,
+    /// Answers a prefix may get at once; 0 means `responses_per_second`.
+    pub burst: u32,
+    /// Every `slip`-th limited answer goes out truncated; 0 drops all,
+    /// 1 truncates all.
+    pub slip: u32,
+    /// Clients are counted by prefix: /24 for IPv4, /56 for IPv6.
+    pub ipv4_prefix_length: u8,
+    pub ipv6_prefix_length: u8,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit { responses_per_second: 0, burst: 0, slip: 2, ipv4_prefix_length: 24, ipv6_prefix_length: 56 }
+    }
 }
 
 impl Default for DnsSection {
@@ -247,11 +289,17 @@ impl Default for DnsSection {
             upstreams: Vec::new(),
             forwards: Vec::new(),
             cache_size: 10_000,
+            cache_bytes: ByteSize(16 << 20),
             max_ttl: Duration(86_400),
             max_negative_ttl: Duration(3_600),
             upstream_timeout: Duration(2),
+            forward_max: 150,
+            upstream_sockets: 32,
             tcp_idle_timeout: Duration(10),
             tcp_max_connections: 256,
+            tcp_max_per_client: 16,
+            tcp_write_timeout: Duration(2),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -287,7 +335,8 @@ pub struct Zone {
     /// a trailing dot); default: `ns` in the zone, at the gateway address.
     #[serde(default)]
     pub ns: Vec<String>,
-    /// An RFC 1035 zone file whose records are merged into the zone.
+    /// An RFC 1035 zone file whose records are merged into the zone; its
+    /// SOA and apex NS set, when it has them, replace the generated ones.
     pub file: Option<PathBuf>,
     #[serde(default, rename = "host")]
     pub hosts: Vec<Host>,
@@ -833,6 +882,44 @@ impl FromStr for Duration {
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
         n.checked_mul(mult).and_then(|v| u32::try_from(v).ok()).map(Duration).ok_or_else(bad)
+    }
+}
+
+/// A size in bytes, written as an integer (`65536`) or with a binary unit
+/// (`"64KiB"`, `"16MiB"`, `"1GiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("bytes as an integer, or a string like \"64KiB\", \"16MiB\", \"1GiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom(format!("{v} is not a size in bytes")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a size: use bytes, or a number with KiB, MiB or GiB");
+        let (num, shift) = [("KiB", 10), ("MiB", 20), ("GiB", 30)]
+            .iter()
+            .find_map(|(unit, shift)| s.strip_suffix(unit).map(|n| (n.trim(), *shift)))
+            .unwrap_or((s, 0));
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        n.checked_mul(1 << shift).map(ByteSize).ok_or_else(bad)
     }
 }
 

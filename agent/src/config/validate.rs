@@ -554,8 +554,69 @@ impl<'a> Validator<'a> {
         if c.dns.tcp_idle_timeout.secs() == 0 {
             self.err(cfg_path!("dns", "tcp_idle_timeout"), "use at least 1 second");
         }
+        if c.dns.tcp_max_per_client == 0 {
+            self.err(
+                cfg_path!("dns", "tcp_max_per_client"),
+                "allow at least one TCP connection per client; use e.g. 16",
+            );
+        }
+        if c.dns.tcp_write_timeout.secs() == 0 {
+            self.err(cfg_path!("dns", "tcp_write_timeout"), "use at least 1 second, e.g. \"2s\"");
+        }
         if c.dns.cache_size == 0 {
             self.err(cfg_path!("dns", "cache_size"), "the cache needs at least one entry; use e.g. 10000");
+        }
+        if !(1..=10_000).contains(&c.dns.forward_max) {
+            self.err(
+                cfg_path!("dns", "forward_max"),
+                format!(
+                    "{} is not a usable cap on questions outstanding upstream; use 1 to 10000, e.g. 150",
+                    c.dns.forward_max
+                ),
+            );
+        }
+        if !(1..=1024).contains(&c.dns.upstream_sockets) {
+            self.err(
+                cfg_path!("dns", "upstream_sockets"),
+                format!("{} is not a usable pool of upstream sockets; use 1 to 1024, e.g. 32", c.dns.upstream_sockets),
+            );
+        }
+        let rl = &c.dns.rate_limit;
+        if rl.responses_per_second > 1_000_000 {
+            self.err(
+                cfg_path!("dns", "rate_limit", "responses_per_second"),
+                format!(
+                    "{} is beyond what rate limiting measures; use 1 to 1000000 (or 0: off)",
+                    rl.responses_per_second
+                ),
+            );
+        }
+        if rl.burst > 1_000_000 {
+            self.err(
+                cfg_path!("dns", "rate_limit", "burst"),
+                format!("{} is too large; use up to 1000000 (0: the rate)", rl.burst),
+            );
+        }
+        if rl.slip > 10 {
+            self.err(
+                cfg_path!("dns", "rate_limit", "slip"),
+                format!("{} is not a slip; use 0 (drop every limited answer) to 10, e.g. 2", rl.slip),
+            );
+        }
+        if !(8..=32).contains(&rl.ipv4_prefix_length) {
+            self.err(cfg_path!("dns", "rate_limit", "ipv4_prefix_length"), "use a prefix length of 8 to 32, e.g. 24");
+        }
+        if !(16..=128).contains(&rl.ipv6_prefix_length) {
+            self.err(cfg_path!("dns", "rate_limit", "ipv6_prefix_length"), "use a prefix length of 16 to 128, e.g. 56");
+        }
+        if c.dns.cache_bytes.0 < 64 * 1024 {
+            self.err(
+                cfg_path!("dns", "cache_bytes"),
+                format!(
+                    "{} bytes is too small for a cache of answers; use at least \"64KiB\", e.g. \"16MiB\"",
+                    c.dns.cache_bytes.0
+                ),
+            );
         }
         if c.dataplane.dns_cache == Some(true) && !c.dns.enabled {
             self.err(

@@ -540,6 +540,25 @@ impl Dataplane {
         {
             remove_iface(&mut self.ebpf, old)?;
         }
+        // The entry first: a program that starts judging this interface
+        // (a new attach) finds its configuration from the first frame.
+        let mut info = IfaceInfo {
+            role: spec.role.code(),
+            segment: spec.segment_index,
+            ipv4: spec.address.map(|a| a.addr().octets()).unwrap_or_default(),
+            prefix_len: spec.address.map(|a| a.prefix_len()).unwrap_or(0),
+            cidr: spec.cidr.map(|c| c.network().octets()).unwrap_or_default(),
+            cidr_len: spec.cidr.map(|c| c.prefix_len()).unwrap_or(0),
+            _pad: [0; 3],
+            attach_mode: prev_mode.map(AttachMode::code).unwrap_or(0),
+            flags: if spec.nat { schema::IFACE_F_NAT } else { 0 },
+            stats_slot: self.stats_slot(
+                &spec.name,
+                previous.get(&ifindex).map(|i| i.stats_slot),
+                previous.iter().filter(|(i, _)| **i != ifindex).map(|(_, p)| p.stats_slot),
+            )?,
+        };
+        set_iface(&mut self.ebpf, ifindex, info)?;
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut(spec.role.program())
@@ -552,23 +571,10 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("program egress missing"))?
             .try_into()?;
         attach::egress(tc, &self.pin_dir, &spec.name, ifindex)?;
-        let info = IfaceInfo {
-            role: spec.role.code(),
-            segment: spec.segment_index,
-            ipv4: spec.address.map(|a| a.addr().octets()).unwrap_or_default(),
-            prefix_len: spec.address.map(|a| a.prefix_len()).unwrap_or(0),
-            cidr: spec.cidr.map(|c| c.network().octets()).unwrap_or_default(),
-            cidr_len: spec.cidr.map(|c| c.prefix_len()).unwrap_or(0),
-            _pad: [0; 3],
-            attach_mode: mode.code(),
-            flags: if spec.nat { schema::IFACE_F_NAT } else { 0 },
-            stats_slot: self.stats_slot(
-                &spec.name,
-                previous.get(&ifindex).map(|i| i.stats_slot),
-                previous.iter().filter(|(i, _)| **i != ifindex).map(|(_, p)| p.stats_slot),
-            )?,
-        };
-        set_iface(&mut self.ebpf, ifindex, info)?;
+        if info.attach_mode != mode.code() {
+            info.attach_mode = mode.code();
+            set_iface(&mut self.ebpf, ifindex, info)?;
+        }
         // Only now, with the programs attached and the entry written, does
         // the kernel forward what arrives here.
         crate::routing::set_forwarding(&spec.name, true)?;
@@ -858,6 +864,11 @@ pub struct DnsSegmentCounters {
     pub invalidated: u64,
     /// Queries passed to the DNS service, by reason (`schema::DNS_COUNTER_NAMES`).
     pub passes: BTreeMap<String, u64>,
+    /// Answers dropped, and sent truncated, over `dns.rate_limit`.
+    #[serde(default)]
+    pub rate_limited: u64,
+    #[serde(default)]
+    pub slipped: u64,
 }
 
 impl DnsSegmentCounters {
@@ -865,7 +876,7 @@ impl DnsSegmentCounters {
         use schema::dns_counter as c;
         let passes = schema::DNS_COUNTER_NAMES
             .iter()
-            .filter(|(n, _)| *n >= c::NOT_QUERY)
+            .filter(|(n, _)| (c::NOT_QUERY..c::RATE_LIMITED).contains(n))
             .map(|(n, name)| (name.to_string(), s.get(*n)))
             .collect();
         DnsSegmentCounters {
@@ -875,6 +886,8 @@ impl DnsSegmentCounters {
             expired: s.get(c::EXPIRED),
             invalidated: s.get(c::INVALIDATED),
             passes,
+            rate_limited: s.get(c::RATE_LIMITED),
+            slipped: s.get(c::SLIPPED),
         }
     }
 }

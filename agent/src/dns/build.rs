@@ -11,7 +11,7 @@ use std::{
 
 use hickory_proto::{
     rr::{
-        Name, RData, Record, RecordType,
+        LowerName, Name, RData, Record, RecordType,
         rdata::{A, AAAA, CNAME, NS, PTR, SOA},
     },
     serialize::txt::Parser,
@@ -198,9 +198,13 @@ fn build_zone(cfg: &Config, z: &config::Zone, serial: u32, mgmt: &[Name]) -> Res
         let path = cfg.resolve_path(f);
         match parse_zone_file(&path, &apex) {
             Ok(recs) => {
-                if recs.iter().any(|r| r.record_type() == RecordType::SOA) {
-                    // The file's SOA replaces the generated one.
-                    b.zone.remove(&origin, RecordType::SOA, None);
+                // The file's SOA and apex NS set replace the generated ones
+                // (a zone has one SOA and one NS set at its apex: the data
+                // a file brings is the zone's own).
+                for t in [RecordType::SOA, RecordType::NS] {
+                    if recs.iter().any(|r| r.record_type() == t && LowerName::new(&r.name) == LowerName::new(&origin)) {
+                        b.zone.remove(&origin, t, None);
+                    }
                 }
                 for rec in recs {
                     b.add(rec, &format!("file {}", path.display()));
@@ -209,22 +213,28 @@ fn build_zone(cfg: &Config, z: &config::Zone, serial: u32, mgmt: &[Name]) -> Res
             Err(e) => b.problem(e),
         }
     }
-    // Default name server: `ns.<zone>` at the gateway of the segments using the zone.
-    if z.ns.is_empty() {
-        let ns_owner = origin.prepend_label("ns").expect("a valid label");
-        if !b.zone.nodes.contains_key(&(&ns_owner).into()) {
-            let mut addrs: Vec<Ipv4Addr> = cfg
-                .segments
-                .iter()
-                .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(&apex)))
-                .map(|s| s.gateway)
-                .collect();
-            if addrs.is_empty() {
-                addrs = cfg.segments.iter().map(|s| s.gateway).take(1).collect();
-            }
-            for a in addrs {
-                b.add(Record::from_rdata(ns_owner.clone(), ttl, RData::A(A(a))), "default ns");
-            }
+    // Default name server: `ns.<zone>` at the gateway of the segments using
+    // the zone, when no `ns` is configured, the apex NS set still names it
+    // (a zone file's may not) and nothing else defines it.
+    let ns_owner = origin.prepend_label("ns").expect("a valid label");
+    let named = b
+        .zone
+        .nodes
+        .get(&LowerName::new(&origin))
+        .and_then(|n| n.get(RecordType::NS))
+        .is_some_and(|set| set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner)));
+    if z.ns.is_empty() && named && !b.zone.nodes.contains_key(&(&ns_owner).into()) {
+        let mut addrs: Vec<Ipv4Addr> = cfg
+            .segments
+            .iter()
+            .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(&apex)))
+            .map(|s| s.gateway)
+            .collect();
+        if addrs.is_empty() {
+            addrs = cfg.segments.iter().map(|s| s.gateway).take(1).collect();
+        }
+        for a in addrs {
+            b.add(Record::from_rdata(ns_owner.clone(), ttl, RData::A(A(a))), "default ns");
         }
     }
     if let Err(e) = b.zone.finish() {
@@ -422,6 +432,36 @@ mod tests {
         assert!(parse_record("z.example", "@", "MX", "ten mail", 60).is_err());
         let r = parse_record("z.example", "@", "TXT", "\"a b\" c", 60).unwrap();
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_zone_files_apex_ns_set_replaces_the_generated_one() {
+        let dir = std::env::temp_dir().join(format!("coresvc-zone-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("files.zone");
+        std::fs::write(&f, "$TTL 60\n@ IN NS ns1.elsewhere.example.\n@ IN NS ns2\nns2 IN A 10.20.0.7\n").unwrap();
+        let mut cfg = example();
+        cfg.zones.push(config::Zone {
+            name: "files.example".into(),
+            role: ZoneRole::Site,
+            ttl: config::Duration(300),
+            soa: config::Soa::default(),
+            ns: vec![],
+            hosts: vec![],
+            services: vec![],
+            records: vec![],
+            file: Some(f),
+        });
+        let c = build(&cfg, 1).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = c.lookup(&n("files.example."), RecordType::NS).unwrap();
+        let mut ns: Vec<String> = a.answers.iter().map(|r| r.data.to_string()).collect();
+        ns.sort();
+        assert_eq!(ns, ["ns1.elsewhere.example.", "ns2.files.example."], "only the file's NS set");
+        assert_eq!(a.additionals.len(), 1, "ns2's address: {a:?}");
+        // The generated ns.<zone> went with the generated NS record.
+        let a = c.lookup(&n("ns.files.example."), RecordType::A).unwrap();
+        assert_eq!(a.rcode, ResponseCode::NXDomain);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The answer cache for forwarded names: TTLs respected (with caps), negative
-//! answers cached per RFC 2308, bounded in entries (least recently used
-//! first out).
+//! answers cached per RFC 2308, bounded in entries and in bytes (least
+//! recently used first out). An entry's bytes are its records' wire size
+//! plus what each record, the entry and the key take in memory: an
+//! upstream's large answers cannot grow the cache past its byte bound.
 //!
 //! Time is CLOCK_MONOTONIC in nanoseconds ([`now_ns`]), the clock of the XDP
 //! programs (`bpf_ktime_get_ns`): an entry's `stored_ns` and `expires_ns` go
@@ -9,11 +11,18 @@
 //! program stops serving an entry up to 20 ms before its expiry (it judges
 //! entries far from it by the coarse clock), never after.
 
-use std::{num::NonZeroUsize, sync::Mutex, time::Duration};
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use hickory_proto::{
     op::ResponseCode,
     rr::{LowerName, Name, RData, Record, RecordType},
+    serialize::binary::BinEncodable as _,
 };
 
 /// What makes two questions the same for the cache.
@@ -88,24 +97,57 @@ impl Entry {
     }
 }
 
+/// The bytes an entry is counted for (see the module doc).
+pub fn entry_bytes(key: &Key, e: &Entry) -> usize {
+    let records = e.answers.iter().chain(&e.authorities).chain(&e.additionals);
+    let wire: usize = records.map(|r| r.to_bytes().map_or(512, |b| b.len()) + size_of::<Record>()).sum();
+    // The LRU's node and map slot: about two pointers and the hash besides.
+    wire + key.name.len() + size_of::<Key>() + size_of::<Entry>() + 4 * size_of::<usize>()
+}
+
+/// The entries with their sizes, and the sum.
+struct Inner {
+    lru: lru::LruCache<Key, (Entry, usize)>,
+    bytes: usize,
+}
+
+impl Inner {
+    fn pop(&mut self, key: &Key) {
+        if let Some((_, n)) = self.lru.pop(key) {
+            self.bytes -= n;
+        }
+    }
+}
+
 pub struct Cache {
-    inner: Mutex<lru::LruCache<Key, Entry>>,
+    inner: Mutex<Inner>,
+    max_entries: usize,
+    max_bytes: usize,
     max_ttl: u32,
     max_negative_ttl: u32,
+    /// Entries evicted to stay within the bounds.
+    evicted: AtomicU64,
 }
 
 impl Cache {
-    pub fn new(capacity: u32, max_ttl: u32, max_negative_ttl: u32) -> Self {
-        let cap = NonZeroUsize::new(capacity.max(1) as usize).expect("at least 1");
-        Cache { inner: Mutex::new(lru::LruCache::new(cap)), max_ttl, max_negative_ttl }
+    /// A cache of at most `max_entries` entries and `max_bytes` bytes.
+    pub fn new(max_entries: u32, max_bytes: u64, max_ttl: u32, max_negative_ttl: u32) -> Self {
+        Cache {
+            inner: Mutex::new(Inner { lru: lru::LruCache::unbounded(), bytes: 0 }),
+            max_entries: (max_entries as usize).max(1),
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_ttl,
+            max_negative_ttl,
+            evicted: AtomicU64::new(0),
+        }
     }
 
     /// A live entry for `key` at `now` (ns), as stored: [`Entry::aged`]
     /// gives the TTLs to serve.
     pub fn get(&self, key: &Key, now: u64) -> Option<Entry> {
         let mut c = self.inner.lock().expect("cache lock");
-        match c.get(key) {
-            Some(e) if e.expires_ns > now => Some(e.clone()),
+        match c.lru.get(key) {
+            Some((e, _)) if e.expires_ns > now => Some(e.clone()),
             Some(_) => {
                 c.pop(key);
                 None
@@ -124,7 +166,20 @@ impl Cache {
         }
         entry.stored_ns = now;
         entry.expires_ns = now + u64::from(ttl) * NS_PER_SEC;
-        self.inner.lock().expect("cache lock").put(key, entry);
+        let n = entry_bytes(&key, &entry);
+        if n > self.max_bytes {
+            // Bigger than the whole cache: not kept.
+            return None;
+        }
+        let mut c = self.inner.lock().expect("cache lock");
+        c.pop(&key);
+        c.lru.put(key, (entry, n));
+        c.bytes += n;
+        while c.bytes > self.max_bytes || c.lru.len() > self.max_entries {
+            let Some((_, (_, m))) = c.lru.pop_lru() else { break };
+            c.bytes -= m;
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
         Some(Duration::from_secs(u64::from(ttl)))
     }
 
@@ -153,21 +208,35 @@ impl Cache {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("cache lock").len()
+        self.inner.lock().expect("cache lock").lru.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The bytes the entries are counted for.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().expect("cache lock").bytes
+    }
+
+    /// Entries evicted (least recently used) to stay within the bounds.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
     pub fn clear(&self) {
-        self.inner.lock().expect("cache lock").clear();
+        let mut c = self.inner.lock().expect("cache lock");
+        c.lru.clear();
+        c.bytes = 0;
     }
 
     /// The live entries, most recently used first (`coresvc dns cache`).
     pub fn list(&self, now_ns: u64) -> Vec<CachedAnswer> {
         let c = self.inner.lock().expect("cache lock");
-        c.iter()
+        c.lru
+            .iter()
+            .map(|(k, (e, _))| (k, e))
             .filter(|(_, e)| e.expires_ns > now_ns)
             .map(|(k, e)| CachedAnswer {
                 name: k.name.to_string(),
@@ -218,7 +287,7 @@ mod tests {
 
     #[test]
     fn ttls_decrease_and_entries_expire() {
-        let c = Cache::new(10, 86400, 3600);
+        let c = Cache::new(10, 1 << 20, 86400, 3600);
         let k = Key::new(&n("WWW.example.org."), RecordType::A, false);
         let t0 = now_ns();
         assert_eq!(
@@ -237,7 +306,7 @@ mod tests {
 
     #[test]
     fn ttl_cap_applies_to_served_records() {
-        let c = Cache::new(10, 60, 3600);
+        let c = Cache::new(10, 1 << 20, 60, 3600);
         let k = Key::new(&n("www.example.org."), RecordType::A, false);
         let t0 = now_ns();
         c.put(k.clone(), Entry::new(ResponseCode::NoError, vec![a(86400)], vec![], vec![]), t0);
@@ -246,7 +315,7 @@ mod tests {
 
     #[test]
     fn negative_answers_use_the_soa_minimum() {
-        let c = Cache::new(10, 86400, 3600);
+        let c = Cache::new(10, 1 << 20, 86400, 3600);
         let k = Key::new(&n("nope.example.org."), RecordType::A, false);
         let got = c.put(k, Entry::new(ResponseCode::NXDomain, vec![], vec![soa(900, 120)], vec![]), now_ns());
         assert_eq!(got, Some(Duration::from_secs(120)));
@@ -262,12 +331,57 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let c = Cache::new(2, 86400, 3600);
+        let c = Cache::new(2, 1 << 20, 86400, 3600);
         for i in 0..5 {
             let k = Key::new(&n(&format!("h{i}.example.org.")), RecordType::A, false);
             c.put(k, Entry::new(ResponseCode::NoError, vec![a(100)], vec![], vec![]), now_ns());
         }
         assert_eq!(c.len(), 2);
+        assert_eq!(c.evicted(), 3);
+    }
+
+    /// Answers of 1, 10 and 40 TXT records of 200 bytes: the byte bound holds
+    /// whatever their mix, the least recently used go first, and an answer
+    /// bigger than the whole cache is not kept.
+    #[test]
+    fn bounded_in_bytes_least_recently_used_first() {
+        use hickory_proto::rr::rdata::TXT;
+        let txt = |name: &Name, count: usize| -> Vec<Record> {
+            (0..count)
+                .map(|i| {
+                    Record::from_rdata(
+                        name.clone(),
+                        300,
+                        RData::TXT(TXT::new(vec![format!("{i:03}{}", "x".repeat(197))])),
+                    )
+                })
+                .collect()
+        };
+        let max = 64 * 1024;
+        let c = Cache::new(100_000, max as u64, 86400, 3600);
+        let key = |i: usize| Key::new(&n(&format!("t{i}.example.org.")), RecordType::TXT, false);
+        let t0 = now_ns();
+        let small =
+            entry_bytes(&key(0), &Entry::new(ResponseCode::NoError, txt(&n("t0.example.org."), 1), vec![], vec![]));
+        assert!(small > 200 + size_of::<Record>(), "{small}");
+        for i in 0..200 {
+            let name = n(&format!("t{i}.example.org."));
+            let e = Entry::new(ResponseCode::NoError, txt(&name, [1, 10, 40][i % 3]), vec![], vec![]);
+            c.put(key(i), e, t0);
+            assert!(c.bytes() <= max, "{} bytes after {i} answers", c.bytes());
+            // t0 is asked for all along: it stays.
+            assert!(c.get(&key(0), t0).is_some(), "the most recently used entry stays ({i})");
+        }
+        assert!(c.evicted() > 100, "{} evicted", c.evicted());
+        assert!(c.get(&key(1), t0).is_none(), "an early, unused entry went first");
+        assert!(c.get(&key(199), t0).is_some(), "the newest is there");
+        let counted: usize = (0..200).filter_map(|i| c.get(&key(i), t0).map(|e| entry_bytes(&key(i), &e))).sum();
+        assert_eq!(counted, c.bytes(), "the sum is the entries' sizes");
+        let huge = Entry::new(ResponseCode::NoError, txt(&n("huge.example.org."), 400), vec![], vec![]);
+        assert_eq!(c.put(key(1000), huge, t0), None, "bigger than the cache");
+        assert!(c.bytes() <= max);
+        c.clear();
+        assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 
     #[test]

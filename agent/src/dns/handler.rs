@@ -17,7 +17,10 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use hickory_proto::{
@@ -27,8 +30,10 @@ use hickory_proto::{
 use ipnet::IpNet;
 
 use super::{
+    answers::{AnswerCache, Parsed},
     cache::{Cache, Entry, Key, now_ns},
     forward::{EDNS_PAYLOAD, Forwarder},
+    rrl::{Limit, RateLimiter},
     stats::Stats,
     wire,
     xdp::{self, Epoch, XKey, XdpCache},
@@ -40,6 +45,17 @@ use super::{
 pub enum Transport {
     Udp,
     Tcp,
+}
+
+/// What [`Resolver::serve`] did with a query.
+#[derive(Debug)]
+pub enum Served {
+    /// The answer is in the caller's buffer.
+    Replied,
+    /// Send nothing.
+    Dropped,
+    /// Ask upstream, then finish with [`Resolver::finish`].
+    Forward(Box<Pending>),
 }
 
 /// What to do with a query.
@@ -67,6 +83,8 @@ pub struct Pending {
     /// into the XDP cache).
     catalog: Arc<Catalog>,
     xkey: Option<XKey>,
+    /// Its admission to the forwarder (bounded by `dns.forward_max`).
+    ticket: super::forward::Ticket,
 }
 
 /// An answer's records and flags.
@@ -102,10 +120,16 @@ struct Source<'a> {
     /// came from `upstream`; the ones before are local data.
     local: usize,
     upstream: Option<&'a Entry>,
+    /// The answer is the one for queries with RD set (a chain followed
+    /// upstream): cached for those only.
+    rd_only: bool,
 }
 
 pub struct Resolver {
     catalog: RwLock<Arc<Catalog>>,
+    /// Moves on with every catalog swap (after it): answers kept from an
+    /// older catalog are not used ([`AnswerCache`]).
+    generation: AtomicU64,
     forwarder: RwLock<Arc<Forwarder>>,
     pub cache: Cache,
     pub stats: Arc<Stats>,
@@ -113,22 +137,65 @@ pub struct Resolver {
     clients: Vec<IpNet>,
     /// The XDP answer cache, when the dataplane has one.
     xdp: OnceLock<Arc<XdpCache>>,
+    /// Response rate limiting of UDP answers (and its settings for the XDP
+    /// cache), `[dns.rate_limit]`.
+    rrl: RwLock<Arc<RateLimiter>>,
+    rrl_config: RwLock<crate::config::RateLimit>,
 }
 
 impl Resolver {
     pub fn new(catalog: Catalog, forwarder: Forwarder, cache: Cache, stats: Arc<Stats>, clients: Vec<IpNet>) -> Self {
         Resolver {
             catalog: RwLock::new(Arc::new(catalog)),
+            generation: AtomicU64::new(1),
             forwarder: RwLock::new(Arc::new(forwarder)),
             cache,
             stats,
             clients,
             xdp: OnceLock::new(),
+            rrl: RwLock::new(Arc::new(RateLimiter::off())),
+            rrl_config: RwLock::new(crate::config::RateLimit::default()),
+        }
+    }
+
+    /// Applies `[dns.rate_limit]` (to the XDP cache too, when there is one).
+    pub fn set_rate_limit(&self, c: &crate::config::RateLimit) {
+        *self.rrl.write().expect("rrl lock") = Arc::new(RateLimiter::new(c));
+        *self.rrl_config.write().expect("rrl lock") = c.clone();
+        if let Some(x) = self.xdp() {
+            x.set_rate_limit(c);
+        }
+    }
+
+    /// The rate limiter in force.
+    pub fn rate_limiter(&self) -> Arc<RateLimiter> {
+        self.rrl.read().expect("rrl lock").clone()
+    }
+
+    /// Whether the UDP answer in `out` to `client` goes out (`rrl` being
+    /// [`Resolver::rate_limiter`]): over the rate it is dropped (false) or,
+    /// every slip-th, truncated in place. Counted.
+    pub fn limit(&self, rrl: &RateLimiter, client: IpAddr, out: &mut Vec<u8>) -> bool {
+        if !rrl.enabled() {
+            return true;
+        }
+        match rrl.check(client, now_ns()) {
+            Limit::Send => true,
+            Limit::Slip => {
+                wire::truncate(out);
+                self.stats.inc(&self.stats.rate_limit_slipped);
+                true
+            }
+            Limit::Drop => {
+                self.stats.inc(&self.stats.rate_limited);
+                false
+            }
         }
     }
 
     /// Fills the XDP answer cache with this resolver's answers from now on.
     pub fn set_xdp(&self, x: Arc<XdpCache>) {
+        x.set_rate_limit(&self.rrl_config.read().expect("rrl lock"));
         let _ = self.xdp.set(x);
     }
 
@@ -141,9 +208,11 @@ impl Resolver {
     pub fn offline(cfg: &crate::config::Config) -> Result<Self, Vec<super::build::BuildError>> {
         let catalog = super::build::build(cfg, 1)?;
         let stats = Arc::new(Stats::default());
-        let fwd = Forwarder::new(vec![], vec![], std::time::Duration::from_millis(10), stats.clone());
+        let limits =
+            super::forward::Limits { timeout: std::time::Duration::from_millis(10), forward_max: 16, sockets: 1 };
+        let fwd = Forwarder::new(vec![], vec![], limits, stats.clone());
         let clients = cfg.segments.iter().map(|s| IpNet::V4(s.cidr.trunc())).collect();
-        Ok(Resolver::new(catalog, fwd, Cache::new(1000, 3600, 600), stats, clients))
+        Ok(Resolver::new(catalog, fwd, Cache::new(1000, 1 << 22, 3600, 600), stats, clients))
     }
 
     pub fn forwarder(&self) -> Arc<Forwarder> {
@@ -162,6 +231,50 @@ impl Resolver {
     /// Replaces the zone data; queries after this returns see only the new data.
     pub fn set_catalog(&self, c: Catalog) {
         *self.catalog.write().expect("catalog lock") = Arc::new(c);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Answers `bytes` from `client` into `out`: from the answers `kept`
+    /// for this catalog when it has the question's (no lookup, nothing
+    /// allocated), else by [`Resolver::handle`], keeping what it answers
+    /// from local data alone. Over UDP with the XDP answer cache on, the
+    /// agent sees the program's misses: an answer the program takes is
+    /// computed again (which refills it), only those it cannot hold are
+    /// copied from the kept ones.
+    pub fn serve(
+        &self,
+        bytes: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        kept: &mut AnswerCache,
+        out: &mut Vec<u8>,
+    ) -> Served {
+        let udp = transport == Transport::Udp;
+        let xdp_on = udp && self.xdp().is_some_and(|x| x.enabled());
+        let parsed = Parsed::of(bytes);
+        // Before the catalog is read (see `generation`).
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(p) = &parsed
+            && self.allowed(client)
+            && kept.answer(generation, bytes, p, udp, xdp_on, out).is_some()
+        {
+            return Served::Replied;
+        }
+        match self.handle_at(bytes, client, transport) {
+            (Step::Reply(b), reusable) => {
+                // Not a truncated answer (the whole one may suit others).
+                if let (Some(p), Some(filled)) = (&parsed, reusable)
+                    && b.get(2).is_some_and(|f| f & 0x02 == 0)
+                {
+                    kept.keep(generation, p, &b, xdp_on && !filled);
+                }
+                out.clear();
+                out.extend_from_slice(&b);
+                Served::Replied
+            }
+            (Step::Drop, _) => Served::Dropped,
+            (Step::Forward(p), _) => Served::Forward(p),
+        }
     }
 
     fn allowed(&self, ip: IpAddr) -> bool {
@@ -169,6 +282,19 @@ impl Resolver {
     }
 
     pub fn handle(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> Step {
+        self.handle_at(bytes, client, transport).0
+    }
+
+    /// [`Resolver::handle`], and, when the reply came from local data alone
+    /// (another query with the same key gets the same answer), whether it
+    /// went into the XDP cache.
+    fn handle_at(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> (Step, Option<bool>) {
+        let mut reusable = None;
+        let step = self.handle_inner(bytes, client, transport, &mut reusable);
+        (step, reusable)
+    }
+
+    fn handle_inner(&self, bytes: &[u8], client: IpAddr, transport: Transport, reusable: &mut Option<bool>) -> Step {
         let s = &self.stats;
         s.inc(match transport {
             Transport::Udp => &s.queries_udp,
@@ -223,15 +349,31 @@ impl Resolver {
             s.inc(&s.authoritative);
             let epochs = epochs_of(&catalog, &qname, &local.answers);
             let Some(target) = local.external.clone() else {
-                let src = Source { epochs, local: usize::MAX, upstream: None };
-                return Step::Reply(self.reply(&request, transport, Content::local(local), Some(src), xkey.as_ref()));
+                let src = Source { epochs, local: usize::MAX, upstream: None, rd_only: false };
+                let (b, filled) =
+                    self.reply_filling(&request, transport, Content::local(local), Some(src), xkey.as_ref());
+                *reusable = Some(filled);
+                return Step::Reply(b);
             };
+            if !request.metadata.recursion_desired {
+                // The chain left the local zones and the client did not ask
+                // for recursion: the local part is the answer, NOERROR, as an
+                // authoritative server gives it (Knot, BIND). Not for the XDP
+                // cache, whose entry for the question serves RD=1 queries.
+                return Step::Reply(self.reply(&request, transport, Content::local(local), None, None));
+            }
             // The chain left the local zones: the rest comes from upstream.
             if let Some(e) = self.cache.get(&Key::new(&target, qtype, dnssec_ok), now) {
                 s.inc(&s.cache_hits);
                 return Step::Reply(self.chain_reply(&request, transport, local, &e, epochs, xkey.as_ref()));
             }
             s.inc(&s.cache_misses);
+            let Some(ticket) = self.forwarder().admit(&target, qtype, dnssec_ok) else {
+                // Too much outstanding upstream: the local part, as when the
+                // chase fails.
+                s.inc(&s.upstream_overflow);
+                return Step::Reply(self.reply(&request, transport, Content::local(local), None, None));
+            };
             return Step::Forward(Box::new(Pending {
                 request,
                 transport,
@@ -241,14 +383,19 @@ impl Resolver {
                 dnssec_ok,
                 catalog,
                 xkey,
+                ticket,
             }));
         }
         if let Some(e) = self.cache.get(&Key::new(&qname, qtype, dnssec_ok), now) {
             s.inc(&s.cache_hits);
-            let src = Source { epochs: Some(vec![(0, catalog.epoch)]), local: 0, upstream: Some(&e) };
+            let src = Source { epochs: Some(vec![(0, catalog.epoch)]), local: 0, upstream: Some(&e), rd_only: false };
             return Step::Reply(self.reply(&request, transport, upstream_content(&e), Some(src), xkey.as_ref()));
         }
         s.inc(&s.cache_misses);
+        let Some(ticket) = self.forwarder().admit(&qname, qtype, dnssec_ok) else {
+            s.inc(&s.upstream_overflow);
+            return Step::Reply(self.reply(&request, transport, Content::empty(ResponseCode::ServFail), None, None));
+        };
         Step::Forward(Box::new(Pending {
             request,
             transport,
@@ -258,12 +405,13 @@ impl Resolver {
             dnssec_ok,
             catalog,
             xkey,
+            ticket,
         }))
     }
 
     /// Completes a [`Step::Forward`].
     pub async fn finish(&self, p: Pending) -> Vec<u8> {
-        let answer = self.forwarder().resolve(&p.target, p.qtype, p.dnssec_ok).await;
+        let answer = p.ticket.answer(&p.target, p.qtype, p.dnssec_ok).await;
         match answer.as_ref() {
             Ok(m) => {
                 let entry = Entry::new(
@@ -288,17 +436,24 @@ impl Resolver {
                         self.chain_reply(&p.request, p.transport, local, &stored, epochs, p.xkey.as_ref())
                     }
                     None => {
-                        let src =
-                            Source { epochs: Some(vec![(0, p.catalog.epoch)]), local: 0, upstream: Some(&stored) };
+                        let src = Source {
+                            epochs: Some(vec![(0, p.catalog.epoch)]),
+                            local: 0,
+                            upstream: Some(&stored),
+                            rd_only: false,
+                        };
                         self.reply(&p.request, p.transport, upstream_content(&stored), Some(src), p.xkey.as_ref())
                     }
                 }
             }
-            Err(_) => {
-                let (answers, aa) = p.local.map(|l| (l.answers, l.authoritative)).unwrap_or_default();
-                let c = Content { authoritative: aa, answers, ..Content::empty(ResponseCode::ServFail) };
-                self.reply(&p.request, p.transport, c, None, None)
-            }
+            // Upstream failed. A chain that left the local zones is still
+            // answered with its local part (NOERROR, as an authoritative
+            // server answers it: the client may follow the target itself);
+            // a forwarded name gets SERVFAIL. Neither is cached.
+            Err(_) => match p.local {
+                Some(local) => self.reply(&p.request, p.transport, Content::local(local), None, None),
+                None => self.reply(&p.request, p.transport, Content::empty(ResponseCode::ServFail), None, None),
+            },
         }
     }
 
@@ -322,7 +477,9 @@ impl Resolver {
             authorities: up.authorities.clone(),
             additionals: up.additionals.clone(),
         };
-        self.reply(req, t, c, Some(Source { epochs, local: local_records, upstream: Some(up) }), xkey)
+        // The answer depends on RD (without it only the local part is
+        // given): the XDP cache serves it to RD=1 queries only.
+        self.reply(req, t, c, Some(Source { epochs, local: local_records, upstream: Some(up), rd_only: true }), xkey)
     }
 
     /// Builds a response to `req`: the question echoed as received, RD and CD
@@ -338,6 +495,18 @@ impl Resolver {
         src: Option<Source<'_>>,
         xkey: Option<&XKey>,
     ) -> Vec<u8> {
+        self.reply_filling(req, transport, c, src, xkey).0
+    }
+
+    /// [`Resolver::reply`], and whether the answer went into the XDP cache.
+    fn reply_filling(
+        &self,
+        req: &Message,
+        transport: Transport,
+        c: Content,
+        src: Option<Source<'_>>,
+        xkey: Option<&XKey>,
+    ) -> (Vec<u8>, bool) {
         let rcode = c.rcode;
         let mut m = Message::response(req.metadata.id, req.metadata.op_code);
         m.metadata.message_type = MessageType::Response;
@@ -369,32 +538,32 @@ impl Resolver {
             Ok(b) => b,
             Err(_) => {
                 self.stats.inc(&self.stats.servfail);
-                return self.header_only_for(req, ResponseCode::ServFail);
+                return (self.header_only_for(req, ResponseCode::ServFail), false);
             }
         };
         if bytes.len() <= limit {
             restore_question(&mut bytes, req);
-            if let Some(src) = src {
-                self.age_and_fill(&mut bytes, &src, xkey);
-            }
-            return bytes;
+            let filled = src.is_some_and(|src| self.age_and_fill(&mut bytes, &src, xkey));
+            return (bytes, filled);
         }
         // Too big for UDP: header, question and OPT with TC set (RFC 2181 §9);
         // the client retries over TCP.
         self.stats.inc(&self.stats.truncated);
         let mut t = m.truncate().to_vec().unwrap_or_else(|_| self.header_only_for(req, ResponseCode::ServFail));
         restore_question(&mut t, req);
-        t
+        (t, false)
     }
 
     /// Lowers the TTLs of the records from upstream by their age in the
-    /// cache, and stores the answer (with them as stored) in the XDP cache.
-    fn age_and_fill(&self, bytes: &mut [u8], src: &Source<'_>, xkey: Option<&XKey>) {
+    /// cache, and stores the answer (with them as stored) in the XDP cache
+    /// (returns whether it did).
+    fn age_and_fill(&self, bytes: &mut [u8], src: &Source<'_>, xkey: Option<&XKey>) -> bool {
         let fill = xkey.zip(self.xdp()).filter(|(_, x)| x.enabled());
         if src.upstream.is_none() && fill.is_none() {
-            return;
+            return false;
         }
-        let Some(rrs) = wire::records(bytes) else { return };
+        let Some(rrs) = wire::records(bytes) else { return false };
+        let mut filled = false;
         let aging: Vec<usize> = match src.upstream {
             Some(_) => rrs
                 .iter()
@@ -413,14 +582,16 @@ impl Resolver {
                 None => local_lifetime(bytes, &rrs, self.cache.max_ttl()).map(|secs| (now, now + secs * 1_000_000_000)),
             };
             if let Some((stored, expires)) = lifetime.filter(|(_, exp)| *exp > now)
-                && let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs)
+                && let Some(entry) = xdp::entry(bytes, k.question_len, &aging, stored, expires, epochs, src.rd_only)
             {
                 x.insert(&k.key, &entry);
+                filled = true;
             }
         }
         if let Some(e) = src.upstream {
             wire::age(bytes, &aging, e.age_secs(now));
         }
+        filled
     }
 
     fn account(&self, rcode: ResponseCode) {
@@ -433,6 +604,17 @@ impl Resolver {
             ResponseCode::NotImp => &s.notimp,
             _ => &s.servfail,
         });
+    }
+
+    /// The answer to a UDP datagram longer than the service reads (cut):
+    /// FORMERR from its header, nothing without one.
+    pub fn cut_query(&self, bytes: &[u8]) -> Vec<u8> {
+        self.stats.inc(&self.stats.queries_udp);
+        if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
+            self.stats.inc(&self.stats.dropped_malformed);
+            return Vec::new();
+        }
+        self.header_only(bytes, ResponseCode::FormErr)
     }
 
     /// A bare header answering `bytes` (whose question could not be parsed).
@@ -530,6 +712,15 @@ mod tests {
         resolver_with("")
     }
 
+    /// `n` TXT records of 62 bytes at `big` (in the last zone).
+    fn big_txt(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!("[[zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = '\"{i:02}{}\"'\n", "x".repeat(60))
+            })
+            .collect()
+    }
+
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 20, 0, 50));
 
     fn query(name: &str, t: RecordType, edns: Option<u16>) -> Message {
@@ -578,12 +769,7 @@ mod tests {
 
     #[test]
     fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
-        let big: String = (0..40)
-            .map(|i| {
-                format!("[[zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = '\"{i:02}{}\"'\n", "x".repeat(60))
-            })
-            .collect();
-        let r = resolver_with(&big);
+        let r = resolver_with(&big_txt(40));
         let q = query("big.dvntm.deevnet.net.", RecordType::TXT, None);
         let a = ask(&r, &q, Transport::Udp);
         assert!(a.metadata.truncation && a.answers.is_empty() && a.queries.len() == 1);
@@ -722,6 +908,73 @@ mod tests {
         assert!(accepted > 5_000, "the mutations left enough valid queries ({accepted})");
     }
 
+    /// The kept answers (the agent's own hot path) equal what the zones
+    /// give for the same query byte for byte, whatever the case, ID, RD, CD
+    /// and EDNS of the query; are not used past the client's UDP size; and
+    /// are forgotten when the catalog changes.
+    #[test]
+    fn kept_answers_equal_the_lookup_and_follow_the_catalog() {
+        let r = resolver_with(&big_txt(12));
+        let mut kept = AnswerCache::new(64);
+        let mut out = Vec::new();
+        let corpus = [
+            ("artifacts.dvntm.deevnet.net.", RecordType::A),
+            ("provisioner-01.mgmt.deevnet.net.", RecordType::AAAA),
+            ("nope.mgmt.deevnet.net.", RecordType::A),
+            ("mgmt.deevnet.net.", RecordType::TXT),
+            ("10.0.10.10.in-addr.arpa.", RecordType::PTR),
+            ("big.dvntm.deevnet.net.", RecordType::TXT),
+        ];
+        let mixed = |n: &str, k: usize| -> String {
+            n.chars()
+                .enumerate()
+                .map(|(i, c)| if (i + k).is_multiple_of(3) { c.to_ascii_uppercase() } else { c })
+                .collect()
+        };
+        let mut reused = 0;
+        for (k, (name, t)) in corpus.iter().enumerate() {
+            for edns in [None, Some(1232), Some(4096)] {
+                for v in 0..4u16 {
+                    let mut m = query(&mixed(name, k + usize::from(v)), *t, edns);
+                    m.metadata.id = 0x1000 + v;
+                    m.metadata.recursion_desired = v % 2 == 0;
+                    m.metadata.checking_disabled = v >= 2;
+                    let b = m.to_vec().unwrap();
+                    for transport in [Transport::Udp, Transport::Tcp] {
+                        let before = r.stats.snapshot().answered_kept;
+                        assert!(matches!(r.serve(&b, CLIENT, transport, &mut kept, &mut out), Served::Replied));
+                        let Step::Reply(reference) = r.handle(&b, CLIENT, transport) else { panic!() };
+                        kept.flush(&r.stats);
+                        assert_eq!(out, reference, "{name} {t} {edns:?} {v} {transport:?}");
+                        reused += r.stats.snapshot().answered_kept - before;
+                    }
+                }
+            }
+        }
+        assert!(reused > 100, "answers were reused ({reused})");
+        // Over UDP without EDNS the big answer is truncated, never the kept whole one.
+        let b = query("big.dvntm.deevnet.net.", RecordType::TXT, None).to_vec().unwrap();
+        r.serve(&b, CLIENT, Transport::Udp, &mut kept, &mut out);
+        assert!(Message::from_vec(&out).unwrap().metadata.truncation);
+        // A new catalog: the kept answers are not used.
+        let b = query("provisioner-01.mgmt.deevnet.net.", RecordType::A, None).to_vec().unwrap();
+        r.serve(&b, CLIENT, Transport::Udp, &mut kept, &mut out);
+        assert!(!kept.is_empty());
+        let mut c = (*r.catalog()).clone();
+        let origin = Name::from_ascii("mgmt.deevnet.net.").unwrap();
+        let z = c.zone_mut(&origin).unwrap();
+        let owner = Name::from_ascii("provisioner-01.mgmt.deevnet.net.").unwrap();
+        z.remove(&owner, RecordType::A, None);
+        z.insert(Record::from_rdata(owner, 60, RData::A(hickory_proto::rr::rdata::A::new(10, 10, 0, 99)))).unwrap();
+        z.finish().unwrap();
+        r.set_catalog(c);
+        r.serve(&b, CLIENT, Transport::Udp, &mut kept, &mut out);
+        assert_eq!(Message::from_vec(&out).unwrap().answers[0].data.to_string(), "10.10.0.99");
+        // Clients outside the segments are refused, kept answers or not.
+        r.serve(&b, "192.0.2.9".parse().unwrap(), Transport::Tcp, &mut kept, &mut out);
+        assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::Refused);
+    }
+
     /// Forwarded records age by the whole seconds they spent in the cache.
     #[test]
     fn cached_upstream_answers_age() {
@@ -743,6 +996,7 @@ mod tests {
     #[test]
     fn fuzz_smoke() {
         let r = resolver();
+        let (mut kept, mut got) = (AnswerCache::new(256), Vec::new());
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
         let seeds: Vec<Vec<u8>> = [
             query("artifacts.dvntm.deevnet.net.", RecordType::A, Some(1232)),
@@ -773,7 +1027,15 @@ mod tests {
             if let Step::Reply(out) = r.handle(&b, CLIENT, Transport::Udp) {
                 assert!(out.len() >= 12);
                 assert!(out.len() <= 1232);
+                // Asked twice through the kept answers: what the lookup gives.
+                for _ in 0..2 {
+                    if let Served::Replied = r.serve(&b, CLIENT, Transport::Udp, &mut kept, &mut got) {
+                        assert_eq!(got, out, "{b:02x?}");
+                    }
+                }
             }
         }
+        kept.flush(&r.stats);
+        assert!(r.stats.snapshot().answered_kept > 100, "mutated queries were answered from the kept answers");
     }
 }

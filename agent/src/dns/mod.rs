@@ -12,10 +12,13 @@
 //! cache before the change returns, so no cached answer of the old data is
 //! served after it (see `xdp`).
 
+pub mod answers;
 pub mod build;
 pub mod cache;
 pub mod forward;
 pub mod handler;
+mod mmsg;
+pub mod rrl;
 pub mod server;
 pub mod stats;
 pub mod wire;
@@ -40,7 +43,6 @@ use hickory_proto::rr::{
     rdata::{A, CNAME, PTR},
 };
 use serde::{Deserialize, Serialize};
-use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{info, warn};
 
 use self::{
@@ -70,7 +72,7 @@ pub struct Dns {
     epoch: AtomicU64,
     moves_path: PathBuf,
     listen: Vec<SocketAddr>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Vec<server::Worker>>,
 }
 
 /// `coresvc status`'s DNS part.
@@ -79,6 +81,12 @@ pub struct DnsStatus {
     pub listen: Vec<SocketAddr>,
     pub zones: Vec<ZoneStatus>,
     pub cache_entries: usize,
+    /// The bytes the cache's entries are counted for (at most `dns.cache_bytes`).
+    #[serde(default)]
+    pub cache_bytes: usize,
+    /// Entries evicted to stay within `dns.cache_size` and `dns.cache_bytes`.
+    #[serde(default)]
+    pub cache_evictions: u64,
     pub service_moves: BTreeMap<String, String>,
     pub counters: Snapshot,
     /// The XDP answer cache as the service sees it (absent without a dataplane).
@@ -230,9 +238,15 @@ impl Dns {
         let catalog = build_with_moves(cfg, &moves)?;
         let stats = Arc::new(Stats::default());
         let forwarder = forwarder_for(cfg, stats.clone());
-        let cache = Cache::new(cfg.dns.cache_size, cfg.dns.max_ttl.secs(), cfg.dns.max_negative_ttl.secs());
+        let cache = Cache::new(
+            cfg.dns.cache_size,
+            cfg.dns.cache_bytes.0,
+            cfg.dns.max_ttl.secs(),
+            cfg.dns.max_negative_ttl.secs(),
+        );
         let clients = cfg.segments.iter().map(|s| ipnet::IpNet::V4(s.cidr.trunc())).collect();
         let resolver = Arc::new(Resolver::new(catalog, forwarder, cache, stats, clients));
+        resolver.set_rate_limit(&cfg.dns.rate_limit);
         Ok(Dns {
             resolver,
             config: Mutex::new(cfg.clone()),
@@ -248,10 +262,12 @@ impl Dns {
 
     /// Binds UDP and TCP port 53 on every segment's gateway address.
     fn serve(&mut self, cfg: &Config) -> Result<()> {
-        let tcp = server::TcpLimits {
-            slots: Arc::new(Semaphore::new(cfg.dns.tcp_max_connections as usize)),
-            idle: Duration::from_secs(u64::from(cfg.dns.tcp_idle_timeout.secs())),
-        };
+        let tcp = server::TcpLimits::new(
+            cfg.dns.tcp_max_connections as usize,
+            cfg.dns.tcp_max_per_client as usize,
+            Duration::from_secs(u64::from(cfg.dns.tcp_idle_timeout.secs())),
+            Duration::from_secs(u64::from(cfg.dns.tcp_write_timeout.secs())),
+        );
         for s in &cfg.segments {
             let addr = SocketAddr::new(s.gateway.into(), 53);
             let tasks = server::serve(addr, self.resolver.clone(), tcp.clone())?;
@@ -280,6 +296,8 @@ impl Dns {
                 })
                 .collect(),
             cache_entries: self.resolver.cache.len(),
+            cache_bytes: self.resolver.cache.bytes(),
+            cache_evictions: self.resolver.cache.evicted(),
             service_moves: self.moves.lock().expect("moves lock").clone(),
             counters: self.resolver.stats.snapshot(),
             xdp_cache: self.resolver.xdp().map(|x| XdpCacheStatus {
@@ -435,6 +453,7 @@ impl Dns {
         if let Some(x) = self.resolver.xdp() {
             x.set_enabled(cfg.dns_cache_on());
         }
+        self.resolver.set_rate_limit(&cfg.dns.rate_limit);
         self.resolver.set_forwarder(forwarder_for(cfg, self.resolver.stats.clone()));
         *self.config.lock().expect("config lock") = cfg.clone();
         Ok(())
@@ -470,9 +489,18 @@ impl Dns {
     /// Closes the sockets (the service stays shared with DHCP until it stops too).
     pub fn stop(&self) {
         for t in self.tasks.lock().expect("dns tasks lock").drain(..) {
-            t.abort();
+            t.stop();
         }
         info!("dns: stopped");
+    }
+}
+
+impl Drop for Dns {
+    /// A service that failed to start, or was never stopped, serves nothing.
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().expect("dns tasks lock").drain(..) {
+            t.stop();
+        }
     }
 }
 
@@ -487,7 +515,11 @@ fn forwarder_for(cfg: &Config, stats: Arc<Stats>) -> Forwarder {
                 Some((d, f.upstreams.iter().map(|e| e.0).collect()))
             })
             .collect(),
-        Duration::from_secs(u64::from(cfg.dns.upstream_timeout.secs().max(1))),
+        forward::Limits {
+            timeout: Duration::from_secs(u64::from(cfg.dns.upstream_timeout.secs().max(1))),
+            forward_max: cfg.dns.forward_max as usize,
+            sockets: cfg.dns.upstream_sockets as usize,
+        },
         stats,
     )
 }

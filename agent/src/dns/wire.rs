@@ -27,6 +27,26 @@ fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
+/// Where the question of a message with one question ends.
+pub fn question_end(msg: &[u8]) -> Option<usize> {
+    (be16(msg, 4)? == 1).then(|| skip_name(msg, 12)).flatten().map(|p| p + 4).filter(|&e| e <= msg.len())
+}
+
+/// Turns an answer into its truncated form (RFC 2181 §9; a rate limiter's
+/// slip): header and question, TC set, no records.
+pub fn truncate(msg: &mut Vec<u8>) {
+    if msg.len() < 12 {
+        return;
+    }
+    let end = question_end(msg).unwrap_or(12);
+    if end == 12 {
+        msg[4..6].fill(0);
+    }
+    msg.truncate(end);
+    msg[2] |= 0x02;
+    msg[6..12].fill(0);
+}
+
 fn be16(msg: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]))
 }

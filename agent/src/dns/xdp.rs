@@ -58,8 +58,10 @@ pub fn zone_slot(i: usize) -> Option<u8> {
 
 /// The entry for `reply`, the agent's answer to a query whose question is
 /// `question_len` bytes long: `aging` are the offsets (in `reply`) of the
-/// TTL fields that age from `stored_ns`. `None` when it does not fit the
-/// program's limits (then the program keeps passing the question).
+/// TTL fields that age from `stored_ns`. With `rd_only` the answer is for
+/// queries with RD set only (the program passes the others to the agent).
+/// `None` when it does not fit the program's limits (then the program keeps
+/// passing the question).
 pub fn entry(
     reply: &[u8],
     question_len: usize,
@@ -67,6 +69,7 @@ pub fn entry(
     stored_ns: u64,
     expires_ns: u64,
     epochs: &[Epoch],
+    rd_only: bool,
 ) -> Option<DnsAnswer> {
     let start = cdns::HDR_LEN + question_len;
     if reply.len() > DNS_MAX_ANSWER || reply.len() <= start {
@@ -86,7 +89,8 @@ pub fn entry(
         stored_ns,
         zones: epochs.len() as u8,
         aging: aging.len() as u8,
-        flags: [reply[2] & !cdns::FLAG_RD, reply[3] & !cdns::FLAG_CD],
+        // RD comes from the query; in the entry it marks an RD-only answer.
+        flags: [(reply[2] & !cdns::FLAG_RD) | if rd_only { cdns::FLAG_RD } else { 0 }, reply[3] & !cdns::FLAG_CD],
         sections_len: sections.len() as u16,
         sections_sum: cdns::sections_sum(sections),
         ..bytemuck::Zeroable::zeroed()
@@ -109,6 +113,8 @@ pub fn entry(
 
 /// The agent's handles on the cache maps.
 pub struct XdpCache {
+    /// `DNS_RRL_CFG`: the program's rate limit.
+    rrl: Mutex<Option<Array<MapData, schema::DnsRrlConfig>>>,
     /// Keyed by the question's hash ([`DnsKey::hash`]).
     answers: Mutex<BpfHashMap<MapData, u64, DnsAnswer>>,
     epochs: Mutex<Array<MapData, u64>>,
@@ -123,12 +129,30 @@ impl XdpCache {
             let path = pin_dir.join(spec.pin);
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
         };
-        Self::from_maps(Map::LruHashMap(pin(&schema::DNS_CACHE)?), Map::Array(pin(&schema::DNS_EPOCHS)?), enabled)
+        Self::from_maps(Map::LruHashMap(pin(&schema::DNS_CACHE)?), Map::Array(pin(&schema::DNS_EPOCHS)?), enabled)?
+            .with_rate_limit_map(Map::Array(pin(&schema::DNS_RRL_CFG)?))
+    }
+
+    /// Writes the program's rate limit to `rrl` (`DNS_RRL_CFG`) from now on.
+    pub fn with_rate_limit_map(self, rrl: Map) -> Result<Self> {
+        let a = Array::try_from(rrl).map_err(|e| anyhow!("{}: {e}", schema::DNS_RRL_CFG.name))?;
+        *self.rrl.lock().expect("rrl lock") = Some(a);
+        Ok(self)
+    }
+
+    /// Sets the program's rate limit (`[dns.rate_limit]`).
+    pub fn set_rate_limit(&self, c: &crate::config::RateLimit) {
+        if let Some(a) = self.rrl.lock().expect("rrl lock").as_mut()
+            && let Err(e) = a.set(0, super::rrl::xdp_config(c), 0)
+        {
+            tracing::warn!("dns: writing {}: {e}", schema::DNS_RRL_CFG.name);
+        }
     }
 
     /// Handles on maps of a loaded object (tests and benchmarks).
     pub fn from_maps(answers: Map, epochs: Map, enabled: bool) -> Result<Self> {
         Ok(XdpCache {
+            rrl: Mutex::new(None),
             answers: Mutex::new(BpfHashMap::try_from(answers).map_err(|e| anyhow!("{}: {e}", schema::DNS_CACHE.name))?),
             epochs: Mutex::new(Array::try_from(epochs).map_err(|e| anyhow!("{}: {e}", schema::DNS_EPOCHS.name))?),
             enabled: AtomicBool::new(enabled),
@@ -222,14 +246,16 @@ mod tests {
         reply[6..8].copy_from_slice(&[0, 1]);
         reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
         let k = key_of(&q).unwrap();
-        let e = entry(&reply, k.question_len, &[12 + 7 + 6], 5, 10, &[(0, 7), (3, 9)]).unwrap();
+        let e = entry(&reply, k.question_len, &[12 + 7 + 6], 5, 10, &[(0, 7), (3, 9)], false).unwrap();
         assert_eq!(e.flags, [0x84, 0x80], "RD and CD come from each query");
         assert_eq!(e.counts, [0, 1, 0, 0, 0, 0]);
         assert_eq!(usize::from(e.sections_len), 16);
         assert_eq!(e.ttl_at[0], 6);
         assert_eq!((e.zones, e.slots[1], e.epochs[1]), (2, 3, 9));
-        assert!(entry(&reply, k.question_len, &[], 5, 10, &[(1, 7)]).is_none(), "slot 0 first");
+        let rd = entry(&reply, k.question_len, &[12 + 7 + 6], 5, 10, &[(0, 7)], true).unwrap();
+        assert_eq!(rd.flags, [0x85, 0x80], "RD marks an answer for RD=1 queries only");
+        assert!(entry(&reply, k.question_len, &[], 5, 10, &[(1, 7)], false).is_none(), "slot 0 first");
         let big = [reply.clone(), vec![0; 500]].concat();
-        assert!(entry(&big, k.question_len, &[], 5, 10, &[(0, 7)]).is_none(), "over 512 bytes");
+        assert!(entry(&big, k.question_len, &[], 5, 10, &[(0, 7)], false).is_none(), "over 512 bytes");
     }
 }
