@@ -20,7 +20,16 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::dhcp::kea::{self, KeaLease};
+use tracing::{error, warn};
+
+use crate::{
+    authority::check,
+    config::Config,
+    dhcp::{
+        journal::{self, LeaseRecord, RecordState},
+        kea::{self, KeaLease},
+    },
+};
 
 /// The largest answer read from the control agent (a `lease4-get-all` of a
 /// few hundred thousand leases).
@@ -322,6 +331,206 @@ pub fn memfile_writable(path: &Path) -> Result<()> {
         .open(path)
         .map(|_| ())
         .with_context(|| format!("Kea's lease file {} cannot be written", path.display()))
+}
+
+// ------------------------------------------------------------------ the switches
+
+/// Before stepping down: the production side answers as coresvc does (see
+/// `authority::check`) and can take the leases. Refuses with every
+/// difference listed, unless `force` (then logged).
+pub async fn verify(cfg: &Config, held: Vec<Ipv4Addr>, force: bool) -> Result<Vec<String>> {
+    let report = check::run(cfg, held).await?;
+    let mut problems: Vec<String> = report.unverified.iter().map(|u| format!("unverified: {u}")).collect();
+    problems.extend(report.differences());
+    if let Some(a) = &cfg.authority {
+        if let Some(f) = &a.kea_lease_file
+            && let Err(e) = memfile_writable(f)
+        {
+            problems.push(format!("lease handoff: {e:#}"));
+        }
+        if let Some(u) = &a.kea_control_agent {
+            match KeaApi::parse(u) {
+                Ok(api) => {
+                    if let Err(e) = api.ping().await {
+                        problems.push(format!("lease handoff: {e:#}"));
+                    }
+                }
+                Err(e) => problems.push(format!("lease handoff: {e}")),
+            }
+        }
+    }
+    let servers: usize = report.segments.iter().map(|s| s.dns.len()).sum();
+    let dhcp: Vec<&str> = report.segments.iter().filter(|s| s.dhcp.is_some()).map(|s| s.segment.as_str()).collect();
+    if problems.is_empty() {
+        return Ok(vec![format!(
+            "check: the production DNS answers all {} RRset(s) as coresvc ({servers} server check(s)); a DHCP server \
+             answers on {}",
+            report.rrsets,
+            if dhcp.is_empty() { "no segment (none needed)".to_string() } else { dhcp.join(", ") }
+        )]);
+    }
+    if !force {
+        bail!(
+            "not switched to production, nothing changed: the production infrastructure does not serve what coresvc \
+             serves ({} difference(s)):\n  {}\nfix the production side (`coresvc export knot|kea`), compare again with \
+             `coresvc authority check`, or override with --force",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    warn!(
+        differences = problems.len(),
+        "authority: switching to production although the production infrastructure differs (--force): {}",
+        problems.join(" | ")
+    );
+    let mut steps = vec![format!("check: FORCED past {} difference(s) (--force):", problems.len())];
+    steps.extend(problems.into_iter().map(|p| format!("  {p}")));
+    Ok(steps)
+}
+
+/// coresvc's active leases, from its journal (every lease granted is in it
+/// once DHCP has stopped).
+pub fn active_leases(cfg: &Config, now: u64) -> Result<Vec<KeaLease>> {
+    let mut last: BTreeMap<Ipv4Addr, LeaseRecord> = BTreeMap::new();
+    for r in journal::read(&cfg.agent.state_dir)? {
+        last.insert(r.addr, r);
+    }
+    Ok(kea::from_records(cfg, &last.into_values().collect::<Vec<_>>(), now))
+}
+
+/// After DHCP stopped: the active leases go to the production Kea (its
+/// lease file and/or its lease API). Never fails the switch: what could
+/// not be handed over is written to the state directory and said loudly.
+pub async fn hand_over(cfg: &Config) -> Vec<String> {
+    let now = crate::dhcp::unix_now();
+    let leases = match active_leases(cfg, now) {
+        Ok(l) => l,
+        Err(e) => return vec![format!("leases: HANDOFF FAILED: reading the journal: {e:#}")],
+    };
+    let auth = cfg.authority.clone().unwrap_or_default();
+    let mut steps = Vec::new();
+    let mut failed = Vec::new();
+    if let Some(f) = &auth.kea_lease_file {
+        match append_to_memfile(f, &leases, now) {
+            Ok(a) => {
+                steps.push(format!("leases: appended {} active lease(s) to {}", a.rows, f.display()));
+                steps.extend(a.conflicts.into_iter().map(|c| format!("leases: conflict: {c}")));
+            }
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if let Some(u) = &auth.kea_control_agent {
+        let pushed = match KeaApi::parse(u) {
+            Ok(api) => api.push(&leases).await,
+            Err(e) => Err(anyhow!(e)),
+        };
+        match pushed {
+            Ok(p) => {
+                steps.push(format!("leases: {} added, {} refreshed in Kea through {u}", p.added, p.updated));
+                steps.extend(p.conflicts.into_iter().map(|c| format!("leases: conflict: {c}")));
+            }
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if auth.kea_lease_file.is_none() && auth.kea_control_agent.is_none() {
+        steps.push(format!(
+            "leases: no handoff configured (authority.kea_lease_file, authority.kea_control_agent); {} active \
+             lease(s) stay in coresvc's journal (`coresvc export kea` writes them)",
+            leases.len()
+        ));
+    }
+    if !failed.is_empty() {
+        let path = cfg.agent.state_dir.join("handoff-leases4.csv");
+        let saved = std::fs::write(&path, kea::render(&leases)).map(|_| path.display().to_string());
+        let e = failed.join("; ");
+        error!("authority: lease handoff failed: {e}");
+        steps.push(format!(
+            "leases: HANDOFF FAILED: {e}; the {} active lease(s) are in {}: load them into Kea before it serves",
+            leases.len(),
+            saved.unwrap_or_else(|e| format!("no file either ({e})"))
+        ));
+    }
+    steps
+}
+
+/// Before the switch to bootstrap: Kea's DHCP is disabled through its
+/// lease API, so its lease table is final. `None` without a control agent
+/// or when it does not answer (no production Kea running).
+pub async fn pause_production(cfg: &Config) -> Result<Option<String>> {
+    let Some(u) = cfg.authority.as_ref().and_then(|a| a.kea_control_agent.clone()) else { return Ok(None) };
+    let api = KeaApi::parse(&u).map_err(|e| anyhow!(e))?;
+    match api.set_serving(false).await {
+        Ok(()) => Ok(Some(format!("kea: DHCP disabled through {u} (dhcp-disable)"))),
+        Err(e) => {
+            warn!("authority: Kea's control agent does not answer ({e:#}): taking its leases from the lease file, if any");
+            Ok(None)
+        }
+    }
+}
+
+/// Kea serves again (the switch to bootstrap did not happen).
+pub async fn resume_production(cfg: &Config) {
+    if let Some(u) = cfg.authority.as_ref().and_then(|a| a.kea_control_agent.clone())
+        && let Ok(api) = KeaApi::parse(&u)
+        && let Err(e) = api.set_serving(true).await
+    {
+        error!("authority: Kea's DHCP stays disabled: dhcp-enable through {u}: {e:#}");
+    }
+}
+
+/// Before coresvc serves DHCP again: the production leases (lease API, else
+/// Kea's lease file) go into the journal, so no address Kea ACKed is
+/// given to another client.
+pub async fn take_back(cfg: &Config) -> Result<Vec<String>> {
+    let auth = cfg.authority.clone().unwrap_or_default();
+    let mut leases = BTreeMap::new();
+    let from = match (&auth.kea_control_agent, &auth.kea_lease_file) {
+        (Some(u), file) => {
+            let api = KeaApi::parse(u).map_err(|e| anyhow!(e))?;
+            match api.get_all().await {
+                Ok(l) => {
+                    kea::fold(l, &mut leases);
+                    format!("Kea through {u}")
+                }
+                Err(e) => match file {
+                    Some(f) => {
+                        warn!("authority: lease4-get-all: {e:#}; reading {}", f.display());
+                        leases = kea::load_memfile(f)?;
+                        f.display().to_string()
+                    }
+                    None => return Ok(vec![format!("leases: none taken back: {e:#}")]),
+                },
+            }
+        }
+        (None, Some(f)) => {
+            leases = kea::load_memfile(f)?;
+            f.display().to_string()
+        }
+        (None, None) => {
+            return Ok(vec![
+                "leases: none taken back (no authority.kea_lease_file or authority.kea_control_agent)".into(),
+            ]);
+        }
+    };
+    let c = kea::to_records(cfg, &leases, crate::dhcp::unix_now());
+    crate::dhcp::import_offline(&cfg.agent.state_dir, &c.records)?;
+    let bound = c.records.iter().filter(|r| r.state == RecordState::Bound).count();
+    let mut steps =
+        vec![format!("leases: took {} record(s) back from {from} ({bound} in force) into the journal", c.records.len())];
+    steps.extend(c.skipped.into_iter().map(|s| format!("leases: skipped {s}")));
+    Ok(steps)
+}
+
+/// `coresvc import-leases FILE` into the running agent.
+pub async fn import_file(
+    cfg: &Config,
+    dhcp: &crate::dhcp::Importer,
+    file: &Path,
+) -> Result<(usize, Vec<String>, Vec<String>)> {
+    let leases = kea::load_memfile(file)?;
+    let c = kea::to_records(cfg, &leases, crate::dhcp::unix_now());
+    let (n, conflicts) = dhcp.import(c.records).await?;
+    Ok((n, conflicts, c.skipped))
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ pub mod dataplane;
 pub mod devtool;
 pub mod dhcp;
 pub mod dns;
+pub mod export;
+pub mod handoff;
 pub mod metrics;
 pub mod netns;
 pub mod privileges;

@@ -230,13 +230,13 @@ fn show(r: &Record) -> String {
 fn comparable(r: &Record) -> (u32, RData) {
     let data = match &r.data {
         RData::SOA(s) => RData::SOA(SOA::new(
-            s.mname().clone(),
-            s.rname().clone(),
+            s.mname.clone(),
+            s.rname.clone(),
             0,
-            s.refresh(),
-            s.retry(),
-            s.expire(),
-            s.minimum(),
+            s.refresh,
+            s.retry,
+            s.expire,
+            s.minimum,
         )),
         d => d.clone(),
     };
@@ -549,7 +549,7 @@ mod tests {
         let extra = "\n[[zone]]\nname = \"ref.deevnet.net\"\nrole = \"site\"\n[[zone.host]]\nname = \"ns\"\naddresses = [\"10.20.0.1\"]\n\
                      [[zone.record]]\nname = \"sub\"\ntype = \"NS\"\ndata = \"ns.sub\"\n\
                      [[zone.record]]\nname = \"ns.sub\"\ntype = \"A\"\ndata = \"10.20.0.53\"\n";
-        let cfg = Config::parse_str_in(&(text + extra), "coresvc.toml", std::path::Path::new("examples")).unwrap();
+        let cfg = Config::parse_str_in(&(text + extra), "coresvc.toml", &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).unwrap();
         let catalog = crate::dns::build::build(&cfg, 7).unwrap();
         let sets = rrsets_of(&catalog);
         let has = |name: &str, t: RecordType| sets.iter().any(|s| s.name == n(name) && s.rtype == t);

@@ -1123,7 +1123,7 @@ impl<'a> Validator<'a> {
             .flat_map(|s| [Some((s.gateway, s.name.as_str())), s.reserved.map(|r| (r, s.name.as_str()))])
             .flatten()
             .collect();
-        let mut check_servers = |v: &mut Self, list: &[super::Endpoint], path: Vec<PathSeg>| {
+        let check_servers = |v: &mut Self, list: &[super::Endpoint], path: Vec<PathSeg>| {
             for (i, e) in list.iter().enumerate() {
                 let mut p = path.clone();
                 p.push(PathSeg::Index(i));

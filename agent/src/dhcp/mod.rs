@@ -139,6 +139,36 @@ pub struct Dhcp {
     names: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Takes leases into a running DHCP service (without holding it).
+pub struct Importer {
+    core: Arc<Mutex<Core>>,
+}
+
+impl Importer {
+    /// Takes leases another server granted into the running table and the
+    /// journal (see `Server::import`); returns once they are durable, with
+    /// the records taken and the conflicts found.
+    pub async fn import(&self, records: Vec<LeaseRecord>) -> Result<(usize, Vec<String>)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (n, conflicts) = {
+            let mut c = self.core.lock().expect("dhcp lock");
+            let (records, effects, conflicts) = c.server.import(records, unix_now());
+            let n = records.len();
+            let _ = c.jobs.send(Job::Commit { records, reply: None, effects });
+            let _ = c.jobs.send(Job::Barrier(tx));
+            (n, conflicts)
+        };
+        match rx.await {
+            Ok(true) => Ok((n, conflicts)),
+            Ok(false) => anyhow::bail!(
+                "the imported leases are in the running table but could not be made durable (see the journal error \
+                 in `coresvc status`); import them again once the disk is writable"
+            ),
+            Err(_) => anyhow::bail!("DHCP stopped before the imported leases were made durable"),
+        }
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -286,27 +316,9 @@ impl Dhcp {
         self.core.lock().expect("dhcp lock").server.list()
     }
 
-    /// Takes leases another server granted into the running table and the
-    /// journal (see `Server::import`); returns once they are durable, with
-    /// the records taken and the conflicts found.
-    pub async fn import(&self, records: Vec<LeaseRecord>) -> Result<(usize, Vec<String>)> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (n, conflicts) = {
-            let mut c = self.core.lock().expect("dhcp lock");
-            let (records, effects, conflicts) = c.server.import(records, unix_now());
-            let n = records.len();
-            let _ = c.jobs.send(Job::Commit { records, reply: None, effects });
-            let _ = c.jobs.send(Job::Barrier(tx));
-            (n, conflicts)
-        };
-        match rx.await {
-            Ok(true) => Ok((n, conflicts)),
-            Ok(false) => anyhow::bail!(
-                "the imported leases are in the running table but could not be made durable (see the journal error \
-                 in `coresvc status`); import them again once the disk is writable"
-            ),
-            Err(_) => anyhow::bail!("DHCP stopped before the imported leases were made durable"),
-        }
+    /// A handle that takes leases another server granted (see [`Importer::import`]).
+    pub fn importer(&self) -> Importer {
+        Importer { core: self.core.clone() }
     }
 
     /// Stops serving; returns once every lease granted so far is durable
