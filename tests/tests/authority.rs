@@ -178,8 +178,10 @@ fn authority_switches_live_both_ways_and_two_dhcp_servers_never_answer_together(
     };
 
     // To production: coresvc stops serving and releases the gateway address.
-    let steps = coresvc_ok(&lab, &["authority", "production"]);
+    // Nothing describes the production side here: the switch is forced.
+    let steps = coresvc_ok(&lab, &["authority", "production", "--force"]);
     for want in [
+        "check: FORCED past",
         "dns: XDP answer cache off",
         "dhcp: stopped",
         "dns: stopped",
@@ -332,7 +334,13 @@ fn another_dhcp_server_is_named_and_coresvc_does_not_activate_there() {
 fn the_mode_survives_a_restart() {
     let (mut lab, cfg) = lab_with(|s| s);
     lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
-    coresvc_ok(&lab, &["authority", "production"]);
+    // Unverifiable (no [authority] section): refused, nothing changed, unless forced.
+    let out = lab.coresvc(["authority", "production"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("not switched to production, nothing changed"), "{err}");
+    assert!(err.contains("no production DNS server is configured"), "{err}");
+    assert_eq!(lab.status_json().unwrap()["authority"], "bootstrap");
+    coresvc_ok(&lab, &["authority", "production", "--force"]);
     lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap();
     lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
     let s = lab.status_json().unwrap();
@@ -343,4 +351,314 @@ fn the_mode_survives_a_restart() {
     // The same mode again is a no-op, and an unknown one a usage error.
     assert!(coresvc_ok(&lab, &["authority", "production"]).contains("already in production"));
     assert!(!lab.coresvc(["authority", "sideways"]).unwrap().status.success());
+}
+
+// ---------------------------------------------------------------- issue 18
+// The production infrastructure made from coresvc's export (Kea and Knot
+// in the infra namespace, 10.20.0.3 on the dvnt segment's shared L2), the
+// verified switch, and the lease handoff both ways.
+
+/// The lab's configuration with DHCP on dvnt only (the infra namespace is
+/// on dvnt), a known client, and the production side described.
+fn production_config(lab: &Lab) -> PathBuf {
+    let lease_file = lab.paths.run_dir.join("kea").join("leases4.csv");
+    std::fs::create_dir_all(lease_file.parent().unwrap()).unwrap();
+    lab.config_with("coresvc.toml", |s| {
+        let s = s
+            .replace(
+                "[[dhcp.pool]]\nsegment = \"dvntm\"\nstart = \"10.30.0.100\"\nend = \"10.30.0.199\"\nlease_time = \"30m\"\n",
+                "",
+            )
+            .replace("domain_search = [\"dvntm.deevnet.net\", \"mgmt.deevnet.net\"]   # this pool's search list (option 119)\n", "")
+            .replace("[[dhcp.host]]\nmac = \"02:00:00:0a:00:0a\"\naddress = \"10.10.0.10\"\nhostname = \"provisioner-01\"\n", "");
+        assert!(!s.contains("10.30.0.100") && !s.contains("02:00:00:0a:00:0a"), "the example changed: fix this test's edits");
+        s + &format!(
+            "\n[[dhcp.host]]\nmac = \"02:00:00:14:00:42\"\naddress = \"10.20.0.42\"\nhostname = \"known\"\n\n\
+             [authority]\ndns = [\"10.20.0.3\"]\nkea_lease_file = \"{}\"\n\n\
+             [[authority.segment]]\nsegment = \"dvnt\"\nkea_interface = \"eth0\"\n",
+            lease_file.display()
+        )
+    })
+    .unwrap()
+}
+
+/// DHCP clients on the dvnt segment's bridge, each a veth with its own MAC.
+fn add_clients(lab: &Lab, clients: &[(&str, &str)]) {
+    let dc = lab.ns("dvnt-client");
+    for (name, mac) in clients {
+        let peer = format!("{name}p");
+        ip(&["-n", &dc, "link", "add", name, "type", "veth", "peer", "name", &peer]);
+        ip(&["-n", &dc, "link", "set", &peer, "master", "br0"]);
+        ip(&["-n", &dc, "link", "set", name, "address", mac]);
+        ip(&["-n", &dc, "link", "set", &peer, "up"]);
+        ip(&["-n", &dc, "link", "set", name, "up"]);
+    }
+}
+
+/// One DHCP exchange by udhcpc on `iface`: what the script was given
+/// (address, server, lease time and every option udhcpc exports).
+fn exchange(lab: &Lab, iface: &str, extra: &[&str]) -> Option<std::collections::BTreeMap<String, String>> {
+    let script = lab.paths.run_dir.join("print-options.sh");
+    if !script.exists() {
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = bound ] && env | grep -E \
+             '^(ip|subnet|router|dns|domain|search|hostname|boot_file|siaddr|lease|serverid|ntpsrv|mtu|opt[0-9]+)=' \
+             | sed 's/^/v /'\nexit 0\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = lab
+        .cmd("dvnt-client", ["udhcpc", "-f", "-q", "-n", "-i", iface, "-t", "3", "-T", "1", "-A", "1", "-s"])
+        .arg(&script)
+        .args(extra)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let m: std::collections::BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("v "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect();
+    (!m.is_empty()).then_some(m)
+}
+
+/// `exchange` until it succeeds (a server just started).
+fn exchange_within(lab: &Lab, iface: &str, extra: &[&str], secs: u64) -> std::collections::BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(m) = exchange(lab, iface, extra) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no DHCP answer on {iface} within {secs} s");
+    }
+}
+
+/// The answer without what names the server.
+fn offered(mut m: std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    m.remove("serverid");
+    m
+}
+
+/// Kea (kea-dhcp4 from Debian) in the infra namespace with an exported
+/// configuration (its control socket moved into the run directory).
+struct Kea {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Kea {
+    fn start(lab: &Lab, infra: &Infra, exported: &std::path::Path) -> Kea {
+        let dir = lab.paths.run_dir.join("kea");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut conf: Value = serde_json::from_str(&std::fs::read_to_string(exported).unwrap()).unwrap();
+        conf["Dhcp4"]["control-socket"]["socket-name"] = dir.join("ctrl.sock").display().to_string().into();
+        let path = dir.join("kea-dhcp4.conf");
+        std::fs::write(&path, serde_json::to_string_pretty(&conf).unwrap()).unwrap();
+        let check = Command::new("ip").args(["netns", "exec", &infra.ns, "kea-dhcp4", "-t"]).arg(&path).output().unwrap();
+        assert!(check.status.success(), "kea-dhcp4 -t refuses the export: {}", String::from_utf8_lossy(&check.stdout));
+        let log = dir.join("kea.log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &infra.ns, "kea-dhcp4", "-c"])
+            .arg(&path)
+            .env("KEA_PIDFILE_DIR", &dir)
+            .env("KEA_LOCKFILE_DIR", &dir)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("kea-dhcp4 (package kea-dhcp4-server, installed by cargo xtask setup)");
+        Kea { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kea {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `coresvc export KIND DIR` from the running agent.
+fn export(lab: &Lab, cfg: &std::path::Path, kind: &str, dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut args = vec!["export", kind, dir.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = coresvc_ok(lab, &args);
+    assert!(out.contains("the running agent"), "exported from the agent: {out}");
+    out
+}
+
+/// Knot in the infra namespace serving the exported zones on 10.20.0.3
+/// (its run and database directories moved into the export directory).
+fn start_knot(lab: &Lab, infra: &Infra, dir: &std::path::Path) -> Child {
+    let conf = std::fs::read_to_string(dir.join("knot.conf")).unwrap();
+    let conf = conf.replacen(
+        "server:\n",
+        &format!("server:\n    rundir: {d}\n    user: root\ndatabase:\n    storage: {d}\n", d = dir.display()),
+        1,
+    );
+    // (The database section must not sit inside server: move it after.)
+    let conf = conf.replacen(&format!("database:\n    storage: {}\n", dir.display()), "", 1)
+        + &format!("\ndatabase:\n    storage: {}\n", dir.display());
+    std::fs::write(dir.join("knot-lab.conf"), &conf).unwrap();
+    let check = Command::new("knotc").arg("-c").arg(dir.join("knot-lab.conf")).arg("conf-check").output().unwrap();
+    assert!(check.status.success(), "knotc conf-check: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let log = std::fs::File::create(dir.join("knot.log")).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &infra.ns, "knotd", "-c"])
+        .arg(dir.join("knot-lab.conf"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("knotd (package knot)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.kdig("dvnt-client", "10.20.0.3", "mgmt.deevnet.net", "SOA", &[]).is_err() {
+        assert!(Instant::now() < deadline, "knotd does not answer: {}", std::fs::read_to_string(dir.join("knot.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child
+}
+
+/// Every (owner, type) of the exported zone files, and a missing name per zone.
+fn questions(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut q = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "zone") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let origin = text.lines().find_map(|l| l.strip_prefix("$ORIGIN ")).unwrap().trim().to_string();
+        q.insert((format!("nope.{origin}"), "A".to_string()));
+        for l in text.lines().filter(|l| !l.starts_with('$') && !l.starts_with(';') && !l.trim().is_empty()) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let t = f.iter().skip(1).skip_while(|x| x.parse::<u32>().is_ok() || **x == "IN").next().unwrap();
+            q.insert((f[0].to_string(), t.to_string()));
+            q.insert((f[0].to_string(), "A".to_string()));
+            q.insert((f[0].to_string(), "TXT".to_string()));
+        }
+    }
+    q.into_iter().collect()
+}
+
+/// `name type` asked of `server` without recursion, a CNAME chain that
+/// leaves the answering zone followed by asking the same server for its
+/// target (coresvc answers all its zones as one and follows the chain
+/// itself; Knot stops at its zone's edge, as RFC 1034 allows): the final
+/// rcode, AA and authority, and every answer on the way.
+fn chased(lab: &Lab, server: &str, name: &str, t: &str, extra: &[&str]) -> coresvc_lab::dns::Reply {
+    let mut r = lab.kdig("dvnt-client", server, name, t, extra).unwrap();
+    for _ in 0..8 {
+        let Some(last) = r.answers.last().filter(|a| a.rtype == "CNAME" && t != "CNAME") else { break };
+        let target = last.text.clone();
+        if r.answers.iter().any(|a| a.name.eq_ignore_ascii_case(&target)) {
+            break;
+        }
+        let next = lab.kdig("dvnt-client", server, &target, t, extra).unwrap();
+        if next.rcode == "REFUSED" {
+            break;
+        }
+        let mut answers = std::mem::take(&mut r.answers);
+        answers.extend(next.answers.iter().cloned());
+        r = coresvc_lab::dns::Reply { answers, ..next };
+    }
+    r
+}
+
+/// The DNS answers of coresvc (10.20.0.1) and of the production DNS
+/// (10.20.0.3) to every question, as kdig sees them: the mismatches.
+fn dns_mismatches(lab: &Lab, questions: &[(String, String)]) -> Vec<String> {
+    let norm = |v: &[coresvc_lab::dns::Rr]| {
+        let mut v: Vec<_> = v.iter().map(|r| (r.name.to_lowercase(), r.rtype.clone(), r.ttl, r.rdata.clone())).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut bad = Vec::new();
+    for (name, t) in questions {
+        for extra in [&["+norec"][..], &["+norec", "+tcp"][..]] {
+            let ours = chased(lab, "10.20.0.1", name, t, extra);
+            let theirs = chased(lab, "10.20.0.3", name, t, extra);
+            let same = ours.rcode == theirs.rcode
+                && ours.aa == theirs.aa
+                && norm(&ours.answers) == norm(&theirs.answers)
+                && norm(&ours.authority) == norm(&theirs.authority);
+            if !same {
+                bad.push(format!("{name} {t} {extra:?}:\n  coresvc {ours:?}\n  knot    {theirs:?}"));
+            }
+        }
+    }
+    bad
+}
+
+/// Issue 18.2: what `coresvc export knot|kea` writes, run by the real
+/// Knot and Kea, answers like coresvc: every name coresvc serves (a
+/// query-by-query comparison with kdig), and DHCP: the known MAC gets its
+/// reservation, a pool client the address coresvc leased it (the exported
+/// memfile) with the same options, PXE clients the same boot files.
+#[test]
+fn exported_kea_and_knot_answer_like_coresvc() {
+    let mut lab = Lab::for_test().unwrap();
+    let cfg = production_config(&lab);
+    let infra = Infra::new(&lab);
+    add_clients(&lab, &[("kn0", "02:00:00:14:00:42"), ("pc0", "02:00:00:14:00:77"), ("px0", "02:00:00:14:00:78")]);
+    lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
+    let pxe_bios: &[&str] = &["-V", "PXEClient", "-x", "0x5d:0000"];
+    let ipxe: &[&str] = &["-x", "0x4d:69505845"];
+    let ours = [
+        ("kn0", offered(exchange_within(&lab, "kn0", &[], 10))),
+        ("pc0", offered(exchange_within(&lab, "pc0", &[], 10))),
+        ("px0 bios", offered(exchange_within(&lab, "px0", pxe_bios, 10))),
+        ("px0 ipxe", offered(exchange_within(&lab, "px0", ipxe, 10))),
+    ];
+    assert_eq!(ours[0].1["ip"], "10.20.0.42", "coresvc: the reservation");
+    assert!(in_pool(&ours[1].1["ip"], 100, 199), "{:?}", ours[1]);
+    assert_eq!(ours[2].1["boot_file"], "undionly.kpxe");
+    assert_eq!(ours[3].1["boot_file"], "http://artifacts.mgmt.deevnet.net/boot.ipxe");
+
+    let out = lab.paths.run_dir.join("export");
+    let knot_dir = out.join("knot");
+    let kea_dir = out.join("kea");
+    export(&lab, &cfg, "knot", &knot_dir, &["--listen", "10.20.0.3@53"]);
+    let kea_out = export(&lab, &cfg, "kea", &kea_dir, &[]);
+    assert!(kea_out.contains("3 active lease(s)"), "kn0, pc0 and px0: {kea_out}");
+    let csv = std::fs::read_to_string(kea_dir.join("kea-leases4.csv")).unwrap();
+    assert!(csv.starts_with("address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n"), "{csv}");
+    assert!(csv.contains(&format!("{},02:00:00:14:00:77,", ours[1].1["ip"])), "{csv}");
+
+    // DNS: Knot with the exported zones against coresvc, question by question.
+    let mut knot = start_knot(&lab, &infra, &knot_dir);
+    let qs = questions(&knot_dir);
+    assert!(qs.len() > 40, "{qs:?}");
+    assert!(qs.iter().any(|(n, _)| n == "known.dvnt.deevnet.net."), "the registered client name is exported: {qs:?}");
+    let bad = dns_mismatches(&lab, &qs);
+    let _ = knot.kill();
+    let _ = knot.wait();
+    assert!(bad.is_empty(), "{} of {} question(s) answered differently:\n{}", bad.len(), qs.len() * 2, bad.join("\n"));
+
+    // DHCP: coresvc stops; the exported Kea with the exported leases answers alone.
+    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    let lease_file = lab.paths.run_dir.join("kea").join("leases4.csv");
+    std::fs::copy(kea_dir.join("kea-leases4.csv"), &lease_file).unwrap();
+    let kea = Kea::start(&lab, &infra, &kea_dir.join("kea-dhcp4.conf"));
+    let kn0 = exchange_within(&lab, "kn0", &[], 20);
+    assert_eq!(kn0["serverid"], "10.20.0.3", "Kea answered: {kn0:?}\n{}", kea.log());
+    let theirs = [
+        ("kn0", offered(kn0)),
+        ("pc0", offered(exchange_within(&lab, "pc0", &[], 10))),
+        ("px0 bios", offered(exchange_within(&lab, "px0", pxe_bios, 10))),
+        ("px0 ipxe", offered(exchange_within(&lab, "px0", ipxe, 10))),
+    ];
+    for ((who, a), (_, b)) in ours.iter().zip(&theirs) {
+        assert_eq!(a, b, "{who}: coresvc and Kea answer differently\n{}", kea.log());
+    }
 }

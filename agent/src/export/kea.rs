@@ -54,7 +54,8 @@ fn next_server(cfg: &Config, pxe: &Pxe, seg: usize) -> std::net::Ipv4Addr {
 
 /// The PXE client classes (one per boot file configured), in coresvc's order
 /// of precedence: iPXE gets the script; others by architecture.
-fn pxe_classes(cfg: &Config) -> Vec<Value> {
+/// `next_server`: the siaddr booting clients get, when every segment gives the same.
+fn pxe_classes(cfg: &Config, next_server: Option<std::net::Ipv4Addr>) -> Vec<Value> {
     let p = &cfg.dhcp.pxe;
     let ipxe = "option[77].hex == 'iPXE' or substring(option[77].hex,0,5) == 0x0469505845 or option[175].exists";
     let booting = "(substring(option[60].hex,0,9) == 'PXEClient' or substring(option[60].hex,0,10) == 'HTTPClient')";
@@ -64,6 +65,9 @@ fn pxe_classes(cfg: &Config) -> Vec<Value> {
     let mut class = |name: &str, test: String, file: &Option<String>, http: bool| {
         let Some(f) = file else { return };
         let mut c = json!({ "name": name, "test": test });
+        if let Some(n) = next_server {
+            c["next-server"] = json!(n.to_string());
+        }
         if f.len() < 128 {
             c["boot-file-name"] = json!(f);
         } else {
@@ -100,8 +104,20 @@ pub fn config(cfg: &Config, lease_file: &Path) -> (Value, Vec<String>) {
     let auth = cfg.authority.clone().unwrap_or_default();
     let mut interfaces: Vec<String> = Vec::new();
     let mut subnets = Vec::new();
-    let classes = pxe_classes(cfg);
-    for i in crate::authority::check::dhcp_segments(cfg) {
+    let served = crate::authority::check::dhcp_segments(cfg);
+    // coresvc sets siaddr for booting clients only: in the classes, when one
+    // value serves every segment; else per subnet (every client gets it).
+    let mut next: Vec<_> = served.iter().map(|&i| next_server(cfg, &d.pxe, i)).collect();
+    next.dedup();
+    let uniform = (next.len() == 1).then(|| next[0]);
+    if uniform.is_none() && !served.is_empty() {
+        warnings.push(
+            "the segments' next-servers differ: set per subnet, so every client (not only booting ones) gets siaddr"
+                .to_string(),
+        );
+    }
+    let classes = pxe_classes(cfg, uniform);
+    for i in served {
         let s = &cfg.segments[i];
         let iface = auth.segment(&s.name).and_then(|a| a.kea_interface.clone()).unwrap_or_else(|| s.interface.clone());
         if !interfaces.contains(&iface) {
@@ -185,9 +201,11 @@ pub fn config(cfg: &Config, lease_file: &Path) -> (Value, Vec<String>) {
             "pools": kea_pools,
             "option-data": opts,
             "reservations": reservations,
-            "next-server": next_server(cfg, &d.pxe, i).to_string(),
             "user-context": { "coresvc-segment": s.name },
         });
+        if uniform.is_none() {
+            sub["next-server"] = json!(next_server(cfg, &d.pxe, i).to_string());
+        }
         let relays: Vec<String> =
             d.relays.iter().filter(|r| r.segment == s.name).flat_map(|r| r.addresses.iter().map(ToString::to_string)).collect();
         if !relays.is_empty() {
@@ -209,6 +227,8 @@ pub fn config(cfg: &Config, lease_file: &Path) -> (Value, Vec<String>) {
             // coresvc answers only clients it knows the address of, and NAKs the rest.
             "authoritative": true,
             "match-client-id": true,
+            // coresvc does not echo option 61 (RFC 6842) either.
+            "echo-client-id": false,
             "host-reservation-identifiers": ["hw-address", "client-id"],
             // RFC 2131 §4.4.5 as coresvc: T1 = 0.5, T2 = 0.875 of the lease.
             "calculate-tee-times": true,
@@ -275,7 +295,15 @@ mod tests {
         let bios = classes.iter().find(|c| c["name"] == "coresvc_bios").unwrap();
         assert!(bios["test"].as_str().unwrap().starts_with("not member('coresvc_ipxe')"));
         assert_eq!(bios["boot-file-name"], "undionly.kpxe");
-        assert_eq!(dvnt["next-server"], "10.20.0.1");
+        assert_eq!(dvnt["next-server"], "10.20.0.1", "the segments' next-servers differ: per subnet");
+        assert!(classes[0]["next-server"].is_null());
+        let one = {
+            let mut c = example();
+            c.dhcp.pxe.next_server = Some("10.10.0.10".parse().unwrap());
+            config(&c, Path::new("/tmp/l.csv")).0
+        };
+        assert_eq!(one["Dhcp4"]["client-classes"][1]["next-server"], "10.10.0.10");
+        assert!(one["Dhcp4"]["subnet4"][1]["next-server"].is_null());
         assert_eq!(v["Dhcp4"]["lease-database"]["name"], "/tmp/l.csv");
     }
 }
