@@ -472,7 +472,17 @@ impl Kea {
             .stdin(Stdio::null())
             .spawn()
             .expect("kea-dhcp4 (package kea-dhcp4-server, installed by cargo xtask setup)");
-        Kea { child, log }
+        let mut kea = Kea { child, log };
+        // Serving once it says so (its sockets are open by then).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !kea.log().contains("DHCP4_STARTED") {
+            if let Some(st) = kea.child.try_wait().unwrap() {
+                panic!("kea-dhcp4 exited ({st}): {}", kea.log());
+            }
+            assert!(Instant::now() < deadline, "kea-dhcp4 did not start: {}", kea.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        kea
     }
 
     fn log(&self) -> String {
@@ -660,5 +670,126 @@ fn exported_kea_and_knot_answer_like_coresvc() {
     ];
     for ((who, a), (_, b)) in ours.iter().zip(&theirs) {
         assert_eq!(a, b, "{who}: coresvc and Kea answer differently\n{}", kea.log());
+    }
+}
+
+/// The lab with coresvc in bootstrap mode (DHCP on dvnt), the infra
+/// namespace bridged onto dvnt, and coresvc's export written.
+fn production_lab(clients: &[(&str, &str)]) -> (Lab, PathBuf, Infra, PathBuf) {
+    let mut lab = Lab::for_test().unwrap();
+    let cfg = production_config(&lab);
+    let infra = Infra::new(&lab);
+    add_clients(&lab, clients);
+    lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
+    let out = lab.paths.run_dir.join("export");
+    (lab, cfg, infra, out)
+}
+
+/// Issue 18.3: `authority production` asks the production DNS every
+/// record coresvc serves and a DHCP server on every segment it serves;
+/// one record changed on the production side: refused, the record named,
+/// nothing changed (`authority check` says the same without switching);
+/// once it agrees, the switch happens and the leases are handed over.
+#[test]
+fn production_is_refused_while_one_record_differs_and_accepted_when_all_agree() {
+    let (lab, cfg, infra, out) = production_lab(&[]);
+    let knot_dir = out.join("knot");
+    let kea_dir = out.join("kea");
+    export(&lab, &cfg, "knot", &knot_dir, &["--listen", "10.20.0.3@53"]);
+    export(&lab, &cfg, "kea", &kea_dir, &[]);
+    let _kea = Kea::start(&lab, &infra, &kea_dir.join("kea-dhcp4.conf"));
+    // The production side has one record of its own.
+    let zone = knot_dir.join("mgmt.deevnet.net.zone");
+    let good = std::fs::read_to_string(&zone).unwrap();
+    let line = "provisioner-01.mgmt.deevnet.net. 300 IN A 10.10.0.10\n";
+    assert!(good.contains(line), "{good}");
+    std::fs::write(&zone, good.replace(line, "provisioner-01.mgmt.deevnet.net. 300 IN A 10.10.0.11\n")).unwrap();
+    let mut knot = start_knot(&lab, &infra, &knot_dir);
+
+    let check = lab.coresvc(["authority", "check"]).unwrap();
+    let text = String::from_utf8_lossy(&check.stdout).to_string();
+    assert_eq!(check.status.code(), Some(1), "differs: exit status 1\n{text}");
+    let differs: Vec<&str> = text.lines().filter(|l| l.starts_with("DIFFERS")).collect();
+    assert_eq!(differs.len(), 1, "exactly the changed record:\n{text}");
+    assert!(
+        differs[0].contains("provisioner-01.mgmt.deevnet.net. A")
+            && differs[0].contains("coresvc [300 10.10.0.10]")
+            && differs[0].contains("production [300 10.10.0.11]"),
+        "{text}"
+    );
+    assert!(text.contains("DHCP segment dvnt       DHCP server 10.20.0.3 answers"), "Kea found on dvnt:\n{text}");
+    assert!(differs[0].contains("DNS 10.20.0.3:53 (segment mgmt, dvnt, dvntm)"), "{text}");
+
+    let refused = lab.coresvc(["authority", "production"]).unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("not switched to production, nothing changed") && err.contains("(1 difference(s))"), "{err}");
+    assert!(err.contains("provisioner-01.mgmt.deevnet.net. A: records differ"), "{err}");
+    let s = lab.status_json().unwrap();
+    assert_eq!(s["authority"], "bootstrap");
+    assert!(!s["dhcp"].is_null() && !s["dns"].is_null() && gw_has(&lab, "10.20.0.1"), "still serving");
+
+    // Fixed on the production side: it agrees, the switch happens.
+    let _ = knot.kill();
+    let _ = knot.wait();
+    std::fs::write(&zone, &good).unwrap();
+    let mut knot = start_knot(&lab, &infra, &knot_dir);
+    let check = lab.coresvc(["authority", "check"]).unwrap();
+    let text = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(check.status.success() && text.contains("the production infrastructure agrees with coresvc"), "{text}");
+    let steps = coresvc_ok(&lab, &["authority", "production"]);
+    for want in ["check: the production DNS answers all", "a DHCP server answers on dvnt", "leases: appended 0 active lease(s)", "dhcp: stopped", "persisted production"] {
+        assert!(steps.contains(want), "step {want:?} missing:\n{steps}");
+    }
+    assert_eq!(lab.status_json().unwrap()["authority"], "production");
+    let _ = knot.kill();
+    let _ = knot.wait();
+}
+
+/// Issue 18.3: bootstrap -> production -> bootstrap through Kea's lease
+/// file, checked from the clients' side: a's lease (granted by coresvc)
+/// is kept by Kea, b's (granted by Kea) by coresvc afterwards, and a new
+/// client c gets neither address.
+#[test]
+fn a_round_trip_through_kea_loses_no_lease_and_gives_no_address_twice() {
+    let clients = [("ca0", "02:00:00:14:00:a0"), ("cb0", "02:00:00:14:00:b0"), ("cc0", "02:00:00:14:00:c0")];
+    let (lab, cfg, infra, out) = production_lab(&clients);
+    let a = exchange_within(&lab, "ca0", &[], 10);
+    assert_eq!(a["serverid"], "10.20.0.1");
+    let addr_a = a["ip"].clone();
+
+    let knot_dir = out.join("knot");
+    let kea_dir = out.join("kea");
+    export(&lab, &cfg, "knot", &knot_dir, &["--listen", "10.20.0.3@53"]);
+    export(&lab, &cfg, "kea", &kea_dir, &[]);
+    let mut knot = start_knot(&lab, &infra, &knot_dir);
+    let kea = Kea::start(&lab, &infra, &kea_dir.join("kea-dhcp4.conf"));
+    let steps = coresvc_ok(&lab, &["authority", "production"]);
+    assert!(steps.contains("leases: appended 1 active lease(s)"), "{steps}");
+    // Kea reads the handed-over leases at its next start.
+    drop(kea);
+    let kea = Kea::start(&lab, &infra, &kea_dir.join("kea-dhcp4.conf"));
+    let a2 = exchange_within(&lab, "ca0", &[], 20);
+    assert_eq!((a2["serverid"].as_str(), a2["ip"].as_str()), ("10.20.0.3", addr_a.as_str()), "Kea keeps a's lease\n{}", kea.log());
+    let b = exchange_within(&lab, "cb0", &[], 10);
+    assert_eq!(b["serverid"], "10.20.0.3");
+    let addr_b = b["ip"].clone();
+    assert_ne!(addr_a, addr_b);
+
+    // Back: Kea stops, coresvc takes its leases before serving.
+    drop(kea);
+    let _ = knot.kill();
+    let _ = knot.wait();
+    let steps = coresvc_ok(&lab, &["authority", "bootstrap"]);
+    assert!(steps.contains("leases: took 2 record(s) back from") && steps.contains("(2 in force)"), "{steps}");
+    let b2 = exchange_within(&lab, "cb0", &[], 20);
+    assert_eq!((b2["serverid"].as_str(), b2["ip"].as_str()), ("10.20.0.1", addr_b.as_str()), "coresvc keeps b's lease");
+    let a3 = exchange_within(&lab, "ca0", &[], 10);
+    assert_eq!((a3["serverid"].as_str(), a3["ip"].as_str()), ("10.20.0.1", addr_a.as_str()));
+    let c = exchange_within(&lab, "cc0", &[], 10);
+    assert!(in_pool(&c["ip"], 100, 199) && c["ip"] != addr_a && c["ip"] != addr_b, "c: {c:?}, a {addr_a}, b {addr_b}");
+    let leases = coresvc_ok(&lab, &["leases"]);
+    for (addr, mac) in [(&addr_a, "02:00:00:14:00:a0"), (&addr_b, "02:00:00:14:00:b0")] {
+        assert!(leases.lines().any(|l| l.contains(addr.as_str()) && l.contains(mac)), "{leases}");
     }
 }

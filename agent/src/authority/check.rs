@@ -97,27 +97,41 @@ pub struct Summary {
 }
 
 impl Report {
-    /// Every difference, one line each, segment by segment.
-    pub fn differences(&self) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Each production DNS server's report once, with the segments it serves.
+    pub fn servers(&self) -> Vec<(&ServerReport, Vec<&str>)> {
+        let mut out: Vec<(&ServerReport, Vec<&str>)> = Vec::new();
         for s in &self.segments {
             for d in &s.dns {
-                if let Some(u) = &d.unreachable {
-                    out.push(format!("segment {}: DNS {}: {u}", s.segment, d.server));
-                }
-                for x in &d.differences {
-                    out.push(format!(
-                        "segment {}: DNS {}: {} {}: {}: coresvc [{}], production [{}]",
-                        s.segment,
-                        d.server,
-                        x.name,
-                        x.rtype,
-                        x.why,
-                        x.coresvc.join("; "),
-                        x.production.join("; ")
-                    ));
+                match out.iter_mut().find(|(r, _)| r.server == d.server) {
+                    Some((_, segs)) => segs.push(&s.segment),
+                    None => out.push((d, vec![s.segment.as_str()])),
                 }
             }
+        }
+        out
+    }
+
+    /// Every difference, one line each: per DNS server (once, whichever
+    /// segments it serves), then the segments without a DHCP server.
+    pub fn differences(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (d, segs) in self.servers() {
+            let who = format!("DNS {} (segment {})", d.server, segs.join(", "));
+            if let Some(u) = &d.unreachable {
+                out.push(format!("{who}: {u}"));
+            }
+            for x in &d.differences {
+                out.push(format!(
+                    "{who}: {} {}: {}: coresvc [{}], production [{}]",
+                    x.name,
+                    x.rtype,
+                    x.why,
+                    x.coresvc.join("; "),
+                    x.production.join("; ")
+                ));
+            }
+        }
+        for s in &self.segments {
             if s.dhcp.as_ref().is_some_and(Vec::is_empty) {
                 out.push(format!(
                     "segment {} ({}): no DHCP server answers (coresvc serves DHCP here in bootstrap mode)",
@@ -137,27 +151,21 @@ impl Report {
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
+        for (d, segs) in self.servers() {
+            let state = d.unreachable.as_ref().map(|u| format!("{u}; ")).unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "DNS  {:<22} segment {:<20} {state}{} of {} RRsets as coresvc, {} differ",
+                d.server.to_string(),
+                segs.join(", "),
+                d.agreed,
+                self.rrsets,
+                d.differences.len()
+            );
+        }
         for s in &self.segments {
-            for d in &s.dns {
-                let state = match (&d.unreachable, d.differences.len()) {
-                    (Some(u), _) => format!("{u}; "),
-                    _ => String::new(),
-                };
-                let _ = writeln!(
-                    o,
-                    "segment {:<10} DNS {:<22} {state}{} of {} RRsets as coresvc, {} differ",
-                    s.segment,
-                    d.server.to_string(),
-                    d.agreed,
-                    self.rrsets,
-                    d.differences.len()
-                );
-            }
-            match &s.dhcp {
-                Some(found) if !found.is_empty() => {
-                    let _ = writeln!(o, "segment {:<10} DHCP {}", s.segment, found.join("; "));
-                }
-                _ => {}
+            if let Some(found) = s.dhcp.as_ref().filter(|f| !f.is_empty()) {
+                let _ = writeln!(o, "DHCP segment {:<10} {}", s.segment, found.join("; "));
             }
         }
         for u in &self.unverified {
@@ -410,7 +418,18 @@ pub async fn run(cfg: &Config, ours: Vec<Ipv4Addr>) -> Result<Report> {
         let iface = cfg.segments[i].interface.clone();
         let ours = ours.clone();
         async move {
-            let found = tokio::task::spawn_blocking(move || super::dhcp_servers(&iface, &ours, wait)).await;
+            // Up to three DHCPDISCOVERs: a lost datagram is no missing server.
+            let found = tokio::task::spawn_blocking(move || {
+                let mut last = Ok(Vec::new());
+                for _ in 0..3 {
+                    last = super::dhcp_servers(&iface, &ours, wait);
+                    if last.as_ref().is_ok_and(|f| !f.is_empty()) {
+                        break;
+                    }
+                }
+                last
+            })
+            .await;
             match found {
                 Ok(Ok(f)) => f.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 Ok(Err(e)) => {
