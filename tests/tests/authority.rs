@@ -748,14 +748,16 @@ fn production_is_refused_while_one_record_differs_and_accepted_when_all_agree() 
 
 /// Issue 18.3: bootstrap -> production -> bootstrap through Kea's lease
 /// file, checked from the clients' side: a's lease (granted by coresvc)
-/// is kept by Kea, b's (granted by Kea) by coresvc afterwards, and a new
-/// client c gets neither address.
+/// is kept by Kea, b's (granted by Kea, an address it asked for) by
+/// coresvc afterwards, and a new client c asking for b's address gets
+/// another, neither a's nor b's.
 #[test]
 fn a_round_trip_through_kea_loses_no_lease_and_gives_no_address_twice() {
     let clients = [("ca0", "02:00:00:14:00:a0"), ("cb0", "02:00:00:14:00:b0"), ("cc0", "02:00:00:14:00:c0")];
     let (lab, cfg, infra, out) = production_lab(&clients);
-    let a = exchange_within(&lab, "ca0", &[], 10);
-    assert_eq!(a["serverid"], "10.20.0.1");
+    // a's address is not the one Kea would pick first (the pool start).
+    let a = exchange_within(&lab, "ca0", &["-r", "10.20.0.140"], 10);
+    assert_eq!((a["serverid"].as_str(), a["ip"].as_str()), ("10.20.0.1", "10.20.0.140"));
     let addr_a = a["ip"].clone();
 
     let knot_dir = out.join("knot");
@@ -771,10 +773,11 @@ fn a_round_trip_through_kea_loses_no_lease_and_gives_no_address_twice() {
     let kea = Kea::start(&lab, &infra, &kea_dir.join("kea-dhcp4.conf"));
     let a2 = exchange_within(&lab, "ca0", &[], 20);
     assert_eq!((a2["serverid"].as_str(), a2["ip"].as_str()), ("10.20.0.3", addr_a.as_str()), "Kea keeps a's lease\n{}", kea.log());
-    let b = exchange_within(&lab, "cb0", &[], 10);
+    // b asks for an address coresvc would not pick next (it allocates from the pool start).
+    let b = exchange_within(&lab, "cb0", &["-r", "10.20.0.150"], 10);
     assert_eq!(b["serverid"], "10.20.0.3");
     let addr_b = b["ip"].clone();
-    assert_ne!(addr_a, addr_b);
+    assert_eq!(addr_b, "10.20.0.150", "Kea grants the requested address");
 
     // Back: Kea stops, coresvc takes its leases before serving.
     drop(kea);
@@ -786,7 +789,8 @@ fn a_round_trip_through_kea_loses_no_lease_and_gives_no_address_twice() {
     assert_eq!((b2["serverid"].as_str(), b2["ip"].as_str()), ("10.20.0.1", addr_b.as_str()), "coresvc keeps b's lease");
     let a3 = exchange_within(&lab, "ca0", &[], 10);
     assert_eq!((a3["serverid"].as_str(), a3["ip"].as_str()), ("10.20.0.1", addr_a.as_str()));
-    let c = exchange_within(&lab, "cc0", &[], 10);
+    // c asks for b's address: someone else's.
+    let c = exchange_within(&lab, "cc0", &["-r", "10.20.0.150"], 10);
     assert!(in_pool(&c["ip"], 100, 199) && c["ip"] != addr_a && c["ip"] != addr_b, "c: {c:?}, a {addr_a}, b {addr_b}");
     let leases = coresvc_ok(&lab, &["leases"]);
     for (addr, mac) in [(&addr_a, "02:00:00:14:00:a0"), (&addr_b, "02:00:00:14:00:b0")] {
