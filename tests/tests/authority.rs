@@ -365,6 +365,7 @@ fn production_config(lab: &Lab) -> PathBuf {
     std::fs::create_dir_all(lease_file.parent().unwrap()).unwrap();
     lab.config_with("coresvc.toml", |s| {
         let s = s
+            .replace("# metrics_listen = \"127.0.0.1:9464\"", "metrics_listen = \"127.0.0.1:9477\"")
             .replace(
                 "[[dhcp.pool]]\nsegment = \"dvntm\"\nstart = \"10.30.0.100\"\nend = \"10.30.0.199\"\nlease_time = \"30m\"\n",
                 "",
@@ -374,7 +375,7 @@ fn production_config(lab: &Lab) -> PathBuf {
         assert!(!s.contains("10.30.0.100") && !s.contains("02:00:00:0a:00:0a"), "the example changed: fix this test's edits");
         s + &format!(
             "\n[[dhcp.host]]\nmac = \"02:00:00:14:00:42\"\naddress = \"10.20.0.42\"\nhostname = \"known\"\n\n\
-             [authority]\ndns = [\"10.20.0.3\"]\nkea_lease_file = \"{}\"\n\n\
+             [authority]\ndns = [\"10.20.0.3\"]\nkea_lease_file = \"{}\"\ncheck_interval = \"2s\"\n\n\
              [[authority.segment]]\nsegment = \"dvnt\"\nkea_interface = \"eth0\"\n",
             lease_file.display()
         )
@@ -742,6 +743,31 @@ fn production_is_refused_while_one_record_differs_and_accepted_when_all_agree() 
         assert!(steps.contains(want), "step {want:?} missing:\n{steps}");
     }
     assert_eq!(lab.status_json().unwrap()["authority"], "production");
+
+    // In production mode the check runs every 2 s: agreement, then the
+    // conflicting truth of a changed record (a log line and a metric).
+    let truth = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = lab.status_json().unwrap()["truth"].clone();
+            if t["checks"].as_u64().unwrap_or(0) >= 1 && t["differences"].as_u64() == Some(want) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "no periodic check with {want} difference(s): {t:#}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    truth(0);
+    let _ = knot.kill();
+    let _ = knot.wait();
+    std::fs::write(&zone, good.replace(line, "provisioner-01.mgmt.deevnet.net. 300 IN A 10.10.0.11\n")).unwrap();
+    let mut knot = start_knot(&lab, &infra, &knot_dir);
+    let t = truth(1);
+    assert!(t["lines"][0].as_str().unwrap().contains("provisioner-01.mgmt.deevnet.net. A"), "{t:#}");
+    assert!(lab.log().contains("authority: conflicting truth"), "{}", lab.log_tail(20));
+    let metrics = lab.exec("gw", ["curl", "-s", "--max-time", "5", "http://127.0.0.1:9477/metrics"]).unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    assert!(metrics.lines().any(|l| l == "coresvc_authority_conflicting_truth 1"), "{metrics}");
     let _ = knot.kill();
     let _ = knot.wait();
 }
