@@ -477,7 +477,9 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             other => unexpected(other),
         },
-        Cmd::Export { kind, dir, offline, state_dir, listen, target } => export(kind, &dir, offline, state_dir, &listen, &target),
+        Cmd::Export { kind, dir, offline, state_dir, listen, target } => {
+            export(kind, &dir, offline, state_dir, &listen, &target)
+        }
         Cmd::ImportLeases { file, offline, state_dir, target } => import_leases(&file, offline, state_dir, &target),
         Cmd::Unpin { pin_dir, config, netns, force } => {
             if let Some(ns) = &netns {

@@ -57,9 +57,13 @@ pub struct Pushed {
 impl KeaApi {
     /// Parses `http://host[:port][/path]` (port 8000 by default, Kea's).
     pub fn parse(url: &str) -> Result<KeaApi, String> {
-        let bad = |why: &str| format!("{url:?} is not a control agent URL ({why}); use http://HOST:PORT/, e.g. http://10.20.0.3:8000/");
+        let bad = |why: &str| {
+            format!("{url:?} is not a control agent URL ({why}); use http://HOST:PORT/, e.g. http://10.20.0.3:8000/")
+        };
         if url.starts_with("https://") {
-            return Err(bad("https is not supported: put the control agent behind a local TLS proxy, or use http on the management segment"));
+            return Err(bad(
+                "https is not supported: put the control agent behind a local TLS proxy, or use http on the management segment",
+            ));
         }
         let rest = url.strip_prefix("http://").ok_or_else(|| bad("it must start with http://"))?;
         let (hostport, path) = match rest.find('/') {
@@ -87,9 +91,10 @@ impl KeaApi {
         if let Some(a) = arguments {
             body["arguments"] = a;
         }
-        let answer = tokio::time::timeout(self.timeout, self.post(&serde_json::to_vec(&body)?))
-            .await
-            .map_err(|_| anyhow!("Kea's control agent at {} did not answer {command} within {:?}", self.url(), self.timeout))??;
+        let answer =
+            tokio::time::timeout(self.timeout, self.post(&serde_json::to_vec(&body)?)).await.map_err(|_| {
+                anyhow!("Kea's control agent at {} did not answer {command} within {:?}", self.url(), self.timeout)
+            })??;
         parse_answer(&answer).with_context(|| format!("{command} at {}", self.url()))
     }
 
@@ -133,7 +138,8 @@ impl KeaApi {
                 out.added += 1;
                 continue;
             }
-            let (gr, gtext, theirs) = self.command("lease4-get", Some(json!({ "ip-address": l.address.to_string() }))).await?;
+            let (gr, gtext, theirs) =
+                self.command("lease4-get", Some(json!({ "ip-address": l.address.to_string() }))).await?;
             if gr != 0 {
                 bail!("lease4-add {}: {text}; lease4-get: {gtext}", l.address);
             }
@@ -462,7 +468,9 @@ pub async fn pause_production(cfg: &Config) -> Result<Option<String>> {
     match api.set_serving(false).await {
         Ok(()) => Ok(Some(format!("kea: DHCP disabled through {u} (dhcp-disable)"))),
         Err(e) => {
-            warn!("authority: Kea's control agent does not answer ({e:#}): taking its leases from the lease file, if any");
+            warn!(
+                "authority: Kea's control agent does not answer ({e:#}): taking its leases from the lease file, if any"
+            );
             Ok(None)
         }
     }
@@ -515,8 +523,10 @@ pub async fn take_back(cfg: &Config) -> Result<Vec<String>> {
     let c = kea::to_records(cfg, &leases, crate::dhcp::unix_now());
     crate::dhcp::import_offline(&cfg.agent.state_dir, &c.records)?;
     let bound = c.records.iter().filter(|r| r.state == RecordState::Bound).count();
-    let mut steps =
-        vec![format!("leases: took {} record(s) back from {from} ({bound} in force) into the journal", c.records.len())];
+    let mut steps = vec![format!(
+        "leases: took {} record(s) back from {from} ({bound} in force) into the journal",
+        c.records.len()
+    )];
     steps.extend(c.skipped.into_iter().map(|s| format!("leases: skipped {s}")));
     Ok(steps)
 }
@@ -552,8 +562,9 @@ mod tests {
     #[test]
     fn http_answers_by_length_chunks_or_end() {
         let body = b"[ { \"result\": 0, \"text\": \"ok\" } ]";
-        let mut raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n", body.len())
-            .into_bytes();
+        let mut raw =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n", body.len())
+                .into_bytes();
         raw.extend_from_slice(body);
         assert_eq!(http_body(&raw).unwrap(), body);
         assert_eq!(parse_answer(&http_body(&raw).unwrap()).unwrap().0, 0);

@@ -121,7 +121,12 @@ pub fn render(s: &Status, rules: &[RuleStatus]) -> String {
             "what the last periodic check could not compare (nothing configured to ask)",
             t.unverified as u64,
         );
-        o.single("coresvc_authority_checks_total", "counter", "periodic checks of the production infrastructure", t.checks);
+        o.single(
+            "coresvc_authority_checks_total",
+            "counter",
+            "periodic checks of the production infrastructure",
+            t.checks,
+        );
         o.single("coresvc_authority_last_check_timestamp_seconds", "gauge", "when the last periodic check ran", t.at);
     }
 

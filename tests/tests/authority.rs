@@ -459,7 +459,8 @@ impl Kea {
         conf["Dhcp4"]["control-socket"]["socket-name"] = dir.join("ctrl.sock").display().to_string().into();
         let path = dir.join("kea-dhcp4.conf");
         std::fs::write(&path, serde_json::to_string_pretty(&conf).unwrap()).unwrap();
-        let check = Command::new("ip").args(["netns", "exec", &infra.ns, "kea-dhcp4", "-t"]).arg(&path).output().unwrap();
+        let check =
+            Command::new("ip").args(["netns", "exec", &infra.ns, "kea-dhcp4", "-t"]).arg(&path).output().unwrap();
         assert!(check.status.success(), "kea-dhcp4 -t refuses the export: {}", String::from_utf8_lossy(&check.stdout));
         let log = dir.join("kea.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
@@ -521,7 +522,12 @@ fn start_knot(lab: &Lab, infra: &Infra, dir: &std::path::Path) -> Child {
         + &format!("\ndatabase:\n    storage: {}\n", dir.display());
     std::fs::write(dir.join("knot-lab.conf"), &conf).unwrap();
     let check = Command::new("knotc").arg("-c").arg(dir.join("knot-lab.conf")).arg("conf-check").output().unwrap();
-    assert!(check.status.success(), "knotc conf-check: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "knotc conf-check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     let log = std::fs::File::create(dir.join("knot.log")).unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &infra.ns, "knotd", "-c"])
@@ -533,7 +539,11 @@ fn start_knot(lab: &Lab, infra: &Infra, dir: &std::path::Path) -> Child {
         .expect("knotd (package knot)");
     let deadline = Instant::now() + Duration::from_secs(10);
     while lab.kdig("dvnt-client", "10.20.0.3", "mgmt.deevnet.net", "SOA", &[]).is_err() {
-        assert!(Instant::now() < deadline, "knotd does not answer: {}", std::fs::read_to_string(dir.join("knot.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "knotd does not answer: {}",
+            std::fs::read_to_string(dir.join("knot.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     child
@@ -552,7 +562,7 @@ fn questions(dir: &std::path::Path) -> Vec<(String, String)> {
         q.insert((format!("nope.{origin}"), "A".to_string()));
         for l in text.lines().filter(|l| !l.starts_with('$') && !l.starts_with(';') && !l.trim().is_empty()) {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let t = f.iter().skip(1).skip_while(|x| x.parse::<u32>().is_ok() || **x == "IN").next().unwrap();
+            let t = f.iter().skip(1).find(|x| x.parse::<u32>().is_err() && **x != "IN").unwrap();
             q.insert((f[0].to_string(), t.to_string()));
             q.insert((f[0].to_string(), "A".to_string()));
             q.insert((f[0].to_string(), "TXT".to_string()));
@@ -589,7 +599,8 @@ fn chased(lab: &Lab, server: &str, name: &str, t: &str, extra: &[&str]) -> cores
 /// (10.20.0.3) to every question, as kdig sees them: the mismatches.
 fn dns_mismatches(lab: &Lab, questions: &[(String, String)]) -> Vec<String> {
     let norm = |v: &[coresvc_lab::dns::Rr]| {
-        let mut v: Vec<_> = v.iter().map(|r| (r.name.to_lowercase(), r.rtype.clone(), r.ttl, r.rdata.clone())).collect();
+        let mut v: Vec<_> =
+            v.iter().map(|r| (r.name.to_lowercase(), r.rtype.clone(), r.ttl, r.rdata.clone())).collect();
         v.sort();
         v.dedup();
         v
@@ -643,7 +654,12 @@ fn exported_kea_and_knot_answer_like_coresvc() {
     let kea_out = export(&lab, &cfg, "kea", &kea_dir, &[]);
     assert!(kea_out.contains("3 active lease(s)"), "kn0, pc0 and px0: {kea_out}");
     let csv = std::fs::read_to_string(kea_dir.join("kea-leases4.csv")).unwrap();
-    assert!(csv.starts_with("address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n"), "{csv}");
+    assert!(
+        csv.starts_with(
+            "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n"
+        ),
+        "{csv}"
+    );
     assert!(csv.contains(&format!("{},02:00:00:14:00:77,", ours[1].1["ip"])), "{csv}");
 
     // DNS: Knot with the exported zones against coresvc, question by question.
@@ -739,7 +755,13 @@ fn production_is_refused_while_one_record_differs_and_accepted_when_all_agree() 
     let text = String::from_utf8_lossy(&check.stdout).to_string();
     assert!(check.status.success() && text.contains("the production infrastructure agrees with coresvc"), "{text}");
     let steps = coresvc_ok(&lab, &["authority", "production"]);
-    for want in ["check: the production DNS answers all", "a DHCP server answers on dvnt", "leases: appended 0 active lease(s)", "dhcp: stopped", "persisted production"] {
+    for want in [
+        "check: the production DNS answers all",
+        "a DHCP server answers on dvnt",
+        "leases: appended 0 active lease(s)",
+        "dhcp: stopped",
+        "persisted production",
+    ] {
         assert!(steps.contains(want), "step {want:?} missing:\n{steps}");
     }
     assert_eq!(lab.status_json().unwrap()["authority"], "production");
@@ -798,7 +820,12 @@ fn a_round_trip_through_kea_loses_no_lease_and_gives_no_address_twice() {
     drop(kea);
     let kea = Kea::start(&lab, &infra, &kea_dir.join("kea-dhcp4.conf"));
     let a2 = exchange_within(&lab, "ca0", &[], 20);
-    assert_eq!((a2["serverid"].as_str(), a2["ip"].as_str()), ("10.20.0.3", addr_a.as_str()), "Kea keeps a's lease\n{}", kea.log());
+    assert_eq!(
+        (a2["serverid"].as_str(), a2["ip"].as_str()),
+        ("10.20.0.3", addr_a.as_str()),
+        "Kea keeps a's lease\n{}",
+        kea.log()
+    );
     // b asks for an address coresvc would not pick next (it allocates from the pool start).
     let b = exchange_within(&lab, "cb0", &["-r", "10.20.0.150"], 10);
     assert_eq!(b["serverid"], "10.20.0.3");

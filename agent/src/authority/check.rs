@@ -205,7 +205,9 @@ pub fn rrsets_of(catalog: &crate::dns::zone::Catalog) -> Vec<RrSet> {
         let cuts: Vec<Name> = z
             .nodes
             .iter()
-            .filter(|(n, node)| Name::from((*n).clone()) != apex && node.get(RecordType::NS).is_some_and(|s| !s.is_empty()))
+            .filter(|(n, node)| {
+                Name::from((*n).clone()) != apex && node.get(RecordType::NS).is_some_and(|s| !s.is_empty())
+            })
             .map(|(n, _)| Name::from(n.clone()))
             .collect();
         let mut names: Vec<Name> = z.nodes.keys().map(|n| Name::from(n.clone())).collect();
@@ -237,15 +239,9 @@ fn show(r: &Record) -> String {
 /// A record's comparable form: TTL and data, the SOA's serial set aside.
 fn comparable(r: &Record) -> (u32, RData) {
     let data = match &r.data {
-        RData::SOA(s) => RData::SOA(SOA::new(
-            s.mname.clone(),
-            s.rname.clone(),
-            0,
-            s.refresh,
-            s.retry,
-            s.expire,
-            s.minimum,
-        )),
+        RData::SOA(s) => {
+            RData::SOA(SOA::new(s.mname.clone(), s.rname.clone(), 0, s.refresh, s.retry, s.expire, s.minimum))
+        }
         d => d.clone(),
     };
     (r.ttl, data)
@@ -346,8 +342,7 @@ const IN_FLIGHT: usize = 16;
 pub async fn check_server(server: SocketAddr, rrsets: &[RrSet], timeout: Duration) -> ServerReport {
     let mut r = ServerReport { server, agreed: 0, differences: Vec::new(), unreachable: None };
     for batch in rrsets.chunks(IN_FLIGHT) {
-        let answers =
-            futures::future::join_all(batch.iter().map(|s| ask(server, &s.name, s.rtype, timeout))).await;
+        let answers = futures::future::join_all(batch.iter().map(|s| ask(server, &s.name, s.rtype, timeout))).await;
         if answers.iter().all(Result::is_err) {
             let why = answers.into_iter().find_map(Result::err).unwrap_or_default();
             r.unreachable = Some(format!("does not answer ({why})"));
@@ -449,7 +444,12 @@ pub async fn run(cfg: &Config, ours: Vec<Ipv4Addr>) -> Result<Report> {
         let mine: Vec<ServerReport> =
             dns.iter().filter(|r| auth.dns_for(&s.name).iter().any(|e| e.0 == r.server)).cloned().collect();
         let found = dhcp_at.iter().position(|&j| j == i).map(|k| dhcp[k].clone());
-        segments.push(SegmentReport { segment: s.name.clone(), interface: s.interface.clone(), dns: mine, dhcp: found });
+        segments.push(SegmentReport {
+            segment: s.name.clone(),
+            interface: s.interface.clone(),
+            dns: mine,
+            dhcp: found,
+        });
     }
     Ok(Report { at: crate::dhcp::unix_now(), rrsets: rrsets.len(), segments, unverified })
 }
@@ -515,26 +515,42 @@ mod tests {
         let want = RrSet {
             name: n("web.ref.deevnet.net."),
             rtype: RecordType::A,
-            records: vec![a("web.ref.deevnet.net.", 120, [10, 20, 0, 80]), a("web.ref.deevnet.net.", 120, [10, 20, 0, 81])],
+            records: vec![
+                a("web.ref.deevnet.net.", 120, [10, 20, 0, 80]),
+                a("web.ref.deevnet.net.", 120, [10, 20, 0, 81]),
+            ],
             delegation: false,
         };
-        let same = reply(true, vec![a("WEB.ref.deevnet.net.", 120, [10, 20, 0, 81]), a("web.ref.deevnet.net.", 120, [10, 20, 0, 80])]);
+        let same = reply(
+            true,
+            vec![a("WEB.ref.deevnet.net.", 120, [10, 20, 0, 81]), a("web.ref.deevnet.net.", 120, [10, 20, 0, 80])],
+        );
         assert_eq!(compare(&want, &same), None, "order and case do not matter");
         let d = compare(&want, &reply(true, vec![a("web.ref.deevnet.net.", 120, [10, 20, 0, 80])])).unwrap();
         assert_eq!(d.why, "records differ");
         assert_eq!(d.production, ["120 10.20.0.80"]);
-        let ttl = reply(true, vec![a("web.ref.deevnet.net.", 60, [10, 20, 0, 80]), a("web.ref.deevnet.net.", 60, [10, 20, 0, 81])]);
+        let ttl = reply(
+            true,
+            vec![a("web.ref.deevnet.net.", 60, [10, 20, 0, 80]), a("web.ref.deevnet.net.", 60, [10, 20, 0, 81])],
+        );
         assert!(compare(&want, &ttl).is_some(), "another TTL differs");
         let d = compare(&want, &reply(false, same.answers.clone())).unwrap();
         assert!(d.why.contains("not an authoritative"), "{d:?}");
         let mut nx = reply(true, vec![]);
         nx.metadata.response_code = ResponseCode::NXDomain;
-        assert!(compare(&want, &nx).unwrap().why.contains("NXDOMAIN") || compare(&want, &nx).unwrap().why.contains("Non-Existent"));
+        assert!(
+            compare(&want, &nx).unwrap().why.contains("NXDOMAIN")
+                || compare(&want, &nx).unwrap().why.contains("Non-Existent")
+        );
         // A CNAME chain's other records are not this RRset's.
         let cname = RrSet {
             name: n("www.ref.deevnet.net."),
             rtype: RecordType::CNAME,
-            records: vec![Record::from_rdata(n("www.ref.deevnet.net."), 120, RData::CNAME(CNAME(n("web.ref.deevnet.net."))))],
+            records: vec![Record::from_rdata(
+                n("www.ref.deevnet.net."),
+                120,
+                RData::CNAME(CNAME(n("web.ref.deevnet.net."))),
+            )],
             delegation: false,
         };
         let mut chain = cname.records.clone();
@@ -548,14 +564,28 @@ mod tests {
             Record::from_rdata(
                 n("ref.deevnet.net."),
                 120,
-                RData::SOA(SOA::new(n("ns.ref.deevnet.net."), n("hostmaster.ref.deevnet.net."), serial, 3600, 600, 604800, minimum)),
+                RData::SOA(SOA::new(
+                    n("ns.ref.deevnet.net."),
+                    n("hostmaster.ref.deevnet.net."),
+                    serial,
+                    3600,
+                    600,
+                    604800,
+                    minimum,
+                )),
             )
         };
-        let want = RrSet { name: n("ref.deevnet.net."), rtype: RecordType::SOA, records: vec![soa(1, 60)], delegation: false };
+        let want =
+            RrSet { name: n("ref.deevnet.net."), rtype: RecordType::SOA, records: vec![soa(1, 60)], delegation: false };
         assert_eq!(compare(&want, &reply(true, vec![soa(2026, 60)])), None);
         assert!(compare(&want, &reply(true, vec![soa(1, 300)])).is_some());
         let ns = Record::from_rdata(n("sub.ref.deevnet.net."), 120, RData::NS(NS(n("ns.sub.ref.deevnet.net."))));
-        let cut = RrSet { name: n("sub.ref.deevnet.net."), rtype: RecordType::NS, records: vec![ns.clone()], delegation: true };
+        let cut = RrSet {
+            name: n("sub.ref.deevnet.net."),
+            rtype: RecordType::NS,
+            records: vec![ns.clone()],
+            delegation: true,
+        };
         let mut referral = reply(false, vec![]);
         referral.add_authority(ns);
         assert_eq!(compare(&cut, &referral), None, "a referral is not authoritative");
@@ -568,7 +598,12 @@ mod tests {
         let extra = "\n[[zone]]\nname = \"ref.deevnet.net\"\nrole = \"site\"\n[[zone.host]]\nname = \"ns\"\naddresses = [\"10.20.0.1\"]\n\
                      [[zone.record]]\nname = \"sub\"\ntype = \"NS\"\ndata = \"ns.sub\"\n\
                      [[zone.record]]\nname = \"ns.sub\"\ntype = \"A\"\ndata = \"10.20.0.53\"\n";
-        let cfg = Config::parse_str_in(&(text + extra), "coresvc.toml", &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).unwrap();
+        let cfg = Config::parse_str_in(
+            &(text + extra),
+            "coresvc.toml",
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
+        )
+        .unwrap();
         let catalog = crate::dns::build::build(&cfg, 7).unwrap();
         let sets = rrsets_of(&catalog);
         let has = |name: &str, t: RecordType| sets.iter().any(|s| s.name == n(name) && s.rtype == t);

@@ -1179,7 +1179,10 @@ impl<'a> Validator<'a> {
         if let Some(f) = &a.kea_lease_file
             && (f.as_os_str().is_empty() || f.file_name().is_none())
         {
-            self.err(cfg_path!("authority", "kea_lease_file"), "give the path of Kea's memfile lease file (a CSV file)");
+            self.err(
+                cfg_path!("authority", "kea_lease_file"),
+                "give the path of Kea's memfile lease file (a CSV file)",
+            );
         }
     }
 }

@@ -28,7 +28,8 @@ use super::{
 use crate::config::Config;
 
 /// The header Kea 2.x (schema 2.1) writes.
-pub const HEADER: &str = "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context";
+pub const HEADER: &str =
+    "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context";
 
 /// Kea's lease states.
 pub const STATE_DEFAULT: u32 = 0;
@@ -62,7 +63,11 @@ impl KeaLease {
     /// The client as coresvc keys it: the client identifier when there is
     /// one, else the hardware address (RFC 2131 §4.2, as Kea's match-client-id).
     pub fn client_key(&self) -> ClientKey {
-        if self.client_id.is_empty() { ClientKey::from_hw(1, &self.hwaddr) } else { ClientKey::from_client_id(&self.client_id) }
+        if self.client_id.is_empty() {
+            ClientKey::from_hw(1, &self.hwaddr)
+        } else {
+            ClientKey::from_client_id(&self.client_id)
+        }
     }
 
     /// The row, without a line end.
@@ -105,7 +110,7 @@ pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b < 0x20 || b > 0x7e || b == b',' || b == b'&' {
+        if !(0x20..=0x7e).contains(&b) || b == b',' || b == b'&' {
             let _ = write!(out, "&#x{b:02x}");
         } else {
             out.push(b as char);
@@ -120,7 +125,10 @@ pub fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i..].starts_with(b"&#x")
-            && let Some(v) = b.get(i + 3..i + 5).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = b
+                .get(i + 3..i + 5)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 5;
@@ -206,13 +214,14 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<KeaLease>, CsvError> {
         let addr: Ipv4Addr =
             get(address).parse().map_err(|_| bad("address", format!("{:?} is not an IPv4 address", get(address))))?;
         let hw = parse_hex(get(hwaddr)).ok_or_else(|| bad("hwaddr", format!("{:?} is not hex bytes", get(hwaddr))))?;
-        let cid =
-            parse_hex(get(client_id)).ok_or_else(|| bad("client_id", format!("{:?} is not hex bytes", get(client_id))))?;
+        let cid = parse_hex(get(client_id))
+            .ok_or_else(|| bad("client_id", format!("{:?} is not hex bytes", get(client_id))))?;
         let valid_lifetime = u32::try_from(num(valid, "valid_lifetime")?)
             .map_err(|_| bad("valid_lifetime", format!("{} is out of range", get(valid))))?;
         let state = match state {
-            Some(i) if !get(i).is_empty() => u32::try_from(num(i, "state")?)
-                .map_err(|_| bad("state", format!("{} is out of range", get(i))))?,
+            Some(i) if !get(i).is_empty() => {
+                u32::try_from(num(i, "state")?).map_err(|_| bad("state", format!("{} is out of range", get(i))))?
+            }
             _ => STATE_DEFAULT,
         };
         out.push(KeaLease {

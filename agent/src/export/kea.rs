@@ -141,7 +141,8 @@ pub fn config(cfg: &Config, lease_file: &Path) -> (Value, Vec<String>) {
             opts.push(named("domain-name", z.clone()));
         }
         let search = |list: &[String]| list.iter().map(|d| d.trim_end_matches('.')).collect::<Vec<_>>().join(", ");
-        let global_search = if d.domain_search.is_empty() { s.zone.clone().into_iter().collect() } else { d.domain_search.clone() };
+        let global_search =
+            if d.domain_search.is_empty() { s.zone.clone().into_iter().collect() } else { d.domain_search.clone() };
         if !global_search.is_empty() {
             opts.push(named("domain-search", search(&global_search)));
         }
@@ -149,7 +150,10 @@ pub fn config(cfg: &Config, lease_file: &Path) -> (Value, Vec<String>) {
             opts.push(named("interface-mtu", mtu.to_string()));
         }
         if !d.ntp_servers.is_empty() {
-            opts.push(named("ntp-servers", d.ntp_servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")));
+            opts.push(named(
+                "ntp-servers",
+                d.ntp_servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            ));
         }
         opts.extend(d.options.iter().map(option_data));
         let kea_pools: Vec<Value> = pools
@@ -206,8 +210,12 @@ pub fn config(cfg: &Config, lease_file: &Path) -> (Value, Vec<String>) {
         if uniform.is_none() {
             sub["next-server"] = json!(next_server(cfg, &d.pxe, i).to_string());
         }
-        let relays: Vec<String> =
-            d.relays.iter().filter(|r| r.segment == s.name).flat_map(|r| r.addresses.iter().map(ToString::to_string)).collect();
+        let relays: Vec<String> = d
+            .relays
+            .iter()
+            .filter(|r| r.segment == s.name)
+            .flat_map(|r| r.addresses.iter().map(ToString::to_string))
+            .collect();
         if !relays.is_empty() {
             sub["relay"] = json!({ "ip-addresses": relays });
         }
@@ -279,7 +287,9 @@ mod tests {
         assert_eq!((dvnt["id"].as_u64(), dvnt["subnet"].as_str()), (Some(2), Some("10.20.0.0/24")));
         assert_eq!(dvnt["pools"][0]["pool"], "10.20.0.100 - 10.20.0.199");
         assert_eq!(dvnt["relay"]["ip-addresses"], json!(["10.20.0.50"]));
-        let opt = |s: &Value, n: &str| s["option-data"].as_array().unwrap().iter().find(|o| o["name"] == n).map(|o| o["data"].clone());
+        let opt = |s: &Value, n: &str| {
+            s["option-data"].as_array().unwrap().iter().find(|o| o["name"] == n).map(|o| o["data"].clone())
+        };
         assert_eq!(opt(dvnt, "routers"), Some(json!("10.20.0.1")));
         assert_eq!(opt(dvnt, "domain-name-servers"), Some(json!("10.20.0.1")));
         assert_eq!(opt(dvnt, "domain-name"), Some(json!("dvnt.deevnet.net")));
@@ -288,7 +298,10 @@ mod tests {
         let dvntm = &subnets[2];
         assert_eq!(dvntm["valid-lifetime"], 1800);
         assert_eq!(dvntm["pools"][0]["option-data"][0]["data"], "dvntm.deevnet.net, mgmt.deevnet.net");
-        assert_eq!(subnets[0]["reservations"][0], json!({"ip-address": "10.10.0.10", "hw-address": "02:00:00:0a:00:0a", "hostname": "provisioner-01"}));
+        assert_eq!(
+            subnets[0]["reservations"][0],
+            json!({"ip-address": "10.10.0.10", "hw-address": "02:00:00:0a:00:0a", "hostname": "provisioner-01"})
+        );
         let classes = v["Dhcp4"]["client-classes"].as_array().unwrap();
         assert_eq!(classes[0]["name"], "coresvc_ipxe");
         assert_eq!(classes[0]["boot-file-name"], "http://artifacts.mgmt.deevnet.net/boot.ipxe");

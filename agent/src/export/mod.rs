@@ -65,10 +65,7 @@ pub fn gather(cfg: Config, socket: Option<&Path>, offline: bool) -> Result<Sourc
         return Ok(Source { cfg, zones, leases, from: format!("the running agent ({})", sock.display()) });
     }
     // Offline: as a fresh start would serve.
-    let zones = origins
-        .iter()
-        .filter_map(|o| crate::dns::export(&catalog, Some(o)).map(|t| (o.clone(), t)))
-        .collect();
+    let zones = origins.iter().filter_map(|o| crate::dns::export(&catalog, Some(o)).map(|t| (o.clone(), t))).collect();
     let records = journal::read(&cfg.agent.state_dir)
         .with_context(|| format!("reading the lease journal in {}", cfg.agent.state_dir.display()))?;
     let mut last: BTreeMap<Ipv4Addr, LeaseRecord> = BTreeMap::new();
