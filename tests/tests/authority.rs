@@ -361,7 +361,17 @@ fn the_mode_survives_a_restart() {
 /// The lab's configuration with DHCP on dvnt only (the infra namespace is
 /// on dvnt), a known client, and the production side described.
 fn production_config(lab: &Lab) -> PathBuf {
+    production_config_with(lab, false)
+}
+
+/// The same, the leases handed over through Kea's lease API (`api`) instead of its lease file.
+fn production_config_with(lab: &Lab, api: bool) -> PathBuf {
     let lease_file = lab.paths.run_dir.join("kea").join("leases4.csv");
+    let handoff = if api {
+        "kea_control_agent = \"http://10.20.0.3:8000/\"".to_string()
+    } else {
+        format!("kea_lease_file = \"{}\"", lease_file.display())
+    };
     std::fs::create_dir_all(lease_file.parent().unwrap()).unwrap();
     lab.config_with("coresvc.toml", |s| {
         let s = s
@@ -375,9 +385,8 @@ fn production_config(lab: &Lab) -> PathBuf {
         assert!(!s.contains("10.30.0.100") && !s.contains("02:00:00:0a:00:0a"), "the example changed: fix this test's edits");
         s + &format!(
             "\n[[dhcp.host]]\nmac = \"02:00:00:14:00:42\"\naddress = \"10.20.0.42\"\nhostname = \"known\"\n\n\
-             [authority]\ndns = [\"10.20.0.3\"]\nkea_lease_file = \"{}\"\ncheck_interval = \"2s\"\n\n\
-             [[authority.segment]]\nsegment = \"dvnt\"\nkea_interface = \"eth0\"\n",
-            lease_file.display()
+             [authority]\ndns = [\"10.20.0.3\"]\n{handoff}\ncheck_interval = \"2s\"\n\n\
+             [[authority.segment]]\nsegment = \"dvnt\"\nkea_interface = \"eth0\"\n"
         )
     })
     .unwrap()
@@ -457,6 +466,7 @@ impl Kea {
         std::fs::create_dir_all(&dir).unwrap();
         let mut conf: Value = serde_json::from_str(&std::fs::read_to_string(exported).unwrap()).unwrap();
         conf["Dhcp4"]["control-socket"]["socket-name"] = dir.join("ctrl.sock").display().to_string().into();
+        conf["Dhcp4"]["lease-database"]["name"] = dir.join("leases4.csv").display().to_string().into();
         let path = dir.join("kea-dhcp4.conf");
         std::fs::write(&path, serde_json::to_string_pretty(&conf).unwrap()).unwrap();
         let check =
@@ -693,8 +703,12 @@ fn exported_kea_and_knot_answer_like_coresvc() {
 /// The lab with coresvc in bootstrap mode (DHCP on dvnt), the infra
 /// namespace bridged onto dvnt, and coresvc's export written.
 fn production_lab(clients: &[(&str, &str)]) -> (Lab, PathBuf, Infra, PathBuf) {
+    production_lab_with(clients, false)
+}
+
+fn production_lab_with(clients: &[(&str, &str)], api: bool) -> (Lab, PathBuf, Infra, PathBuf) {
     let mut lab = Lab::for_test().unwrap();
-    let cfg = production_config(&lab);
+    let cfg = production_config_with(&lab, api);
     let infra = Infra::new(&lab);
     add_clients(&lab, clients);
     lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
@@ -849,4 +863,86 @@ fn a_round_trip_through_kea_loses_no_lease_and_gives_no_address_twice() {
     for (addr, mac) in [(&addr_a, "02:00:00:14:00:a0"), (&addr_b, "02:00:00:14:00:b0")] {
         assert!(leases.lines().any(|l| l.contains(addr.as_str()) && l.contains(mac)), "{leases}");
     }
+}
+
+/// kea-ctrl-agent in the infra namespace with the exported configuration
+/// (forwarding to the test's kea-dhcp4 control socket).
+fn start_ctrl_agent(lab: &Lab, infra: &Infra, exported: &std::path::Path) -> Kea {
+    let dir = lab.paths.run_dir.join("kea");
+    let mut conf: Value = serde_json::from_str(&std::fs::read_to_string(exported).unwrap()).unwrap();
+    conf["Control-agent"]["control-sockets"]["dhcp4"]["socket-name"] =
+        dir.join("ctrl.sock").display().to_string().into();
+    let path = dir.join("kea-ctrl-agent.conf");
+    std::fs::write(&path, serde_json::to_string_pretty(&conf).unwrap()).unwrap();
+    let log = dir.join("kea-ctrl-agent.log");
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &infra.ns, "kea-ctrl-agent", "-c"])
+        .arg(&path)
+        .env("KEA_PIDFILE_DIR", &dir)
+        .env("KEA_LOCKFILE_DIR", &dir)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("kea-ctrl-agent (package kea-ctrl-agent, installed by cargo xtask setup)");
+    let mut ca = Kea { child, log };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ca.log().contains("HTTP_SERVICE_STARTED") {
+        if let Some(st) = ca.child.try_wait().unwrap() {
+            panic!("kea-ctrl-agent exited ({st}): {}", ca.log());
+        }
+        assert!(Instant::now() < deadline, "kea-ctrl-agent did not start: {}", ca.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ca
+}
+
+/// Issue 18.3 through Kea's lease API (kea-ctrl-agent, the lease_cmds
+/// hook): coresvc's lease is `lease4-add`ed to the running Kea at the
+/// switch; on the way back coresvc disables Kea's DHCP (`dhcp-disable`,
+/// so the probe finds nobody), takes `lease4-get-all` into its journal and
+/// serves: from the clients' side no lease is lost, no address given twice.
+#[test]
+fn a_round_trip_through_kea_s_lease_api_loses_no_lease() {
+    let clients = [("ca0", "02:00:00:14:00:a0"), ("cb0", "02:00:00:14:00:b0"), ("cc0", "02:00:00:14:00:c0")];
+    let (lab, cfg, infra, out) = production_lab_with(&clients, true);
+    let a = exchange_within(&lab, "ca0", &["-r", "10.20.0.140"], 10);
+    assert_eq!((a["serverid"].as_str(), a["ip"].as_str()), ("10.20.0.1", "10.20.0.140"));
+    let knot_dir = out.join("knot");
+    let kea_dir = out.join("kea");
+    export(&lab, &cfg, "knot", &knot_dir, &["--listen", "10.20.0.3@53"]);
+    let written = export(&lab, &cfg, "kea", &kea_dir, &[]);
+    assert!(written.contains("kea-ctrl-agent.conf"), "{written}");
+    let mut knot = start_knot(&lab, &infra, &knot_dir);
+    std::fs::remove_file(kea_dir.join("kea-leases4.csv")).unwrap();
+    let kea = Kea::start(&lab, &infra, &kea_dir.join("kea-dhcp4.conf"));
+    let _ca = start_ctrl_agent(&lab, &infra, &kea_dir.join("kea-ctrl-agent.conf"));
+    let steps = coresvc_ok(&lab, &["authority", "production"]);
+    assert!(steps.contains("leases: 1 added, 0 refreshed in Kea through http://10.20.0.3:8000/"), "{steps}");
+    // The running Kea has a's lease at once.
+    let a2 = exchange_within(&lab, "ca0", &[], 20);
+    assert_eq!((a2["serverid"].as_str(), a2["ip"].as_str()), ("10.20.0.3", "10.20.0.140"), "{}", kea.log());
+    let b = exchange_within(&lab, "cb0", &["-r", "10.20.0.150"], 10);
+    assert_eq!((b["serverid"].as_str(), b["ip"].as_str()), ("10.20.0.3", "10.20.0.150"));
+
+    // Back while Kea still runs: coresvc disables it first.
+    let _ = knot.kill();
+    let _ = knot.wait();
+    let steps = coresvc_ok(&lab, &["authority", "bootstrap"]);
+    for want in [
+        "kea: DHCP disabled through http://10.20.0.3:8000/",
+        "no other DHCP server",
+        "leases: took 2 record(s) back from Kea through",
+        "(2 in force)",
+    ] {
+        assert!(steps.contains(want), "step {want:?} missing:\n{steps}");
+    }
+    let b2 = exchange_within(&lab, "cb0", &[], 20);
+    assert_eq!((b2["serverid"].as_str(), b2["ip"].as_str()), ("10.20.0.1", "10.20.0.150"), "coresvc keeps b's lease");
+    let a3 = exchange_within(&lab, "ca0", &[], 10);
+    assert_eq!((a3["serverid"].as_str(), a3["ip"].as_str()), ("10.20.0.1", "10.20.0.140"));
+    let c = exchange_within(&lab, "cc0", &["-r", "10.20.0.150"], 10);
+    assert!(c["serverid"] == "10.20.0.1" && c["ip"] != "10.20.0.140" && c["ip"] != "10.20.0.150", "c: {c:?}");
+    drop(kea);
 }

@@ -32,6 +32,29 @@ pub const DEFAULT_LEASE_FILE: &str = "/var/lib/kea/kea-leases4.csv";
 /// Debian's control socket of kea-dhcp4 (what kea-ctrl-agent forwards to).
 pub const CONTROL_SOCKET: &str = "/run/kea/kea4-ctrl-socket";
 
+/// Where Debian's kea-common puts the lease commands hook (the lease API
+/// of the handoff: lease4-add, lease4-get-all).
+pub fn lease_cmds_hook() -> String {
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "aarch64-linux-gnu",
+        _ => "x86_64-linux-gnu",
+    };
+    format!("/usr/lib/{arch}/kea/hooks/libdhcp_lease_cmds.so")
+}
+
+/// kea-ctrl-agent.conf for the control agent at `url`, forwarding to kea-dhcp4.
+pub fn ctrl_agent_config(url: &str) -> Option<Value> {
+    let api = crate::handoff::KeaApi::parse(url).ok()?;
+    Some(json!({
+        "Control-agent": {
+            "http-host": api.host,
+            "http-port": api.port,
+            "control-sockets": { "dhcp4": { "socket-type": "unix", "socket-name": CONTROL_SOCKET } },
+            "loggers": [{ "name": "kea-ctrl-agent", "output_options": [{ "output": "stdout" }], "severity": "INFO" }],
+        }
+    }))
+}
+
 /// A configured option as Kea option-data: binary, always sent.
 fn option_data(o: &DhcpOption) -> Value {
     let data = match options::configured(o) {
@@ -249,6 +272,10 @@ pub fn config(cfg: &Config, lease_file: &Path) -> (Value, Vec<String>) {
             "loggers": [{ "name": "kea-dhcp4", "output_options": [{ "output": "stdout" }], "severity": "INFO" }],
         }
     });
+    let mut v = v;
+    if auth.kea_control_agent.is_some() {
+        v["Dhcp4"]["hooks-libraries"] = json!([{ "library": lease_cmds_hook() }]);
+    }
     (v, warnings)
 }
 
@@ -262,10 +289,15 @@ pub fn export(src: &Source, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
         .and_then(|a| a.kea_lease_file.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_LEASE_FILE));
     let (conf, warnings) = config(&src.cfg, &lease_file);
-    let files = vec![
+    let mut files = vec![
         write(dir, "kea-dhcp4.conf", &(serde_json::to_string_pretty(&conf)? + "\n"))?,
         write(dir, "kea-leases4.csv", &memfile::render(&src.leases))?,
     ];
+    if let Some(ca) =
+        src.cfg.authority.as_ref().and_then(|a| a.kea_control_agent.as_deref()).and_then(ctrl_agent_config)
+    {
+        files.push(write(dir, "kea-ctrl-agent.conf", &(serde_json::to_string_pretty(&ca)? + "\n"))?);
+    }
     Ok((files, warnings))
 }
 
