@@ -507,10 +507,10 @@ impl ctl::Handler for Agent {
                     Err(e) => Response::Error { message: format!("{e:#}") },
                 }
             }
-            Request::ImportLeases { file } => {
+            Request::ImportLeases { leases } => {
                 let dhcp = self.services.read().expect("services lock").dhcp.as_ref().map(|d| d.importer());
                 match dhcp {
-                    Some(d) => match crate::handoff::import_file(&self.config(), &d, &file).await {
+                    Some(d) => match crate::handoff::import(&self.config(), &d, leases).await {
                         Ok((records, conflicts, skipped)) => Response::Imported { records, conflicts, skipped },
                         Err(e) => Response::Error { message: format!("{e:#}") },
                     },

@@ -540,6 +540,9 @@ fn export(
 fn import_leases(file: &Path, offline: bool, state_dir: Option<PathBuf>, target: &Target) -> Result<()> {
     let leases = crate::dhcp::kea::load_memfile(file)?;
     if offline {
+        if target.socket().is_ok_and(|s| s.exists()) && call(target, &Request::Status).is_ok() {
+            bail!("the agent is running: import into it without --offline (its journal is its own while it runs)");
+        }
         let cfg = target_config(target, state_dir)?;
         let c = crate::dhcp::kea::to_records(&cfg, &leases, crate::dhcp::unix_now());
         for s in &c.skipped {
@@ -549,20 +552,27 @@ fn import_leases(file: &Path, offline: bool, state_dir: Option<PathBuf>, target:
         println!("imported {} lease record(s) into {}", c.records.len(), cfg.agent.state_dir.display());
         return Ok(());
     }
-    let file = std::fs::canonicalize(file).with_context(|| format!("reading {}", file.display()))?;
-    match call(target, &Request::ImportLeases { file })? {
-        Response::Imported { records, conflicts, skipped } => {
-            for s in skipped {
-                eprintln!("skipped {s}");
+    // In batches that fit a control request (64 KiB).
+    let all: Vec<_> = leases.into_values().collect();
+    let (mut records, mut conflicts, mut skipped) = (0, Vec::new(), Vec::new());
+    for batch in all.chunks(100) {
+        match call(target, &Request::ImportLeases { leases: batch.to_vec() })? {
+            Response::Imported { records: n, conflicts: c, skipped: s } => {
+                records += n;
+                conflicts.extend(c);
+                skipped.extend(s);
             }
-            for c in conflicts {
-                eprintln!("conflict: {c}");
-            }
-            println!("imported {records} lease record(s)");
-            Ok(())
+            other => return unexpected(other),
         }
-        other => unexpected(other),
     }
+    for s in skipped {
+        eprintln!("skipped {s}");
+    }
+    for c in conflicts {
+        eprintln!("conflict: {c}");
+    }
+    println!("imported {records} lease record(s)");
+    Ok(())
 }
 
 fn call(target: &Target, req: &Request) -> Result<Response> {
@@ -625,6 +635,16 @@ pub fn render_status(s: &ctl::Status) -> String {
         "control  {} open, {} accepted, refused {} (peer) {} (busy), {} evicted, {} idle closed",
         c.active, c.accepted, c.refused_peer, c.refused_busy, c.evicted, c.idle_closed
     );
+    if let Some(t) = &s.truth {
+        let state = match (t.differences, t.unverified) {
+            (0, 0) => "the production infrastructure agrees".to_string(),
+            (d, u) => format!("CONFLICTING TRUTH: {d} difference(s), {u} unverified"),
+        };
+        let _ = writeln!(o, "truth    {state} (check {} at {})", t.checks, t.at);
+        for l in &t.lines {
+            let _ = writeln!(o, "         {l}");
+        }
+    }
     for p in &s.refused {
         let f: Vec<String> = p.findings.iter().map(ToString::to_string).collect();
         let _ = writeln!(o, "REFUSED  segment {} ({}): {}", p.segment, p.interface, f.join("; "));

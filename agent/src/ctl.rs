@@ -74,9 +74,11 @@ pub enum Request {
     },
     /// Compare the production infrastructure with coresvc's records.
     AuthorityCheck,
-    /// Take the leases of a Kea memfile lease file (read by the agent).
+    /// Take leases another server granted (read from a Kea memfile by the
+    /// CLI, so the agent never opens a file for a caller; in batches that
+    /// fit a request).
     ImportLeases {
-        file: PathBuf,
+        leases: Vec<crate::dhcp::kea::KeaLease>,
     },
 }
 

@@ -531,14 +531,16 @@ pub async fn take_back(cfg: &Config) -> Result<Vec<String>> {
     Ok(steps)
 }
 
-/// `coresvc import-leases FILE` into the running agent.
-pub async fn import_file(
+/// `coresvc import-leases FILE` into the running agent: `leases` in file
+/// order (the last row for an address wins).
+pub async fn import(
     cfg: &Config,
     dhcp: &crate::dhcp::Importer,
-    file: &Path,
+    leases: Vec<KeaLease>,
 ) -> Result<(usize, Vec<String>, Vec<String>)> {
-    let leases = kea::load_memfile(file)?;
-    let c = kea::to_records(cfg, &leases, crate::dhcp::unix_now());
+    let mut folded = BTreeMap::new();
+    kea::fold(leases, &mut folded);
+    let c = kea::to_records(cfg, &folded, crate::dhcp::unix_now());
     let (n, conflicts) = dhcp.import(c.records).await?;
     Ok((n, conflicts, c.skipped))
 }

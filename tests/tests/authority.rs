@@ -946,3 +946,53 @@ fn a_round_trip_through_kea_s_lease_api_loses_no_lease() {
     assert!(c["serverid"] == "10.20.0.1" && c["ip"] != "10.20.0.140" && c["ip"] != "10.20.0.150", "c: {c:?}");
     drop(kea);
 }
+
+/// `coresvc import-leases`: a Kea memfile (rows as Kea 2.x writes them)
+/// into the running agent (the client keeps its address, another client
+/// asking for it gets another), and with --offline into a stopped one's
+/// journal (refused while it runs).
+#[test]
+fn kea_leases_are_imported_into_a_running_and_a_stopped_agent() {
+    let clients = [("ka0", "02:00:00:14:00:d0"), ("kb0", "02:00:00:14:00:d1"), ("kc0", "02:00:00:14:00:d2")];
+    let (mut lab, cfg, _infra, _out) = production_lab(&clients);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header =
+        "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n";
+    let row =
+        |addr: &str, mac: &str, host: &str| format!("{addr},{mac},01:{mac},3600,{},2,0,0,{host},0,\n", now + 3000);
+    let file = lab
+        .write_file("import1.csv", &format!("{header}{}", row("10.20.0.160", "02:00:00:14:00:d0", "from-kea")))
+        .unwrap();
+    let out = coresvc_ok(&lab, &["import-leases", file.to_str().unwrap()]);
+    assert!(out.contains("imported 1 lease record(s)"), "{out}");
+    let leases = coresvc_ok(&lab, &["leases"]);
+    assert!(leases.lines().any(|l| l.contains("10.20.0.160") && l.contains("02:00:00:14:00:d0")), "{leases}");
+    let a = exchange_within(&lab, "ka0", &[], 10);
+    assert_eq!(a["ip"], "10.20.0.160", "the imported lease is the client's");
+    let b = exchange_within(&lab, "kb0", &["-r", "10.20.0.160"], 10);
+    assert_ne!(b["ip"], "10.20.0.160", "another client does not get it");
+
+    // Offline: refused while the agent runs, then into the stopped agent's journal.
+    let file2 =
+        lab.write_file("import2.csv", &format!("{header}{}", row("10.20.0.170", "02:00:00:14:00:d2", ""))).unwrap();
+    let state = lab.paths.state_dir.to_str().unwrap().to_string();
+    let args = [
+        "import-leases",
+        file2.to_str().unwrap(),
+        "--offline",
+        "--state-dir",
+        &state,
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let refused = lab.coresvc(args).unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("the agent is running"));
+    lab.stop_agent(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    let out = coresvc_ok(&lab, &args);
+    assert!(out.contains("imported 1 lease record(s)"), "{out}");
+    lab.start_agent(&AgentOpts::new(&cfg)).unwrap();
+    let c = exchange_within(&lab, "kc0", &[], 10);
+    assert_eq!(c["ip"], "10.20.0.170", "the imported lease survives into the start");
+    let a = exchange_within(&lab, "ka0", &[], 10);
+    assert_eq!(a["ip"], "10.20.0.160");
+}

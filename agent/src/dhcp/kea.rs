@@ -37,7 +37,7 @@ pub const STATE_DECLINED: u32 = 1;
 pub const STATE_EXPIRED_RECLAIMED: u32 = 2;
 
 /// One row of a lease file (one lease as Kea stores it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeaLease {
     pub address: Ipv4Addr,
     pub hwaddr: Vec<u8>,
