@@ -395,6 +395,7 @@ impl Agent {
                     }
                 }
                 *self.services.write().expect("services lock") = services;
+                self.truth.clear();
                 authority::persist(&next.agent.state_dir, to)?;
                 log(
                     &mut steps,

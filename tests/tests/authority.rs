@@ -855,6 +855,7 @@ fn a_round_trip_through_kea_loses_no_lease_and_gives_no_address_twice() {
     let _ = knot.wait();
     let steps = coresvc_ok(&lab, &["authority", "bootstrap"]);
     assert!(steps.contains("leases: took 2 record(s) back from") && steps.contains("(2 in force)"), "{steps}");
+    assert!(lab.status_json().unwrap()["truth"].is_null(), "no production-mode check result in bootstrap mode");
     let b2 = exchange_within(&lab, "cb0", &[], 20);
     assert_eq!((b2["serverid"].as_str(), b2["ip"].as_str()), ("10.20.0.1", addr_b.as_str()), "coresvc keeps b's lease");
     let a3 = exchange_within(&lab, "ca0", &[], 10);

@@ -480,6 +480,11 @@ impl Monitor {
         *last = Some(s);
     }
 
+    /// Forgets the last result (back in bootstrap mode nothing is compared).
+    pub fn clear(&self) {
+        *self.last.lock().expect("truth monitor lock") = None;
+    }
+
     pub fn last(&self) -> Option<Summary> {
         self.last.lock().expect("truth monitor lock").clone()
     }
