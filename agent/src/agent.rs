@@ -57,6 +57,8 @@ struct Agent {
     /// DNS and DHCP: started and stopped by authority switches.
     services: std::sync::RwLock<Services>,
     tftp: Option<Tftp>,
+    /// The last comparison with the production infrastructure (production mode).
+    truth: crate::authority::check::Monitor,
 }
 
 /// The services an authority switch starts and stops.
@@ -252,6 +254,7 @@ impl Agent {
             foreign_dhcp: services.watcher.as_ref().map(|w| w.sightings()).unwrap_or_default(),
             tftp: self.tftp.as_ref().map(Tftp::status),
             control: ctl::stats(),
+            truth: self.truth.last(),
         })
     }
 
@@ -266,7 +269,7 @@ impl Agent {
     /// the gateway addresses (and persist); to bootstrap, make sure nobody
     /// else serves DHCP or holds the addresses, take them, then serve (and
     /// persist). Every step is logged and returned.
-    async fn switch(&self, to: crate::config::AuthorityMode) -> Result<Vec<String>> {
+    async fn switch(&self, to: crate::config::AuthorityMode, force: bool) -> Result<Vec<String>> {
         use crate::{authority, config::AuthorityMode};
         let _one = self.reloading.lock().await;
         let cur = self.config();
@@ -282,6 +285,11 @@ impl Agent {
         };
         match to {
             AuthorityMode::Production => {
+                // Only onto a production side that serves the same records.
+                let held = authority::held(&self.plan.read().expect("plan lock"));
+                for s in crate::handoff::verify(&cur, held, force).await? {
+                    log(&mut steps, s);
+                }
                 // The fast path stops answering first, then the agent's services.
                 if let Some(dp) = self.dataplane.lock().expect("dataplane lock").as_mut() {
                     dp.set_dns_serving(false, &next)?;
@@ -289,6 +297,10 @@ impl Agent {
                 }
                 let stopped = self.services.write().expect("services lock").stop();
                 for s in stopped {
+                    log(&mut steps, s);
+                }
+                // Every lease is durable now: hand them over.
+                for s in crate::handoff::hand_over(&next).await {
                     log(&mut steps, s);
                 }
                 if let Some(t) = &self.tftp {
@@ -311,6 +323,11 @@ impl Agent {
                 self.apply_plan(&next, &plan, &mut steps).await?;
             }
             AuthorityMode::Bootstrap => {
+                // The production DHCP stops answering (lease API), so its leases are final.
+                let paused = crate::handoff::pause_production(&next).await?;
+                if let Some(s) = &paused {
+                    log(&mut steps, s.clone());
+                }
                 let wait = std::time::Duration::from_millis(u64::from(next.dhcp.probe_wait_ms));
                 if !wait.is_zero() {
                     let held = authority::held(&self.plan.read().expect("plan lock"));
@@ -324,6 +341,9 @@ impl Agent {
                         })
                         .collect();
                     if !conflicts.is_empty() {
+                        if paused.is_some() {
+                            crate::handoff::resume_production(&next).await;
+                        }
                         anyhow::bail!(
                             "not switched to bootstrap, nothing changed: another authority is active:\n  {}\n\
                              switch it off first (exclusive activation, seed §3)",
@@ -334,6 +354,20 @@ impl Agent {
                         &mut steps,
                         format!("probed {} segment(s): no other DHCP server, gateway addresses free", probes.len()),
                     );
+                }
+                // The production leases into the journal before DHCP serves.
+                match crate::handoff::take_back(&next).await {
+                    Ok(taken) => {
+                        for s in taken {
+                            log(&mut steps, s);
+                        }
+                    }
+                    Err(e) => {
+                        if paused.is_some() {
+                            crate::handoff::resume_production(&next).await;
+                        }
+                        return Err(e.context("not switched to bootstrap, nothing changed"));
+                    }
                 }
                 let plan = plan_for(&next, to, &[]);
                 self.apply_plan(&next, &plan, &mut steps).await?;
@@ -361,6 +395,7 @@ impl Agent {
                     }
                 }
                 *self.services.write().expect("services lock") = services;
+                self.truth.clear();
                 authority::persist(&next.agent.state_dir, to)?;
                 log(
                     &mut steps,
@@ -462,10 +497,31 @@ impl ctl::Handler for Agent {
                 },
                 Err(r) => r,
             },
-            Request::Authority { mode } => match self.switch(mode).await {
+            Request::Authority { mode, force } => match self.switch(mode, force).await {
                 Ok(steps) => Response::Switched { steps },
                 Err(e) => Response::Error { message: format!("{e:#}") },
             },
+            Request::AuthorityCheck => {
+                let held = crate::authority::held(&self.plan.read().expect("plan lock"));
+                match crate::authority::check::run(&self.config(), held).await {
+                    Ok(r) => Response::Checked { report: Box::new(r) },
+                    Err(e) => Response::Error { message: format!("{e:#}") },
+                }
+            }
+            Request::ImportLeases { leases } => {
+                let dhcp = self.services.read().expect("services lock").dhcp.as_ref().map(|d| d.importer());
+                match dhcp {
+                    Some(d) => match crate::handoff::import(&self.config(), &d, leases).await {
+                        Ok((records, conflicts, skipped)) => Response::Imported { records, conflicts, skipped },
+                        Err(e) => Response::Error { message: format!("{e:#}") },
+                    },
+                    None => Response::Error {
+                        message: "DHCP is not running here (production mode?): stop the agent and use \
+                                  `coresvc import-leases --offline`, or switch to bootstrap (which imports)"
+                            .into(),
+                    },
+                }
+            }
             Request::Leases => match &self.services.read().expect("services lock").dhcp {
                 Some(d) => Response::Leases { leases: d.leases() },
                 None => Response::Error {
@@ -481,6 +537,30 @@ impl ctl::Handler for Agent {
                 },
                 Err(r) => r,
             },
+        }
+    }
+}
+
+/// In production mode, compares the production infrastructure with
+/// coresvc's records every `authority.check_interval` ("conflicting truth":
+/// a log line and a metric).
+async fn watch_truth(agent: Arc<Agent>) {
+    loop {
+        let cfg = agent.config();
+        let every = cfg.authority.as_ref().map_or(0, |a| a.check_interval.secs());
+        if every == 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            continue;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(u64::from(every))).await;
+        let cfg = agent.config();
+        if cfg.agent.authority != crate::config::AuthorityMode::Production {
+            continue;
+        }
+        let held = crate::authority::held(&agent.plan.read().expect("plan lock"));
+        match crate::authority::check::run(&cfg, held).await {
+            Ok(r) => agent.truth.record(&r),
+            Err(e) => warn!("authority: the periodic check failed: {e:#}"),
         }
     }
 }
@@ -582,8 +662,10 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         dataplane: Mutex::new(Some(dp)),
         services: std::sync::RwLock::new(services),
         tftp,
+        truth: Default::default(),
     });
     let gc = tokio::spawn(conntrack_gc(agent.clone()));
+    let truth = tokio::spawn(watch_truth(agent.clone()));
     let names: Vec<String> = dataplane::interfaces(&config, &plan, None).into_iter().map(|i| i.name).collect();
     let links = tokio::spawn(follow_links(agent.clone(), crate::routing::watch_links(names)?));
     // Everything privileged is done: only what running needs stays (privileges.rs).
@@ -616,6 +698,7 @@ pub async fn run(config_path: PathBuf, mut config: Config, overrides: Overrides)
         m.abort();
     }
     gc.abort();
+    truth.abort();
     links.abort();
     let _ = std::fs::remove_file(&config.agent.control_socket);
     // Leases durable before the process ends.

@@ -20,6 +20,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{AuthorityMode, Config};
 
+pub mod check;
+
 const MODE_FILE: &str = "authority";
 
 pub fn mode_file(state_dir: &Path) -> PathBuf {
@@ -226,6 +228,15 @@ pub fn server_reply(b: &[u8]) -> Option<(u32, u8, Ipv4Addr)> {
     // OFFER, ACK or NAK.
     let kind = kind.filter(|k| matches!(k, 2 | 5 | 6))?;
     Some((xid, kind, server?))
+}
+
+/// The DHCP servers other than coresvc (`ours`) that answer a
+/// DHCPDISCOVER on `iface` within `wait`.
+pub fn dhcp_servers(iface: &str, ours: &[Ipv4Addr], wait: Duration) -> Result<Vec<Finding>> {
+    let mut found = dhcp_probe(iface, iface_mac(iface)?, ours, wait)?;
+    found.sort();
+    found.dedup();
+    Ok(found)
 }
 
 fn dhcp_probe(iface: &str, mac: [u8; 6], ours: &[Ipv4Addr], wait: Duration) -> Result<Vec<Finding>> {

@@ -45,6 +45,8 @@ pub enum DnsCmd {
 pub enum ModeArg {
     Bootstrap,
     Production,
+    /// Compare the production infrastructure with coresvc's records; switch nothing.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,9 +70,21 @@ pub enum Cmd {
     /// and TFTP on the gateway addresses; production: dedicated
     /// infrastructure does, coresvc moves to its reserved addresses). The
     /// mode is persisted in the state directory.
+    ///
+    /// `production` first checks that the production DNS answers every
+    /// record as coresvc would and that a DHCP server answers on each
+    /// segment coresvc serves, and refuses (listing the differences) if
+    /// not; then it hands the active leases over. `bootstrap` takes the
+    /// production leases back before serving. `check` only compares.
     Authority {
         #[arg(value_enum)]
         mode: ModeArg,
+        /// Switch to production although the check finds differences (logged).
+        #[arg(long)]
+        force: bool,
+        /// `check`: print JSON for scripts (exit status 1 when it differs).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -111,6 +125,39 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write the production infrastructure's configuration for the same
+    /// records into DIR: Knot zone files and knot.conf, or a Kea DHCPv4
+    /// configuration and the active leases as a Kea memfile. The data is
+    /// the running agent's when it answers, else the configuration's and
+    /// the state directory's.
+    Export {
+        #[arg(value_enum)]
+        kind: ExportKind,
+        dir: PathBuf,
+        /// Do not ask the running agent: the configuration and the state directory only.
+        #[arg(long)]
+        offline: bool,
+        /// Override agent.state_dir (where the lease journal and service moves are).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// knot.conf listens on this address (`addr@port`, repeatable); default: all, port 53.
+        #[arg(long)]
+        listen: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take leases another server granted (a Kea memfile CSV) into coresvc's
+    /// lease store: into the running agent, or, with --offline, into the
+    /// journal of a stopped one.
+    ImportLeases {
+        file: PathBuf,
+        #[arg(long)]
+        offline: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Remove the pinned maps and links of a stopped agent (resets dataplane state).
     Unpin {
         /// The pin directory (default: the config's agent.pin_dir).
@@ -127,6 +174,14 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ExportKind {
+    /// Zone files and knot.conf (and knot-secondary.conf).
+    Knot,
+    /// kea-dhcp4.conf and the active leases as Kea's memfile (kea-leases4.csv).
+    Kea,
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,12 +329,26 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             other => unexpected(other),
         },
-        Cmd::Authority { mode, target } => {
+        Cmd::Authority { mode, force, json, target } => {
             let mode = match mode {
                 ModeArg::Bootstrap => crate::config::AuthorityMode::Bootstrap,
                 ModeArg::Production => crate::config::AuthorityMode::Production,
+                ModeArg::Check => match call(&target, &Request::AuthorityCheck)? {
+                    Response::Checked { report } => {
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&report)?);
+                        } else {
+                            print!("{}", report.render());
+                        }
+                        if !report.agrees() {
+                            std::process::exit(1);
+                        }
+                        return Ok(());
+                    }
+                    other => return unexpected(other),
+                },
             };
-            match call(&target, &Request::Authority { mode })? {
+            match call(&target, &Request::Authority { mode, force })? {
                 Response::Switched { steps } => {
                     for s in steps {
                         println!("{s}");
@@ -404,6 +473,10 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             other => unexpected(other),
         },
+        Cmd::Export { kind, dir, offline, state_dir, listen, target } => {
+            export(kind, &dir, offline, state_dir, &listen, &target)
+        }
+        Cmd::ImportLeases { file, offline, state_dir, target } => import_leases(&file, offline, state_dir, &target),
         Cmd::Unpin { pin_dir, config, netns, force } => {
             if let Some(ns) = &netns {
                 crate::netns::enter(ns)?;
@@ -420,6 +493,82 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration a command reads: `--config`, else the default file.
+fn target_config(target: &Target, state_dir: Option<PathBuf>) -> Result<Config> {
+    let path = target.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let mut cfg = Config::load(&path)?;
+    if let Some(d) = state_dir {
+        cfg.agent.state_dir = d;
+    }
+    Ok(cfg)
+}
+
+fn export(
+    kind: ExportKind,
+    dir: &Path,
+    offline: bool,
+    state_dir: Option<PathBuf>,
+    listen: &[String],
+    target: &Target,
+) -> Result<()> {
+    let cfg = target_config(target, state_dir)?;
+    let socket = target.socket().ok();
+    let src = crate::export::gather(cfg, socket.as_deref(), offline)?;
+    let (files, warnings) = match kind {
+        ExportKind::Knot => (crate::export::knot::export(&src, dir, listen)?, Vec::new()),
+        ExportKind::Kea => crate::export::kea::export(&src, dir)?,
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    match kind {
+        ExportKind::Knot => println!("{} zone(s) from {}", src.zones.len(), src.from),
+        ExportKind::Kea => println!("{} active lease(s) from {}", src.leases.len(), src.from),
+    }
+    Ok(())
+}
+
+fn import_leases(file: &Path, offline: bool, state_dir: Option<PathBuf>, target: &Target) -> Result<()> {
+    let leases = crate::dhcp::kea::load_memfile(file)?;
+    if offline {
+        if target.socket().is_ok_and(|s| s.exists()) && call(target, &Request::Status).is_ok() {
+            bail!("the agent is running: import into it without --offline (its journal is its own while it runs)");
+        }
+        let cfg = target_config(target, state_dir)?;
+        let c = crate::dhcp::kea::to_records(&cfg, &leases, crate::dhcp::unix_now());
+        for s in &c.skipped {
+            eprintln!("skipped {s}");
+        }
+        crate::dhcp::import_offline(&cfg.agent.state_dir, &c.records)?;
+        println!("imported {} lease record(s) into {}", c.records.len(), cfg.agent.state_dir.display());
+        return Ok(());
+    }
+    // In batches that fit a control request (64 KiB).
+    let all: Vec<_> = leases.into_values().collect();
+    let (mut records, mut conflicts, mut skipped) = (0, Vec::new(), Vec::new());
+    for batch in all.chunks(100) {
+        match call(target, &Request::ImportLeases { leases: batch.to_vec() })? {
+            Response::Imported { records: n, conflicts: c, skipped: s } => {
+                records += n;
+                conflicts.extend(c);
+                skipped.extend(s);
+            }
+            other => return unexpected(other),
+        }
+    }
+    for s in skipped {
+        eprintln!("skipped {s}");
+    }
+    for c in conflicts {
+        eprintln!("conflict: {c}");
+    }
+    println!("imported {records} lease record(s)");
+    Ok(())
 }
 
 fn call(target: &Target, req: &Request) -> Result<Response> {
@@ -482,6 +631,16 @@ pub fn render_status(s: &ctl::Status) -> String {
         "control  {} open, {} accepted, refused {} (peer) {} (busy), {} evicted, {} idle closed",
         c.active, c.accepted, c.refused_peer, c.refused_busy, c.evicted, c.idle_closed
     );
+    if let Some(t) = &s.truth {
+        let state = match (t.differences, t.unverified) {
+            (0, 0) => "the production infrastructure agrees".to_string(),
+            (d, u) => format!("CONFLICTING TRUTH: {d} difference(s), {u} unverified"),
+        };
+        let _ = writeln!(o, "truth    {state} (check {} at {})", t.checks, t.at);
+        for l in &t.lines {
+            let _ = writeln!(o, "         {l}");
+        }
+    }
     for p in &s.refused {
         let f: Vec<String> = p.findings.iter().map(ToString::to_string).collect();
         let _ = writeln!(o, "REFUSED  segment {} ({}): {}", p.segment, p.interface, f.join("; "));

@@ -65,9 +65,20 @@ pub enum Request {
     DnsCache,
     /// Empty the DNS cache.
     DnsFlush,
-    /// Switch the authority mode live.
+    /// Switch the authority mode live (to production only when the
+    /// production infrastructure agrees, unless forced).
     Authority {
         mode: crate::config::AuthorityMode,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Compare the production infrastructure with coresvc's records.
+    AuthorityCheck,
+    /// Take leases another server granted (read from a Kea memfile by the
+    /// CLI, so the agent never opens a file for a caller; in batches that
+    /// fit a request).
+    ImportLeases {
+        leases: Vec<crate::dhcp::kea::KeaLease>,
     },
 }
 
@@ -105,6 +116,14 @@ pub enum Response {
     Switched {
         steps: Vec<String>,
     },
+    Checked {
+        report: Box<crate::authority::check::Report>,
+    },
+    Imported {
+        records: usize,
+        conflicts: Vec<String>,
+        skipped: Vec<String>,
+    },
     Error {
         message: String,
     },
@@ -138,6 +157,10 @@ pub struct Status {
     /// The control socket's connections.
     #[serde(default)]
     pub control: ControlStatus,
+    /// The last periodic comparison with the production infrastructure
+    /// (production mode, `authority.check_interval`).
+    #[serde(default)]
+    pub truth: Option<crate::authority::check::Summary>,
 }
 
 /// The control socket's counters (`coresvc status`).

@@ -9,6 +9,8 @@ pub mod ctl;
 pub mod dataplane;
 pub mod dhcp;
 pub mod dns;
+pub mod export;
+pub mod handoff;
 pub mod metrics;
 pub mod netns;
 pub mod privileges;

@@ -108,6 +108,27 @@ pub fn render(s: &Status, rules: &[RuleStatus]) -> String {
         let server = f.server.to_string();
         o.sample("coresvc_foreign_dhcp_answers_total", &[("segment", &f.segment), ("server", &server)], f.answers);
     }
+    if let Some(t) = &s.truth {
+        o.single(
+            "coresvc_authority_conflicting_truth",
+            "gauge",
+            "differences the last periodic check found between the production infrastructure and coresvc's records",
+            t.differences as u64,
+        );
+        o.single(
+            "coresvc_authority_unverified",
+            "gauge",
+            "what the last periodic check could not compare (nothing configured to ask)",
+            t.unverified as u64,
+        );
+        o.single(
+            "coresvc_authority_checks_total",
+            "counter",
+            "periodic checks of the production infrastructure",
+            t.checks,
+        );
+        o.single("coresvc_authority_last_check_timestamp_seconds", "gauge", "when the last periodic check ran", t.at);
+    }
 
     // Dataplane.
     let d = &s.dataplane;

@@ -47,7 +47,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &[&str])] = &[
     // nsd: a second secondary of coresvc's zones (tests/tests/dns_xfr.rs).
     ("DNS peers", &["knot", "dnsmasq-base", "nsd"]),
     ("DHCP clients and load", &["isc-dhcp-client", "udhcpc", "dhcpcd", "kea-admin"]),
-    ("DHCP peers", &["kea-dhcp4-server"]),
+    // kea-ctrl-agent: the lease API (lease4-add, lease4-get-all) of the authority handoff tests.
+    ("DHCP peers", &["kea-dhcp4-server", "kea-ctrl-agent"]),
     ("TFTP clients and peer", &["tftp-hpa", "atftp", "curl", "tftpd-hpa"]),
     ("forwarding and NAT load", &["iperf3", "netsniff-ng", "xdp-tools", "traceroute"]),
     // Floods and crafted attacks for the hardening tests (RST sweeps,

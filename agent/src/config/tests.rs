@@ -526,3 +526,33 @@ fn transfer_keys_and_secondaries_are_checked() {
     let ps = problems("[dns]\ntransfer_max = 0\n");
     assert_one(&ps, "dns.transfer_max", &["1 to 1024"]);
 }
+
+#[test]
+fn the_production_side_is_described_with_addresses_of_its_own() {
+    let ok = "\n[authority]\ndns = [\"10.20.0.3\", \"10.20.0.4:5353\"]\nkea_lease_file = \"/var/lib/kea/kea-leases4.csv\"\n\
+              kea_control_agent = \"http://10.20.0.3:8000/\"\n[[authority.segment]]\nsegment = \"dvnt\"\nkea_interface = \"eth0\"\n";
+    assert!(problems(ok).is_empty(), "{:#?}", problems(ok));
+    assert_one(
+        &problems("\n[authority]\ndns = [\"10.20.0.1\"]\n"),
+        "authority.dns[0]",
+        &["coresvc's own address", "dvnt"],
+    );
+    assert_one(
+        &problems("\n[authority]\n[[authority.segment]]\nsegment = \"nope\"\n"),
+        "authority.segment[0].segment",
+        &["\"nope\" is not a segment", "mgmt"],
+    );
+    assert_one(
+        &problems("\n[authority]\nkea_control_agent = \"https://kea:8000/\"\n"),
+        "authority.kea_control_agent",
+        &["https is not supported", "http://HOST:PORT/"],
+    );
+    assert_one(&problems("\n[authority]\nquery_timeout_ms = 5\n"), "authority.query_timeout_ms", &["100 to 10000"]);
+    assert_one(
+        &problems(
+            "\n[authority]\n[[authority.segment]]\nsegment = \"dvnt\"\n[[authority.segment]]\nsegment = \"dvnt\"\n",
+        ),
+        "authority.segment[1].segment",
+        &["already described by authority.segment[0]"],
+    );
+}

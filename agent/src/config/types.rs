@@ -34,6 +34,10 @@ pub struct Config {
     pub firewall: FirewallSection,
     #[serde(default)]
     pub nat: NatSection,
+    /// The production infrastructure that takes over in production mode
+    /// (`coresvc authority`, `coresvc export`); absent: nothing configured,
+    /// so a switch to production cannot be verified (only forced).
+    pub authority: Option<AuthoritySection>,
     /// The directory of the config file; relative paths in it resolve here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -811,6 +815,75 @@ pub struct PortForward {
     pub port: u16,
     /// The inside host and port.
     pub to: std::net::SocketAddrV4,
+}
+
+// ------------------------------------------------------------------ authority
+
+/// The dedicated infrastructure of production mode (seed §3): where its DNS
+/// answers (checked before and during production mode) and how leases are
+/// handed to its Kea and taken back.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthoritySection {
+    /// The production DNS servers (`ip` or `ip:port`, at their own
+    /// addresses, not coresvc's), for every segment without its own list.
+    pub dns: Vec<Endpoint>,
+    /// Per segment: its own production DNS servers, the interface the
+    /// production Kea serves it on.
+    #[serde(rename = "segment")]
+    pub segments: Vec<AuthoritySegment>,
+    /// How long to wait for each answer of the production DNS.
+    pub query_timeout_ms: u32,
+    /// In production mode, compare the production infrastructure with
+    /// coresvc's records this often ("conflicting truth": a metric and a
+    /// log line); 0: never.
+    pub check_interval: Duration,
+    /// Kea's control agent (`http://host:port/`): leases are pushed with
+    /// `lease4-add` on the switch to production and taken back with
+    /// `lease4-get-all` (Kea's DHCP disabled first) on the switch to bootstrap.
+    pub kea_control_agent: Option<String>,
+    /// A Kea memfile lease file (CSV): on the switch to production coresvc
+    /// appends its active leases to it (for a Kea that loads it at start or
+    /// reload); on the switch to bootstrap, without a control agent, it
+    /// reads the production leases back from it (and its .completed/.1/.2 files).
+    pub kea_lease_file: Option<PathBuf>,
+}
+
+impl Default for AuthoritySection {
+    fn default() -> Self {
+        Self {
+            dns: Vec::new(),
+            segments: Vec::new(),
+            query_timeout_ms: 1000,
+            check_interval: Duration(300),
+            kea_control_agent: None,
+            kea_lease_file: None,
+        }
+    }
+}
+
+impl AuthoritySection {
+    /// The settings of segment `name`, if it has any.
+    pub fn segment(&self, name: &str) -> Option<&AuthoritySegment> {
+        self.segments.iter().find(|s| s.segment == name)
+    }
+
+    /// The production DNS servers of segment `name`.
+    pub fn dns_for(&self, name: &str) -> &[Endpoint] {
+        self.segment(name).and_then(|s| s.dns.as_deref()).unwrap_or(&self.dns)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthoritySegment {
+    /// The segment (by name).
+    pub segment: String,
+    /// This segment's production DNS servers, instead of `authority.dns`.
+    pub dns: Option<Vec<Endpoint>>,
+    /// The segment's interface on the production Kea host (`coresvc export
+    /// kea`); default: the segment's own interface.
+    pub kea_interface: Option<String>,
 }
 
 // ------------------------------------------------------------------ value types

@@ -244,6 +244,18 @@ pub fn replay(buf: &[u8], path: &Path) -> Result<Replay, JournalError> {
     Ok(Replay { records, good_len: at, cut: None })
 }
 
+/// The records of the journal in `dir`, read without changing the file
+/// (for `coresvc export` while the agent is stopped): a torn tail is left
+/// out, as a start would cut it.
+pub fn read(dir: &Path) -> Result<Vec<LeaseRecord>, JournalError> {
+    let path = dir.join(FILE_NAME);
+    match std::fs::read(&path) {
+        Ok(buf) => Ok(replay(&buf, &path)?.records),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(JournalError::Io { path, source }),
+    }
+}
+
 fn header() -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(MAGIC);

@@ -12,6 +12,7 @@
 //! snapshot taken under the lock, so it is ordered with the records.
 
 pub mod journal;
+pub mod kea;
 pub mod leases;
 pub mod options;
 pub mod pxe;
@@ -92,6 +93,8 @@ enum Job {
     Compact(Vec<LeaseRecord>),
     /// Make everything queued durable, then end (the service stops).
     Stop,
+    /// Make everything queued durable, then say whether it is.
+    Barrier(tokio::sync::oneshot::Sender<bool>),
 }
 
 struct Core {
@@ -134,6 +137,36 @@ pub struct Dhcp {
     committer: Option<std::thread::JoinHandle<()>>,
     /// Applies the DNS effects; ends after the committer (which holds its channel).
     names: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Takes leases into a running DHCP service (without holding it).
+pub struct Importer {
+    core: Arc<Mutex<Core>>,
+}
+
+impl Importer {
+    /// Takes leases another server granted into the running table and the
+    /// journal (see `Server::import`); returns once they are durable, with
+    /// the records taken and the conflicts found.
+    pub async fn import(&self, records: Vec<LeaseRecord>) -> Result<(usize, Vec<String>)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (n, conflicts) = {
+            let mut c = self.core.lock().expect("dhcp lock");
+            let (records, effects, conflicts) = c.server.import(records, unix_now());
+            let n = records.len();
+            let _ = c.jobs.send(Job::Commit { records, reply: None, effects });
+            let _ = c.jobs.send(Job::Barrier(tx));
+            (n, conflicts)
+        };
+        match rx.await {
+            Ok(true) => Ok((n, conflicts)),
+            Ok(false) => anyhow::bail!(
+                "the imported leases are in the running table but could not be made durable (see the journal error \
+                 in `coresvc status`); import them again once the disk is writable"
+            ),
+            Err(_) => anyhow::bail!("DHCP stopped before the imported leases were made durable"),
+        }
+    }
 }
 
 pub fn unix_now() -> u64 {
@@ -283,6 +316,11 @@ impl Dhcp {
         self.core.lock().expect("dhcp lock").server.list()
     }
 
+    /// A handle that takes leases another server granted (see [`Importer::import`]).
+    pub fn importer(&self) -> Importer {
+        Importer { core: self.core.clone() }
+    }
+
     /// Stops serving; returns once every lease granted so far is durable
     /// (the journal can be opened again at once).
     pub fn stop(mut self) {
@@ -404,8 +442,8 @@ fn committer(
     let mut records = Vec::new();
     let mut done: Vec<(Option<Reply>, Vec<Effect>)> = Vec::new();
     let flush =
-        |journal: &mut Journal, records: &mut Vec<LeaseRecord>, done: &mut Vec<(Option<Reply>, Vec<Effect>)>| {
-            let mut durable = true;
+        |journal: &mut Journal, records: &mut Vec<LeaseRecord>, done: &mut Vec<(Option<Reply>, Vec<Effect>)>| -> bool {
+            let mut durable = !journal.is_broken();
             if !records.is_empty() {
                 match journal.append(records) {
                     Ok(()) => {
@@ -442,6 +480,7 @@ fn committer(
             if let Some(names) = names.as_ref().filter(|_| !effects.is_empty()) {
                 let _ = names.send(effects);
             }
+            durable
         };
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -466,6 +505,10 @@ fn committer(
                     flush(&mut journal, &mut records, &mut done);
                     return;
                 }
+                Job::Barrier(tx) => {
+                    let durable = flush(&mut journal, &mut records, &mut done);
+                    let _ = tx.send(durable);
+                }
             }
             if records.len() >= 8192 {
                 break;
@@ -473,6 +516,17 @@ fn committer(
         }
         flush(&mut journal, &mut records, &mut done);
     }
+}
+
+/// Appends `records` to the lease journal in `state_dir` and makes them
+/// durable, while DHCP is not running (nothing else writes the journal
+/// then): leases taken back from the production infrastructure before
+/// coresvc serves again. The last record for an address wins, so each
+/// replaces what the journal had for its address.
+pub fn import_offline(state_dir: &std::path::Path, records: &[LeaseRecord]) -> Result<()> {
+    let (mut journal, _) = Journal::open(state_dir)?;
+    journal.append(records)?;
+    Ok(())
 }
 
 /// The names thread: applies the DNS effects of every commit queued since

@@ -322,6 +322,58 @@ impl Server {
         })
     }
 
+    /// Takes leases another server granted (the production Kea's, on the
+    /// way back to bootstrap, or `coresvc import kea-leases`): each record
+    /// replaces what the table had for its address, so an address that
+    /// server gave to a client is never given to another. Returns the
+    /// records to journal, the DNS effects, and the addresses coresvc had
+    /// leased, in force, to another client (that client is NAKed at its
+    /// next renewal and gets another address).
+    pub fn import(&mut self, records: Vec<LeaseRecord>, now: u64) -> (Vec<LeaseRecord>, Vec<Effect>, Vec<String>) {
+        let (mut kept, mut effects, mut conflicts) = (Vec::new(), Vec::new(), Vec::new());
+        for r in records {
+            let Some(si) = self.segments.iter().position(|s| s.name == r.segment && s.net.contains(&r.addr)) else {
+                continue;
+            };
+            let client = (!r.client.is_empty()).then(|| ClientKey(r.client.clone()));
+            let state = match r.state {
+                RecordState::Bound => State::Bound,
+                RecordState::Released => State::Released,
+                RecordState::Declined => State::Declined,
+            };
+            if let Some(old) = self.leases.get(r.addr).cloned() {
+                if old.state == State::Bound && old.expires > now && old.client != client {
+                    conflicts.push(format!(
+                        "{}: coresvc had leased it to {} until {}; the imported lease ({}, {}) replaces it",
+                        r.addr,
+                        hex(&old.hw, ":"),
+                        old.expires,
+                        if r.hw.is_empty() { "declined".to_string() } else { hex(&r.hw, ":") },
+                        if state == State::Bound { format!("until {}", r.expires) } else { "not in force".into() }
+                    ));
+                }
+                if old.state == State::Bound {
+                    effects.extend(self.effect(&old, false));
+                }
+            }
+            let lease = Lease {
+                addr: r.addr,
+                segment: si,
+                state,
+                expires: r.expires,
+                client,
+                hw: r.hw.clone(),
+                hostname: r.hostname.clone(),
+            };
+            if state == State::Bound && r.expires > now {
+                effects.extend(self.effect(&lease, true));
+            }
+            self.leases.put(lease);
+            kept.push(r);
+        }
+        (kept, effects, conflicts)
+    }
+
     /// The records that describe the table now (for compaction).
     pub fn snapshot(&self) -> Vec<LeaseRecord> {
         self.leases.iter().filter_map(|l| l.record(&self.segments[l.segment].name)).collect()
