@@ -182,6 +182,15 @@ impl Lab {
         self.ns(&self.topo.gateway)
     }
 
+    /// `coresvc unpin --netns <gateway> --pin-dir <this lab's pins>`, as an
+    /// operator takes the data path down.
+    pub fn unpin(&self) -> Result<std::process::Output> {
+        Ok(std::process::Command::new(agent_bin()?)
+            .args(["unpin", "--netns", &self.gw_ns(), "--pin-dir"])
+            .arg(&self.paths.pin_dir)
+            .output()?)
+    }
+
     fn build(&mut self) -> Result<()> {
         fs::create_dir_all(&self.paths.run_dir)?;
         for n in &self.topo.nodes {

@@ -101,11 +101,7 @@ fn forwarding_is_on_only_while_the_programs_judge() {
     let _ = &cfg;
     // From the gateway's own namespace it takes the programs away, and
     // forwarding goes first.
-    let out = Command::new(coresvc_lab::agent_bin().unwrap())
-        .args(["unpin", "--netns", &lab.gw_ns(), "--pin-dir"])
-        .arg(&lab.paths.pin_dir)
-        .output()
-        .unwrap();
+    let out = lab.unpin().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("dvnt0: IPv4 forwarding off"), "{said}");

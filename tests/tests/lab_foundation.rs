@@ -217,11 +217,7 @@ fn pinned_maps_of_another_schema_version_are_refused() {
     assert!(!refused_run.contains("attached"), "the refused start attached nothing:\n{refused_run}");
     // The way out the message names takes the data path down (run where
     // the programs are: it turns their interfaces' forwarding off first).
-    let out = Command::new(coresvc_lab::agent_bin().unwrap())
-        .args(["unpin", "--netns", &lab.gw_ns(), "--pin-dir"])
-        .arg(&lab.paths.pin_dir)
-        .output()
-        .unwrap();
+    let out = lab.unpin().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!xdp_attached(&lab, "mgmt0"), "unpin detaches the programs");
 }

@@ -377,11 +377,7 @@ mod tests {
         }
         assert!(f.contains("egress on gw:dvnt0 (tcx-egress"), "the TC program named too:\n{f}");
         assert!(f.contains("pinned: links/"), "the pinned links named:\n{f}");
-        let out = Command::new(coresvc_lab::agent_bin().unwrap())
-            .args(["unpin", "--netns", &lab.gw_ns(), "--pin-dir"])
-            .arg(&lab.paths.pin_dir)
-            .output()
-            .unwrap();
+        let out = lab.unpin().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let after = peer_checks(&lab, &[]).unwrap();
         assert!(failures(&after).is_empty(), "after coresvc unpin: {:?}", failures(&after));
