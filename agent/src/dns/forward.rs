@@ -69,6 +69,23 @@ pub enum ForwardError {
     Abandoned(String),
 }
 
+/// Why one question to one upstream server got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the question cannot be encoded: {0}")]
+    Encode(#[from] hickory_proto::ProtoError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no TCP answer within {0:?}")]
+    TcpTimeout(Duration),
+    #[error("the upstream socket closed")]
+    SocketClosed,
+    #[error("the TCP answer does not match the question")]
+    Mismatched,
+}
+
 /// An upstream's answer, as the client will see it (rcode and sections).
 pub type Answer = Arc<Result<Message, ForwardError>>;
 
@@ -237,7 +254,7 @@ impl Forwarder {
         name: &Name,
         qtype: RecordType,
         dnssec_ok: bool,
-    ) -> Result<Message, String> {
+    ) -> Result<Message, UpstreamError> {
         let mut q = Message::new(0, MessageType::Query, OpCode::Query);
         q.metadata.recursion_desired = true;
         q.add_query(Query::query(name.clone(), qtype));
@@ -245,11 +262,11 @@ impl Forwarder {
         edns.set_max_payload(EDNS_PAYLOAD);
         edns.set_dnssec_ok(dnssec_ok);
         q.set_edns(edns);
-        let mut bytes = q.to_vec().map_err(|e| e.to_string())?;
+        let mut bytes = q.to_vec()?;
         let reply = tokio::time::timeout(self.timeout, self.ask_udp(server, &mut bytes, name, qtype)).await.map_err(
             |_| {
                 self.stats.inc(&self.stats.upstream_timeouts);
-                format!("no answer within {:?}", self.timeout)
+                UpstreamError::Timeout(self.timeout)
             },
         )??;
         if !reply.metadata.truncation {
@@ -259,7 +276,7 @@ impl Forwarder {
         let id = u16::from_be_bytes([bytes[0], bytes[1]]);
         tokio::time::timeout(self.timeout, ask_tcp(server, &bytes, id, name, qtype))
             .await
-            .map_err(|_| format!("no TCP answer within {:?}", self.timeout))?
+            .map_err(|_| UpstreamError::TcpTimeout(self.timeout))?
     }
 
     /// Sends `query` (its ID is set here) from a pooled socket and waits for
@@ -270,13 +287,13 @@ impl Forwarder {
         query: &mut [u8],
         name: &Name,
         qtype: RecordType,
-    ) -> Result<Message, String> {
-        let sock = self.pool.pick(server).map_err(|e| e.to_string())?;
+    ) -> Result<Message, UpstreamError> {
+        let sock = self.pool.pick(server)?;
         let mut waiter = sock.register(server);
         query[..2].copy_from_slice(&waiter.id.to_be_bytes());
-        sock.sock.send_to(query, server).await.map_err(|e| e.to_string())?;
+        sock.sock.send_to(query, server).await?;
         loop {
-            let reply = waiter.rx.recv().await.ok_or("the upstream socket closed")?;
+            let reply = waiter.rx.recv().await.ok_or(UpstreamError::SocketClosed)?;
             match accept(&reply, waiter.id, name, qtype) {
                 Some(m) => return Ok(m),
                 None => self.stats.inc(&self.stats.upstream_mismatched),
@@ -430,16 +447,22 @@ async fn receive(s: Arc<PoolSock>, stats: Arc<Stats>) {
     }
 }
 
-async fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, name: &Name, qtype: RecordType) -> Result<Message, String> {
-    let mut s = TcpStream::connect(server).await.map_err(|e| e.to_string())?;
+async fn ask_tcp(
+    server: SocketAddr,
+    query: &[u8],
+    id: u16,
+    name: &Name,
+    qtype: RecordType,
+) -> Result<Message, UpstreamError> {
+    let mut s = TcpStream::connect(server).await?;
     let mut out = Vec::with_capacity(query.len() + 2);
     out.extend_from_slice(&(query.len() as u16).to_be_bytes());
     out.extend_from_slice(query);
-    s.write_all(&out).await.map_err(|e| e.to_string())?;
-    let len = s.read_u16().await.map_err(|e| e.to_string())? as usize;
+    s.write_all(&out).await?;
+    let len = s.read_u16().await? as usize;
     let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-    accept(&buf, id, name, qtype).ok_or_else(|| "the TCP answer does not match the question".to_string())
+    s.read_exact(&mut buf).await?;
+    accept(&buf, id, name, qtype).ok_or(UpstreamError::Mismatched)
 }
 
 /// A reply is ours only with our ID, the response bit, and our question.
