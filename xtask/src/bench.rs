@@ -198,10 +198,7 @@ fn environment() -> Vec<(String, String)> {
         ("memory".into(), sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'")),
         ("kernel".into(), sh("uname -r")),
         ("OS".into(), sh(". /etc/os-release; echo $PRETTY_NAME")),
-        (
-            "coresvc".into(),
-            sh(&format!("git -C {} log -1 --format='%h (%cd)' --date=short", crate::workspace_root().display())),
-        ),
+        ("coresvc".into(), crate::built_from()),
         ("Knot".into(), sh("knotd -V")),
         ("dnsmasq".into(), sh("dnsmasq -v")),
         ("Kea".into(), sh("kea-dhcp4 -V | head -1")),

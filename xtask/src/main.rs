@@ -115,9 +115,34 @@ pub fn release_bin() -> PathBuf {
     target_dir().join("release").join("coresvc")
 }
 
+/// The source the last `build_release` built: the commit, and whether the
+/// working tree differed from it. Read when the build starts, so a report
+/// written later names what was measured, not what is checked out by then.
+static BUILT_FROM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What [`build_release`] built ("unknown" before a build).
+pub fn built_from() -> String {
+    BUILT_FROM.get().cloned().unwrap_or_else(|| "unknown".into())
+}
+
+fn source_state() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(workspace_root())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let head = git(&["log", "-1", "--format=%h (%cd)", "--date=short"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    if dirty { format!("{head} + uncommitted changes") } else { head }
+}
+
 /// Builds target/release/coresvc (and with it the eBPF object).
 pub fn build_release() -> Result<PathBuf> {
     setup::run(&setup::SetupOpts::default())?;
+    let _ = BUILT_FROM.set(source_state());
     step("build", "cargo build --release -p coresvc -p coresvc-devtool (the benchmarks' tools)");
     cmd_status(Command::new("cargo").current_dir(workspace_root()).args([
         "build",
