@@ -11,6 +11,7 @@ pub mod dhcp;
 pub mod dns;
 pub mod export;
 pub mod handoff;
+pub mod iface;
 pub mod metrics;
 pub mod netns;
 pub mod privileges;
