@@ -17,3 +17,4 @@ pub mod netns;
 pub mod privileges;
 pub mod routing;
 pub mod tftp;
+pub mod users;

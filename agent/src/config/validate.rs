@@ -110,7 +110,7 @@ impl<'a> Validator<'a> {
     fn agent(&mut self) {
         let a = &self.c.agent;
         if let Some(g) = &a.control_group
-            && crate::ctl::resolve_group(g).is_none()
+            && crate::users::resolve_group(g).is_none()
         {
             self.err(
                 cfg_path!("agent", "control_group"),
@@ -118,7 +118,7 @@ impl<'a> Validator<'a> {
             );
         }
         for (i, u) in a.control_users.iter().enumerate() {
-            if crate::ctl::resolve_user(u).is_none() {
+            if crate::users::resolve_user(u).is_none() {
                 self.err(
                     cfg_path!("agent", "control_users", i),
                     format!("no user {u:?} on this system; give an existing user name or a numeric uid"),
