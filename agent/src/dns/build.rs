@@ -193,6 +193,9 @@ fn soa_record(origin: &Name, soa: &config::Soa, ttl: u32, serial: u32, apex: &st
 /// Collects a zone's records and the problems found on the way.
 struct ZoneBuilder<'a> {
     apex: String,
+    origin: Name,
+    /// The zone's default TTL.
+    ttl: u32,
     /// The zone's index in the configuration.
     index: usize,
     kind: ZoneKind,
@@ -244,116 +247,144 @@ fn build_zone(
         ZoneRole::Management => ZoneKind::Management,
         ZoneRole::Site => ZoneKind::Site,
     };
-    let ttl = z.ttl.secs();
-    let mut b =
-        ZoneBuilder { apex: apex.clone(), index, kind, mgmt, zone: Zone::new(&origin, kind), errors: Vec::new() };
-    match soa_record(&origin, &z.soa, ttl, serial, &apex) {
-        Ok(r) => b.add(r, RecordFrom::Soa),
-        Err(e) => b.problem(ZoneDataError::Soa(e)),
+    let zone = Zone::new(&origin, kind);
+    let mut b = ZoneBuilder { apex, origin, ttl: z.ttl.secs(), index, kind, mgmt, zone, errors: Vec::new() };
+    b.configured(z, serial);
+    b.dhcp_hosts(cfg);
+    if let Some(f) = &z.file {
+        b.file(&cfg.resolve_path(f));
     }
-    let ns_names: Vec<String> = if z.ns.is_empty() { vec!["ns".to_string()] } else { z.ns.clone() };
-    for ns in &ns_names {
-        match name(&fqdn(ns, &apex)) {
-            Ok(target) => b.add(Record::from_rdata(origin.clone(), ttl, RData::NS(NS(target))), RecordFrom::Ns),
-            Err(error) => b.problem(ZoneDataError::Ns { ns: ns.clone(), error }),
+    if z.ns.is_empty() {
+        b.default_ns(cfg);
+    }
+    if let Err(e) = b.zone.finish() {
+        b.problem(ZoneDataError::Zone(e));
+    }
+    if b.errors.is_empty() { Ok(b.zone) } else { Err(b.errors) }
+}
+
+impl ZoneBuilder<'_> {
+    /// The zone's own data: SOA, NS, hosts, services and records.
+    fn configured(&mut self, z: &config::Zone, serial: u32) {
+        let (apex, origin, ttl) = (self.apex.clone(), self.origin.clone(), self.ttl);
+        match soa_record(&origin, &z.soa, ttl, serial, &apex) {
+            Ok(r) => self.add(r, RecordFrom::Soa),
+            Err(e) => self.problem(ZoneDataError::Soa(e)),
         }
-    }
-    for h in &z.hosts {
-        let owner = match name(&fqdn(&h.name, &apex)) {
-            Ok(n) => n,
-            Err(error) => {
-                b.problem(ZoneDataError::Host { name: h.name.clone(), error });
-                continue;
+        let ns_names: Vec<String> = if z.ns.is_empty() { vec!["ns".to_string()] } else { z.ns.clone() };
+        for ns in &ns_names {
+            match name(&fqdn(ns, &apex)) {
+                Ok(target) => self.add(Record::from_rdata(origin.clone(), ttl, RData::NS(NS(target))), RecordFrom::Ns),
+                Err(error) => self.problem(ZoneDataError::Ns { ns: ns.clone(), error }),
             }
-        };
-        let t = h.ttl.map_or(ttl, |d| d.secs());
-        for a in &h.addresses {
-            let data = match a {
-                IpAddr::V4(v4) => RData::A(A(*v4)),
-                IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+        }
+        for h in &z.hosts {
+            let owner = match name(&fqdn(&h.name, &apex)) {
+                Ok(n) => n,
+                Err(error) => {
+                    self.problem(ZoneDataError::Host { name: h.name.clone(), error });
+                    continue;
+                }
             };
-            b.add(Record::from_rdata(owner.clone(), t, data), RecordFrom::Host(h.name.clone()));
-        }
-    }
-    for s in &z.services {
-        match (name(&fqdn(&s.name, &apex)), name(&fqdn(&s.target, &apex))) {
-            (Ok(owner), Ok(target)) => {
-                let t = s.ttl.map_or(ttl, |d| d.secs());
-                b.add(Record::from_rdata(owner, t, RData::CNAME(CNAME(target))), RecordFrom::Service(s.name.clone()))
+            let t = h.ttl.map_or(ttl, |d| d.secs());
+            for a in &h.addresses {
+                let data = match a {
+                    IpAddr::V4(v4) => RData::A(A(*v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                };
+                self.add(Record::from_rdata(owner.clone(), t, data), RecordFrom::Host(h.name.clone()));
             }
-            (Err(error), _) | (_, Err(error)) => b.problem(ZoneDataError::Service { name: s.name.clone(), error }),
         }
-    }
-    for r in &z.records {
-        let t = r.ttl.map_or(ttl, |d| d.secs());
-        let from = || RecordFrom::Record { name: r.name.clone(), rtype: r.rtype.clone() };
-        match parse_record(&apex, &r.name, &r.rtype, &r.data, t) {
-            Ok(recs) => {
-                for rec in recs {
-                    b.add(rec, from());
+        for s in &z.services {
+            match (name(&fqdn(&s.name, &apex)), name(&fqdn(&s.target, &apex))) {
+                (Ok(owner), Ok(target)) => {
+                    let t = s.ttl.map_or(ttl, |d| d.secs());
+                    let from = RecordFrom::Service(s.name.clone());
+                    self.add(Record::from_rdata(owner, t, RData::CNAME(CNAME(target))), from)
+                }
+                (Err(error), _) | (_, Err(error)) => {
+                    self.problem(ZoneDataError::Service { name: s.name.clone(), error })
                 }
             }
-            Err(error) => b.problem(ZoneDataError::Record { name: r.name.clone(), rtype: r.rtype.clone(), error }),
+        }
+        for r in &z.records {
+            let t = r.ttl.map_or(ttl, |d| d.secs());
+            let from = || RecordFrom::Record { name: r.name.clone(), rtype: r.rtype.clone() };
+            match parse_record(&apex, &r.name, &r.rtype, &r.data, t) {
+                Ok(recs) => {
+                    for rec in recs {
+                        self.add(rec, from());
+                    }
+                }
+                Err(error) => {
+                    self.problem(ZoneDataError::Record { name: r.name.clone(), rtype: r.rtype.clone(), error })
+                }
+            }
         }
     }
-    // Static DHCP hosts: A records in the zone of their segment.
-    for h in &cfg.dhcp.hosts {
-        let Some(hostname) = &h.hostname else { continue };
-        let Some(seg) = cfg.segments.iter().find(|s| s.cidr.trunc().contains(&h.address)) else { continue };
-        if seg.zone.as_deref().map(|z| z.trim_end_matches('.').to_ascii_lowercase()) != Some(apex.clone()) {
-            continue;
-        }
-        if let Ok(owner) = name(&fqdn(hostname, &apex)) {
-            b.add(Record::from_rdata(owner, ttl, RData::A(A(h.address))), RecordFrom::DhcpHost(hostname.clone()));
+
+    /// Static DHCP hosts: A records in the zone of their segment.
+    fn dhcp_hosts(&mut self, cfg: &Config) {
+        for h in &cfg.dhcp.hosts {
+            let Some(hostname) = &h.hostname else { continue };
+            let Some(seg) = cfg.segments.iter().find(|s| s.cidr.trunc().contains(&h.address)) else { continue };
+            if seg.zone.as_deref().map(|z| z.trim_end_matches('.').to_ascii_lowercase()).as_ref() != Some(&self.apex) {
+                continue;
+            }
+            if let Ok(owner) = name(&fqdn(hostname, &self.apex)) {
+                let from = RecordFrom::DhcpHost(hostname.clone());
+                self.add(Record::from_rdata(owner, self.ttl, RData::A(A(h.address))), from);
+            }
         }
     }
-    if let Some(f) = &z.file {
-        let path = cfg.resolve_path(f);
-        match parse_zone_file(&path, &apex) {
+
+    /// The records of a zone file. Its SOA and apex NS set replace the
+    /// generated ones (a zone has one SOA and one NS set at its apex: the
+    /// data a file brings is the zone's own).
+    fn file(&mut self, path: &Path) {
+        let from = RecordFrom::File(path.to_path_buf());
+        match parse_zone_file(path, &self.apex) {
             Ok(recs) => {
-                // The file's SOA and apex NS set replace the generated ones
-                // (a zone has one SOA and one NS set at its apex: the data
-                // a file brings is the zone's own).
+                let apex = LowerName::new(&self.origin);
                 for t in [RecordType::SOA, RecordType::NS] {
-                    if recs.iter().any(|r| r.record_type() == t && LowerName::new(&r.name) == LowerName::new(&origin)) {
-                        b.zone.remove(&origin, t, None);
+                    if recs.iter().any(|r| r.record_type() == t && LowerName::new(&r.name) == apex) {
+                        self.zone.remove(&self.origin, t, None);
                     }
                 }
                 for rec in recs {
-                    b.add(rec, RecordFrom::File(path.clone()));
+                    self.add(rec, from.clone());
                 }
             }
-            Err(e) => b.problem_from(&RecordFrom::File(path.clone()), ZoneDataError::File(e)),
+            Err(e) => self.problem_from(&from, ZoneDataError::File(e)),
         }
     }
-    // Default name server: `ns.<zone>` at the gateway of the segments using
-    // the zone, when no `ns` is configured, the apex NS set still names it
-    // (a zone file's may not) and nothing else defines it.
-    let ns_owner = origin.prepend_label("ns").expect("a valid label");
-    let named = b
-        .zone
-        .nodes
-        .get(&LowerName::new(&origin))
-        .and_then(|n| n.get(RecordType::NS))
-        .is_some_and(|set| set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner)));
-    if z.ns.is_empty() && named && !b.zone.nodes.contains_key(&(&ns_owner).into()) {
+
+    /// Default name server, when no `ns` is configured: `ns.<zone>` at the
+    /// gateway of the segments using the zone, when the apex NS set still
+    /// names it (a zone file's may not) and nothing else defines it.
+    fn default_ns(&mut self, cfg: &Config) {
+        let ns_owner = self.origin.prepend_label("ns").expect("a valid label");
+        let named =
+            self.zone.nodes.get(&LowerName::new(&self.origin)).and_then(|n| n.get(RecordType::NS)).is_some_and(|set| {
+                set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner))
+            });
+        if !named || self.zone.nodes.contains_key(&(&ns_owner).into()) {
+            return;
+        }
+        let apex = &self.apex;
         let mut addrs: Vec<Ipv4Addr> = cfg
             .segments
             .iter()
-            .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(&apex)))
+            .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(apex)))
             .map(|s| s.gateway)
             .collect();
         if addrs.is_empty() {
             addrs = cfg.segments.iter().map(|s| s.gateway).take(1).collect();
         }
         for a in addrs {
-            b.add(Record::from_rdata(ns_owner.clone(), ttl, RData::A(A(a))), RecordFrom::DefaultNs);
+            self.add(Record::from_rdata(ns_owner.clone(), self.ttl, RData::A(A(a))), RecordFrom::DefaultNs);
         }
     }
-    if let Err(e) = b.zone.finish() {
-        b.problem(ZoneDataError::Zone(e));
-    }
-    if b.errors.is_empty() { Ok(b.zone) } else { Err(b.errors) }
 }
 
 /// The reverse zones of a segment: at octet boundaries covering its CIDR

@@ -43,6 +43,29 @@ impl Validator<'_> {
         if c.dhcp.watch_interval.secs() == 0 {
             self.err(cfg_path!("dhcp", "watch_interval"), "must be at least 1s");
         }
+        self.pools();
+        self.lease_time(cfg_path!("dhcp", "lease_time"), c.dhcp.lease_time.secs());
+        if c.dhcp.max_lease_time < c.dhcp.lease_time {
+            self.err(
+                cfg_path!("dhcp", "max_lease_time"),
+                format!(
+                    "{}s is shorter than lease_time ({}s); it must be at least as long",
+                    c.dhcp.max_lease_time.secs(),
+                    c.dhcp.lease_time.secs()
+                ),
+            );
+        }
+        self.options(&c.dhcp.options, cfg_path!("dhcp", "option"));
+        self.domain_search(&c.dhcp.domain_search, cfg_path!("dhcp", "domain_search"));
+        self.static_hosts();
+        self.pxe(&c.dhcp.pxe, cfg_path!("dhcp", "pxe"));
+        self.relays();
+    }
+
+    /// `[[dhcp.pool]]`: inside their segment, without its gateway or
+    /// reserved address, not overlapping.
+    fn pools(&mut self) {
+        let c = self.c;
         let seg_names = self.segment_names();
         let mut ranges: Vec<(usize, u32, u32)> = Vec::new();
         for (pi, p) in c.dhcp.pools.iter().enumerate() {
@@ -105,20 +128,11 @@ impl Validator<'_> {
                 self.lease_time(cfg_path!("dhcp", "pool", pi, "lease_time"), lt.secs());
             }
         }
-        self.lease_time(cfg_path!("dhcp", "lease_time"), c.dhcp.lease_time.secs());
-        if c.dhcp.max_lease_time < c.dhcp.lease_time {
-            self.err(
-                cfg_path!("dhcp", "max_lease_time"),
-                format!(
-                    "{}s is shorter than lease_time ({}s); it must be at least as long",
-                    c.dhcp.max_lease_time.secs(),
-                    c.dhcp.lease_time.secs()
-                ),
-            );
-        }
-        self.options(&c.dhcp.options, cfg_path!("dhcp", "option"));
-        self.domain_search(&c.dhcp.domain_search, cfg_path!("dhcp", "domain_search"));
+    }
 
+    /// `[[dhcp.host]]`: one identity, one address and one name each.
+    fn static_hosts(&mut self) {
+        let c = self.c;
         let mut macs = HashMap::new();
         let mut cids = HashMap::new();
         let mut addrs = HashMap::new();
@@ -204,8 +218,6 @@ impl Validator<'_> {
                 self.pxe(pxe, cfg_path!("dhcp", "host", hi, "pxe"));
             }
         }
-        self.pxe(&c.dhcp.pxe, cfg_path!("dhcp", "pxe"));
-        self.relays();
     }
 
     /// `[[dhcp.relay]]`: a giaddr selects one segment, reachable through
