@@ -150,7 +150,7 @@ impl Agent {
     /// interface or the agent's paths need a restart.
     async fn reload(&self) -> Result<Vec<String>> {
         let _one = self.reloading.lock().await;
-        let mut next = Config::load(&self.config_path)?;
+        let mut next = crate::check::load(&self.config_path)?;
         self.overrides.apply(&mut next);
         let cur = self.config();
         // The authority mode is run-time state (`coresvc authority`), not the file's.

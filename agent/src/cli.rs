@@ -258,7 +258,7 @@ impl Target {
             d.exists().then_some(d)
         });
         match cfg {
-            Some(c) => Ok(Config::load(c)?.agent.control_socket),
+            Some(c) => Ok(crate::check::load(c)?.agent.control_socket),
             None => Ok(crate::config::AgentSection::default().control_socket),
         }
     }
@@ -269,7 +269,7 @@ pub fn main(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run(args) => run(args),
         Cmd::Check { file } => {
-            let cfg = Config::load(&file)?;
+            let cfg = crate::check::load(&file)?;
             println!(
                 "{}: ok ({} segment{}, {} zone{}, {} DHCP pool{}, {} static host{}, {} firewall rule{})",
                 file.display(),
@@ -446,7 +446,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Cmd::Zone(ZoneCmd::Export { zone, from_config, target }) => {
             let text = match from_config {
                 Some(config) => {
-                    let cfg = Config::load(&config)?;
+                    let cfg = crate::check::load(&config)?;
                     let catalog = crate::dns::build::build(&cfg, 1).map_err(|errs| {
                         anyhow::anyhow!("{}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
                     })?;
@@ -483,7 +483,7 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             let dir = match (pin_dir, config) {
                 (Some(d), _) => d,
-                (None, Some(c)) => Config::load(&c)?.agent.pin_dir,
+                (None, Some(c)) => crate::check::load(&c)?.agent.pin_dir,
                 (None, None) => PathBuf::from(coresvc_maps_schema::DEFAULT_PIN_DIR),
             };
             for ifname in crate::dataplane::unpin(&dir, force)? {
@@ -498,7 +498,7 @@ pub fn main(cli: Cli) -> Result<()> {
 /// The configuration a command reads: `--config`, else the default file.
 fn target_config(target: &Target, state_dir: Option<PathBuf>) -> Result<Config> {
     let path = target.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-    let mut cfg = Config::load(&path)?;
+    let mut cfg = crate::check::load(&path)?;
     if let Some(d) = state_dir {
         cfg.agent.state_dir = d;
     }
@@ -595,7 +595,7 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(ns) = &args.netns {
         crate::netns::enter(ns)?;
     }
-    let config = Config::load(&args.config)?;
+    let config = crate::check::load(&args.config)?;
     init_logging(&config.agent.log);
     let overrides = Overrides { pin_dir: args.pin_dir, control_socket: args.control_socket, state_dir: args.state_dir };
     runtime()?.block_on(agent::run(args.config, config, overrides))

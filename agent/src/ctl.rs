@@ -35,7 +35,11 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{config::AgentSection, dataplane::DataplaneStatus};
+use crate::{
+    config::AgentSection,
+    dataplane::DataplaneStatus,
+    users::{resolve_group, resolve_user},
+};
 
 /// A request from the CLI.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,39 +254,6 @@ impl Access {
 
     fn allows(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
         uid == 0 || self.uids.contains(&uid) || self.gid.is_some_and(|g| g == gid || groups.contains(&g))
-    }
-}
-
-/// A user name or number to its uid.
-pub fn resolve_user(name: &str) -> Option<u32> {
-    if let Ok(n) = name.parse() {
-        return Some(n);
-    }
-    let c = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: getpwnam_r with a valid C string, a zeroed passwd, a buffer of
-    // its stated length and an out pointer; only pw_uid is read, on success.
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut out = std::ptr::null_mut();
-        let r = libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
-        (r == 0 && !out.is_null()).then_some(pw.pw_uid)
-    }
-}
-
-/// A group name or number to its gid.
-pub fn resolve_group(name: &str) -> Option<u32> {
-    if let Ok(n) = name.parse() {
-        return Some(n);
-    }
-    let c = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: as in resolve_user, with getgrnam_r and gr_gid.
-    unsafe {
-        let mut gr: libc::group = std::mem::zeroed();
-        let mut out = std::ptr::null_mut();
-        let r = libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out);
-        (r == 0 && !out.is_null()).then_some(gr.gr_gid)
     }
 }
 

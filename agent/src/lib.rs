@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod authority;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod ctl;
@@ -11,8 +12,11 @@ pub mod dhcp;
 pub mod dns;
 pub mod export;
 pub mod handoff;
+pub mod iface;
 pub mod metrics;
+pub mod names;
 pub mod netns;
 pub mod privileges;
 pub mod routing;
 pub mod tftp;
+pub mod users;

@@ -1,17 +1,20 @@
 //! `coresvc.toml`: the whole model, read with serde (unknown fields are
-//! rejected) and then validated as a whole ([`validate`]). A rejected file
-//! produces every error at once, each naming the file, line, column and field
-//! and saying what would be valid.
+//! rejected) and then validated by its own rules ([`validate`]); the
+//! services' own checks are composed on top in `crate::check`. A rejected
+//! file produces every error at once, each naming the file, line, column and
+//! field and saying what would be valid.
+//!
+//! A leaf: it uses only other leaves (`names`, `users`).
 //!
 //! The format is documented field by field in `examples/coresvc.toml`, which
 //! is also the lab's built-in configuration and is parsed by a test.
 
 mod locate;
 mod types;
-pub mod validate;
+mod validate;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 
@@ -134,12 +137,19 @@ impl Config {
         self.dataplane.dns_cache != Some(false) && self.dns.enabled
     }
 
-    /// Reads, parses and validates `path`.
+    /// Reads, parses and validates `path` by the configuration's own rules
+    /// ([`validate`]: every section and field, and how they refer to each
+    /// other). `crate::check::load` adds what only the services can check.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, validate)
+    }
+
+    /// Reads and parses `path`, then collects its problems with `check`.
+    pub fn load_with(path: &Path, check: impl FnOnce(&Config) -> Vec<Problem>) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse_str_in(&text, &path.display().to_string(), &base)
+        Self::parse_str_with(&text, &path.display().to_string(), &base, check)
     }
 
     /// Parses and validates `text`; `file` names it in errors; relative paths
@@ -150,12 +160,23 @@ impl Config {
 
     /// Like [`Config::parse_str`], resolving relative paths against `base_dir`.
     pub fn parse_str_in(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Self::parse_str_with(text, file, base_dir, validate)
+    }
+
+    /// Parses `text`, then collects its problems with `check`: none, or
+    /// [`ConfigError::Invalid`] with every one located in the text.
+    pub fn parse_str_with(
+        text: &str,
+        file: &str,
+        base_dir: &Path,
+        check: impl FnOnce(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let location = e.span().map(|s| locate::line_col(text, s.start));
             ConfigError::Syntax { file: file.to_string(), message: e.message().to_string(), location }
         })?;
         config.base_dir = base_dir.to_path_buf();
-        let problems = validate(&config);
+        let problems = check(&config);
         if !problems.is_empty() {
             let mut problems = locate::locate_all(text, problems);
             // Read top to bottom, like the file.

@@ -245,7 +245,7 @@ impl Dhcp {
             let (core, sender) = (core.clone(), sender.clone());
             // coresvc's own probes for other servers (authority.rs) come from
             // this interface's MAC: not a client.
-            let own_mac = crate::authority::iface_mac(&iface).ok();
+            let own_mac = crate::iface::iface_mac(&iface).ok();
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 1500];
                 loop {

@@ -10,53 +10,143 @@ use std::{
 };
 
 use hickory_proto::{
+    ProtoError,
     rr::{
         LowerName, Name, RData, Record, RecordType,
         rdata::{A, AAAA, CNAME, NS, PTR, SOA},
     },
-    serialize::txt::Parser,
+    serialize::txt::{ParseError, Parser},
 };
 use ipnet::Ipv4Net;
 
 use super::zone::{Catalog, Zone, ZoneError, ZoneKind};
-use crate::config::{self, Config, ZoneRole, validate::fqdn};
+use crate::{
+    cfg_path,
+    config::{self, Config, PathSeg, ZoneRole},
+    names::{ManagementZones, fqdn},
+};
 
-/// A problem building the zones: the zone, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("zone {zone}: {message}")]
+/// A problem building the zones: the zone, the part of the configuration
+/// it comes from, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("zone {zone}: {problem}")]
 pub struct BuildError {
     pub zone: String,
-    pub message: String,
+    /// Where in the configuration: `zone[1]`, `zone[1].file` for what a zone
+    /// file brings, `segment[0]` for a segment's reverse zone.
+    pub path: Vec<PathSeg>,
+    pub problem: ZoneDataError,
 }
 
-fn err(zone: &str, message: impl Into<String>) -> BuildError {
-    BuildError { zone: zone.to_string(), message: message.into() }
+/// What is wrong with a zone's data.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneDataError {
+    /// The zone's own name.
+    #[error(transparent)]
+    Origin(NameError),
+    #[error("soa: {0}")]
+    Soa(NameError),
+    #[error("ns {ns:?}: {error}")]
+    Ns { ns: String, error: NameError },
+    #[error("host {name:?}: {error}")]
+    Host { name: String, error: NameError },
+    #[error("service {name:?}: {error}")]
+    Service { name: String, error: NameError },
+    #[error("record {name} {rtype}: {error}")]
+    Record { name: String, rtype: String, error: RecordError },
+    #[error(transparent)]
+    File(ZoneFileError),
+    /// Seed §2.3: a site zone never serves management-plane records.
+    #[error("{from}: {name} is a management-plane name; site zones must not define it")]
+    ManagementName { from: RecordFrom, name: Name },
+    #[error("{from}: {error}")]
+    Conflict { from: RecordFrom, error: ZoneError },
+    /// The zone as a whole (its SOA, CNAME conflicts).
+    #[error(transparent)]
+    Zone(ZoneError),
+    #[error("cannot build")]
+    Reverse,
+}
+
+/// Where a record of a zone came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordFrom {
+    Soa,
+    Ns,
+    Host(String),
+    Service(String),
+    Record { name: String, rtype: String },
+    DhcpHost(String),
+    File(PathBuf),
+    DefaultNs,
+}
+
+impl std::fmt::Display for RecordFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordFrom::Soa => f.write_str("soa"),
+            RecordFrom::Ns => f.write_str("ns"),
+            RecordFrom::Host(h) => write!(f, "host {h}"),
+            RecordFrom::Service(s) => write!(f, "service {s}"),
+            RecordFrom::Record { name, rtype } => write!(f, "record {name} {rtype}"),
+            RecordFrom::DhcpHost(h) => write!(f, "dhcp host {h}"),
+            RecordFrom::File(p) => write!(f, "file {}", p.display()),
+            RecordFrom::DefaultNs => f.write_str("default ns"),
+        }
+    }
+}
+
+/// A name that is not a DNS name.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct NameError(#[from] ProtoError);
+
+/// A record that does not parse as zone-file text.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Origin(#[from] NameError),
+    #[error("{rtype} {data:?}: {error}")]
+    Parse { rtype: String, data: String, error: ParseError },
+}
+
+/// A zone file that cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneFileError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Parse { path: PathBuf, error: ParseError },
+    #[error(transparent)]
+    Origin(#[from] NameError),
 }
 
 /// An absolute name from the text of a (lower-case, dot-less) FQDN.
-pub fn name(fqdn_text: &str) -> Result<Name, String> {
+pub fn name(fqdn_text: &str) -> Result<Name, NameError> {
     let t = fqdn_text.trim_end_matches('.');
-    let n = if t.is_empty() { Name::root() } else { Name::from_str(&format!("{t}.")).map_err(|e| e.to_string())? };
+    let n = if t.is_empty() { Name::root() } else { Name::from_str(&format!("{t}."))? };
     Ok(n.to_lowercase())
 }
 
 /// Parses one record written as in a zone file (`name`, `type`, `data`
 /// relative to `origin`), e.g. `("_http._tcp", "SRV", "0 5 80 web")`.
-pub fn parse_record(origin: &str, owner: &str, rtype: &str, data: &str, ttl: u32) -> Result<Vec<Record>, String> {
+pub fn parse_record(origin: &str, owner: &str, rtype: &str, data: &str, ttl: u32) -> Result<Vec<Record>, RecordError> {
     let origin_name = name(origin)?;
     // One line of zone-file text, parsed by hickory's RFC 1035 parser.
     let line = format!("{owner} {ttl} IN {rtype} {data}\n");
-    let (_, sets) =
-        Parser::new(line.as_str(), None, Some(origin_name)).parse().map_err(|e| format!("{rtype} {data:?}: {e}"))?;
+    let (_, sets) = Parser::new(line.as_str(), None, Some(origin_name))
+        .parse()
+        .map_err(|error| RecordError::Parse { rtype: rtype.to_string(), data: data.to_string(), error })?;
     Ok(sets.into_values().flat_map(|s| s.records_without_rrsigs().cloned().collect::<Vec<_>>()).collect())
 }
 
 /// Parses a zone file for `origin`.
-pub fn parse_zone_file(path: &Path, origin: &str) -> Result<Vec<Record>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn parse_zone_file(path: &Path, origin: &str) -> Result<Vec<Record>, ZoneFileError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| ZoneFileError::Read { path: path.to_path_buf(), error })?;
     let (_, sets) = Parser::new(text.as_str(), Some(path.to_path_buf()), Some(name(origin)?))
         .parse()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|error| ZoneFileError::Parse { path: path.to_path_buf(), error })?;
     Ok(sets.into_values().flat_map(|s| s.records_without_rrsigs().cloned().collect::<Vec<_>>()).collect())
 }
 
@@ -70,10 +160,11 @@ pub fn zone_files(cfg: &Config) -> Vec<PathBuf> {
 pub fn build(cfg: &Config, serial: u32) -> Result<Catalog, Vec<BuildError>> {
     let mut errors = Vec::new();
     let mut zones = Vec::new();
-    let mgmt_apexes: Vec<Name> =
-        cfg.zones.iter().filter(|z| z.role == ZoneRole::Management).filter_map(|z| name(&z.name).ok()).collect();
-    for z in &cfg.zones {
-        match build_zone(cfg, z, serial, &mgmt_apexes) {
+    let mgmt = ManagementZones::new(
+        cfg.zones.iter().enumerate().filter(|(_, z)| z.role == ZoneRole::Management).map(|(i, z)| (i, z.name.as_str())),
+    );
+    for (i, z) in cfg.zones.iter().enumerate() {
+        match build_zone(cfg, i, z, serial, &mgmt) {
             Ok(zone) => zones.push(zone),
             Err(mut e) => errors.append(&mut e),
         }
@@ -84,7 +175,7 @@ pub fn build(cfg: &Config, serial: u32) -> Result<Catalog, Vec<BuildError>> {
     if errors.is_empty() { Ok(Catalog::new(zones)) } else { Err(errors) }
 }
 
-fn soa_record(origin: &Name, soa: &config::Soa, ttl: u32, serial: u32, apex: &str) -> Result<Record, String> {
+fn soa_record(origin: &Name, soa: &config::Soa, ttl: u32, serial: u32, apex: &str) -> Result<Record, NameError> {
     let mname = name(&fqdn(&soa.mname, apex))?;
     let rname = name(&fqdn(&soa.rname, apex))?;
     let s = SOA::new(
@@ -102,145 +193,198 @@ fn soa_record(origin: &Name, soa: &config::Soa, ttl: u32, serial: u32, apex: &st
 /// Collects a zone's records and the problems found on the way.
 struct ZoneBuilder<'a> {
     apex: String,
+    origin: Name,
+    /// The zone's default TTL.
+    ttl: u32,
+    /// The zone's index in the configuration.
+    index: usize,
     kind: ZoneKind,
-    mgmt: &'a [Name],
+    mgmt: &'a ManagementZones,
     zone: Zone,
     errors: Vec<BuildError>,
 }
 
 impl ZoneBuilder<'_> {
-    fn problem(&mut self, msg: impl Into<String>) {
-        self.errors.push(err(&self.apex, msg));
+    /// A problem with the zone's configured data (`zone[i]`).
+    fn problem(&mut self, problem: ZoneDataError) {
+        let path = cfg_path!("zone", self.index);
+        self.errors.push(BuildError { zone: self.apex.clone(), path, problem });
     }
 
-    fn add(&mut self, r: Record, what: &str) {
-        // Seed §2.3: a site zone never serves management-plane records.
-        if self.kind == ZoneKind::Site && self.mgmt.iter().any(|m| m.zone_of(&r.name)) {
-            let msg = format!("{what}: {} is a management-plane name; site zones must not define it", r.name);
-            self.problem(msg);
+    /// A problem with what `from` brought: in its zone file, if it came from one.
+    fn problem_from(&mut self, from: &RecordFrom, problem: ZoneDataError) {
+        let path = match from {
+            RecordFrom::File(_) => cfg_path!("zone", self.index, "file"),
+            _ => cfg_path!("zone", self.index),
+        };
+        self.errors.push(BuildError { zone: self.apex.clone(), path, problem });
+    }
+
+    fn add(&mut self, r: Record, from: RecordFrom) {
+        if self.kind == ZoneKind::Site && self.mgmt.contains(&r.name.to_ascii()) {
+            let problem = ZoneDataError::ManagementName { from: from.clone(), name: r.name };
+            self.problem_from(&from, problem);
             return;
         }
-        if let Err(e) = self.zone.insert(r) {
-            self.problem(format!("{what}: {e}"));
+        if let Err(error) = self.zone.insert(r) {
+            self.problem_from(&from, ZoneDataError::Conflict { from: from.clone(), error });
         }
     }
 }
 
-fn build_zone(cfg: &Config, z: &config::Zone, serial: u32, mgmt: &[Name]) -> Result<Zone, Vec<BuildError>> {
+fn build_zone(
+    cfg: &Config,
+    index: usize,
+    z: &config::Zone,
+    serial: u32,
+    mgmt: &ManagementZones,
+) -> Result<Zone, Vec<BuildError>> {
     let apex = z.name.trim_end_matches('.').to_ascii_lowercase();
-    let origin = name(&apex).map_err(|e| vec![err(&apex, e)])?;
+    let origin = name(&apex).map_err(|e| {
+        vec![BuildError { zone: apex.clone(), path: cfg_path!("zone", index), problem: ZoneDataError::Origin(e) }]
+    })?;
     let kind = match z.role {
         ZoneRole::Management => ZoneKind::Management,
         ZoneRole::Site => ZoneKind::Site,
     };
-    let ttl = z.ttl.secs();
-    let mut b = ZoneBuilder { apex: apex.clone(), kind, mgmt, zone: Zone::new(&origin, kind), errors: Vec::new() };
-    match soa_record(&origin, &z.soa, ttl, serial, &apex) {
-        Ok(r) => b.add(r, "soa"),
-        Err(e) => b.problem(format!("soa: {e}")),
+    let zone = Zone::new(&origin, kind);
+    let mut b = ZoneBuilder { apex, origin, ttl: z.ttl.secs(), index, kind, mgmt, zone, errors: Vec::new() };
+    b.configured(z, serial);
+    b.dhcp_hosts(cfg);
+    if let Some(f) = &z.file {
+        b.file(&cfg.resolve_path(f));
     }
-    let ns_names: Vec<String> = if z.ns.is_empty() { vec!["ns".to_string()] } else { z.ns.clone() };
-    for ns in &ns_names {
-        match name(&fqdn(ns, &apex)) {
-            Ok(target) => b.add(Record::from_rdata(origin.clone(), ttl, RData::NS(NS(target))), "ns"),
-            Err(e) => b.problem(format!("ns {ns:?}: {e}")),
+    if z.ns.is_empty() {
+        b.default_ns(cfg);
+    }
+    if let Err(e) = b.zone.finish() {
+        b.problem(ZoneDataError::Zone(e));
+    }
+    if b.errors.is_empty() { Ok(b.zone) } else { Err(b.errors) }
+}
+
+impl ZoneBuilder<'_> {
+    /// The zone's own data: SOA, NS, hosts, services and records.
+    fn configured(&mut self, z: &config::Zone, serial: u32) {
+        let (apex, origin, ttl) = (self.apex.clone(), self.origin.clone(), self.ttl);
+        match soa_record(&origin, &z.soa, ttl, serial, &apex) {
+            Ok(r) => self.add(r, RecordFrom::Soa),
+            Err(e) => self.problem(ZoneDataError::Soa(e)),
         }
-    }
-    for h in &z.hosts {
-        let owner = match name(&fqdn(&h.name, &apex)) {
-            Ok(n) => n,
-            Err(e) => {
-                b.problem(format!("host {:?}: {e}", h.name));
-                continue;
+        let ns_names: Vec<String> = if z.ns.is_empty() { vec!["ns".to_string()] } else { z.ns.clone() };
+        for ns in &ns_names {
+            match name(&fqdn(ns, &apex)) {
+                Ok(target) => self.add(Record::from_rdata(origin.clone(), ttl, RData::NS(NS(target))), RecordFrom::Ns),
+                Err(error) => self.problem(ZoneDataError::Ns { ns: ns.clone(), error }),
             }
-        };
-        let t = h.ttl.map_or(ttl, |d| d.secs());
-        for a in &h.addresses {
-            let data = match a {
-                IpAddr::V4(v4) => RData::A(A(*v4)),
-                IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+        }
+        for h in &z.hosts {
+            let owner = match name(&fqdn(&h.name, &apex)) {
+                Ok(n) => n,
+                Err(error) => {
+                    self.problem(ZoneDataError::Host { name: h.name.clone(), error });
+                    continue;
+                }
             };
-            b.add(Record::from_rdata(owner.clone(), t, data), &format!("host {}", h.name));
-        }
-    }
-    for s in &z.services {
-        match (name(&fqdn(&s.name, &apex)), name(&fqdn(&s.target, &apex))) {
-            (Ok(owner), Ok(target)) => {
-                let t = s.ttl.map_or(ttl, |d| d.secs());
-                b.add(Record::from_rdata(owner, t, RData::CNAME(CNAME(target))), &format!("service {}", s.name))
+            let t = h.ttl.map_or(ttl, |d| d.secs());
+            for a in &h.addresses {
+                let data = match a {
+                    IpAddr::V4(v4) => RData::A(A(*v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                };
+                self.add(Record::from_rdata(owner.clone(), t, data), RecordFrom::Host(h.name.clone()));
             }
-            (Err(e), _) | (_, Err(e)) => b.problem(format!("service {:?}: {e}", s.name)),
         }
-    }
-    for r in &z.records {
-        let t = r.ttl.map_or(ttl, |d| d.secs());
-        match parse_record(&apex, &r.name, &r.rtype, &r.data, t) {
-            Ok(recs) => {
-                for rec in recs {
-                    b.add(rec, &format!("record {} {}", r.name, r.rtype));
+        for s in &z.services {
+            match (name(&fqdn(&s.name, &apex)), name(&fqdn(&s.target, &apex))) {
+                (Ok(owner), Ok(target)) => {
+                    let t = s.ttl.map_or(ttl, |d| d.secs());
+                    let from = RecordFrom::Service(s.name.clone());
+                    self.add(Record::from_rdata(owner, t, RData::CNAME(CNAME(target))), from)
+                }
+                (Err(error), _) | (_, Err(error)) => {
+                    self.problem(ZoneDataError::Service { name: s.name.clone(), error })
                 }
             }
-            Err(e) => b.problem(format!("record {} {}: {e}", r.name, r.rtype)),
+        }
+        for r in &z.records {
+            let t = r.ttl.map_or(ttl, |d| d.secs());
+            let from = || RecordFrom::Record { name: r.name.clone(), rtype: r.rtype.clone() };
+            match parse_record(&apex, &r.name, &r.rtype, &r.data, t) {
+                Ok(recs) => {
+                    for rec in recs {
+                        self.add(rec, from());
+                    }
+                }
+                Err(error) => {
+                    self.problem(ZoneDataError::Record { name: r.name.clone(), rtype: r.rtype.clone(), error })
+                }
+            }
         }
     }
-    // Static DHCP hosts: A records in the zone of their segment.
-    for h in &cfg.dhcp.hosts {
-        let Some(hostname) = &h.hostname else { continue };
-        let Some(seg) = cfg.segments.iter().find(|s| s.cidr.trunc().contains(&h.address)) else { continue };
-        if seg.zone.as_deref().map(|z| z.trim_end_matches('.').to_ascii_lowercase()) != Some(apex.clone()) {
-            continue;
-        }
-        if let Ok(owner) = name(&fqdn(hostname, &apex)) {
-            b.add(Record::from_rdata(owner, ttl, RData::A(A(h.address))), &format!("dhcp host {hostname}"));
+
+    /// Static DHCP hosts: A records in the zone of their segment.
+    fn dhcp_hosts(&mut self, cfg: &Config) {
+        for h in &cfg.dhcp.hosts {
+            let Some(hostname) = &h.hostname else { continue };
+            let Some(seg) = cfg.segments.iter().find(|s| s.cidr.trunc().contains(&h.address)) else { continue };
+            if seg.zone.as_deref().map(|z| z.trim_end_matches('.').to_ascii_lowercase()).as_ref() != Some(&self.apex) {
+                continue;
+            }
+            if let Ok(owner) = name(&fqdn(hostname, &self.apex)) {
+                let from = RecordFrom::DhcpHost(hostname.clone());
+                self.add(Record::from_rdata(owner, self.ttl, RData::A(A(h.address))), from);
+            }
         }
     }
-    if let Some(f) = &z.file {
-        let path = cfg.resolve_path(f);
-        match parse_zone_file(&path, &apex) {
+
+    /// The records of a zone file. Its SOA and apex NS set replace the
+    /// generated ones (a zone has one SOA and one NS set at its apex: the
+    /// data a file brings is the zone's own).
+    fn file(&mut self, path: &Path) {
+        let from = RecordFrom::File(path.to_path_buf());
+        match parse_zone_file(path, &self.apex) {
             Ok(recs) => {
-                // The file's SOA and apex NS set replace the generated ones
-                // (a zone has one SOA and one NS set at its apex: the data
-                // a file brings is the zone's own).
+                let apex = LowerName::new(&self.origin);
                 for t in [RecordType::SOA, RecordType::NS] {
-                    if recs.iter().any(|r| r.record_type() == t && LowerName::new(&r.name) == LowerName::new(&origin)) {
-                        b.zone.remove(&origin, t, None);
+                    if recs.iter().any(|r| r.record_type() == t && LowerName::new(&r.name) == apex) {
+                        self.zone.remove(&self.origin, t, None);
                     }
                 }
                 for rec in recs {
-                    b.add(rec, &format!("file {}", path.display()));
+                    self.add(rec, from.clone());
                 }
             }
-            Err(e) => b.problem(e),
+            Err(e) => self.problem_from(&from, ZoneDataError::File(e)),
         }
     }
-    // Default name server: `ns.<zone>` at the gateway of the segments using
-    // the zone, when no `ns` is configured, the apex NS set still names it
-    // (a zone file's may not) and nothing else defines it.
-    let ns_owner = origin.prepend_label("ns").expect("a valid label");
-    let named = b
-        .zone
-        .nodes
-        .get(&LowerName::new(&origin))
-        .and_then(|n| n.get(RecordType::NS))
-        .is_some_and(|set| set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner)));
-    if z.ns.is_empty() && named && !b.zone.nodes.contains_key(&(&ns_owner).into()) {
+
+    /// Default name server, when no `ns` is configured: `ns.<zone>` at the
+    /// gateway of the segments using the zone, when the apex NS set still
+    /// names it (a zone file's may not) and nothing else defines it.
+    fn default_ns(&mut self, cfg: &Config) {
+        let ns_owner = self.origin.prepend_label("ns").expect("a valid label");
+        let named =
+            self.zone.nodes.get(&LowerName::new(&self.origin)).and_then(|n| n.get(RecordType::NS)).is_some_and(|set| {
+                set.iter().any(|r| matches!(&r.data, RData::NS(NS(t)) if t.to_lowercase() == ns_owner))
+            });
+        if !named || self.zone.nodes.contains_key(&(&ns_owner).into()) {
+            return;
+        }
+        let apex = &self.apex;
         let mut addrs: Vec<Ipv4Addr> = cfg
             .segments
             .iter()
-            .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(&apex)))
+            .filter(|s| s.zone.as_deref().is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(apex)))
             .map(|s| s.gateway)
             .collect();
         if addrs.is_empty() {
             addrs = cfg.segments.iter().map(|s| s.gateway).take(1).collect();
         }
         for a in addrs {
-            b.add(Record::from_rdata(ns_owner.clone(), ttl, RData::A(A(a))), "default ns");
+            self.add(Record::from_rdata(ns_owner.clone(), self.ttl, RData::A(A(a))), RecordFrom::DefaultNs);
         }
     }
-    if let Err(e) = b.zone.finish() {
-        b.problem(e.to_string());
-    }
-    if b.errors.is_empty() { Ok(b.zone) } else { Err(b.errors) }
 }
 
 /// The reverse zones of a segment: at octet boundaries covering its CIDR
@@ -287,7 +431,7 @@ fn reverse_zones(cfg: &Config, forward: &[Zone], serial: u32, errors: &mut Vec<B
         }
     }
     let mut out: Vec<Zone> = Vec::new();
-    for seg in &cfg.segments {
+    for (si, seg) in cfg.segments.iter().enumerate() {
         // The SOA and NS of the segment's zone (or the first zone).
         let fz = seg
             .zone
@@ -316,14 +460,15 @@ fn reverse_zones(cfg: &Config, forward: &[Zone], serial: u32, errors: &mut Vec<B
                     records.push(Record::from_rdata(ptr_name(*a), ttl, RData::PTR(PTR(target.clone()))));
                 }
             }
+            let error = |problem| BuildError { zone: origin.to_string(), path: cfg_path!("segment", si), problem };
             for r in records {
                 if let Err(e) = z.insert(r) {
-                    errors.push(err(&origin.to_string(), e.to_string()));
+                    errors.push(error(ZoneDataError::Zone(e)));
                 }
             }
             match z.finish() {
                 Ok(()) => out.push(z),
-                Err(ZoneError::NoSoa { .. }) | Err(_) => errors.push(err(&origin.to_string(), "cannot build")),
+                Err(_) => errors.push(error(ZoneDataError::Reverse)),
             }
         }
     }
@@ -474,6 +619,7 @@ mod tests {
         cfg.zones[1].file = Some(f);
         let e = build(&cfg, 1).unwrap_err();
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(e.iter().any(|e| e.message.contains("management-plane")), "{e:?}");
+        assert!(e.iter().any(|e| e.to_string().contains("management-plane")), "{e:?}");
+        assert!(e.iter().all(|e| e.path == cfg_path!("zone", 1, "file")), "{e:?}");
     }
 }

@@ -19,6 +19,7 @@
 pub mod answers;
 pub mod build;
 pub mod cache;
+pub mod check;
 pub mod forward;
 pub mod handler;
 pub mod journal;

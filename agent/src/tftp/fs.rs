@@ -22,7 +22,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::transfer::Source;
+use super::source::Source;
 
 /// Why a name was not opened. Each maps to a TFTP error and a refusal counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -393,7 +393,7 @@ mod tests {
             let mut got = Vec::new();
             let mut block = vec![0u8; blksize];
             loop {
-                let n = crate::tftp::transfer::read_full(&mut src, got.len() as u64, &mut block).unwrap();
+                let n = crate::tftp::source::read_full(&mut src, got.len() as u64, &mut block).unwrap();
                 got.extend_from_slice(&block[..n]);
                 if n < blksize {
                     break;
@@ -401,19 +401,19 @@ mod tests {
             }
             assert!(got == data, "blksize {blksize}");
             // Going back (a retransmission) reads the same bytes again.
-            let n = crate::tftp::transfer::read_full(&mut src, 1000, &mut block).unwrap();
+            let n = crate::tftp::source::read_full(&mut src, 1000, &mut block).unwrap();
             assert_eq!(&block[..n], &data[1000..1000 + n]);
             // Read ahead (off the runtime), then served from memory.
             let (at, len) = (150_000u64, 3 * blksize);
             assert!(!src.covers(at, len));
             src.fill(at, len);
             assert!(src.covers(at, len.min(50_000)), "blksize {blksize}");
-            let n = crate::tftp::transfer::read_full(&mut src, at, &mut block).unwrap();
+            let n = crate::tftp::source::read_full(&mut src, at, &mut block).unwrap();
             assert_eq!(&block[..n], &data[at as usize..at as usize + n]);
             // Just written, so in the page cache: read without waiting.
             let len = blksize.min(40_000);
             assert_ne!(src.fill_cached(10, len), Cached::No, "blksize {blksize}");
-            let n = crate::tftp::transfer::read_full(&mut src, 10, &mut block[..len]).unwrap();
+            let n = crate::tftp::source::read_full(&mut src, 10, &mut block[..len]).unwrap();
             assert_eq!(&block[..n], &data[10..10 + n]);
         }
     }

@@ -5,6 +5,7 @@
 //! * [`options`]: option negotiation (blksize, timeout, tsize, windowsize).
 //! * [`transfer`]: one transfer as a sans-IO state machine.
 //! * [`netascii`]: the netascii encoding.
+//! * [`source`]: where a transfer's bytes come from (the file, or memory).
 //! * [`fs`]: opening a requested name, confined to the root.
 //! * `server`: the tokio wrapper: a listener on port 69 per served segment
 //!   address, and a task with its own socket per transfer.
@@ -17,6 +18,7 @@ pub mod netascii;
 pub mod options;
 pub mod proto;
 mod server;
+pub mod source;
 pub mod transfer;
 
 use std::{

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use super::transfer::Source;
+use super::source::Source;
 
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
