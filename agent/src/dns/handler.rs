@@ -37,6 +37,7 @@ use super::{
     stats::Stats,
     wire,
     xdp::{self, Epoch, XKey, XdpCache},
+    xfr,
     zone::{Answer as LocalAnswer, Catalog},
 };
 
@@ -267,9 +268,23 @@ impl Resolver {
         out: &mut Vec<u8>,
     ) -> Served {
         if super::xfr::wants(bytes)
+            && self.allowed(client)
             && let Some(x) = self.xfr()
         {
-            return x.serve(self, bytes, client, transport, out);
+            let put = |out: &mut Vec<u8>, b: Vec<u8>| {
+                out.clear();
+                out.extend_from_slice(&b);
+                Served::Replied
+            };
+            return match x.serve(self.catalog(), &self.stats, bytes, client, transport == Transport::Udp) {
+                xfr::Outcome::Reply(b) => put(out, b),
+                xfr::Outcome::Transfer(job) => Served::Transfer(job),
+                xfr::Outcome::Ordinary(q) => match self.handle(&q.message, client, transport) {
+                    Step::Reply(b) => put(out, q.sign(Some(b))),
+                    Step::Drop => Served::Dropped,
+                    Step::Forward(_) => put(out, q.sign(None)),
+                },
+            };
         }
         let udp = transport == Transport::Udp;
         let xdp_on = udp && self.xdp().is_some_and(|x| x.enabled());

@@ -24,12 +24,11 @@ use hickory_proto::{
 use tokio::sync::Semaphore;
 
 use super::{
-    handler::{Resolver, Served, Step, Transport},
     journal::{self, Diff, Journal, serial_gt},
     stats::Stats,
     tsig::{self, Chain, Key, Keys, Tsig, Verdict},
     wire,
-    zone::Zone,
+    zone::{Catalog, Zone},
 };
 use crate::config::{Config, TsigKey};
 
@@ -95,6 +94,44 @@ pub fn wants(m: &[u8]) -> bool {
         }
     }
     m[10..12] != [0, 0] && tsig::find(m).is_some()
+}
+
+/// What [`Xfr::serve`] made of a message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send these bytes.
+    Reply(Vec<u8>),
+    /// A zone transfer (TCP): run it on a task, send what it returns.
+    Transfer(Box<Job>),
+    /// A signed ordinary query: the query path answers it, [`Ordinary::sign`]
+    /// signs the answer.
+    Ordinary(Box<Ordinary>),
+}
+
+/// A signed ordinary query, its signature checked and stripped.
+pub struct Ordinary {
+    /// The message without its TSIG record, for the query path.
+    pub message: Vec<u8>,
+    request: Message,
+    signer: Option<Signer>,
+}
+
+impl std::fmt::Debug for Ordinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ordinary").field("request", &self.request).finish_non_exhaustive()
+    }
+}
+
+impl Ordinary {
+    /// The query path's answer signed; a question it would have forwarded
+    /// is refused (nothing signed goes upstream).
+    pub fn sign(&self, answer: Option<Vec<u8>>) -> Vec<u8> {
+        let mut b = answer.unwrap_or_else(|| error_message(&self.request, ResponseCode::Refused));
+        if let Some(sg) = &self.signer {
+            sg.sign_one(&mut b);
+        }
+        b
+    }
 }
 
 /// The signing state of a response: the key and the request's MAC.
@@ -171,38 +208,35 @@ impl Xfr {
         })
     }
 
-    /// Answers a message [`wants`] chose.
-    pub fn serve(&self, r: &Resolver, bytes: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Served {
-        let s = &r.stats;
-        if !r.allowed(client) {
-            // Only the segments are served: the ordinary path refuses it.
-            return match r.handle(bytes, client, transport) {
-                Step::Reply(b) => reply(out, b),
-                _ => Served::Dropped,
-            };
-        }
+    /// Answers a message [`wants`] chose, from a client the query path
+    /// allows: a transfer, a TSIG error, or (a secondary's signed SOA
+    /// check) an ordinary query for the query path to answer, then signed.
+    pub fn serve(&self, catalog: Arc<Catalog>, stats: &Arc<Stats>, bytes: &[u8], client: IpAddr, udp: bool) -> Outcome {
+        let s = stats;
         let t = match tsig::find(bytes) {
             None => None,
             Some(Ok(t)) => Some(t),
-            Some(Err(())) => return reply(out, header_only(bytes, ResponseCode::FormErr)),
+            Some(Err(())) => return Outcome::Reply(header_only(bytes, ResponseCode::FormErr)),
         };
         let msg = t.as_ref().map(|t| tsig::stripped(bytes, t));
         let msg = msg.as_deref().unwrap_or(bytes);
-        let Ok(request) = Message::from_vec(msg) else { return reply(out, header_only(bytes, ResponseCode::FormErr)) };
+        let Ok(request) = Message::from_vec(msg) else {
+            return Outcome::Reply(header_only(bytes, ResponseCode::FormErr));
+        };
         let mut signer = None;
         if let Some(t) = &t {
             let now = tsig::now();
             match tsig::verify(&self.keys, bytes, t, now) {
                 Verdict::Good(key) => signer = Some(Signer { key, request_mac: t.mac.clone() }),
-                Verdict::BadKey => return tsig_error(out, s, &s.tsig_badkey, &request, t, tsig::BADKEY),
-                Verdict::BadSig => return tsig_error(out, s, &s.tsig_badsig, &request, t, tsig::BADSIG),
+                Verdict::BadKey => return tsig_error(s, &s.tsig_badkey, &request, t, tsig::BADKEY),
+                Verdict::BadSig => return tsig_error(s, &s.tsig_badsig, &request, t, tsig::BADSIG),
                 Verdict::BadTime(key) => {
                     s.inc(&s.tsig_badtime);
                     let mut b = error_message(&request, ResponseCode::NotAuth);
                     // §5.2.3: signed, the server's time in Other Data.
                     let time = now.to_be_bytes()[2..].to_vec();
                     tsig::sign(&mut b, &key, Chain::Response(&t.mac), now, tsig::BADTIME, &time);
-                    return reply(out, b);
+                    return Outcome::Reply(b);
                 }
             }
         }
@@ -211,60 +245,48 @@ impl Xfr {
             && request.metadata.op_code == OpCode::Query
             && matches!(qtype, Some(RecordType::AXFR | RecordType::IXFR))
         {
-            return self.transfer(r, request, client, transport, signer, out);
+            return self.transfer(catalog, stats, request, client, udp, signer);
         }
         // A signed ordinary query (a secondary's SOA check): answered as
         // any other, signed. Nothing signed goes upstream.
-        let mut b = match r.handle(msg, client, transport) {
-            Step::Reply(b) => b,
-            Step::Drop => return Served::Dropped,
-            Step::Forward(_) => error_message(&request, ResponseCode::Refused),
-        };
-        if let Some(sg) = &signer {
-            sg.sign_one(&mut b);
-        }
-        reply(out, b)
+        Outcome::Ordinary(Box::new(Ordinary { message: msg.to_vec(), request, signer }))
     }
 
     fn transfer(
         &self,
-        r: &Resolver,
+        catalog: Arc<Catalog>,
+        stats: &Arc<Stats>,
         request: Message,
         client: IpAddr,
-        transport: Transport,
+        udp: bool,
         signer: Option<Signer>,
-        out: &mut Vec<u8>,
-    ) -> Served {
-        let s = &r.stats;
-        s.inc(match transport {
-            Transport::Udp => &s.queries_udp,
-            Transport::Tcp => &s.queries_tcp,
-        });
-        let refuse = |out: &mut Vec<u8>, rcode: ResponseCode| {
+    ) -> Outcome {
+        let s = stats;
+        s.inc(if udp { &s.queries_udp } else { &s.queries_tcp });
+        let refuse = |rcode: ResponseCode| {
             s.inc(&s.xfr_refused);
             let mut b = error_message(&request, rcode);
             if let Some(sg) = &signer {
                 sg.sign_one(&mut b);
             }
-            reply(out, b)
+            Outcome::Reply(b)
         };
         let q = &request.queries[0];
         let qname = q.name().to_lowercase();
         let Some(sec) = self.secondaries.iter().find(|sec| IpAddr::V4(sec.addr) == client) else {
-            return refuse(out, ResponseCode::Refused);
+            return refuse(ResponseCode::Refused);
         };
         if let Some(need) = &sec.key
             && signer.as_ref().is_none_or(|sg| sg.key.name != need.name)
         {
             // The ACL asks for a key this request was not signed with.
-            return refuse(out, ResponseCode::Refused);
+            return refuse(ResponseCode::Refused);
         }
-        let catalog = r.catalog();
         let Some(zone) = catalog.zone_arcs().iter().find(|z| z.origin == qname).cloned() else {
-            return refuse(out, ResponseCode::NotAuth);
+            return refuse(ResponseCode::NotAuth);
         };
         if !sec.serves(&zone.origin) {
-            return refuse(out, ResponseCode::Refused);
+            return refuse(ResponseCode::Refused);
         }
         let content = if q.query_type() == RecordType::IXFR {
             // RFC 1995 §3: the client's SOA is in the authority section.
@@ -272,7 +294,7 @@ impl Xfr {
                 RData::SOA(soa) => Some(soa.serial),
                 _ => None,
             }) else {
-                return refuse(out, ResponseCode::FormErr);
+                return refuse(ResponseCode::FormErr);
             };
             if !serial_gt(zone.serial(), theirs) {
                 Content::SoaOnly
@@ -285,17 +307,17 @@ impl Xfr {
         } else {
             Content::Full
         };
-        if transport == Transport::Udp {
+        if udp {
             // No AXFR over UDP (RFC 5936 §4.2). IXFR: the SOA when up to
             // date, else a truncated answer that sends the client to TCP.
             return match (&content, q.query_type()) {
-                (_, RecordType::AXFR) => refuse(out, ResponseCode::Refused),
+                (_, RecordType::AXFR) => refuse(ResponseCode::Refused),
                 (Content::SoaOnly, _) => {
                     let mut b = encode(&request, &[zone.soa().clone()], true);
                     if let Some(sg) = &signer {
                         sg.sign_one(&mut b);
                     }
-                    reply(out, b)
+                    Outcome::Reply(b)
                 }
                 _ => {
                     let mut b = error_message(&request, ResponseCode::NoError);
@@ -303,43 +325,30 @@ impl Xfr {
                     if let Some(sg) = &signer {
                         sg.sign_one(&mut b);
                     }
-                    reply(out, b)
+                    Outcome::Reply(b)
                 }
             };
         }
         let Some(mine) = self.per_client.get(&client).cloned() else {
-            return refuse(out, ResponseCode::Refused);
+            return refuse(ResponseCode::Refused);
         };
-        Served::Transfer(Box::new(Job {
+        Outcome::Transfer(Box::new(Job {
             request,
             zone,
             content,
             signer,
-            stats: r.stats.clone(),
+            stats: stats.clone(),
             slots: self.slots.clone(),
             mine,
         }))
     }
 }
 
-fn reply(out: &mut Vec<u8>, b: Vec<u8>) -> Served {
-    out.clear();
-    out.extend_from_slice(&b);
-    Served::Replied
-}
-
-fn tsig_error(
-    out: &mut Vec<u8>,
-    s: &Stats,
-    counter: &std::sync::atomic::AtomicU64,
-    request: &Message,
-    t: &Tsig,
-    error: u16,
-) -> Served {
+fn tsig_error(s: &Stats, counter: &std::sync::atomic::AtomicU64, request: &Message, t: &Tsig, error: u16) -> Outcome {
     s.inc(counter);
     let mut b = error_message(request, ResponseCode::NotAuth);
     tsig::append_unsigned(&mut b, t, tsig::now(), error);
-    reply(out, b)
+    Outcome::Reply(b)
 }
 
 /// A response with the question and no records.
