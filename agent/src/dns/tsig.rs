@@ -62,15 +62,28 @@ impl Keys {
 
 /// Decodes a key secret written in base64 (as `tsig-keygen`, `keymgr` and
 /// Knot's configuration write it).
-pub fn decode_secret(text: &str) -> Result<Vec<u8>, String> {
+pub fn decode_secret(text: &str) -> Result<Vec<u8>, SecretError> {
     let t: String = text.split_whitespace().collect();
-    let b = data_encoding::BASE64
-        .decode(t.as_bytes())
-        .map_err(|e| format!("the secret is not base64 ({e}); write it as `keymgr -t NAME hmac-sha256` prints it"))?;
+    let b = data_encoding::BASE64.decode(t.as_bytes()).map_err(SecretError::NotBase64)?;
     if b.is_empty() {
-        return Err("the secret is empty".into());
+        return Err(SecretError::Empty);
     }
     Ok(b)
+}
+
+/// Why a TSIG key's secret cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("the secret is not base64 ({0}); write it as `keymgr -t NAME hmac-sha256` prints it")]
+    NotBase64(data_encoding::DecodeError),
+    #[error("the secret is empty")]
+    Empty,
+    #[error("cannot read {path}: {error}")]
+    Unreadable { path: std::path::PathBuf, error: std::io::Error },
+    #[error("give secret or secret_file, not both")]
+    Both,
+    #[error("give the key's secret (base64) or a secret_file holding it")]
+    Neither,
 }
 
 /// A name in canonical wire form (RFC 4034 §6.2: lower case, uncompressed).

@@ -42,15 +42,15 @@ const CHUNK: usize = 400;
 const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A key's secret, from the configuration or its file.
-pub fn key_secret(cfg: &Config, k: &TsigKey) -> Result<Vec<u8>, String> {
+pub fn key_secret(cfg: &Config, k: &TsigKey) -> Result<Vec<u8>, tsig::SecretError> {
     let text = match (&k.secret, &k.secret_file) {
         (Some(s), None) => s.clone(),
         (None, Some(f)) => {
-            let p = cfg.resolve_path(f);
-            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?
+            let path = cfg.resolve_path(f);
+            std::fs::read_to_string(&path).map_err(|error| tsig::SecretError::Unreadable { path, error })?
         }
-        (Some(_), Some(_)) => return Err("give secret or secret_file, not both".into()),
-        (None, None) => return Err("give the key's secret (base64) or a secret_file holding it".into()),
+        (Some(_), Some(_)) => return Err(tsig::SecretError::Both),
+        (None, None) => return Err(tsig::SecretError::Neither),
     };
     tsig::decode_secret(&text)
 }
